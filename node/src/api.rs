@@ -1,0 +1,341 @@
+//! The local HTTP API (axum), which the CLI talks to and the control panel will be built on.
+//!
+//! It binds loopback only (the config refuses anything else) and every `/api/v1/` request must
+//! carry `Authorization: Bearer <token>` (the token is `private/api-token`, 0600). The `Host`
+//! header must name a loopback host, which defeats DNS-rebinding pages; since a browser cannot
+//! send a custom `Authorization` header cross-origin without a CORS preflight that this server
+//! never grants, the token header is also the CSRF defence.
+//!
+//! Routes (JSON unless noted):
+//! - `GET /api/v1/status` — node id, nickname, addresses, connected peers, storage usage
+//! - `GET /api/v1/id` — dialable multiaddrs with `/p2p/<id>`
+//! - `GET /api/v1/peers`, `POST /api/v1/peers {"addr": …}`, `DELETE /api/v1/peers/{peer}`
+//! - `POST /api/v1/files?random_key=&needed=&happy=&total=` — body is the file; returns the cap
+//! - `GET /api/v1/files/{cap}` — body is the file (streamed); header `x-kith-report` names the
+//!   report at `GET /api/v1/reports/{id}` (servers used, bad shares, error if it broke off)
+//! - `POST /api/v1/shutdown` — stops the daemon cleanly
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Query, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use crate::{
+    client::{DownloadReport, PutOptions, parse_read_cap},
+    config::StaticPeer,
+    node::NodeHandle,
+};
+
+#[derive(Clone)]
+struct ApiState {
+    node: NodeHandle,
+    token: Arc<String>,
+    shutdown: tokio::sync::mpsc::Sender<()>,
+}
+
+/// An error body: `{"error": "…"}` with a status code.
+#[derive(Debug, Serialize)]
+struct ApiError {
+    error: String,
+    #[serde(skip)]
+    status: StatusCode,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            status,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self)).into_response()
+    }
+}
+
+/// Builds the router. `stop` receives a message when a client asks the daemon to stop.
+pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<()>) -> Router {
+    let state = ApiState {
+        node,
+        token: Arc::new(token),
+        shutdown: stop,
+    };
+    let api = Router::new()
+        .route("/status", get(status))
+        .route("/id", get(id))
+        .route("/peers", get(peers).post(add_peer))
+        .route("/peers/{peer}", axum::routing::delete(remove_peer))
+        .route("/files", post(put))
+        .route("/files/{cap}", get(get_file))
+        .route("/reports/{id}", get(report))
+        .route("/shutdown", post(shutdown))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/", get(index))
+        .nest("/api/v1", api)
+        .layer(middleware::from_fn(loopback_host))
+        .with_state(state)
+}
+
+/// Serves the router on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+async fn loopback_host(req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    if !matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
+        return ApiError::new(StatusCode::FORBIDDEN, "the kith API only answers loopback hosts")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(given.as_bytes().ct_eq(st.token.as_bytes())) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API token (see private/api-token in the node dir)",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("panel.html"),
+    )
+}
+
+async fn status(State(st): State<ApiState>) -> impl IntoResponse {
+    Json(st.node.status().await)
+}
+
+async fn id(State(st): State<ApiState>) -> impl IntoResponse {
+    let addrs: Vec<String> = st.node.addrs().iter().map(ToString::to_string).collect();
+    Json(serde_json::json!({ "peer_id": st.node.peer_id().to_string(), "addrs": addrs }))
+}
+
+async fn peers(State(st): State<ApiState>) -> impl IntoResponse {
+    let connected = st.node.connected();
+    let list: Vec<_> = st
+        .node
+        .static_peers()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "peer_id": p.peer.to_string(),
+                "addr": p.to_string(),
+                "connected": connected.contains_key(&p.peer),
+            })
+        })
+        .collect();
+    Json(list)
+}
+
+#[derive(Deserialize)]
+struct AddPeer {
+    addr: String,
+}
+
+async fn add_peer(
+    State(st): State<ApiState>,
+    Json(body): Json<AddPeer>,
+) -> Result<impl IntoResponse, ApiError> {
+    let peer: StaticPeer = body
+        .addr
+        .parse()
+        .map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    st.node
+        .add_peer(peer.clone())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    Ok(Json(serde_json::json!({ "peer_id": peer.peer.to_string(), "connected": true })))
+}
+
+async fn remove_peer(
+    State(st): State<ApiState>,
+    Path(peer): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let peer = peer
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{peer:?} is not a peer id")))?;
+    let removed = st
+        .node
+        .remove_peer(peer)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(serde_json::json!({ "removed": removed })))
+}
+
+#[derive(Deserialize)]
+struct PutQuery {
+    random_key: Option<bool>,
+    needed: Option<u8>,
+    happy: Option<u8>,
+    total: Option<u8>,
+}
+
+async fn put(
+    State(st): State<ApiState>,
+    Query(q): Query<PutQuery>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let cfg = st.node.config();
+    let mut params = cfg.encoding;
+    params.needed = q.needed.unwrap_or(params.needed);
+    params.happy = q.happy.unwrap_or(params.happy);
+    params.total = q.total.unwrap_or(params.total);
+    params
+        .validate()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let opts = PutOptions {
+        params,
+        convergent: !q.random_key.unwrap_or(!cfg.convergent),
+    };
+    // Spool the body: convergent encryption reads the file twice (key, then encode).
+    let spool = tempfile::NamedTempFile::new_in(st.node.dir().tmp())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let spool_path = spool.path().to_owned();
+    {
+        let mut f = tokio::fs::File::create(&spool_path)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            f.write_all(&chunk)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        }
+        f.flush()
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
+    let result = st
+        .node
+        .put_file(&spool_path, &opts, &|_| {})
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    drop(spool);
+    Ok(Json(result))
+}
+
+async fn get_file(
+    State(st): State<ApiState>,
+    Path(cap): Path<String>,
+) -> Result<Response, ApiError> {
+    let cap = parse_read_cap(&cap).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let (mut writer, reader) = tokio::io::duplex(1 << 20);
+    let node = st.node.clone();
+    let id = node.remember_report(DownloadReport::default());
+    let task = tokio::spawn(async move {
+        let res = node.get(&cap, &mut writer).await;
+        drop(writer);
+        let report = match res {
+            Ok(r) => r,
+            Err(e) => DownloadReport {
+                error: Some(e.to_string()),
+                ..DownloadReport::default()
+            },
+        };
+        node.update_report(id, report.clone());
+        report
+    });
+    let mut reader = tokio::io::BufReader::with_capacity(1 << 20, reader);
+    let first = reader
+        .fill_buf()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .len();
+    if first == 0 {
+        // Nothing came: either an empty file or a failure before the first byte.
+        let report = task
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if let Some(e) = report.error {
+            return Err(ApiError::new(StatusCode::BAD_GATEWAY, e));
+        }
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&id.to_string()) {
+        headers.insert("x-kith-report", v);
+    }
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    Ok((headers, body).into_response())
+}
+
+async fn report(
+    State(st): State<ApiState>,
+    Path(id): Path<u64>,
+) -> Result<impl IntoResponse, ApiError> {
+    st.node
+        .report(id)
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such report"))
+}
+
+async fn shutdown(State(st): State<ApiState>) -> impl IntoResponse {
+    let _ = st.shutdown.try_send(());
+    Json(serde_json::json!({ "stopping": true }))
+}
+
+/// What a running daemon writes to `api.json` so the CLI can find it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiInfo {
+    /// Base URL, e.g. `http://127.0.0.1:41235`.
+    pub url: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The daemon's peer id.
+    pub peer_id: String,
+}
+
+impl ApiInfo {
+    /// The info for a daemon listening on `addr`.
+    pub fn new(addr: SocketAddr, peer_id: String) -> Self {
+        Self {
+            url: format!("http://{addr}"),
+            pid: std::process::id(),
+            peer_id,
+        }
+    }
+}

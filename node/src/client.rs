@@ -1,0 +1,784 @@
+//! Uploader and downloader: the storage client side of a node.
+//!
+//! **Upload** ([`upload`]): derive the key (convergent: one hashing pass over the file; or a
+//! random key), list which servers already hold shares, plan placement over the permuted ring
+//! with servers of happiness (`placement`), allocate, then stream: segments are read in order,
+//! encrypted and erasure-coded on the blocking pool (several at once, so both cores work), and
+//! each block is queued to its server's writer task, which keeps a few writes in flight. Every
+//! queue is bounded, so memory stays at a few segments whatever the file size. Finally each
+//! share is closed with its metadata and the upload succeeds only when `happy` distinct servers
+//! hold shares (any `k` of them rebuild the file).
+//!
+//! **Download** ([`download`]): ask every storage server which shares it holds, take the
+//! fastest answers first, verify the UEB against the cap and each share's hash chain against
+//! the UEB, then fetch segments (a few ahead) from `k` shares, verify every block, decode and
+//! decrypt in order into the writer. A share that returns bad data or fails is reported and
+//! replaced by another one; the report names the server.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{StreamExt, stream::FuturesOrdered, stream::FuturesUnordered};
+use libp2p::PeerId;
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+use tokio::{
+    io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::mpsc,
+};
+
+use crate::{
+    caps::{ChkReadCap, LitCap, ReadCap},
+    codec::{
+        self, ConvergentKeyHasher, EncodedSegment, EncodingParams, FileEncoder, Key, ShareMeta,
+        UriExtension, VerifiedShare,
+    },
+    node::NodeHandle,
+    placement,
+    protocol::{Request, Response, ServerError},
+};
+
+/// Segments being encoded at once.
+const ENCODE_DEPTH: usize = 3;
+/// Blocks queued per server writer.
+const WRITE_QUEUE: usize = 3;
+/// Writes in flight per server.
+const WRITES_IN_FLIGHT: usize = 3;
+/// Segments fetched ahead while downloading.
+const FETCH_DEPTH: usize = 4;
+/// How long to wait for a server to answer a listing.
+const LIST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Per-upload options.
+#[derive(Clone, Debug)]
+pub struct PutOptions {
+    /// Encoding parameters.
+    pub params: EncodingParams,
+    /// Convergent encryption (else a random key).
+    pub convergent: bool,
+}
+
+/// What an upload did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PutResult {
+    /// The read cap (text form).
+    pub cap: String,
+    /// The file size.
+    pub size: u64,
+    /// Share number -> server holding it.
+    pub placement: BTreeMap<u8, String>,
+    /// Distinct servers holding shares.
+    pub happiness: usize,
+    /// Shares that servers already had (convergent dedupe).
+    pub already_present: usize,
+}
+
+/// Why an upload failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// Reading the source failed.
+    #[error("reading the file failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Not enough servers to place shares on.
+    #[error("{message}")]
+    NotHappy {
+        /// Servers of happiness wanted.
+        happy: u8,
+        /// Storage servers that answered.
+        reachable: usize,
+        /// The whole message, with the servers' refusals.
+        message: String,
+    },
+    /// The encoder refused the parameters.
+    #[error("encoding failed: {0}")]
+    Encode(String),
+}
+
+/// Which server sent bad data, and what.
+#[derive(Clone, Debug, Serialize)]
+pub struct BadShare {
+    /// The server.
+    pub server: String,
+    /// The share number.
+    pub shnum: u8,
+    /// What was wrong.
+    pub problem: String,
+}
+
+/// What a download did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DownloadReport {
+    /// Bytes written.
+    pub size: u64,
+    /// Servers blocks were read from.
+    pub servers_used: Vec<String>,
+    /// Shares that failed verification or could not be read.
+    pub bad_shares: Vec<BadShare>,
+    /// Set when the download failed (possibly after part of the file was sent).
+    pub error: Option<String>,
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DownloadError {
+    /// Fewer than k good shares could be found.
+    #[error("not enough shares: need {needed}, found {found} good ones on {servers} reachable servers{}", problems(.bad))]
+    NotEnoughShares {
+        /// k.
+        needed: u8,
+        /// Good shares found.
+        found: usize,
+        /// Servers asked.
+        servers: usize,
+        /// Shares that failed.
+        bad: Vec<BadShare>,
+    },
+    /// Writing the output failed.
+    #[error("writing the output failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn problems(bad: &[BadShare]) -> String {
+    if bad.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = bad
+        .iter()
+        .map(|b| format!("share {} on {}: {}", b.shnum, b.server, b.problem))
+        .collect();
+    format!(" (bad: {})", list.join("; "))
+}
+
+fn rpc_error(resp: Result<Response, crate::net::RpcError>) -> Result<Response, String> {
+    match resp {
+        Ok(Response::Error(ServerError { kind, message })) => Err(format!("{kind}: {message}")),
+        Ok(r) => Ok(r),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn list_shares(
+    node: &NodeHandle,
+    si: [u8; 16],
+    servers: &[PeerId],
+) -> Vec<(PeerId, Result<Vec<u8>, String>)> {
+    let mut asks: FuturesUnordered<_> = servers
+        .iter()
+        .map(|&s| async move {
+            let r = tokio::time::timeout(LIST_TIMEOUT, node.rpc(s, Request::List { si })).await;
+            let r = match r {
+                Ok(r) => match rpc_error(r) {
+                    Ok(Response::Shares(v)) => Ok(v),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e),
+                },
+                Err(_) => Err("timed out".to_owned()),
+            };
+            (s, r)
+        })
+        .collect();
+    let mut out = Vec::new();
+    while let Some(x) = asks.next().await {
+        out.push(x);
+    }
+    out
+}
+
+/// Uploads the file at `path`.
+pub async fn upload(
+    node: &NodeHandle,
+    path: &Path,
+    opts: &PutOptions,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<PutResult, UploadError> {
+    let size = tokio::fs::metadata(path).await?.len();
+    let params = opts.params;
+    if size <= codec::LIT_THRESHOLD as u64 {
+        let data = tokio::fs::read(path).await?;
+        progress(size);
+        return Ok(PutResult {
+            cap: ReadCap::Lit(LitCap { data }).to_string(),
+            size,
+            placement: BTreeMap::new(),
+            happiness: 0,
+            already_present: 0,
+        });
+    }
+    let key = if opts.convergent {
+        let secret = *node.convergence_secret();
+        let p = path.to_owned();
+        tokio::task::spawn_blocking(move || -> std::io::Result<Key> {
+            use std::io::Read;
+            let mut h = ConvergentKeyHasher::new(&secret, &params);
+            let mut f = std::fs::File::open(p)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(h.finalize())
+        })
+        .await
+        .map_err(|e| UploadError::Encode(e.to_string()))??
+    } else {
+        codec::random_key(&mut rand::rngs::OsRng)
+    };
+    let encoder = FileEncoder::new(key, params, size).map_err(|e| UploadError::Encode(e.to_string()))?;
+    let si = encoder.storage_index();
+    let data_len = encoder.share_data_len();
+
+    // 1. Who is there, and what do they already hold?
+    let servers = node.storage_servers();
+    let mut refusals: Vec<String> = Vec::new();
+    let mut existing: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
+    let mut usable: Vec<PeerId> = Vec::new();
+    for (s, r) in list_shares(node, si, &servers).await {
+        match r {
+            Ok(v) => {
+                usable.push(s);
+                if !v.is_empty() {
+                    existing.insert(s, v.into_iter().filter(|&n| n < params.total).collect());
+                }
+            }
+            Err(e) => refusals.push(format!("{s}: {e}")),
+        }
+    }
+    let reachable = usable.len();
+    let not_happy = |achievable: usize, refusals: &[String]| {
+        let mut message = format!(
+            "upload needs shares on {} distinct servers (happy={}) but only {} storage server{} reachable (this node included)",
+            params.happy,
+            params.happy,
+            reachable,
+            if reachable == 1 { " was" } else { "s were" },
+        );
+        if achievable != reachable {
+            message.push_str(&format!("; shares could be placed on {achievable}"));
+        }
+        if !refusals.is_empty() {
+            message.push_str(&format!("; refused: {}", refusals.join("; ")));
+        }
+        UploadError::NotHappy {
+            happy: params.happy,
+            reachable,
+            message,
+        }
+    };
+
+    // 2. Plan and allocate; servers that refuse are dropped and the rest re-planned.
+    let mut held: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
+    let mut to_write: BTreeMap<u8, PeerId> = BTreeMap::new();
+    for _round in 0..3 {
+        let mut fixed = held.clone();
+        for (&sh, &s) in &to_write {
+            fixed.entry(s).or_default().insert(sh);
+        }
+        for (s, shares) in &existing {
+            if usable.contains(s) {
+                fixed.entry(*s).or_default().extend(shares.iter().copied());
+            }
+        }
+        // The placement core keys servers by their peer id bytes.
+        let usable_b: Vec<Vec<u8>> = usable.iter().map(|p| p.to_bytes()).collect();
+        let fixed_b: BTreeMap<Vec<u8>, BTreeSet<u8>> =
+            fixed.iter().map(|(p, s)| (p.to_bytes(), s.clone())).collect();
+        let plan = match placement::plan(&si, &usable_b, &fixed_b, params.total, params.happy) {
+            Ok(p) => p,
+            Err(placement::PlacementError::NotHappy { achievable, .. }) => {
+                return Err(not_happy(achievable, &refusals));
+            }
+        };
+        let mut per_server: BTreeMap<PeerId, Vec<u8>> = BTreeMap::new();
+        for (&sh, s) in plan.assignments.iter().chain(plan.already_placed.iter()) {
+            let Ok(s) = PeerId::from_bytes(s) else { continue };
+            let s = &s;
+            let confirmed = held.get(s).is_some_and(|h| h.contains(&sh)) || to_write.get(&sh) == Some(s);
+            if !confirmed {
+                per_server.entry(*s).or_default().push(sh);
+            }
+        }
+        if per_server.is_empty() {
+            break;
+        }
+        let mut asks: FuturesUnordered<_> = per_server
+            .into_iter()
+            .map(|(s, shnums)| async move {
+                let r = node
+                    .rpc(s, Request::Allocate { si, shnums: shnums.clone(), data_len })
+                    .await;
+                (s, shnums, rpc_error(r))
+            })
+            .collect();
+        let mut all_placed = true;
+        while let Some((s, asked, r)) = asks.next().await {
+            match r {
+                Ok(Response::Allocated {
+                    already_have,
+                    allocated,
+                    ..
+                }) => {
+                    for sh in already_have {
+                        held.entry(s).or_default().insert(sh);
+                    }
+                    for sh in allocated {
+                        if asked.contains(&sh) && !to_write.contains_key(&sh) {
+                            to_write.insert(sh, s);
+                        }
+                    }
+                    if asked.iter().any(|sh| !held.get(&s).is_some_and(|h| h.contains(sh)) && to_write.get(sh) != Some(&s)) {
+                        all_placed = false;
+                    }
+                }
+                Ok(other) => {
+                    refusals.push(format!("{s}: unexpected answer {other:?}"));
+                    usable.retain(|x| *x != s);
+                    all_placed = false;
+                }
+                Err(e) => {
+                    refusals.push(format!("{s}: {e}"));
+                    usable.retain(|x| *x != s);
+                    existing.remove(&s);
+                    all_placed = false;
+                }
+            }
+        }
+        if all_placed {
+            break;
+        }
+    }
+    // Shares held elsewhere need not be written again.
+    let held_shares: BTreeSet<u8> = held.values().flatten().copied().collect();
+    to_write.retain(|sh, _| !held_shares.contains(sh));
+    let mut holdings = held.clone();
+    for (&sh, &s) in &to_write {
+        holdings.entry(s).or_default().insert(sh);
+    }
+    let happiness = placement::happiness(&holdings);
+    if happiness < usize::from(params.happy) {
+        abort_all(node, si, &to_write).await;
+        return Err(not_happy(happiness, &refusals));
+    }
+
+    // 3. Stream: read, encode (in parallel), write.
+    let encoder = Arc::new(encoder);
+    let mut writers: BTreeMap<PeerId, Writer> = BTreeMap::new();
+    for &s in to_write.values() {
+        writers.entry(s).or_insert_with(|| Writer::spawn(node.clone(), s, si));
+    }
+    let mut file = tokio::fs::File::open(path).await?;
+    let num_segments = encoder.num_segments();
+    let mut encoding: FuturesOrdered<tokio::task::JoinHandle<Result<EncodedSegment, String>>> =
+        FuturesOrdered::new();
+    let mut hashes = Vec::with_capacity(num_segments as usize);
+    let mut next_read: u32 = 0;
+    let mut done_bytes = 0u64;
+    loop {
+        while encoding.len() < ENCODE_DEPTH && next_read < num_segments {
+            let len = encoder.segment_len(next_read);
+            let mut buf = vec![0u8; len];
+            file.read_exact(&mut buf).await?;
+            let enc = encoder.clone();
+            let idx = next_read;
+            encoding.push_back(tokio::task::spawn_blocking(move || {
+                enc.encode_segment(idx, &buf).map_err(|e| e.to_string())
+            }));
+            next_read += 1;
+        }
+        let Some(seg) = encoding.next().await else {
+            break;
+        };
+        let mut seg = seg
+            .map_err(|e| UploadError::Encode(e.to_string()))?
+            .map_err(UploadError::Encode)?;
+        hashes.push(seg.hashes());
+        let offset = encoder.block_offset(seg.index);
+        for (&sh, s) in &to_write {
+            let Some(w) = writers.get(s) else { continue };
+            let Some(block) = seg.blocks.get_mut(usize::from(sh)) else {
+                continue;
+            };
+            let block = std::mem::take(block);
+            // A failed writer has dropped its queue; its shares are counted as lost below.
+            let _ = w.tx.send((sh, offset, block)).await;
+        }
+        done_bytes += encoder.segment_len(seg.index) as u64;
+        progress(done_bytes);
+    }
+    let mut failed: BTreeSet<PeerId> = BTreeSet::new();
+    for (s, w) in writers {
+        drop(w.tx);
+        match w.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                refusals.push(format!("{s}: {e}"));
+                failed.insert(s);
+            }
+            Err(e) => {
+                refusals.push(format!("{s}: {e}"));
+                failed.insert(s);
+            }
+        }
+    }
+    let encoder = Arc::try_unwrap(encoder).map_err(|_| UploadError::Encode("encoder still shared".into()))?;
+    let encoded = encoder
+        .finish(hashes)
+        .map_err(|e| UploadError::Encode(e.to_string()))?;
+
+    // 4. Close every written share with its metadata.
+    let mut closes: FuturesUnordered<_> = to_write
+        .iter()
+        .filter(|(_, s)| !failed.contains(s))
+        .filter_map(|(&sh, &s)| {
+            let meta = encoded.share_metas.get(usize::from(sh))?.to_bytes();
+            Some(async move {
+                let r = node
+                    .rpc(s, Request::Close { si, shnum: sh, meta: ByteBuf::from(meta) })
+                    .await;
+                (sh, s, rpc_error(r))
+            })
+        })
+        .collect();
+    let mut final_holdings = held.clone();
+    let mut placed: BTreeMap<u8, String> = BTreeMap::new();
+    for (s, shares) in &held {
+        for sh in shares {
+            placed.insert(*sh, s.to_string());
+        }
+    }
+    while let Some((sh, s, r)) = closes.next().await {
+        match r {
+            Ok(_) => {
+                final_holdings.entry(s).or_default().insert(sh);
+                placed.insert(sh, s.to_string());
+            }
+            Err(e) => refusals.push(format!("{s}: closing share {sh}: {e}")),
+        }
+    }
+    let happiness = placement::happiness(&final_holdings);
+    if happiness < usize::from(params.happy) {
+        return Err(not_happy(happiness, &refusals));
+    }
+    Ok(PutResult {
+        cap: ReadCap::Chk(encoded.cap).to_string(),
+        size,
+        placement: placed,
+        happiness,
+        already_present: held_shares.len(),
+    })
+}
+
+async fn abort_all(node: &NodeHandle, si: [u8; 16], to_write: &BTreeMap<u8, PeerId>) {
+    let aborts: FuturesUnordered<_> = to_write
+        .iter()
+        .map(|(&shnum, &s)| node.rpc(s, Request::Abort { si, shnum }))
+        .collect();
+    let _: Vec<_> = aborts.collect().await;
+}
+
+struct Writer {
+    tx: mpsc::Sender<(u8, u64, Vec<u8>)>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Writer {
+    fn spawn(node: NodeHandle, server: PeerId, si: [u8; 16]) -> Writer {
+        let (tx, mut rx) = mpsc::channel::<(u8, u64, Vec<u8>)>(WRITE_QUEUE);
+        let task = tokio::spawn(async move {
+            let mut inflight = FuturesUnordered::new();
+            let mut open = true;
+            while open || !inflight.is_empty() {
+                tokio::select! {
+                    item = rx.recv(), if open && inflight.len() < WRITES_IN_FLIGHT => match item {
+                        Some((shnum, offset, data)) => {
+                            let node = node.clone();
+                            inflight.push(async move {
+                                let r = node.rpc(server, Request::Write { si, shnum, offset, data: ByteBuf::from(data) }).await;
+                                rpc_error(r).map(|_| ()).map_err(|e| format!("writing share {shnum}: {e}"))
+                            });
+                        }
+                        None => open = false,
+                    },
+                    Some(r) = inflight.next() => r?,
+                }
+            }
+            Ok(())
+        });
+        Writer { tx, task }
+    }
+}
+
+/// One share the downloader reads from.
+struct Source {
+    server: PeerId,
+    shnum: u8,
+    share: Arc<VerifiedShare>,
+}
+
+struct Sources {
+    active: Vec<Source>,
+    candidates: VecDeque<(PeerId, u8)>,
+    bad: Vec<BadShare>,
+    servers_asked: usize,
+}
+
+/// Downloads `cap` into `out`.
+pub async fn download<W: AsyncWrite + Unpin + Send>(
+    node: &NodeHandle,
+    cap: &ReadCap,
+    out: &mut W,
+) -> Result<DownloadReport, DownloadError> {
+    let cap = match cap {
+        ReadCap::Lit(lit) => {
+            out.write_all(&lit.data).await?;
+            out.flush().await?;
+            return Ok(DownloadReport {
+                size: lit.data.len() as u64,
+                ..DownloadReport::default()
+            });
+        }
+        ReadCap::Chk(c) => c,
+    };
+    let si = cap.storage_index();
+    let servers = node.storage_servers();
+    // Fastest answers first; prefer spreading over distinct servers.
+    let mut candidates: VecDeque<(PeerId, u8)> = VecDeque::new();
+    let mut seen = BTreeSet::new();
+    let listed = list_shares(node, si, &servers).await;
+    let mut extra = Vec::new();
+    for (s, r) in &listed {
+        if let Ok(shares) = r {
+            for (i, &sh) in shares.iter().enumerate() {
+                if i == 0 && seen.insert(sh) {
+                    candidates.push_back((*s, sh));
+                } else {
+                    extra.push((*s, sh));
+                }
+            }
+        }
+    }
+    for (s, sh) in extra {
+        if seen.insert(sh) || !candidates.contains(&(s, sh)) {
+            candidates.push_back((s, sh));
+        }
+    }
+    let mut src = Sources {
+        active: Vec::new(),
+        candidates,
+        bad: Vec::new(),
+        servers_asked: servers.len(),
+    };
+    let (ueb, crypttext_hashes) = loop {
+        let Some((s, sh)) = src.candidates.pop_front() else {
+            return Err(src.not_enough(cap.needed));
+        };
+        match fetch_meta(node, s, si, sh).await {
+            Ok(meta) => match codec::verify_ueb(cap, &meta.ueb) {
+                Ok(ueb) => {
+                    let ct = meta.crypttext_hashes.clone();
+                    match VerifiedShare::new(&ueb, meta) {
+                        Ok(v) => {
+                            src.active.push(Source { server: s, shnum: sh, share: Arc::new(v) });
+                            break (ueb, ct);
+                        }
+                        Err(e) => src.report(s, sh, e.to_string()),
+                    }
+                }
+                Err(e) => src.report(s, sh, e.to_string()),
+            },
+            Err(e) => src.report(s, sh, e),
+        }
+    };
+    let ueb = Arc::new(ueb);
+    let crypttext_hashes = Arc::new(crypttext_hashes);
+    src.fill(node, si, &ueb, cap.needed).await?;
+
+    let key = Arc::new(cap.key.clone());
+    let mut report = DownloadReport::default();
+    let mut fetching: FuturesOrdered<_> = FuturesOrdered::new();
+    let mut next = 0u32;
+    let num_segments = ueb.num_segments;
+    loop {
+        while fetching.len() < FETCH_DEPTH && next < num_segments {
+            let plan: Vec<(PeerId, u8, Arc<VerifiedShare>)> = src
+                .active
+                .iter()
+                .map(|a| (a.server, a.shnum, a.share.clone()))
+                .collect();
+            fetching.push_back(fetch_segment(node.clone(), si, ueb.clone(), next, plan));
+            next += 1;
+        }
+        let Some((seg, mut got, failures)) = fetching.next().await else {
+            break;
+        };
+        for (s, sh, problem) in failures {
+            if src.active.iter().any(|a| a.server == s && a.shnum == sh) {
+                src.active.retain(|a| !(a.server == s && a.shnum == sh));
+                src.report(s, sh, problem);
+            }
+        }
+        // Replace failed shares and fetch this segment's missing blocks from the new ones.
+        while got.len() < usize::from(cap.needed) {
+            src.fill(node, si, &ueb, cap.needed).await?;
+            let have: BTreeSet<u8> = got.iter().map(|(sh, _)| *sh).collect();
+            let missing: Vec<(PeerId, u8, Arc<VerifiedShare>)> = src
+                .active
+                .iter()
+                .filter(|a| !have.contains(&a.shnum))
+                .map(|a| (a.server, a.shnum, a.share.clone()))
+                .collect();
+            let (_, more, failures) = fetch_segment(node.clone(), si, ueb.clone(), seg, missing).await;
+            got.extend(more);
+            for (s, sh, problem) in failures {
+                src.active.retain(|a| !(a.server == s && a.shnum == sh));
+                src.report(s, sh, problem);
+            }
+        }
+        let (u, k, ct) = (ueb.clone(), key.clone(), crypttext_hashes.clone());
+        let plain = tokio::task::spawn_blocking(move || codec::decode_segment(&u, &k, &ct, seg, got))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let plain = match plain {
+            Ok(p) => p,
+            Err(e) => {
+                // Blocks verified but the segment does not decode to what the cap says: the
+                // uploader's shares disagree. Nothing more can be done with these shares.
+                src.bad.push(BadShare {
+                    server: "(several)".into(),
+                    shnum: 0,
+                    problem: e.to_string(),
+                });
+                return Err(src.not_enough(cap.needed));
+            }
+        };
+        out.write_all(&plain).await?;
+        report.size += plain.len() as u64;
+    }
+    out.flush().await?;
+    let mut used: Vec<String> = src.active.iter().map(|a| a.server.to_string()).collect();
+    used.sort();
+    used.dedup();
+    report.servers_used = used;
+    report.bad_shares = src.bad;
+    for b in &report.bad_shares {
+        tracing::warn!(server = %b.server, shnum = b.shnum, problem = %b.problem, "bad share");
+    }
+    Ok(report)
+}
+
+impl Sources {
+    fn report(&mut self, server: PeerId, shnum: u8, problem: String) {
+        self.bad.push(BadShare {
+            server: server.to_string(),
+            shnum,
+            problem,
+        });
+    }
+
+    fn not_enough(&self, needed: u8) -> DownloadError {
+        DownloadError::NotEnoughShares {
+            needed,
+            found: self.active.len(),
+            servers: self.servers_asked,
+            bad: self.bad.clone(),
+        }
+    }
+
+    /// Tops the active set up to `needed` distinct verified shares.
+    async fn fill(
+        &mut self,
+        node: &NodeHandle,
+        si: [u8; 16],
+        ueb: &UriExtension,
+        needed: u8,
+    ) -> Result<(), DownloadError> {
+        while self.active.len() < usize::from(needed) {
+            let Some((s, sh)) = self.candidates.pop_front() else {
+                return Err(self.not_enough(needed));
+            };
+            if self.active.iter().any(|a| a.shnum == sh) {
+                continue;
+            }
+            match fetch_meta(node, s, si, sh).await {
+                Ok(meta) => match VerifiedShare::new(ueb, meta) {
+                    Ok(v) => self.active.push(Source { server: s, shnum: sh, share: Arc::new(v) }),
+                    Err(e) => self.report(s, sh, e.to_string()),
+                },
+                Err(e) => self.report(s, sh, e),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn fetch_meta(node: &NodeHandle, server: PeerId, si: [u8; 16], shnum: u8) -> Result<ShareMeta, String> {
+    match rpc_error(node.rpc(server, Request::ReadMeta { si, shnum }).await)? {
+        Response::Bytes(b) => ShareMeta::from_bytes(&b, crate::protocol::MAX_META).map_err(|e| e.to_string()),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+type Fetched = (u32, Vec<(u8, Vec<u8>)>, Vec<(PeerId, u8, String)>);
+
+/// Fetches and verifies segment `seg`'s blocks from `plan`; returns good blocks and failures.
+async fn fetch_segment(
+    node: NodeHandle,
+    si: [u8; 16],
+    ueb: Arc<UriExtension>,
+    seg: u32,
+    plan: Vec<(PeerId, u8, Arc<VerifiedShare>)>,
+) -> Fetched {
+    let offset = codec::block_offset(&ueb, seg);
+    let len = codec::block_size_for(&ueb, seg) as u32;
+    let reads: FuturesUnordered<_> = plan
+        .into_iter()
+        .map(|(s, sh, share)| {
+            let node = node.clone();
+            async move {
+                let r = node.rpc(s, Request::Read { si, shnum: sh, offset, len }).await;
+                let block = match rpc_error(r) {
+                    Ok(Response::Bytes(b)) => b.into_vec(),
+                    Ok(other) => return Err((s, sh, format!("unexpected answer {other:?}"))),
+                    Err(e) => return Err((s, sh, e)),
+                };
+                let checked = tokio::task::spawn_blocking(move || {
+                    share.check_block(seg, &block).map(|()| block)
+                })
+                .await;
+                match checked {
+                    Ok(Ok(block)) => Ok((sh, block)),
+                    Ok(Err(e)) => Err((s, sh, e.to_string())),
+                    Err(e) => Err((s, sh, e.to_string())),
+                }
+            }
+        })
+        .collect();
+    let results: Vec<_> = reads.collect().await;
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for r in results {
+        match r {
+            Ok(b) => good.push(b),
+            Err(f) => bad.push(f),
+        }
+    }
+    (seg, good, bad)
+}
+
+/// Parses a read cap given on the command line or in a URL.
+pub fn parse_read_cap(s: &str) -> Result<ReadCap, String> {
+    s.trim().parse::<ReadCap>().map_err(|e| e.to_string())
+}
+
+/// For the verify-cap path later: the chk read cap's storage index.
+pub fn storage_index(cap: &ChkReadCap) -> [u8; 16] {
+    cap.storage_index()
+}

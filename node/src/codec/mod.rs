@@ -1,0 +1,637 @@
+//! The immutable-file codec (Tahoe-LAFS CHK, simplified): pure, no IO.
+//!
+//! Upload: [`FileEncoder`] cuts a file into segments; [`FileEncoder::encode_segment`] encrypts
+//! one segment (AES-256-CTR at its file offset, [`encrypt`]), Reed-Solomon codes it into n blocks
+//! ([`erasure`]) and hashes the blocks and the crypttext. It takes `&self`, so segments encode on
+//! several threads at once; the caller keeps only the hashes ([`SegmentHashes`]) and sends the
+//! blocks away. [`FileEncoder::finish`] builds each share's block Merkle tree, the share hash tree
+//! over the block-tree roots, the crypttext hash tree, the URI extension block ([`ueb`]) and the
+//! read cap, plus one [`ShareMeta`] per share for the servers.
+//!
+//! Download: [`verify_ueb`] checks a UEB against the cap, [`VerifiedShare::new`] checks a share's
+//! metadata against the UEB (block hashes -> block root -> proof -> share root; crypttext hashes ->
+//! crypttext root), [`VerifiedShare::check_block`] checks each block, and [`decode_segment`]
+//! rebuilds, checks and decrypts a segment from any k verified blocks. A flipped bit anywhere is
+//! caught by one of these before any plaintext is returned.
+
+pub mod encrypt;
+pub mod erasure;
+pub mod merkle;
+pub mod share;
+pub mod ueb;
+pub mod wire;
+
+use std::collections::BTreeMap;
+
+pub use encrypt::{ConvergentKeyHasher, Key, apply_keystream, random_key};
+pub use erasure::{Erasure, ErasureError};
+pub use share::ShareMeta;
+pub use ueb::UriExtension;
+pub use wire::FormatError;
+
+use crate::{
+    caps::{ChkReadCap, ChkVerifyCap},
+    hash::tagged_hash,
+};
+use merkle::{merkle_proof, merkle_root, verify_merkle_proof};
+
+/// Largest segment size.
+pub const MAX_SEGMENT_SIZE: u32 = 4 << 20;
+/// Files of at most this many bytes live inside their cap (LIT).
+pub const LIT_THRESHOLD: usize = 55;
+
+const BLOCK_TAG: &str = "kith:block:v1";
+const CRYPTTEXT_TAG: &str = "kith:crypttext-segment:v1";
+const STORAGE_INDEX_TAG: &str = "kith:storage-index:v1";
+
+/// Encoding parameters: k, servers of happiness, n, segment size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EncodingParams {
+    /// k: shares needed to rebuild.
+    pub needed: u8,
+    /// Distinct servers an upload must reach.
+    pub happy: u8,
+    /// n: shares made.
+    pub total: u8,
+    /// Segment size in bytes.
+    pub segment_size: u32,
+}
+
+impl Default for EncodingParams {
+    fn default() -> Self {
+        Self {
+            needed: 3,
+            happy: 7,
+            total: 10,
+            segment_size: 1 << 20,
+        }
+    }
+}
+
+/// Invalid encoding parameters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid encoding parameters: {0}")]
+pub struct ParamsError(String);
+
+impl EncodingParams {
+    /// Checks 1 <= k <= happy <= n and 1 KiB <= segment size <= 4 MiB.
+    pub fn validate(&self) -> Result<(), ParamsError> {
+        if self.needed == 0 || self.needed > self.happy || self.happy > self.total {
+            return Err(ParamsError(format!(
+                "need 1 <= shares-needed ({}) <= shares-happy ({}) <= shares-total ({})",
+                self.needed, self.happy, self.total
+            )));
+        }
+        if !(1024..=MAX_SEGMENT_SIZE).contains(&self.segment_size) {
+            return Err(ParamsError(format!(
+                "segment size {} is outside 1 KiB..4 MiB",
+                self.segment_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The storage index of a file key: 16 bytes, one-way.
+pub fn storage_index(key: &Key) -> [u8; 16] {
+    let h = tagged_hash(STORAGE_INDEX_TAG, &[&key.0]);
+    let mut si = [0u8; 16];
+    si.copy_from_slice(&h[..16]);
+    si
+}
+
+fn block_hash(block: &[u8]) -> [u8; 32] {
+    tagged_hash(BLOCK_TAG, &[block])
+}
+
+/// Encoding errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// Bad parameters.
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+    /// The file is small enough for a LIT cap, or empty.
+    #[error("files of at most {LIT_THRESHOLD} bytes are stored in the cap (LIT), not encoded")]
+    TooSmall,
+    /// A segment index or length does not match the file.
+    #[error("segment {index}: {why}")]
+    Segment {
+        /// The segment.
+        index: u32,
+        /// What is wrong.
+        why: String,
+    },
+    /// Erasure coding failed.
+    #[error(transparent)]
+    Erasure(#[from] ErasureError),
+}
+
+/// One encoded segment: its n blocks and hashes.
+#[derive(Debug)]
+pub struct EncodedSegment {
+    /// Segment index.
+    pub index: u32,
+    /// Block i goes to share i.
+    pub blocks: Vec<Vec<u8>>,
+    /// Hash of each block.
+    pub block_hashes: Vec<[u8; 32]>,
+    /// Hash of the segment's crypttext.
+    pub crypttext_hash: [u8; 32],
+}
+
+/// What [`FileEncoder::finish`] needs of a segment once its blocks are sent.
+#[derive(Clone, Debug)]
+pub struct SegmentHashes {
+    /// Segment index.
+    pub index: u32,
+    /// Hash of each block.
+    pub block_hashes: Vec<[u8; 32]>,
+    /// Hash of the crypttext.
+    pub crypttext_hash: [u8; 32],
+}
+
+impl EncodedSegment {
+    /// The hashes to keep.
+    pub fn hashes(&self) -> SegmentHashes {
+        SegmentHashes {
+            index: self.index,
+            block_hashes: self.block_hashes.clone(),
+            crypttext_hash: self.crypttext_hash,
+        }
+    }
+}
+
+/// The result of encoding a file.
+#[derive(Debug)]
+pub struct EncodedFile {
+    /// The read cap.
+    pub cap: ChkReadCap,
+    /// The UEB.
+    pub ueb: UriExtension,
+    /// Metadata of share i at index i.
+    pub share_metas: Vec<ShareMeta>,
+}
+
+/// Encodes one file, segment by segment.
+#[derive(Debug)]
+pub struct FileEncoder {
+    key: Key,
+    params: EncodingParams,
+    size: u64,
+    num_segments: u32,
+    erasure: Erasure,
+}
+
+impl FileEncoder {
+    /// An encoder for a file of `file_size` bytes (more than [`LIT_THRESHOLD`]).
+    pub fn new(key: Key, params: EncodingParams, file_size: u64) -> Result<Self, EncodeError> {
+        params.validate()?;
+        if file_size <= LIT_THRESHOLD as u64 {
+            return Err(EncodeError::TooSmall);
+        }
+        let num_segments = u32::try_from(file_size.div_ceil(u64::from(params.segment_size)))
+            .ok()
+            .filter(|&n| (n as usize) <= share::MAX_SEGMENTS)
+            .ok_or_else(|| EncodeError::Segment {
+                index: 0,
+                why: "file too large for this segment size".into(),
+            })?;
+        Ok(Self {
+            erasure: Erasure::new(params.needed, params.total)?,
+            key,
+            params,
+            size: file_size,
+            num_segments,
+        })
+    }
+
+    /// Number of segments.
+    pub fn num_segments(&self) -> u32 {
+        self.num_segments
+    }
+
+    /// Plaintext length of segment `i`.
+    pub fn segment_len(&self, i: u32) -> usize {
+        let seg = u64::from(self.params.segment_size);
+        let start = u64::from(i) * seg;
+        (self.size.saturating_sub(start)).min(seg) as usize
+    }
+
+    /// Block size of segment `i`.
+    pub fn block_size(&self, i: u32) -> u64 {
+        self.erasure.block_size(self.segment_len(i)) as u64
+    }
+
+    /// Offset of segment `i`'s block in a share's data.
+    pub fn block_offset(&self, i: u32) -> u64 {
+        u64::from(i) * self.block_size(0)
+    }
+
+    /// Length of one share's data (all its blocks).
+    pub fn share_data_len(&self) -> u64 {
+        self.block_offset(self.num_segments - 1) + self.block_size(self.num_segments - 1)
+    }
+
+    /// The storage index.
+    pub fn storage_index(&self) -> [u8; 16] {
+        storage_index(&self.key)
+    }
+
+    /// Encrypts and erasure-codes segment `index` (callable from several threads at once).
+    pub fn encode_segment(&self, index: u32, plaintext: &[u8]) -> Result<EncodedSegment, EncodeError> {
+        if index >= self.num_segments || plaintext.len() != self.segment_len(index) {
+            return Err(EncodeError::Segment {
+                index,
+                why: format!("{} bytes, expected {}", plaintext.len(), self.segment_len(index)),
+            });
+        }
+        let mut crypttext = plaintext.to_vec();
+        apply_keystream(&self.key, u64::from(index) * u64::from(self.params.segment_size), &mut crypttext);
+        let crypttext_hash = tagged_hash(CRYPTTEXT_TAG, &[&crypttext]);
+        let blocks = self.erasure.encode(&crypttext);
+        let block_hashes = blocks.iter().map(|b| block_hash(b)).collect();
+        Ok(EncodedSegment {
+            index,
+            blocks,
+            block_hashes,
+            crypttext_hash,
+        })
+    }
+
+    /// Builds the hash trees, UEB, cap and share metadata from every segment's hashes.
+    pub fn finish(self, segments: impl IntoIterator<Item = SegmentHashes>) -> Result<EncodedFile, EncodeError> {
+        let n = usize::from(self.params.total);
+        let mut by_index: BTreeMap<u32, SegmentHashes> = BTreeMap::new();
+        for s in segments {
+            if s.index >= self.num_segments || s.block_hashes.len() != n {
+                return Err(EncodeError::Segment { index: s.index, why: "unexpected segment hashes".into() });
+            }
+            if by_index.insert(s.index, s).is_some() {
+                return Err(EncodeError::Segment { index: 0, why: "segment given twice".into() });
+            }
+        }
+        if by_index.len() != self.num_segments as usize {
+            return Err(EncodeError::Segment {
+                index: 0,
+                why: format!("{} of {} segments", by_index.len(), self.num_segments),
+            });
+        }
+        let segs: Vec<SegmentHashes> = by_index.into_values().collect();
+        let per_share: Vec<Vec<[u8; 32]>> = (0..n)
+            .map(|sh| segs.iter().map(|s| s.block_hashes[sh]).collect())
+            .collect();
+        let block_roots: Vec<[u8; 32]> = per_share.iter().map(|l| merkle_root(l)).collect();
+        let crypttext_hashes: Vec<[u8; 32]> = segs.iter().map(|s| s.crypttext_hash).collect();
+        let ueb = UriExtension {
+            size: self.size,
+            segment_size: self.params.segment_size,
+            needed: self.params.needed,
+            total: self.params.total,
+            num_segments: self.num_segments,
+            tail_segment_size: self.segment_len(self.num_segments - 1) as u32,
+            share_root: merkle_root(&block_roots),
+            crypttext_root: merkle_root(&crypttext_hashes),
+        };
+        let ueb_bytes = ueb.to_bytes();
+        let share_metas = per_share
+            .into_iter()
+            .enumerate()
+            .map(|(sh, block_hashes)| ShareMeta {
+                shnum: sh as u8,
+                ueb: ueb_bytes.clone(),
+                block_hashes,
+                share_hash_proof: merkle_proof(&block_roots, sh).unwrap_or_default(),
+                crypttext_hashes: crypttext_hashes.clone(),
+            })
+            .collect();
+        let cap = ChkReadCap {
+            key: self.key.clone(),
+            ueb_hash: ueb.hash(),
+            needed: self.params.needed,
+            total: self.params.total,
+            size: self.size,
+        };
+        Ok(EncodedFile { cap, ueb, share_metas })
+    }
+}
+
+/// Verification failures: what was wrong and, where it applies, which share.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The UEB's hash is not the cap's.
+    #[error("UEB hash does not match the cap")]
+    UebHashMismatch,
+    /// The UEB's fields disagree with the cap.
+    #[error("UEB does not match the cap: {0}")]
+    UebMismatch(String),
+    /// The UEB or share metadata does not decode.
+    #[error("malformed share data: {0}")]
+    Format(#[from] FormatError),
+    /// The share's block hashes do not chain to the share root.
+    #[error("share {shnum}: block hashes do not match the share hash tree")]
+    BadShareProof {
+        /// The share.
+        shnum: u8,
+    },
+    /// The crypttext hashes do not match the crypttext root.
+    #[error("share {shnum}: crypttext hashes do not match the UEB")]
+    BadCrypttextHashes {
+        /// The share.
+        shnum: u8,
+    },
+    /// A block's hash does not match.
+    #[error("share {shnum}: block {segment} is corrupt (hash mismatch)")]
+    BadBlock {
+        /// The share.
+        shnum: u8,
+        /// The segment.
+        segment: u32,
+    },
+    /// A block has the wrong length.
+    #[error("share {shnum}: block {segment} has {len} bytes, expected {expected}")]
+    WrongBlockLength {
+        /// The share.
+        shnum: u8,
+        /// The segment.
+        segment: u32,
+        /// Its length.
+        len: usize,
+        /// The expected length.
+        expected: u64,
+    },
+    /// The decoded segment's crypttext hash does not match.
+    #[error("segment {segment} decodes to the wrong crypttext (inconsistent shares)")]
+    CrypttextMismatch {
+        /// The segment.
+        segment: u32,
+    },
+    /// Fewer than k blocks, or blocks of unknown shares.
+    #[error("segment {segment}: {why}")]
+    NotEnoughBlocks {
+        /// The segment.
+        segment: u32,
+        /// Details.
+        why: String,
+    },
+}
+
+fn check_ueb_against(ueb_bytes: &[u8], ueb_hash: &[u8; 32], needed: u8, total: u8, size: u64) -> Result<UriExtension, VerifyError> {
+    let ueb = UriExtension::from_bytes(ueb_bytes)?;
+    if ueb.hash() != *ueb_hash {
+        return Err(VerifyError::UebHashMismatch);
+    }
+    if ueb.needed != needed || ueb.total != total || ueb.size != size {
+        return Err(VerifyError::UebMismatch(format!(
+            "k={} n={} size={}",
+            ueb.needed, ueb.total, ueb.size
+        )));
+    }
+    Ok(ueb)
+}
+
+/// Checks `ueb_bytes` against a read cap.
+pub fn verify_ueb(cap: &ChkReadCap, ueb_bytes: &[u8]) -> Result<UriExtension, VerifyError> {
+    check_ueb_against(ueb_bytes, &cap.ueb_hash, cap.needed, cap.total, cap.size)
+}
+
+/// Checks `ueb_bytes` against a verify cap (no key needed).
+pub fn verify_ueb_with_verify_cap(cap: &ChkVerifyCap, ueb_bytes: &[u8]) -> Result<UriExtension, VerifyError> {
+    check_ueb_against(ueb_bytes, &cap.ueb_hash, cap.needed, cap.total, cap.size)
+}
+
+/// Block size of segment `segment`.
+pub fn block_size_for(ueb: &UriExtension, segment: u32) -> u64 {
+    ueb.segment_len(segment).div_ceil(u64::from(ueb.needed)).max(1)
+}
+
+/// Offset of segment `segment`'s block in a share's data.
+pub fn block_offset(ueb: &UriExtension, segment: u32) -> u64 {
+    u64::from(segment) * block_size_for(ueb, 0)
+}
+
+/// A share whose metadata chains to a verified UEB; checks its blocks.
+#[derive(Debug)]
+pub struct VerifiedShare {
+    shnum: u8,
+    ueb: UriExtension,
+    block_hashes: Vec<[u8; 32]>,
+}
+
+impl VerifiedShare {
+    /// Checks `meta` against the verified `ueb`.
+    pub fn new(ueb: &UriExtension, meta: ShareMeta) -> Result<Self, VerifyError> {
+        let shnum = meta.shnum;
+        if shnum >= ueb.total {
+            return Err(VerifyError::BadShareProof { shnum });
+        }
+        if meta.ueb != ueb.to_bytes() {
+            return Err(VerifyError::UebHashMismatch);
+        }
+        if meta.block_hashes.len() != ueb.num_segments as usize {
+            return Err(VerifyError::BadShareProof { shnum });
+        }
+        let root = merkle_root(&meta.block_hashes);
+        if !verify_merkle_proof(&ueb.share_root, u64::from(shnum), u64::from(ueb.total), &root, &meta.share_hash_proof) {
+            return Err(VerifyError::BadShareProof { shnum });
+        }
+        if meta.crypttext_hashes.len() != ueb.num_segments as usize || merkle_root(&meta.crypttext_hashes) != ueb.crypttext_root {
+            return Err(VerifyError::BadCrypttextHashes { shnum });
+        }
+        Ok(Self {
+            shnum,
+            ueb: ueb.clone(),
+            block_hashes: meta.block_hashes,
+        })
+    }
+
+    /// The share number.
+    pub fn shnum(&self) -> u8 {
+        self.shnum
+    }
+
+    /// Checks block `segment` of this share.
+    pub fn check_block(&self, segment: u32, block: &[u8]) -> Result<(), VerifyError> {
+        let shnum = self.shnum;
+        let expected = block_size_for(&self.ueb, segment);
+        if block.len() as u64 != expected {
+            return Err(VerifyError::WrongBlockLength { shnum, segment, len: block.len(), expected });
+        }
+        match self.block_hashes.get(segment as usize) {
+            Some(h) if *h == block_hash(block) => Ok(()),
+            _ => Err(VerifyError::BadBlock { shnum, segment }),
+        }
+    }
+}
+
+/// Rebuilds segment `segment` from at least k verified blocks `(shnum, block)`, checks its
+/// crypttext hash against the verified `crypttext_hashes`, and decrypts it.
+pub fn decode_segment(
+    ueb: &UriExtension,
+    key: &Key,
+    crypttext_hashes: &[[u8; 32]],
+    segment: u32,
+    blocks: Vec<(u8, Vec<u8>)>,
+) -> Result<Vec<u8>, VerifyError> {
+    let not_enough = |why: String| VerifyError::NotEnoughBlocks { segment, why };
+    if segment >= ueb.num_segments {
+        return Err(not_enough("no such segment".into()));
+    }
+    let erasure = Erasure::new(ueb.needed, ueb.total).map_err(|e| not_enough(e.to_string()))?;
+    let mut slots: Vec<Option<Vec<u8>>> = vec![None; usize::from(ueb.total)];
+    for (sh, b) in blocks {
+        match slots.get_mut(usize::from(sh)) {
+            Some(slot) => *slot = Some(b),
+            None => return Err(not_enough(format!("share {sh} out of range"))),
+        }
+    }
+    let len = ueb.segment_len(segment) as usize;
+    let mut crypttext = erasure.decode(slots, len).map_err(|e| not_enough(e.to_string()))?;
+    let want = crypttext_hashes.get(segment as usize).ok_or_else(|| not_enough("no crypttext hash".into()))?;
+    if tagged_hash(CRYPTTEXT_TAG, &[&crypttext]) != *want {
+        return Err(VerifyError::CrypttextMismatch { segment });
+    }
+    apply_keystream(key, u64::from(segment) * u64::from(ueb.segment_size), &mut crypttext);
+    Ok(crypttext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode_all(data: &[u8], params: EncodingParams) -> (EncodedFile, Vec<EncodedSegment>) {
+        let mut h = ConvergentKeyHasher::new(&[3; 32], &params);
+        h.update(data);
+        let enc = FileEncoder::new(h.finalize(), params, data.len() as u64).unwrap();
+        let seg = params.segment_size as usize;
+        let segs: Vec<EncodedSegment> = (0..enc.num_segments())
+            .map(|i| {
+                let start = i as usize * seg;
+                enc.encode_segment(i, &data[start..(start + seg).min(data.len())]).unwrap()
+            })
+            .collect();
+        let hashes: Vec<SegmentHashes> = segs.iter().map(EncodedSegment::hashes).collect();
+        (enc.finish(hashes).unwrap(), segs)
+    }
+
+    /// Downloads using the given shares, verifying everything like the real downloader.
+    fn decode_with(file: &EncodedFile, segs: &[EncodedSegment], use_shares: &[u8]) -> Result<Vec<u8>, VerifyError> {
+        let ueb = verify_ueb(&file.cap, &file.share_metas[0].ueb)?;
+        let mut out = Vec::new();
+        let shares: Vec<VerifiedShare> = use_shares
+            .iter()
+            .map(|&sh| VerifiedShare::new(&ueb, file.share_metas[usize::from(sh)].clone()))
+            .collect::<Result<_, _>>()?;
+        for (i, seg) in segs.iter().enumerate() {
+            let mut blocks = Vec::new();
+            for s in &shares {
+                let b = &seg.blocks[usize::from(s.shnum())];
+                s.check_block(i as u32, b)?;
+                blocks.push((s.shnum(), b.clone()));
+            }
+            out.extend(decode_segment(&ueb, &file.cap.key, &file.share_metas[0].crypttext_hashes, i as u32, blocks)?);
+        }
+        Ok(out)
+    }
+
+    fn params(k: u8, n: u8, seg: u32) -> EncodingParams {
+        EncodingParams { needed: k, happy: k, total: n, segment_size: seg }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn any_k_of_n_shares_rebuild_the_file(len in 56usize..40_000, k in 1u8..5, extra in 0u8..6, seed in any::<u64>()) {
+            let n = k + extra;
+            let data: Vec<u8> = (0..len).map(|i| (i as u64 ^ seed).wrapping_mul(0x9E37_79B9) as u8).collect();
+            let (file, segs) = encode_all(&data, params(k, n, 4096));
+            let mut order: Vec<u8> = (0..n).collect();
+            let mut s = seed;
+            for i in (1..order.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+                order.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            prop_assert_eq!(decode_with(&file, &segs, &order[..usize::from(k)]).unwrap(), data);
+        }
+
+        #[test]
+        fn any_flipped_bit_in_a_block_or_metadata_is_detected(len in 56usize..20_000, bit in any::<u32>(), which in 0u8..4, pick in any::<u32>()) {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let (mut file, mut segs) = encode_all(&data, params(2, 4, 2048));
+            match which {
+                0 => {
+                    let s = pick as usize % segs.len();
+                    let b = &mut segs[s].blocks[(pick as usize / 7) % 4];
+                    let i = bit as usize % (b.len() * 8);
+                    b[i / 8] ^= 1 << (i % 8);
+                }
+                1 => {
+                    let m = &mut file.share_metas[(pick % 4) as usize];
+                    let mut bytes = m.to_bytes();
+                    let i = bit as usize % (bytes.len() * 8);
+                    bytes[i / 8] ^= 1 << (i % 8);
+                    match ShareMeta::from_bytes(&bytes, 1 << 20) {
+                        Ok(parsed) => *m = parsed,
+                        Err(_) => return Ok(()), // detected at decode time
+                    }
+                }
+                2 => {
+                    // the UEB copy inside every share
+                    let mut ueb = file.share_metas[0].ueb.clone();
+                    let i = bit as usize % (ueb.len() * 8);
+                    ueb[i / 8] ^= 1 << (i % 8);
+                    for m in &mut file.share_metas { m.ueb = ueb.clone(); }
+                }
+                _ => {
+                    let m = &mut file.share_metas[(pick % 4) as usize];
+                    let s = pick as usize % m.crypttext_hashes.len();
+                    m.crypttext_hashes[s][(bit % 32) as usize] ^= 1 << (bit % 8);
+                }
+            }
+            // Every 2-subset must either fail verification or return the exact plaintext.
+            for a in 0..4u8 {
+                for b in (a + 1)..4u8 {
+                    if let Ok(out) = decode_with(&file, &segs, &[a, b]) {
+                        prop_assert_eq!(&out, &data);
+                    }
+                }
+            }
+            // ...and at least one subset touching the damage fails.
+            let all_ok = (0..4u8).all(|a| ((a + 1)..4u8).all(|b| decode_with(&file, &segs, &[a, b]).is_ok()));
+            prop_assert!(!all_ok, "corruption went unnoticed");
+        }
+
+        #[test]
+        fn decoders_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = UriExtension::from_bytes(&bytes);
+            let _ = ShareMeta::from_bytes(&bytes, 1 << 20);
+        }
+    }
+
+    #[test]
+    fn metadata_and_ueb_round_trip() {
+        let data = vec![5u8; 10_000];
+        let (file, _) = encode_all(&data, params(3, 10, 1024));
+        for m in &file.share_metas {
+            assert_eq!(&ShareMeta::from_bytes(&m.to_bytes(), 1 << 20).unwrap(), m);
+        }
+        assert_eq!(UriExtension::from_bytes(&file.ueb.to_bytes()).unwrap(), file.ueb);
+        assert_eq!(file.ueb.num_segments, 10);
+        assert_eq!(file.ueb.tail_segment_size, 10_000 - 9 * 1024);
+        assert!(matches!(ShareMeta::from_bytes(&file.share_metas[0].to_bytes(), 10), Err(FormatError::TooLong { .. })));
+    }
+
+    #[test]
+    fn too_small_and_bad_segments_are_errors() {
+        let p = EncodingParams::default();
+        assert!(matches!(FileEncoder::new(Key([0; 32]), p, 55), Err(EncodeError::TooSmall)));
+        let enc = FileEncoder::new(Key([0; 32]), params(3, 10, 1024), 3000).unwrap();
+        assert_eq!(enc.num_segments(), 3);
+        assert_eq!(enc.share_data_len(), 342 + 342 + 318);
+        assert!(enc.encode_segment(3, &[0; 10]).is_err());
+        assert!(enc.encode_segment(0, &[0; 10]).is_err());
+        assert!(EncodingParams { needed: 4, happy: 3, total: 10, segment_size: 1 << 20 }.validate().is_err());
+    }
+}

@@ -1,0 +1,438 @@
+//! `kith.toml`: the node's one configuration file, in two stages (as ripgrep's flags): the
+//! documented serde struct [`RawConfig`] as written on disk, and the validated [`Config`] the
+//! node runs with (`Config::try_from(raw)`).
+//!
+//! Every field can be set by a flag at `kith init` (see `cli`). A node dir is self-contained:
+//! `kith.toml`, `private/` (node key, convergence secret, API token), `node.redb` (indexes) and
+//! `storage/` (share files), so it can be moved or mounted as a container volume.
+//!
+//! ```toml
+//! nickname = "alice"
+//!
+//! [network]
+//! # Addresses to listen on (TCP and/or QUIC multiaddrs). `kith init` picks a free port once so
+//! # the addresses stay the same across restarts.
+//! listen = ["/ip4/0.0.0.0/tcp/41234", "/ip4/0.0.0.0/udp/41234/quic-v1"]
+//! # Addresses to tell peers about, in addition to the listen addresses.
+//! announce = []
+//! # Static peers, dialed at start and redialed when they drop (`kith peer add` adds more).
+//! peers = ["/ip4/192.0.2.7/tcp/41000/p2p/12D3KooW..."]
+//!
+//! [storage]
+//! enabled = true          # serve storage to peers
+//! capacity = "100GiB"     # most share bytes this node keeps for others
+//! reserved = "1GiB"       # always leave this much disk free
+//! lease_days = 31         # how long a lease lasts unless renewed
+//!
+//! [encoding]              # defaults for uploads from this node
+//! shares_needed = 3       # k: any k shares rebuild a file
+//! shares_happy = 7        # an upload succeeds only on this many distinct servers
+//! shares_total = 10       # n: shares made per file
+//! segment_size = "1MiB"
+//! convergent = true       # convergent encryption (dedupe); `false` = a random key per upload
+//!
+//! [api]
+//! listen = "127.0.0.1:41235"  # local HTTP API and control panel; loopback only
+//! ```
+
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{EncodingParams, MAX_SEGMENT_SIZE};
+
+/// File name of the configuration inside the node dir.
+pub const CONFIG_FILE: &str = "kith.toml";
+
+/// A byte count written with an optional unit (`"50GiB"`, `"1MiB"`, `"10GB"`, `"4096"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        };
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size like 50GiB or 1048576"))?;
+        let bytes = value * mult as f64;
+        if !(0.0..=u64::MAX as f64).contains(&bytes) {
+            return Err(format!("{s:?} is out of range"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
+        for (name, size) in UNITS {
+            if self.0 >= size && self.0 % size == 0 {
+                return write!(f, "{}{name}", self.0 / size);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            N(u64),
+            S(String),
+        }
+        match Either::deserialize(d)? {
+            Either::N(n) => Ok(ByteSize(n)),
+            Either::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `kith.toml` as written on disk. Every field has a default.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// A name for humans; shown to peers.
+    pub nickname: String,
+    /// Listen / announce addresses and static peers.
+    pub network: RawNetwork,
+    /// The storage server.
+    pub storage: RawStorage,
+    /// Defaults for uploads.
+    pub encoding: RawEncoding,
+    /// Local HTTP API and control panel.
+    pub api: RawApi,
+}
+
+/// `[network]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawNetwork {
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Extra multiaddrs to announce.
+    pub announce: Vec<String>,
+    /// Static peers (`/…/p2p/<peer id>`).
+    pub peers: Vec<String>,
+}
+
+impl Default for RawNetwork {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".into(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+            ],
+            announce: Vec::new(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStorage {
+    /// Serve storage to peers.
+    pub enabled: bool,
+    /// Most share bytes kept for others.
+    pub capacity: ByteSize,
+    /// Disk space always left free.
+    pub reserved: ByteSize,
+    /// Lease duration in days.
+    pub lease_days: u32,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            capacity: ByteSize(100 << 30),
+            reserved: ByteSize(1 << 30),
+            lease_days: 31,
+        }
+    }
+}
+
+/// `[encoding]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawEncoding {
+    /// k.
+    pub shares_needed: u8,
+    /// Servers of happiness.
+    pub shares_happy: u8,
+    /// n.
+    pub shares_total: u8,
+    /// Segment size.
+    pub segment_size: ByteSize,
+    /// Convergent encryption (else a random key per upload).
+    pub convergent: bool,
+}
+
+impl Default for RawEncoding {
+    fn default() -> Self {
+        let d = EncodingParams::default();
+        Self {
+            shares_needed: d.needed,
+            shares_happy: d.happy,
+            shares_total: d.total,
+            segment_size: ByteSize(u64::from(d.segment_size)),
+            convergent: true,
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawApi {
+    /// Socket address of the local API and panel.
+    pub listen: String,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+        }
+    }
+}
+
+/// A configuration that failed validation; the message names the field.
+#[derive(Debug, thiserror::Error)]
+#[error("kith.toml: {field}: {message}")]
+pub struct ConfigError {
+    /// Dotted field name, e.g. `encoding.shares_happy`.
+    pub field: &'static str,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A static peer: its id and the address to dial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticPeer {
+    /// The peer.
+    pub peer: PeerId,
+    /// Where to dial it (without `/p2p/`).
+    pub addr: Multiaddr,
+}
+
+impl FromStr for StaticPeer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let addr: Multiaddr = s
+            .parse()
+            .map_err(|e| format!("{s:?} is not a multiaddr: {e}"))?;
+        let (peer, addr) = kith_transports::split_peer_id(&addr)
+            .ok_or_else(|| format!("{s:?} must end in /p2p/<peer id>"))?;
+        if addr.is_empty() {
+            return Err(format!("{s:?} has no address before /p2p/"));
+        }
+        Ok(StaticPeer { peer, addr })
+    }
+}
+
+impl fmt::Display for StaticPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", kith_transports::with_peer_id(&self.addr, self.peer))
+    }
+}
+
+/// The validated configuration a node runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Nickname.
+    pub nickname: String,
+    /// Listen multiaddrs.
+    pub listen: Vec<Multiaddr>,
+    /// Extra announced multiaddrs.
+    pub announce: Vec<Multiaddr>,
+    /// Static peers.
+    pub peers: Vec<StaticPeer>,
+    /// Serve storage.
+    pub storage_enabled: bool,
+    /// Storage capacity in bytes.
+    pub capacity: u64,
+    /// Reserved free disk in bytes.
+    pub reserved: u64,
+    /// Lease duration in seconds.
+    pub lease_secs: u64,
+    /// Upload encoding defaults.
+    pub encoding: EncodingParams,
+    /// Convergent encryption by default.
+    pub convergent: bool,
+    /// Local API socket address (loopback).
+    pub api_listen: SocketAddr,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        if raw.nickname.len() > 64 || raw.nickname.chars().any(char::is_control) {
+            return Err(bad(
+                "nickname",
+                "at most 64 bytes, no control characters",
+            ));
+        }
+        let parse_addrs = |field, list: &[String]| -> Result<Vec<Multiaddr>, ConfigError> {
+            list.iter()
+                .map(|s| {
+                    s.parse::<Multiaddr>()
+                        .map_err(|e| bad(field, format!("{s:?} is not a multiaddr: {e}")))
+                })
+                .collect()
+        };
+        let listen = parse_addrs("network.listen", &raw.network.listen)?;
+        for a in &listen {
+            let ok = a.iter().any(|p| {
+                matches!(p, Protocol::Tcp(_) | Protocol::QuicV1 | Protocol::Memory(_))
+            });
+            if !ok {
+                return Err(bad(
+                    "network.listen",
+                    format!("{a} is neither a TCP, QUIC nor memory address"),
+                ));
+            }
+        }
+        let announce = parse_addrs("network.announce", &raw.network.announce)?;
+        let peers = raw
+            .network
+            .peers
+            .iter()
+            .map(|s| s.parse().map_err(|e| bad("network.peers", e)))
+            .collect::<Result<Vec<StaticPeer>, _>>()?;
+        let segment_size = u32::try_from(raw.encoding.segment_size.0)
+            .ok()
+            .filter(|s| (1024..=MAX_SEGMENT_SIZE).contains(s))
+            .ok_or_else(|| {
+                bad(
+                    "encoding.segment_size",
+                    format!("must be between 1KiB and {}", ByteSize(MAX_SEGMENT_SIZE.into())),
+                )
+            })?;
+        let encoding = EncodingParams {
+            needed: raw.encoding.shares_needed,
+            happy: raw.encoding.shares_happy,
+            total: raw.encoding.shares_total,
+            segment_size,
+        };
+        encoding
+            .validate()
+            .map_err(|e| bad("encoding", e.to_string()))?;
+        let api_listen: SocketAddr = raw
+            .api
+            .listen
+            .parse()
+            .map_err(|e| bad("api.listen", format!("{:?}: {e}", raw.api.listen)))?;
+        if !api_listen.ip().is_loopback() {
+            return Err(bad(
+                "api.listen",
+                "the control panel only binds loopback addresses (127.0.0.1 or ::1)",
+            ));
+        }
+        if raw.storage.lease_days == 0 {
+            return Err(bad("storage.lease_days", "must be at least 1"));
+        }
+        Ok(Config {
+            nickname: raw.nickname,
+            listen,
+            announce,
+            peers,
+            storage_enabled: raw.storage.enabled,
+            capacity: raw.storage.capacity.0,
+            reserved: raw.storage.reserved.0,
+            lease_secs: u64::from(raw.storage.lease_days) * 86_400,
+            encoding,
+            convergent: raw.encoding.convergent,
+            api_listen,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_and_print() {
+        for (s, n) in [
+            ("4096", 4096),
+            ("1MiB", 1 << 20),
+            ("50GiB", 50 << 30),
+            ("10GB", 10_000_000_000),
+            ("1.5KiB", 1536),
+        ] {
+            assert_eq!(s.parse::<ByteSize>().unwrap(), ByteSize(n), "{s}");
+        }
+        assert_eq!(ByteSize(1 << 20).to_string(), "1MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!("-1".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn default_config_is_valid_and_round_trips_through_toml() {
+        let raw = RawConfig::default();
+        let text = toml::to_string(&raw).unwrap();
+        let back: RawConfig = toml::from_str(&text).unwrap();
+        let cfg = Config::try_from(back).unwrap();
+        assert_eq!(cfg.encoding, EncodingParams::default());
+        assert_eq!(cfg.lease_secs, 31 * 86_400);
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let mut raw = RawConfig::default();
+        raw.encoding.shares_happy = 11;
+        let err = Config::try_from(raw).unwrap_err();
+        assert_eq!(err.field, "encoding");
+        let mut raw = RawConfig::default();
+        raw.api.listen = "0.0.0.0:80".into();
+        assert_eq!(Config::try_from(raw).unwrap_err().field, "api.listen");
+        let mut raw = RawConfig::default();
+        raw.network.peers = vec!["/ip4/127.0.0.1/tcp/1".into()];
+        assert_eq!(Config::try_from(raw).unwrap_err().field, "network.peers");
+        assert!(toml::from_str::<RawConfig>("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,559 @@
+//! `kith`: the command-line interface of a kith node.
+//!
+//! `init` and `run` work on the node dir directly; `id` asks the daemon when one runs and reads
+//! `kith.toml` otherwise; every other command talks to the running daemon over its local HTTP
+//! API (address in `<dir>/api.json`, token in `<dir>/private/api-token`).
+
+use std::{
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use kith_node::{
+    api::ApiInfo,
+    config::{ByteSize, RawConfig},
+    daemon::{self, RunOptions},
+    nodedir::NodeDir,
+};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the command failed (the message says why)
+  2  bad usage (unknown flag, missing argument)
+  3  no kith daemon is running for this node dir (start one with `kith run`)";
+
+/// kith: a peer-to-peer friendnet storage node.
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// Node directory [default: $KITH_DIR or ~/.kith]
+    #[arg(long, global = true, env = "KITH_DIR")]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a node dir (kith.toml, node key, secrets).
+    Init(InitArgs),
+    /// Run the node in the foreground (creates the node dir with defaults if needed).
+    Run,
+    /// Print this node's dialable addresses with /p2p/<peer id>, one a line.
+    Id,
+    /// Show node id, addresses, connected peers and storage usage.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage static peers (dialed at start and kept connected).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Upload a file (or stdin with `-`); prints its read cap as the last line.
+    Put {
+        /// File to upload, or `-` for stdin.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// Encrypt with a random key instead of the convergent one.
+        #[arg(long)]
+        random_key: bool,
+        /// k: shares needed to rebuild.
+        #[arg(long)]
+        shares_needed: Option<u8>,
+        /// Servers of happiness.
+        #[arg(long)]
+        shares_happy: Option<u8>,
+        /// n: shares made.
+        #[arg(long)]
+        shares_total: Option<u8>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a file by its read cap.
+    Get {
+        /// The read cap (kith:chk:… or kith:lit:…).
+        cap: String,
+        /// Output file [default: stdout].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Print the control panel URL.
+    Panel,
+    /// Stop the running daemon.
+    Stop,
+}
+
+#[derive(Subcommand, Debug)]
+enum PeerCommand {
+    /// Record a static peer and connect to it: /ip4/…/tcp/…/p2p/<peer id>.
+    Add {
+        /// The peer's multiaddr with /p2p/<peer id>.
+        addr: String,
+    },
+    /// List static peers.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a static peer.
+    Remove {
+        /// The peer id.
+        peer: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// A name for humans.
+    #[arg(long)]
+    nickname: Option<String>,
+    /// Listen multiaddr (repeatable) [default: TCP and QUIC on all interfaces, a free port].
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Extra multiaddr to announce (repeatable).
+    #[arg(long)]
+    announce: Vec<String>,
+    /// Static peer multiaddr with /p2p/<id> (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// k: shares needed to rebuild a file [default: 3].
+    #[arg(long)]
+    shares_needed: Option<u8>,
+    /// Servers of happiness [default: 7].
+    #[arg(long)]
+    shares_happy: Option<u8>,
+    /// n: shares per file [default: 10].
+    #[arg(long)]
+    shares_total: Option<u8>,
+    /// Segment size [default: 1MiB].
+    #[arg(long)]
+    segment_size: Option<ByteSize>,
+    /// Use a random key per upload instead of convergent encryption.
+    #[arg(long)]
+    random_key: bool,
+    /// Most share bytes to keep for others [default: 100GiB].
+    #[arg(long)]
+    capacity: Option<ByteSize>,
+    /// Disk space always left free [default: 1GiB].
+    #[arg(long)]
+    reserved: Option<ByteSize>,
+    /// Lease duration in days [default: 31].
+    #[arg(long)]
+    lease_days: Option<u32>,
+    /// Do not offer storage to peers.
+    #[arg(long)]
+    no_storage: bool,
+    /// Local API / panel address (loopback) [default: 127.0.0.1 and a free port].
+    #[arg(long)]
+    api_listen: Option<String>,
+}
+
+impl InitArgs {
+    fn into_raw(self) -> RawConfig {
+        let mut raw = RawConfig::default();
+        raw.nickname = self.nickname.unwrap_or_else(default_nickname);
+        if !self.listen.is_empty() {
+            raw.network.listen = self.listen;
+        }
+        raw.network.announce = self.announce;
+        raw.network.peers = self.peers;
+        let e = &mut raw.encoding;
+        e.shares_needed = self.shares_needed.unwrap_or(e.shares_needed);
+        e.shares_happy = self.shares_happy.unwrap_or(e.shares_happy);
+        e.shares_total = self.shares_total.unwrap_or(e.shares_total);
+        e.segment_size = self.segment_size.unwrap_or(e.segment_size);
+        e.convergent = !self.random_key;
+        let s = &mut raw.storage;
+        s.capacity = self.capacity.unwrap_or(s.capacity);
+        s.reserved = self.reserved.unwrap_or(s.reserved);
+        s.lease_days = self.lease_days.unwrap_or(s.lease_days);
+        s.enabled = !self.no_storage;
+        if let Some(a) = self.api_listen {
+            raw.api.listen = a;
+        }
+        raw
+    }
+}
+
+fn default_nickname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().chars().take(32).collect())
+        .unwrap_or_default()
+}
+
+/// "No daemon" is its own failure so it gets its own exit code.
+#[derive(Debug)]
+struct NoDaemon(String);
+
+impl std::fmt::Display for NoDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoDaemon {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kith_node=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kith: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kith: {e:#}");
+            if e.downcast_ref::<NoDaemon>().is_some() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let dir = NodeDir::new(cli.dir.unwrap_or_else(NodeDir::default_root));
+    match cli.command {
+        Command::Init(args) => {
+            let (config, peer) = dir.init(args.into_raw())?;
+            println!("created node dir {}", dir.root().display());
+            println!("peer id: {peer}");
+            for a in &config.listen {
+                println!("  will listen on {a}");
+            }
+            println!("start it with: kith --dir {} run", dir.root().display());
+            Ok(())
+        }
+        Command::Run => {
+            daemon::run(dir, RunOptions::default()).await?;
+            Ok(())
+        }
+        Command::Id => {
+            if let Ok(api) = Api::connect(&dir) {
+                if let Ok(v) = api.get("/id").await {
+                    for a in v["addrs"].as_array().into_iter().flatten() {
+                        println!("{}", a.as_str().unwrap_or_default());
+                    }
+                    return Ok(());
+                }
+            }
+            // No daemon: the configured addresses (unspecified hosts are not dialable).
+            let config = dir.load_config()?;
+            let peer = dir.keypair()?.public().to_peer_id();
+            for a in config.announce.iter().chain(config.listen.iter()) {
+                let s = a.to_string();
+                if s.contains("/0.0.0.0/") || s.contains("/::/") {
+                    eprintln!("(daemon not running: {s} listens on every interface; start it to see the concrete addresses)");
+                    continue;
+                }
+                println!("{}", kith_transports::with_peer_id(a, peer));
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            let api = Api::connect(&dir)?;
+            let s = api.get("/status").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_status(&s);
+            }
+            Ok(())
+        }
+        Command::Peer(cmd) => {
+            let api = Api::connect(&dir)?;
+            match cmd {
+                PeerCommand::Add { addr } => {
+                    let v = api.post_json("/peers", &serde_json::json!({ "addr": addr })).await?;
+                    println!("connected to {}", v["peer_id"].as_str().unwrap_or_default());
+                }
+                PeerCommand::List { json } => {
+                    let v = api.get("/peers").await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        for p in v.as_array().into_iter().flatten() {
+                            let c = if p["connected"].as_bool() == Some(true) { "connected" } else { "not connected" };
+                            println!("{}  {c}", p["addr"].as_str().unwrap_or_default());
+                        }
+                    }
+                }
+                PeerCommand::Remove { peer } => {
+                    let v = api.delete(&format!("/peers/{peer}")).await?;
+                    if v["removed"].as_bool() == Some(true) {
+                        println!("removed {peer}");
+                    } else {
+                        bail!("{peer} is not a static peer added with `kith peer add`");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Put {
+            file,
+            random_key,
+            shares_needed,
+            shares_happy,
+            shares_total,
+            json,
+        } => {
+            let api = Api::connect(&dir)?;
+            let mut query = vec![];
+            if random_key {
+                query.push("random_key=true".to_owned());
+            }
+            for (k, v) in [("needed", shares_needed), ("happy", shares_happy), ("total", shares_total)] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={v}"));
+                }
+            }
+            let v = api.put_file(&file, &query.join("&")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            println!("{}", v["cap"].as_str().ok_or_else(|| anyhow!("daemon sent no cap"))?);
+            Ok(())
+        }
+        Command::Get { cap, output } => {
+            let api = Api::connect(&dir)?;
+            api.get_file(&cap, output).await
+        }
+        Command::Panel => {
+            let api = Api::connect(&dir)?;
+            println!("{}/#token={}", api.info.url, api.token);
+            Ok(())
+        }
+        Command::Stop => {
+            let api = Api::connect(&dir)?;
+            api.post_json("/shutdown", &serde_json::json!({})).await?;
+            println!("stopping the daemon");
+            Ok(())
+        }
+    }
+}
+
+fn print_status(s: &serde_json::Value) {
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    println!("node      {} ({})", str_of(&s["peer_id"]), str_of(&s["nickname"]));
+    println!("dir       {}", str_of(&s["dir"]));
+    for a in s["addrs"].as_array().into_iter().flatten() {
+        println!("address   {}", str_of(a));
+    }
+    if let Some(st) = s["storage"].as_object() {
+        let gib = |k: &str| st.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        println!(
+            "storage   {:.2} GiB used in {} shares, {:.2} GiB free of {:.2} GiB",
+            gib("used_bytes"),
+            st.get("share_count").and_then(|v| v.as_u64()).unwrap_or(0),
+            gib("free_bytes"),
+            gib("capacity_bytes"),
+        );
+    } else {
+        println!("storage   not offered");
+    }
+    let peers = s["connected_peers"].as_array().cloned().unwrap_or_default();
+    println!("peers     {} connected", peers.len());
+    for p in peers {
+        let rtt = p["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_default();
+        println!(
+            "  {}  {}  {}{}",
+            str_of(&p["peer_id"]),
+            p["addrs"].as_array().and_then(|a| a.first()).map(str_of).unwrap_or_default(),
+            rtt,
+            if p["storage"].as_bool() == Some(true) { "" } else { "  (no storage)" }
+        );
+    }
+}
+
+struct Api {
+    info: ApiInfo,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn connect(dir: &NodeDir) -> anyhow::Result<Api> {
+        let no_daemon = || {
+            NoDaemon(format!(
+                "no kith daemon is running for {} (start it with `kith --dir {} run`)",
+                dir.root().display(),
+                dir.root().display()
+            ))
+        };
+        let text = std::fs::read_to_string(dir.api_file()).map_err(|_| no_daemon())?;
+        let info: ApiInfo = serde_json::from_str(&text).map_err(|_| no_daemon())?;
+        if !std::path::Path::new(&format!("/proc/{}", info.pid)).exists() {
+            return Err(no_daemon().into());
+        }
+        let token = dir.api_token()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()?;
+        Ok(Api { info, token, http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.info.url)
+    }
+
+    async fn check(&self, resp: reqwest::Result<reqwest::Response>) -> anyhow::Result<reqwest::Response> {
+        let resp = resp.map_err(|e| {
+            if e.is_connect() {
+                anyhow::Error::new(NoDaemon(format!(
+                    "the kith daemon at {} does not answer ({e}); is it still running?",
+                    self.info.url
+                )))
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let msg = body["error"].as_str().map(str::to_owned).unwrap_or_else(|| status.to_string());
+        bail!("{msg}")
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let r = self.http.get(self.url(path)).bearer_auth(&self.token).send().await;
+        Ok(self.check(r).await?.json().await?)
+    }
+
+    async fn post_json(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let r = self.http.post(self.url(path)).bearer_auth(&self.token).json(body).send().await;
+        Ok(self.check(r).await?.json().await?)
+    }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let r = self.http.delete(self.url(path)).bearer_auth(&self.token).send().await;
+        Ok(self.check(r).await?.json().await?)
+    }
+
+    async fn put_file(&self, file: &std::path::Path, query: &str) -> anyhow::Result<serde_json::Value> {
+        let (body, total) = if file.as_os_str() == "-" {
+            let stdin = tokio::io::stdin();
+            (reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(stdin)), None)
+        } else {
+            let f = tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let len = f.metadata().await?.len();
+            let bar = progress_bar(len);
+            let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map(move |chunk| {
+                if let (Ok(c), Some(b)) = (&chunk, &bar) {
+                    b.inc(c.len() as u64);
+                    if b.position() >= len {
+                        b.set_message("encoding and placing shares…");
+                    }
+                }
+                chunk
+            });
+            (reqwest::Body::wrap_stream(stream), Some(len))
+        };
+        let mut url = self.url("/files");
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        let mut req = self.http.post(url).bearer_auth(&self.token).body(body);
+        if let Some(len) = total {
+            req = req.header(reqwest::header::CONTENT_LENGTH, len);
+        }
+        let r = req.send().await;
+        Ok(self.check(r).await?.json().await?)
+    }
+
+    async fn get_file(&self, cap: &str, output: Option<PathBuf>) -> anyhow::Result<()> {
+        let size = kith_node::client::parse_read_cap(cap)
+            .map_err(|e| anyhow!("{e}"))?
+            .size();
+        let r = self
+            .http
+            .get(self.url(&format!("/files/{}", cap.trim())))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
+        let resp = self.check(r).await?;
+        let report_id = resp
+            .headers()
+            .get("x-kith-report")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut out: Box<dyn Write> = match &output {
+            Some(p) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+            )),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        let bar = if output.is_some() { progress_bar(size) } else { None };
+        let mut stream = resp.bytes_stream();
+        let mut got = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            got += chunk.len() as u64;
+            out.write_all(&chunk)?;
+            if let Some(b) = &bar {
+                b.set_position(got);
+            }
+        }
+        out.flush()?;
+        drop(out);
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let report = match report_id {
+            Some(id) => self.get(&format!("/reports/{id}")).await.ok(),
+            None => None,
+        };
+        if let Some(r) = &report {
+            for b in r["bad_shares"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "kith: warning: share {} on server {} was bad and was not used: {}",
+                    b["shnum"],
+                    b["server"].as_str().unwrap_or_default(),
+                    b["problem"].as_str().unwrap_or_default()
+                );
+            }
+            if let Some(e) = r["error"].as_str() {
+                bail!("download failed after {got} bytes: {e}");
+            }
+        }
+        if got != size {
+            bail!("download broke off after {got} of {size} bytes");
+        }
+        Ok(())
+    }
+}
+
+fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}

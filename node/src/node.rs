@@ -1,0 +1,488 @@
+//! The composition root: [`Node::start`] opens the node dir (config, key, redb, share store),
+//! starts the network actor, dials static peers, and hands out a cloneable [`NodeHandle`] that
+//! the CLI's local API, the tests and the benchmark all go through.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use tokio::io::AsyncWrite;
+
+use crate::{
+    caps::ReadCap,
+    client::{self, DownloadError, DownloadReport, PutOptions, PutResult, UploadError},
+    config::{Config, StaticPeer},
+    net::{self, NetHandle, NetState, RpcError},
+    nodedir::{DirError, NodeDir},
+    protocol::{Request, RequestFrame, Response},
+    server::StorageServer,
+    storage::{ShareStore, StoreConfig, StoreError},
+};
+
+/// Static peers added at run time (`kith peer add`): peer id (text) -> multiaddr (text).
+const STATIC_PEERS: TableDefinition<&str, &str> = TableDefinition::new("static-peers-0");
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The node dir is missing, unreadable or invalid.
+    #[error(transparent)]
+    Dir(#[from] DirError),
+    /// The redb database could not be opened (another `kith run` on the same dir?).
+    #[error("cannot open {path}: {message} (is another kith daemon running on this dir?)")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// redb's message.
+        message: String,
+    },
+    /// The share store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The network could not start.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// A peer address is invalid or the peer could not be reached.
+    #[error("{0}")]
+    Peer(String),
+}
+
+fn db_err(path: &Path) -> impl Fn(String) -> NodeError + '_ {
+    move |message| NodeError::Db {
+        path: path.to_owned(),
+        message,
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    handle: NodeHandle,
+    net_task: tokio::task::JoinHandle<()>,
+}
+
+/// Options for [`Node::start`] beyond `kith.toml`.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// Enable the in-memory transport in addition to what the listen addresses need.
+    pub memory_transport: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: NodeDir,
+    config: Config,
+    peer_id: PeerId,
+    convergence: [u8; 32],
+    server: StorageServer,
+    net: NetHandle,
+    db: Arc<redb::Database>,
+    reports: Mutex<VecDeque<(u64, DownloadReport)>>,
+    next_report: Mutex<u64>,
+}
+
+/// Cloneable handle to a running node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+impl Node {
+    /// Starts the node in `dir` (which must be initialized).
+    pub async fn start(dir: NodeDir, opts: StartOptions) -> Result<Node, NodeError> {
+        let config = dir.load_config()?;
+        let keypair = dir.keypair()?;
+        let convergence = dir.convergence_secret()?;
+        let db_path = dir.db_path();
+        let db = Arc::new(
+            redb::Database::create(&db_path).map_err(|e| db_err(&db_path)(e.to_string()))?,
+        );
+        {
+            let tx = db.begin_write().map_err(|e| db_err(&db_path)(e.to_string()))?;
+            tx.open_table(STATIC_PEERS)
+                .map_err(|e| db_err(&db_path)(e.to_string()))?;
+            tx.commit().map_err(|e| db_err(&db_path)(e.to_string()))?;
+        }
+        let store = if config.storage_enabled {
+            let store_cfg = StoreConfig {
+                root: dir.storage(),
+                capacity: config.capacity,
+                reserved: config.reserved,
+                read_only: false,
+            };
+            let db2 = db.clone();
+            Some(
+                tokio::task::spawn_blocking(move || ShareStore::open(db2, store_cfg))
+                    .await
+                    .map_err(|e| NodeError::Peer(e.to_string()))??,
+            )
+        } else {
+            None
+        };
+        let server = StorageServer::new(store, config.lease_secs);
+        let uses = |f: fn(&Protocol<'_>) -> bool| config.listen.iter().any(|a| a.iter().any(|p| f(&p)));
+        let transports = kith_transports::Config {
+            tcp: true,
+            quic: true,
+            memory: opts.memory_transport || uses(|p| matches!(p, Protocol::Memory(_))),
+            ..kith_transports::Config::default()
+        };
+        let (net, net_task) = net::spawn(&keypair, &transports, &config.listen, server.clone())?;
+        let _ = std::fs::create_dir_all(dir.tmp());
+        let handle = NodeHandle {
+            inner: Arc::new(Inner {
+                peer_id: keypair.public().to_peer_id(),
+                dir,
+                config,
+                convergence,
+                server,
+                net,
+                db,
+                reports: Mutex::new(VecDeque::new()),
+                next_report: Mutex::new(0),
+            }),
+        };
+        for peer in handle.static_peers() {
+            let net = handle.inner.net.clone();
+            tokio::spawn(async move {
+                if let Err(e) = net.dial(peer.clone(), true).await {
+                    tracing::info!(peer = %peer, error = %e, "static peer not reachable yet; will retry");
+                }
+            });
+        }
+        Ok(Node { handle, net_task })
+    }
+
+    /// A handle to the node.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the node: closes connections, stops the network actor.
+    pub async fn shutdown(self) {
+        self.handle.inner.net.shutdown().await;
+        let _ = self.net_task.await;
+    }
+}
+
+/// `kith status` as JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// Nickname.
+    pub nickname: String,
+    /// Node dir.
+    pub dir: String,
+    /// Listen addresses.
+    pub listen_addrs: Vec<String>,
+    /// Dialable addresses with `/p2p/`.
+    pub addrs: Vec<String>,
+    /// Connected peers.
+    pub connected_peers: Vec<PeerStatus>,
+    /// Storage server usage (absent when storage is off).
+    pub storage: Option<StorageStatus>,
+    /// Software version.
+    pub version: String,
+}
+
+/// One connected peer.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    /// Peer id.
+    pub peer_id: String,
+    /// Remote addresses.
+    pub addrs: Vec<String>,
+    /// Offers storage.
+    pub storage: bool,
+    /// Agent string.
+    pub agent: Option<String>,
+    /// Round-trip time.
+    pub rtt_ms: Option<f64>,
+    /// A static peer (`kith peer add`).
+    pub static_peer: bool,
+}
+
+/// Storage server usage.
+#[derive(Clone, Debug, Serialize)]
+pub struct StorageStatus {
+    /// Bytes of shares stored.
+    pub used_bytes: u64,
+    /// Shares stored.
+    pub share_count: u64,
+    /// Configured capacity.
+    pub capacity_bytes: u64,
+    /// Capacity left (capacity - used - in flight).
+    pub free_bytes: u64,
+    /// Free disk space.
+    pub disk_free_bytes: u64,
+    /// Reserved disk space.
+    pub reserved_bytes: u64,
+}
+
+impl NodeHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The node dir.
+    pub fn dir(&self) -> &NodeDir {
+        &self.inner.dir
+    }
+
+    /// The running configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The convergence secret.
+    pub(crate) fn convergence_secret(&self) -> &[u8; 32] {
+        &self.inner.convergence
+    }
+
+    /// The network view.
+    pub fn net(&self) -> NetState {
+        self.inner.net.state()
+    }
+
+    /// A receiver of every change of the network view.
+    pub fn net_watch(&self) -> tokio::sync::watch::Receiver<NetState> {
+        self.inner.net.watch()
+    }
+
+    /// The storage server (and through it the share store).
+    pub fn server(&self) -> &StorageServer {
+        &self.inner.server
+    }
+
+    /// Dialable addresses: listen addresses (unspecified ones expanded by libp2p) plus announced
+    /// ones, each with `/p2p/<peer id>`.
+    pub fn addrs(&self) -> Vec<Multiaddr> {
+        let mut out: Vec<Multiaddr> = Vec::new();
+        for a in self
+            .inner
+            .config
+            .announce
+            .iter()
+            .chain(self.inner.net.state().listen_addrs.iter())
+        {
+            let a = kith_transports::with_peer_id(a, self.inner.peer_id);
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// Servers this node can store on right now: connected peers offering storage, plus itself
+    /// when it offers storage.
+    pub fn storage_servers(&self) -> Vec<PeerId> {
+        let mut s = self.inner.net.state().storage_peers();
+        if self.inner.server.store().is_some() {
+            s.push(self.inner.peer_id);
+        }
+        s
+    }
+
+    /// Sends a storage request to `server` (answered locally when it is this node).
+    pub async fn rpc(&self, server: PeerId, req: Request) -> Result<Response, RpcError> {
+        if server == self.inner.peer_id {
+            Ok(self
+                .inner
+                .server
+                .handle(server, RequestFrame::Request(req))
+                .await)
+        } else {
+            self.inner.net.request(server, req).await
+        }
+    }
+
+    /// Waits until at least `n` storage servers (this node included) are available.
+    pub async fn wait_for_storage_servers(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        let mut rx = self.inner.net.watch();
+        let me = usize::from(self.inner.server.store().is_some());
+        let res = tokio::time::timeout(timeout, rx.wait_for(|s| s.storage_peers().len() + me >= n)).await;
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!(
+                "only {} of {n} storage servers after {timeout:?}",
+                self.storage_servers().len()
+            )),
+        }
+    }
+
+    /// Static peers: from `kith.toml` and from `kith peer add`.
+    pub fn static_peers(&self) -> Vec<StaticPeer> {
+        let mut peers = self.inner.config.peers.clone();
+        if let Ok(tx) = self.inner.db.begin_read()
+            && let Ok(table) = tx.open_table(STATIC_PEERS)
+            && let Ok(iter) = table.iter()
+        {
+            for (k, v) in iter.flatten() {
+                if let Ok(p) = format!("{}/p2p/{}", v.value(), k.value()).parse::<StaticPeer>()
+                    && !peers.iter().any(|q| q.peer == p.peer)
+                {
+                    peers.push(p);
+                }
+            }
+        }
+        peers
+    }
+
+    /// Records a static peer (persisted) and dials it; returns once connected, or with the dial
+    /// error (the peer stays recorded and is redialed).
+    pub async fn add_peer(&self, peer: StaticPeer) -> Result<(), NodeError> {
+        if peer.peer == self.inner.peer_id {
+            return Err(NodeError::Peer("that is this node's own peer id".into()));
+        }
+        let db = self.inner.db.clone();
+        let (k, v) = (peer.peer.to_string(), peer.addr.to_string());
+        let path = self.inner.dir.db_path();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let tx = db.begin_write().map_err(|e| e.to_string())?;
+            tx.open_table(STATIC_PEERS)
+                .map_err(|e| e.to_string())?
+                .insert(k.as_str(), v.as_str())
+                .map_err(|e| e.to_string())?;
+            tx.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| NodeError::Peer(e.to_string()))?
+        .map_err(db_err(&path))?;
+        self.inner
+            .net
+            .dial(peer.clone(), true)
+            .await
+            .map_err(|e| NodeError::Peer(format!("recorded {peer}, but dialing it failed: {e}")))
+    }
+
+    /// Forgets a static peer added with [`add_peer`](Self::add_peer) and disconnects from it.
+    pub async fn remove_peer(&self, peer: PeerId) -> Result<bool, NodeError> {
+        let db = self.inner.db.clone();
+        let key = peer.to_string();
+        let path = self.inner.dir.db_path();
+        let removed = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let tx = db.begin_write().map_err(|e| e.to_string())?;
+            let removed = tx
+                .open_table(STATIC_PEERS)
+                .map_err(|e| e.to_string())?
+                .remove(key.as_str())
+                .map_err(|e| e.to_string())?
+                .is_some();
+            tx.commit().map_err(|e| e.to_string())?;
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| NodeError::Peer(e.to_string()))?
+        .map_err(db_err(&path))?;
+        self.inner.net.forget(peer).await;
+        Ok(removed)
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> Status {
+        let net = self.inner.net.state();
+        let statics: Vec<PeerId> = self.static_peers().iter().map(|p| p.peer).collect();
+        let storage = match self.inner.server.store().cloned() {
+            Some(store) => tokio::task::spawn_blocking(move || store.usage())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|u| StorageStatus {
+                    used_bytes: u.used_bytes,
+                    share_count: u.share_count,
+                    capacity_bytes: u.capacity,
+                    free_bytes: u
+                        .capacity
+                        .saturating_sub(u.used_bytes)
+                        .saturating_sub(u.in_flight_bytes),
+                    disk_free_bytes: u.disk_free,
+                    reserved_bytes: u.reserved,
+                }),
+            None => None,
+        };
+        Status {
+            peer_id: self.inner.peer_id.to_string(),
+            nickname: self.inner.config.nickname.clone(),
+            dir: self.inner.dir.root().display().to_string(),
+            listen_addrs: net.listen_addrs.iter().map(ToString::to_string).collect(),
+            addrs: self.addrs().iter().map(ToString::to_string).collect(),
+            connected_peers: net
+                .peers
+                .iter()
+                .map(|(p, s)| PeerStatus {
+                    peer_id: p.to_string(),
+                    addrs: s.addrs.iter().map(ToString::to_string).collect(),
+                    storage: s.storage,
+                    agent: s.agent.clone(),
+                    rtt_ms: s.rtt_ms,
+                    static_peer: statics.contains(p),
+                })
+                .collect(),
+            storage,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// Uploads the file at `path`.
+    pub async fn put_file(
+        &self,
+        path: &Path,
+        opts: &PutOptions,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<PutResult, UploadError> {
+        client::upload(self, path, opts, progress).await
+    }
+
+    /// Downloads `cap` into `out`; the report says which servers were used and which sent bad
+    /// data.
+    pub async fn get<W: AsyncWrite + Unpin + Send>(
+        &self,
+        cap: &ReadCap,
+        out: &mut W,
+    ) -> Result<DownloadReport, DownloadError> {
+        client::download(self, cap, out).await
+    }
+
+    /// Keeps a download report for `kith get` to fetch after the body; returns its id.
+    pub fn remember_report(&self, report: DownloadReport) -> u64 {
+        let id = {
+            let mut n = self.inner.next_report.lock().unwrap_or_else(|e| e.into_inner());
+            *n += 1;
+            *n
+        };
+        let mut r = self.inner.reports.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() >= 128 {
+            r.pop_front();
+        }
+        r.push_back((id, report));
+        id
+    }
+
+    /// Replaces the report kept under `id`.
+    pub fn update_report(&self, id: u64, report: DownloadReport) {
+        let mut r = self.inner.reports.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = r.iter_mut().find(|(i, _)| *i == id) {
+            slot.1 = report;
+        }
+    }
+
+    /// A report kept by [`remember_report`](Self::remember_report).
+    pub fn report(&self, id: u64) -> Option<DownloadReport> {
+        let r = self.inner.reports.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().find(|(i, _)| *i == id).map(|(_, rep)| rep.clone())
+    }
+
+    /// Peers currently connected, keyed by id (for the API).
+    pub fn connected(&self) -> BTreeMap<PeerId, net::PeerState> {
+        self.inner.net.state().peers
+    }
+}

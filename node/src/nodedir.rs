@@ -1,0 +1,293 @@
+//! The node directory: one self-contained folder per node (default `~/.kith`, or `$KITH_DIR`,
+//! or `--dir`).
+//!
+//! ```text
+//! kith.toml              configuration (see `config`)
+//! private/node.key       ed25519 node key = libp2p identity (0600)
+//! private/convergence    32-byte convergence secret for convergent encryption (0600)
+//! private/api-token      bearer token of the local API and panel (0600)
+//! node.redb              indexes: shares, leases, usage, static peers
+//! storage/shares/…       share files; storage/incoming/… uploads in progress
+//! tmp/                   spooled uploads
+//! api.json               written by a running daemon: its API URL and pid
+//! ```
+//!
+//! Everything persisted is written temp + fsync + rename, so a crash leaves either the old or
+//! the new file.
+
+use std::{
+    fs, io,
+    net::{TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+};
+
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use rand::RngCore;
+
+use crate::config::{CONFIG_FILE, Config, ConfigError, RawConfig};
+
+/// Errors opening or creating a node dir.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirError {
+    /// `kith init` on a dir that already has a `kith.toml`.
+    #[error("{0} is already a kith node dir (it has a kith.toml); use another --dir")]
+    AlreadyInitialized(PathBuf),
+    /// No `kith.toml`.
+    #[error("{0} is not a kith node dir yet; run `kith --dir {0} init` first")]
+    NotInitialized(PathBuf),
+    /// File system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// `kith.toml` does not parse.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// `kith.toml` parses but is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The node key is unusable.
+    #[error(transparent)]
+    Key(#[from] kith_transports::identity::KeyError),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DirError + '_ {
+    move |source| DirError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Paths inside a node dir.
+#[derive(Clone, Debug)]
+pub struct NodeDir {
+    root: PathBuf,
+}
+
+impl NodeDir {
+    /// The node dir at `root` (nothing is touched on disk).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The default: `$KITH_DIR`, else `~/.kith`.
+    pub fn default_root() -> PathBuf {
+        if let Some(d) = std::env::var_os("KITH_DIR") {
+            return d.into();
+        }
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".kith")
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `kith.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join(CONFIG_FILE)
+    }
+    /// `private/`.
+    pub fn private(&self) -> PathBuf {
+        self.root.join("private")
+    }
+    /// `node.redb`.
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("node.redb")
+    }
+    /// `storage/`.
+    pub fn storage(&self) -> PathBuf {
+        self.root.join("storage")
+    }
+    /// `tmp/`.
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    /// `api.json`.
+    pub fn api_file(&self) -> PathBuf {
+        self.root.join("api.json")
+    }
+
+    /// Whether `kith.toml` exists.
+    pub fn is_initialized(&self) -> bool {
+        self.config_path().exists()
+    }
+
+    /// Creates the node dir: `kith.toml` from `raw` (port 0 in listen addresses and the API
+    /// address replaced by a free port picked now, so addresses stay stable across restarts),
+    /// the node key, the convergence secret and the API token. Returns the validated config and
+    /// the new peer id.
+    pub fn init(&self, mut raw: RawConfig) -> Result<(Config, PeerId), DirError> {
+        if self.is_initialized() {
+            return Err(DirError::AlreadyInitialized(self.root.clone()));
+        }
+        // Validate before writing anything.
+        Config::try_from(raw.clone())?;
+        fs::create_dir_all(&self.root).map_err(io_at(&self.root))?;
+        let port = free_port();
+        raw.network.listen = raw
+            .network
+            .listen
+            .iter()
+            .map(|a| fill_port(a, port))
+            .collect();
+        if let Some(api) = raw.api.listen.strip_suffix(":0") {
+            raw.api.listen = format!("{api}:{}", free_port());
+        }
+        let config = Config::try_from(raw.clone())?;
+        let (kp, _) = kith_transports::identity::load_or_create(&self.private())?;
+        self.ensure_secrets()?;
+        let text = format!(
+            "# kith node configuration; every field is documented in the README (Configuration).\n{}",
+            toml::to_string(&raw).map_err(|e| DirError::Parse {
+                path: self.config_path(),
+                message: e.to_string(),
+            })?
+        );
+        write_atomic(&self.root, CONFIG_FILE, text.as_bytes()).map_err(io_at(&self.config_path()))?;
+        Ok((config, kp.public().to_peer_id()))
+    }
+
+    /// Reads and validates `kith.toml`.
+    pub fn load_config(&self) -> Result<Config, DirError> {
+        let path = self.config_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DirError::NotInitialized(self.root.clone()));
+            }
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| DirError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Config::try_from(raw)?)
+    }
+
+    /// The node key.
+    pub fn keypair(&self) -> Result<libp2p::identity::Keypair, DirError> {
+        Ok(kith_transports::identity::load_or_create(&self.private())?.0)
+    }
+
+    fn ensure_secrets(&self) -> Result<(), DirError> {
+        let private = self.private();
+        for (name, len) in [("convergence", 32usize), ("api-token", 24)] {
+            let path = private.join(name);
+            if !path.exists() {
+                let mut bytes = vec![0u8; len];
+                rand::rngs::OsRng.fill_bytes(&mut bytes);
+                let contents = if name == "api-token" {
+                    data_encoding::BASE32_NOPAD
+                        .encode(&bytes)
+                        .to_ascii_lowercase()
+                        .into_bytes()
+                } else {
+                    bytes
+                };
+                kith_transports::identity::write_private(&private, name, &contents)
+                    .map_err(io_at(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The convergence secret (created when missing).
+    pub fn convergence_secret(&self) -> Result<[u8; 32], DirError> {
+        self.ensure_secrets()?;
+        let path = self.private().join("convergence");
+        let bytes = fs::read(&path).map_err(io_at(&path))?;
+        bytes.try_into().map_err(|_| DirError::Parse {
+            path,
+            message: "convergence secret must be 32 bytes".into(),
+        })
+    }
+
+    /// The API token (created when missing).
+    pub fn api_token(&self) -> Result<String, DirError> {
+        self.ensure_secrets()?;
+        let path = self.private().join("api-token");
+        Ok(fs::read_to_string(&path)
+            .map_err(io_at(&path))?
+            .trim()
+            .to_owned())
+    }
+}
+
+/// Writes `dir/name` atomically: temp file, fsync, rename, fsync of the folder.
+pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// A port free for both TCP and UDP on all interfaces right now.
+fn free_port() -> u16 {
+    for _ in 0..32 {
+        let Ok(l) = TcpListener::bind("0.0.0.0:0") else {
+            continue;
+        };
+        let Ok(addr) = l.local_addr() else { continue };
+        if UdpSocket::bind(("0.0.0.0", addr.port())).is_ok() {
+            return addr.port();
+        }
+    }
+    0
+}
+
+fn fill_port(addr: &str, port: u16) -> String {
+    let Ok(ma) = addr.parse::<Multiaddr>() else {
+        return addr.to_owned();
+    };
+    ma.iter()
+        .map(|p| match p {
+            Protocol::Tcp(0) => Protocol::Tcp(port),
+            Protocol::Udp(0) => Protocol::Udp(port),
+            p => p,
+        })
+        .collect::<Multiaddr>()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_picks_stable_ports_and_refuses_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = NodeDir::new(tmp.path().join("n"));
+        let (cfg, peer) = dir.init(RawConfig::default()).unwrap();
+        assert!(cfg.listen.iter().all(|a| a.iter().all(|p| !matches!(p, Protocol::Tcp(0) | Protocol::Udp(0)))));
+        assert_ne!(cfg.api_listen.port(), 0);
+        let again = dir.load_config().unwrap();
+        assert_eq!(again.listen, cfg.listen);
+        assert_eq!(dir.keypair().unwrap().public().to_peer_id(), peer);
+        assert!(matches!(
+            dir.init(RawConfig::default()),
+            Err(DirError::AlreadyInitialized(_))
+        ));
+        assert_eq!(dir.api_token().unwrap().len(), 39);
+        let missing = NodeDir::new(tmp.path().join("nothing"));
+        assert!(matches!(
+            missing.load_config(),
+            Err(DirError::NotInitialized(_))
+        ));
+    }
+}

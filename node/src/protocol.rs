@@ -1,0 +1,446 @@
+//! The storage protocol (`/kith/storage/1.0.0`): messages between an uploader/downloader and a
+//! storage server, and their wire format.
+//!
+//! One request and one response per libp2p stream (libp2p request-response). A frame is a
+//! 4-byte big-endian length followed by that many bytes of CBOR (serde). Every frame is bounded
+//! by [`MAX_FRAME`]; the decoders never trust a length before checking it, and a frame that is
+//! too long or not valid CBOR for the expected type is not an IO error but a
+//! [`RequestFrame::Malformed`], so the server answers it with a typed
+//! [`ErrorKind::Malformed`] / [`ErrorKind::TooLarge`] instead of dropping the stream, and never
+//! panics.
+//!
+//! Like Tahoe-LAFS's storage protocol, the server deals in byte ranges of opaque share data plus
+//! an opaque metadata blob; it cannot read anything (the data is ciphertext) and the client
+//! verifies every byte it reads against its capability.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// The protocol name.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/storage/1.0.0");
+
+/// Largest frame in either direction: a block of the largest segment (4 MiB at k=1) or a share's
+/// metadata (at most [`MAX_META`]) plus envelope.
+pub const MAX_FRAME: usize = MAX_META + 64 * 1024;
+
+/// Largest share metadata blob a server accepts.
+pub const MAX_META: usize = 8 << 20;
+
+/// Largest read a server serves in one request.
+pub const MAX_READ: u32 = 5 << 20;
+
+/// A storage index: 16 bytes derived one-way from the file's key.
+pub type StorageIndex = [u8; 16];
+
+/// A request from a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// Reserve space for shares of a file; adds the caller's lease to shares already held.
+    Allocate {
+        /// The file.
+        si: StorageIndex,
+        /// Share numbers the caller wants to place here.
+        shnums: Vec<u8>,
+        /// Length of each share's data.
+        data_len: u64,
+    },
+    /// Write a byte range of an allocated share.
+    Write {
+        /// The file.
+        si: StorageIndex,
+        /// The share.
+        shnum: u8,
+        /// Offset in the share's data.
+        offset: u64,
+        /// The bytes.
+        data: ByteBuf,
+    },
+    /// Finish a share: store its metadata and make it visible.
+    Close {
+        /// The file.
+        si: StorageIndex,
+        /// The share.
+        shnum: u8,
+        /// Opaque share metadata (UEB, hashes).
+        meta: ByteBuf,
+    },
+    /// Drop an unfinished share.
+    Abort {
+        /// The file.
+        si: StorageIndex,
+        /// The share.
+        shnum: u8,
+    },
+    /// Which shares of a file are held here.
+    List {
+        /// The file.
+        si: StorageIndex,
+    },
+    /// A share's metadata.
+    ReadMeta {
+        /// The file.
+        si: StorageIndex,
+        /// The share.
+        shnum: u8,
+    },
+    /// A byte range of a share's data.
+    Read {
+        /// The file.
+        si: StorageIndex,
+        /// The share.
+        shnum: u8,
+        /// Offset in the share's data.
+        offset: u64,
+        /// Length, at most [`MAX_READ`].
+        len: u32,
+    },
+    /// Add or renew the caller's lease on every share of a file held here.
+    AddLease {
+        /// The file.
+        si: StorageIndex,
+    },
+}
+
+impl Request {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Allocate { .. } => "allocate",
+            Request::Write { .. } => "write",
+            Request::Close { .. } => "close",
+            Request::Abort { .. } => "abort",
+            Request::List { .. } => "list",
+            Request::ReadMeta { .. } => "read-meta",
+            Request::Read { .. } => "read",
+            Request::AddLease { .. } => "add-lease",
+        }
+    }
+}
+
+/// What a server answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// Answer to [`Request::Allocate`].
+    Allocated {
+        /// Shares already held here (the caller's lease was added).
+        already_have: Vec<u8>,
+        /// Shares the caller may now write.
+        allocated: Vec<u8>,
+        /// Shares someone else is uploading right now.
+        in_progress: Vec<u8>,
+    },
+    /// Write, close, abort succeeded.
+    Done,
+    /// Answer to [`Request::List`].
+    Shares(Vec<u8>),
+    /// Answer to [`Request::ReadMeta`] or [`Request::Read`].
+    Bytes(ByteBuf),
+    /// Answer to [`Request::AddLease`]: how many shares were renewed.
+    Leased(u32),
+    /// The request was refused or failed.
+    Error(ServerError),
+}
+
+/// A typed refusal or failure, shown to the uploader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct ServerError {
+    /// What class of failure.
+    pub kind: ErrorKind,
+    /// Details for humans (bounded by the decoder's frame limit).
+    pub message: String,
+}
+
+impl ServerError {
+    /// Builds an error.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Classes of server errors. The docs say what the uploader should do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The server is over its configured capacity: place the share elsewhere.
+    NoSpace,
+    /// The server's disk is down to its reserve: place the share elsewhere.
+    DiskReserve,
+    /// The server does not accept writes: place the share elsewhere.
+    ReadOnly,
+    /// The server does not serve storage to this peer.
+    NoGrant,
+    /// No such share here: look on other servers.
+    NotFound,
+    /// Write or close of a share this peer has not allocated.
+    NotAllocated,
+    /// A byte range outside the share.
+    OutOfBounds,
+    /// The request could not be decoded: a bug or a hostile peer.
+    Malformed,
+    /// The request frame exceeded the size limit.
+    TooLarge,
+    /// The stored share failed its own consistency check: use other servers.
+    Corrupt,
+    /// Anything else on the server side (disk failure...): try again or elsewhere.
+    Internal,
+    /// An error kind this version does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            ErrorKind::NoSpace => "no space",
+            ErrorKind::DiskReserve => "disk reserve reached",
+            ErrorKind::ReadOnly => "read-only server",
+            ErrorKind::NoGrant => "no storage grant",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::NotAllocated => "not allocated",
+            ErrorKind::OutOfBounds => "out of bounds",
+            ErrorKind::Malformed => "malformed request",
+            ErrorKind::TooLarge => "request too large",
+            ErrorKind::Corrupt => "corrupt share",
+            ErrorKind::Internal => "internal server error",
+            ErrorKind::Unknown => "unknown error",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Why an inbound frame could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length prefix exceeds [`MAX_FRAME`].
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is not valid CBOR for the expected message.
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+/// An inbound request as the codec yields it: decoded, or the reason it could not be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestFrame {
+    /// A well-formed request.
+    Request(Request),
+    /// A malformed or oversized frame; the server answers with a typed error.
+    Malformed(DecodeError),
+}
+
+/// Encodes a message as one frame.
+pub fn encode_frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4];
+    ciborium::into_writer(msg, &mut buf).map_err(|e| io::Error::other(e.to_string()))?;
+    let len = buf.len() - 4;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {len} bytes exceeds the frame limit of {MAX_FRAME}"),
+        ));
+    }
+    let len = u32::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body (without the length prefix).
+pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, DecodeError> {
+    if body.len() > MAX_FRAME {
+        return Err(DecodeError::TooLarge {
+            len: body.len() as u64,
+            max: MAX_FRAME,
+        });
+    }
+    ciborium::from_reader(body).map_err(|e| DecodeError::Invalid(e.to_string()))
+}
+
+/// Reads one frame's body. `Ok(Err(_))` means the peer sent a bad length; the body was not read.
+async fn read_frame<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Result<Vec<u8>, DecodeError>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Ok(Err(DecodeError::TooLarge {
+            len: len as u64,
+            max: MAX_FRAME,
+        }));
+    }
+    let mut body = Vec::new();
+    let read = io.take(len as u64).read_to_end(&mut body).await?;
+    if read != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame truncated: {read} of {len} bytes"),
+        ));
+    }
+    Ok(Ok(body))
+}
+
+/// The request-response codec of the storage protocol.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Codec;
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = RequestFrame;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<RequestFrame>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Ok(match read_frame(io).await? {
+            Ok(body) => match decode_body::<Request>(&body) {
+                Ok(req) => RequestFrame::Request(req),
+                Err(e) => RequestFrame::Malformed(e),
+            },
+            Err(e) => RequestFrame::Malformed(e),
+        })
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let body = read_frame(io)
+            .await?
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        decode_body(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: RequestFrame,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let RequestFrame::Request(req) = req else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a malformed frame cannot be sent",
+            ));
+        };
+        io.write_all(&encode_frame(&req)?).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&encode_frame(&res)?).await?;
+        io.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn si() -> StorageIndex {
+        [7u8; 16]
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let reqs = vec![
+            Request::Allocate {
+                si: si(),
+                shnums: vec![0, 3, 9],
+                data_len: 1 << 30,
+            },
+            Request::Write {
+                si: si(),
+                shnum: 2,
+                offset: 99,
+                data: ByteBuf::from(vec![1, 2, 3]),
+            },
+            Request::Close {
+                si: si(),
+                shnum: 2,
+                meta: ByteBuf::from(vec![4; 100]),
+            },
+            Request::Abort { si: si(), shnum: 1 },
+            Request::List { si: si() },
+            Request::ReadMeta { si: si(), shnum: 0 },
+            Request::Read {
+                si: si(),
+                shnum: 0,
+                offset: 5,
+                len: 10,
+            },
+            Request::AddLease { si: si() },
+        ];
+        for r in reqs {
+            let frame = encode_frame(&r).unwrap();
+            assert_eq!(decode_body::<Request>(&frame[4..]).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip_and_unknown_error_kinds_decode() {
+        let r = Response::Error(ServerError::new(ErrorKind::NoSpace, "full"));
+        let frame = encode_frame(&r).unwrap();
+        assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), r);
+    }
+
+    #[test]
+    fn oversized_frames_are_typed_errors_without_reading_the_body() {
+        let mut wire = (u32::MAX).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[0u8; 16]);
+        let frame = futures::executor::block_on(async {
+            let mut io = futures::io::Cursor::new(wire);
+            libp2p::request_response::Codec::read_request(&mut Codec, &PROTOCOL, &mut io).await
+        })
+        .unwrap();
+        assert!(matches!(
+            frame,
+            RequestFrame::Malformed(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error() {
+        let wire = vec![0, 0, 0, 3, 0xff, 0x00, 0x13];
+        let frame = futures::executor::block_on(async {
+            let mut io = futures::io::Cursor::new(wire);
+            libp2p::request_response::Codec::read_request(&mut Codec, &PROTOCOL, &mut io).await
+        })
+        .unwrap();
+        assert!(matches!(frame, RequestFrame::Malformed(DecodeError::Invalid(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_body::<Request>(&bytes);
+            let _ = decode_body::<Response>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The storage server: answers storage-protocol requests from the share store.
+//!
+//! [`StorageServer::handle`] is the one entry point, used both for requests arriving over
+//! libp2p (keyed by the connection's authenticated peer id, so a lease always belongs to the
+//! peer that really sent it) and for the node's own uploads to itself. Store operations block on
+//! disk, so they run on tokio's blocking pool. A malformed frame gets a typed error; nothing a
+//! peer sends can panic the server.
+
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+
+use crate::{
+    protocol::{ErrorKind, MAX_META, MAX_READ, Request, RequestFrame, Response, ServerError},
+    storage::{ShareStore, StoreError},
+};
+
+/// Answers storage requests.
+#[derive(Clone, Debug)]
+pub struct StorageServer {
+    store: Option<ShareStore>,
+    lease_secs: u64,
+}
+
+impl StorageServer {
+    /// A server backed by `store`; `None` when this node does not offer storage.
+    pub fn new(store: Option<ShareStore>, lease_secs: u64) -> Self {
+        Self { store, lease_secs }
+    }
+
+    /// The share store, when storage is offered.
+    pub fn store(&self) -> Option<&ShareStore> {
+        self.store.as_ref()
+    }
+
+    /// Handles one request from `peer`.
+    pub async fn handle(&self, peer: PeerId, frame: RequestFrame) -> Response {
+        let req = match frame {
+            RequestFrame::Request(req) => req,
+            RequestFrame::Malformed(e) => {
+                let kind = match e {
+                    crate::protocol::DecodeError::TooLarge { .. } => ErrorKind::TooLarge,
+                    _ => ErrorKind::Malformed,
+                };
+                tracing::debug!(%peer, error = %e, "malformed storage request");
+                return Response::Error(ServerError::new(kind, e.to_string()));
+            }
+        };
+        let Some(store) = self.store.clone() else {
+            return Response::Error(ServerError::new(
+                ErrorKind::NoGrant,
+                "this node does not offer storage",
+            ));
+        };
+        let lease_expiry = now_secs().saturating_add(self.lease_secs);
+        let name = req.name();
+        let owner = peer.to_bytes();
+        let result =
+            tokio::task::spawn_blocking(move || execute(&store, &owner, req, lease_expiry)).await;
+        match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, request = name, error = %e, "storage request refused");
+                Response::Error(to_server_error(&e))
+            }
+            Err(join) => Response::Error(ServerError::new(
+                ErrorKind::Internal,
+                format!("request task failed: {join}"),
+            )),
+        }
+    }
+
+    /// Drops every unfinished upload of `peer` (its connection went away).
+    pub async fn peer_gone(&self, peer: PeerId) {
+        if let Some(store) = self.store.clone() {
+            let owner = peer.to_bytes();
+            let _ = tokio::task::spawn_blocking(move || store.abort_owner(&owner)).await;
+        }
+    }
+}
+
+fn execute(
+    store: &ShareStore,
+    owner: &[u8],
+    req: Request,
+    lease_expiry: u64,
+) -> Result<Response, StoreError> {
+    Ok(match req {
+        Request::Allocate {
+            si,
+            shnums,
+            data_len,
+        } => {
+            let a = store.allocate(&si, owner, &shnums, data_len, lease_expiry)?;
+            Response::Allocated {
+                already_have: a.already_have,
+                allocated: a.allocated,
+                in_progress: a.in_progress,
+            }
+        }
+        Request::Write {
+            si,
+            shnum,
+            offset,
+            data,
+        } => {
+            store.write(&si, shnum, owner, offset, &data)?;
+            Response::Done
+        }
+        Request::Close { si, shnum, meta } => {
+            if meta.len() > MAX_META {
+                return Ok(Response::Error(ServerError::new(
+                    ErrorKind::TooLarge,
+                    format!("share metadata of {} bytes exceeds {MAX_META}", meta.len()),
+                )));
+            }
+            store.close(&si, shnum, owner, &meta)?;
+            Response::Done
+        }
+        Request::Abort { si, shnum } => {
+            store.abort(&si, shnum, owner)?;
+            Response::Done
+        }
+        Request::List { si } => Response::Shares(store.list(&si)?),
+        Request::ReadMeta { si, shnum } => Response::Bytes(ByteBuf::from(store.read_meta(&si, shnum)?)),
+        Request::Read {
+            si,
+            shnum,
+            offset,
+            len,
+        } => {
+            if len > MAX_READ {
+                return Ok(Response::Error(ServerError::new(
+                    ErrorKind::TooLarge,
+                    format!("read of {len} bytes exceeds {MAX_READ}"),
+                )));
+            }
+            Response::Bytes(ByteBuf::from(store.read(&si, shnum, offset, len)?))
+        }
+        Request::AddLease { si } => {
+            let n = store.add_lease(&si, owner, lease_expiry)?;
+            Response::Leased(u32::try_from(n).unwrap_or(u32::MAX))
+        }
+    })
+}
+
+/// Maps a store error to what goes on the wire.
+pub fn to_server_error(e: &StoreError) -> ServerError {
+    let kind = match e {
+        StoreError::OverCapacity { .. } => ErrorKind::NoSpace,
+        StoreError::DiskReserve { .. } => ErrorKind::DiskReserve,
+        StoreError::ReadOnly => ErrorKind::ReadOnly,
+        StoreError::NotFound { .. } => ErrorKind::NotFound,
+        StoreError::NotAllocated { .. } => ErrorKind::NotAllocated,
+        StoreError::OutOfBounds { .. } => ErrorKind::OutOfBounds,
+        StoreError::InvalidArgument(_) => ErrorKind::Malformed,
+        StoreError::Corrupt { .. } => ErrorKind::Corrupt,
+        _ => ErrorKind::Internal,
+    };
+    // Internal errors may carry local paths; keep those on this node.
+    let message = if kind == ErrorKind::Internal {
+        tracing::warn!(error = %e, "storage server error");
+        "internal error (see the server's log)".to_owned()
+    } else {
+        e.to_string()
+    };
+    ServerError::new(kind, message)
+}
+
+/// Seconds since the Unix epoch (the IO shell's clock; pure code takes `now` as an argument).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

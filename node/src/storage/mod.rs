@@ -1,0 +1,848 @@
+//! The share store of a storage server: share bytes in plain files, their index, leases and
+//! usage in redb.
+//!
+//! A share is identified by (storage index, share number). Its file holds a fixed header, the
+//! share's data (the concatenated erasure-coded blocks, written by the uploader at byte offsets)
+//! and its metadata blob (UEB and hashes, given at close). The store never interprets either: the
+//! data is ciphertext and the downloader verifies everything.
+//!
+//! Crash safety: an upload writes to `incoming/`; [`ShareStore::close`] writes the metadata and
+//! header, fsyncs, renames the file into `shares/`, fsyncs the folder, and only then inserts the
+//! share row, the uploader's lease and the new usage in **one** redb transaction. [`ShareStore::open`]
+//! recovers from a crash at any point: it empties `incoming/`, deletes share files without a row
+//! (renamed, never committed), drops rows whose file is missing or of the wrong length, and
+//! recomputes usage, so usage always equals the sum of the indexed shares and no half-written
+//! share is ever visible.
+//!
+//! Tables (versioned names, as iroh-blobs): `shares-0` (si ‖ shnum -> data_len, meta_len,
+//! created), `leases-0` (si ‖ shnum ‖ owner -> expiry), `usage-0` (`used_bytes`, `share_count`),
+//! `store-meta-0` (`schema-version`).
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::{self, Read, Seek, SeekFrom},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+const SHARES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("shares-0");
+const LEASES: TableDefinition<&[u8], u64> = TableDefinition::new("leases-0");
+const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage-0");
+const STORE_META: TableDefinition<&str, u64> = TableDefinition::new("store-meta-0");
+const SCHEMA_VERSION: u64 = 0;
+
+const MAGIC: &[u8; 8] = b"KITHSHR\0";
+const FORMAT_VERSION: u32 = 1;
+/// Bytes before a share's data in its file.
+pub const DATA_OFFSET: u64 = 8 + 4 + 8 + 8;
+/// Largest share data accepted.
+pub const MAX_DATA_LEN: u64 = 64 << 30;
+/// Largest metadata blob accepted.
+pub const MAX_META_LEN: usize = 8 << 20;
+/// Largest single read.
+pub const MAX_READ_LEN: u32 = 16 << 20;
+/// Largest owner id (a peer id is 38 bytes).
+pub const MAX_OWNER_LEN: usize = 64;
+
+/// Store configuration.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The node dir's `storage/` folder.
+    pub root: PathBuf,
+    /// Most bytes (data + metadata) stored.
+    pub capacity: u64,
+    /// Disk space always left free.
+    pub reserved: u64,
+    /// Refuse writes.
+    pub read_only: bool,
+}
+
+/// Store errors; the server maps them to typed protocol errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The configured capacity would be exceeded.
+    #[error("storage capacity exceeded: {needed} bytes needed, {available} available")]
+    OverCapacity {
+        /// Bytes asked for.
+        needed: u64,
+        /// Bytes left under the capacity.
+        available: u64,
+    },
+    /// The disk would drop below its reserve.
+    #[error("disk reserve reached: {needed} bytes needed, {free} free, {reserved} reserved")]
+    DiskReserve {
+        /// Bytes asked for.
+        needed: u64,
+        /// Free disk space.
+        free: u64,
+        /// Reserve.
+        reserved: u64,
+    },
+    /// The store is read-only.
+    #[error("this storage server is read-only")]
+    ReadOnly,
+    /// No such share.
+    #[error("share {shnum} not found")]
+    NotFound {
+        /// The share.
+        shnum: u8,
+    },
+    /// Write or close without an allocation by this owner.
+    #[error("share {shnum} is not allocated to this uploader")]
+    NotAllocated {
+        /// The share.
+        shnum: u8,
+    },
+    /// A byte range outside the share.
+    #[error("range at offset {offset} (+{len}) is outside the share's {data_len} bytes")]
+    OutOfBounds {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Share data length.
+        data_len: u64,
+    },
+    /// An argument beyond the limits.
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// A share file failed its own consistency check.
+    #[error("share file {} is corrupt: {why}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// File system error.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// redb error.
+    #[error("share index: {0}")]
+    Db(#[from] redb::Error),
+}
+
+fn db<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Result of an allocation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allocation {
+    /// Already stored here; the owner's lease was added or renewed.
+    pub already_have: Vec<u8>,
+    /// Reserved for the owner to write.
+    pub allocated: Vec<u8>,
+    /// Being uploaded right now by another allocation.
+    pub in_progress: Vec<u8>,
+}
+
+/// Space accounting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of stored shares (data + metadata).
+    pub used_bytes: u64,
+    /// Stored shares.
+    pub share_count: u64,
+    /// Configured capacity.
+    pub capacity: u64,
+    /// Configured reserve.
+    pub reserved: u64,
+    /// Free disk space.
+    pub disk_free: u64,
+    /// Bytes reserved by uploads in progress.
+    pub in_flight_bytes: u64,
+}
+
+/// What [`ShareStore::open`] repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Unfinished uploads removed from `incoming/`.
+    pub incoming_removed: usize,
+    /// Share files without an index row, removed.
+    pub orphan_files_removed: usize,
+    /// Index rows without a valid file, removed.
+    pub rows_removed: usize,
+    /// Whether the usage counters had to be corrected.
+    pub usage_fixed: bool,
+}
+
+/// Problems found by [`ShareStore::verify_consistency`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsistencyReport {
+    /// Descriptions of every problem.
+    pub problems: Vec<String>,
+    /// Shares checked.
+    pub shares_checked: u64,
+}
+
+impl ConsistencyReport {
+    /// No problems.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct InFlight {
+    owner: Vec<u8>,
+    data_len: u64,
+    lease_expiry: u64,
+    path: PathBuf,
+    file: File,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Arc<redb::Database>,
+    cfg: StoreConfig,
+    inflight: Mutex<BTreeMap<([u8; 16], u8), InFlight>>,
+    counter: AtomicU64,
+    recovery: RecoveryReport,
+}
+
+/// The share store (cheap to clone; blocking methods, run them off the async runtime).
+#[derive(Clone, Debug)]
+pub struct ShareStore {
+    inner: Arc<Inner>,
+}
+
+fn share_key(si: &[u8; 16], shnum: u8) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..16].copy_from_slice(si);
+    k[16] = shnum;
+    k
+}
+
+fn lease_key(si: &[u8; 16], shnum: u8, owner: &[u8]) -> Vec<u8> {
+    let mut k = share_key(si, shnum).to_vec();
+    k.extend_from_slice(owner);
+    k
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    data_len: u64,
+    meta_len: u64,
+    created: u64,
+}
+
+impl Row {
+    fn encode(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&self.data_len.to_le_bytes());
+        b[8..16].copy_from_slice(&self.meta_len.to_le_bytes());
+        b[16..].copy_from_slice(&self.created.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Row> {
+        let f = |i: usize| b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        Some(Row {
+            data_len: f(0)?,
+            meta_len: f(8)?,
+            created: f(16)?,
+        })
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.data_len + self.meta_len
+    }
+
+    fn file_len(&self) -> u64 {
+        DATA_OFFSET + self.data_len + self.meta_len
+    }
+}
+
+fn b32(si: &[u8; 16]) -> String {
+    data_encoding::BASE32_NOPAD.encode(si).to_ascii_lowercase()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn fsync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_at(path))
+}
+
+impl ShareStore {
+    /// Opens (creating folders and tables) and recovers from any crash.
+    pub fn open(database: Arc<redb::Database>, cfg: StoreConfig) -> Result<Self, StoreError> {
+        for d in [cfg.root.join("shares"), cfg.root.join("incoming")] {
+            fs::create_dir_all(&d).map_err(io_at(&d))?;
+        }
+        {
+            let tx = database.begin_write().map_err(db)?;
+            {
+                tx.open_table(SHARES).map_err(db)?;
+                tx.open_table(LEASES).map_err(db)?;
+                tx.open_table(USAGE).map_err(db)?;
+                let mut meta = tx.open_table(STORE_META).map_err(db)?;
+                let version = meta.get("schema-version").map_err(db)?.map(|v| v.value());
+                match version {
+                    None => {
+                        meta.insert("schema-version", SCHEMA_VERSION).map_err(db)?;
+                    }
+                    Some(SCHEMA_VERSION) => {}
+                    Some(v) => {
+                        return Err(StoreError::InvalidArgument(format!(
+                            "share index schema version {v} is newer than this kith understands ({SCHEMA_VERSION})"
+                        )));
+                    }
+                }
+            }
+            tx.commit().map_err(db)?;
+        }
+        let mut store = ShareStore {
+            inner: Arc::new(Inner {
+                db: database,
+                cfg,
+                inflight: Mutex::new(BTreeMap::new()),
+                counter: AtomicU64::new(0),
+                recovery: RecoveryReport::default(),
+            }),
+        };
+        let report = store.recover()?;
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner.recovery = report;
+        }
+        Ok(store)
+    }
+
+    /// What [`open`](Self::open) repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    fn cfg(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, BTreeMap<([u8; 16], u8), InFlight>> {
+        self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a complete share lives.
+    pub fn share_path(&self, si: &[u8; 16], shnum: u8) -> PathBuf {
+        let s = b32(si);
+        self.cfg().root.join("shares").join(&s[..2]).join(&s).join(shnum.to_string())
+    }
+
+    fn recover(&self) -> Result<RecoveryReport, StoreError> {
+        let mut report = RecoveryReport::default();
+        let incoming = self.cfg().root.join("incoming");
+        for e in fs::read_dir(&incoming).map_err(io_at(&incoming))?.flatten() {
+            let p = e.path();
+            if fs::remove_file(&p).is_ok() {
+                report.incoming_removed += 1;
+            }
+        }
+        // Rows whose file is missing or has the wrong length.
+        let rows = self.rows()?;
+        let mut bad_rows = Vec::new();
+        for (si, shnum, row) in &rows {
+            let p = self.share_path(si, *shnum);
+            let ok = fs::metadata(&p).map(|m| m.len() == row.file_len()).unwrap_or(false);
+            if !ok {
+                bad_rows.push((*si, *shnum));
+            }
+        }
+        // Files without a row.
+        let shares_dir = self.cfg().root.join("shares");
+        let indexed: std::collections::BTreeSet<PathBuf> =
+            rows.iter().map(|(si, sh, _)| self.share_path(si, *sh)).collect();
+        let mut stack = vec![shares_dir.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if !indexed.contains(&p) {
+                    tracing::warn!(path = %p.display(), "removing share file that was never indexed");
+                    if fs::remove_file(&p).is_ok() {
+                        report.orphan_files_removed += 1;
+                    }
+                }
+            }
+        }
+        let tx = self.inner.db.begin_write().map_err(db)?;
+        {
+            let mut shares = tx.open_table(SHARES).map_err(db)?;
+            let mut leases = tx.open_table(LEASES).map_err(db)?;
+            for (si, shnum) in &bad_rows {
+                tracing::warn!(shnum, "removing index row of a missing or truncated share file");
+                shares.remove(share_key(si, *shnum).as_slice()).map_err(db)?;
+                let prefix = share_key(si, *shnum);
+                leases
+                    .retain(|k, _| !k.starts_with(&prefix))
+                    .map_err(db)?;
+                let _ = fs::remove_file(self.share_path(si, *shnum));
+                report.rows_removed += 1;
+            }
+            let mut used = 0u64;
+            let mut count = 0u64;
+            for item in shares.iter().map_err(db)? {
+                let (_, v) = item.map_err(db)?;
+                if let Some(row) = Row::decode(v.value()) {
+                    used += row.stored_bytes();
+                    count += 1;
+                }
+            }
+            let mut usage = tx.open_table(USAGE).map_err(db)?;
+            let old_used = usage.get("used_bytes").map_err(db)?.map(|v| v.value());
+            let old_count = usage.get("share_count").map_err(db)?.map(|v| v.value());
+            if old_used != Some(used) || old_count != Some(count) {
+                report.usage_fixed = old_used.is_some();
+                usage.insert("used_bytes", used).map_err(db)?;
+                usage.insert("share_count", count).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        if report != RecoveryReport::default() {
+            tracing::warn!(?report, "share store recovered from an unclean stop");
+        }
+        Ok(report)
+    }
+
+    fn rows(&self) -> Result<Vec<([u8; 16], u8, Row)>, StoreError> {
+        let tx = self.inner.db.begin_read().map_err(db)?;
+        let t = tx.open_table(SHARES).map_err(db)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            let k = k.value();
+            if k.len() != 17 {
+                continue;
+            }
+            let mut si = [0u8; 16];
+            si.copy_from_slice(&k[..16]);
+            if let Some(row) = Row::decode(v.value()) {
+                out.push((si, k[16], row));
+            }
+        }
+        Ok(out)
+    }
+
+    fn row(&self, si: &[u8; 16], shnum: u8) -> Result<Option<Row>, StoreError> {
+        let tx = self.inner.db.begin_read().map_err(db)?;
+        let t = tx.open_table(SHARES).map_err(db)?;
+        let v = t.get(share_key(si, shnum).as_slice()).map_err(db)?;
+        Ok(v.and_then(|v| Row::decode(v.value())))
+    }
+
+    fn disk_free(&self) -> u64 {
+        rustix::fs::statvfs(&self.cfg().root)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0)
+    }
+
+    fn used(&self) -> Result<(u64, u64), StoreError> {
+        let tx = self.inner.db.begin_read().map_err(db)?;
+        let t = tx.open_table(USAGE).map_err(db)?;
+        let get = |k: &str| -> Result<u64, StoreError> { Ok(t.get(k).map_err(db)?.map(|v| v.value()).unwrap_or(0)) };
+        Ok((get("used_bytes")?, get("share_count")?))
+    }
+
+    /// Reserves space for `shnums` of `si` for `owner`; adds the owner's lease to shares already
+    /// stored.
+    pub fn allocate(
+        &self,
+        si: &[u8; 16],
+        owner: &[u8],
+        shnums: &[u8],
+        data_len: u64,
+        lease_expiry: u64,
+    ) -> Result<Allocation, StoreError> {
+        if owner.len() > MAX_OWNER_LEN || owner.is_empty() {
+            return Err(StoreError::InvalidArgument("bad owner id".into()));
+        }
+        if data_len == 0 || data_len > MAX_DATA_LEN {
+            return Err(StoreError::InvalidArgument(format!("share length {data_len}")));
+        }
+        let mut want: Vec<u8> = shnums.to_vec();
+        want.sort_unstable();
+        want.dedup();
+        let mut alloc = Allocation::default();
+        let mut new = Vec::new();
+        {
+            let inflight = self.inflight();
+            for &sh in &want {
+                if self.row(si, sh)?.is_some() {
+                    alloc.already_have.push(sh);
+                } else if let Some(f) = inflight.get(&(*si, sh)) {
+                    if f.owner == owner {
+                        alloc.allocated.push(sh);
+                    } else {
+                        alloc.in_progress.push(sh);
+                    }
+                } else {
+                    new.push(sh);
+                }
+            }
+        }
+        if !alloc.already_have.is_empty() {
+            self.add_leases(si, &alloc.already_have, owner, lease_expiry)?;
+        }
+        if new.is_empty() {
+            return Ok(alloc);
+        }
+        if self.cfg().read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let mut inflight = self.inflight();
+        let in_flight: u64 = inflight.values().map(|f| f.data_len).sum();
+        let (used, _) = self.used()?;
+        let needed = data_len.saturating_mul(new.len() as u64);
+        let available = self.cfg().capacity.saturating_sub(used).saturating_sub(in_flight);
+        if needed > available {
+            return Err(StoreError::OverCapacity { needed, available });
+        }
+        let free = self.disk_free();
+        if free.saturating_sub(in_flight) < needed.saturating_add(self.cfg().reserved) {
+            return Err(StoreError::DiskReserve {
+                needed,
+                free,
+                reserved: self.cfg().reserved,
+            });
+        }
+        for sh in new {
+            let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+            let path = self.cfg().root.join("incoming").join(format!("{}.{sh}.{n}", b32(si)));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io_at(&path))?;
+            inflight.insert(
+                (*si, sh),
+                InFlight {
+                    owner: owner.to_vec(),
+                    data_len,
+                    lease_expiry,
+                    path,
+                    file,
+                },
+            );
+            alloc.allocated.push(sh);
+        }
+        alloc.allocated.sort_unstable();
+        Ok(alloc)
+    }
+
+    /// Writes bytes of an allocated share.
+    pub fn write(&self, si: &[u8; 16], shnum: u8, owner: &[u8], offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let inflight = self.inflight();
+        let f = inflight
+            .get(&(*si, shnum))
+            .filter(|f| f.owner == owner)
+            .ok_or(StoreError::NotAllocated { shnum })?;
+        let end = offset.checked_add(data.len() as u64);
+        if end.is_none_or(|e| e > f.data_len) {
+            return Err(StoreError::OutOfBounds {
+                offset,
+                len: data.len() as u64,
+                data_len: f.data_len,
+            });
+        }
+        let file = f.file.try_clone().map_err(io_at(&f.path))?;
+        let path = f.path.clone();
+        drop(inflight);
+        file.write_all_at(data, DATA_OFFSET + offset).map_err(io_at(&path))
+    }
+
+    /// Finishes a share: metadata, header, fsync, rename, then the index transaction.
+    pub fn close(&self, si: &[u8; 16], shnum: u8, owner: &[u8], meta: &[u8]) -> Result<(), StoreError> {
+        if meta.len() > MAX_META_LEN {
+            return Err(StoreError::InvalidArgument(format!("metadata of {} bytes", meta.len())));
+        }
+        let f = {
+            let mut inflight = self.inflight();
+            match inflight.get(&(*si, shnum)) {
+                Some(f) if f.owner == owner => inflight.remove(&(*si, shnum)),
+                _ => None,
+            }
+        }
+        .ok_or(StoreError::NotAllocated { shnum })?;
+        let result = self.finish_file(si, shnum, &f, meta);
+        if result.is_err() {
+            let _ = fs::remove_file(&f.path);
+        }
+        result
+    }
+
+    fn finish_file(&self, si: &[u8; 16], shnum: u8, f: &InFlight, meta: &[u8]) -> Result<(), StoreError> {
+        let mut header = Vec::with_capacity(DATA_OFFSET as usize);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&f.data_len.to_le_bytes());
+        header.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+        let io = io_at(&f.path);
+        f.file.write_all_at(meta, DATA_OFFSET + f.data_len).map_err(io)?;
+        f.file.write_all_at(&header, 0).map_err(io_at(&f.path))?;
+        f.file.set_len(DATA_OFFSET + f.data_len + meta.len() as u64).map_err(io_at(&f.path))?;
+        f.file.sync_all().map_err(io_at(&f.path))?;
+        let dest = self.share_path(si, shnum);
+        let parent = dest.parent().map(Path::to_owned).unwrap_or_default();
+        fs::create_dir_all(&parent).map_err(io_at(&parent))?;
+        fs::rename(&f.path, &dest).map_err(io_at(&dest))?;
+        fsync_dir(&parent)?;
+        let row = Row {
+            data_len: f.data_len,
+            meta_len: meta.len() as u64,
+            created: now(),
+        };
+        let tx = self.inner.db.begin_write().map_err(db)?;
+        {
+            let mut shares = tx.open_table(SHARES).map_err(db)?;
+            let existed = shares
+                .insert(share_key(si, shnum).as_slice(), row.encode().as_slice())
+                .map_err(db)?
+                .and_then(|old| Row::decode(old.value()));
+            let mut leases = tx.open_table(LEASES).map_err(db)?;
+            leases
+                .insert(lease_key(si, shnum, &f.owner).as_slice(), f.lease_expiry)
+                .map_err(db)?;
+            let mut usage = tx.open_table(USAGE).map_err(db)?;
+            let used = usage.get("used_bytes").map_err(db)?.map(|v| v.value()).unwrap_or(0);
+            let count = usage.get("share_count").map_err(db)?.map(|v| v.value()).unwrap_or(0);
+            let (used, count) = match existed {
+                Some(old) => (used - old.stored_bytes().min(used) + row.stored_bytes(), count),
+                None => (used + row.stored_bytes(), count + 1),
+            };
+            usage.insert("used_bytes", used).map_err(db)?;
+            usage.insert("share_count", count).map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Drops an unfinished share of `owner`.
+    pub fn abort(&self, si: &[u8; 16], shnum: u8, owner: &[u8]) -> Result<(), StoreError> {
+        let f = {
+            let mut inflight = self.inflight();
+            match inflight.get(&(*si, shnum)) {
+                Some(f) if f.owner == owner => inflight.remove(&(*si, shnum)),
+                _ => None,
+            }
+        }
+        .ok_or(StoreError::NotAllocated { shnum })?;
+        fs::remove_file(&f.path).map_err(io_at(&f.path))
+    }
+
+    /// Drops every unfinished share of `owner` (its connection went away).
+    pub fn abort_owner(&self, owner: &[u8]) {
+        let gone: Vec<InFlight> = {
+            let mut inflight = self.inflight();
+            let keys: Vec<_> = inflight.iter().filter(|(_, f)| f.owner == owner).map(|(k, _)| *k).collect();
+            keys.iter().filter_map(|k| inflight.remove(k)).collect()
+        };
+        for f in gone {
+            let _ = fs::remove_file(&f.path);
+        }
+    }
+
+    fn open_share(&self, si: &[u8; 16], shnum: u8) -> Result<(File, Row, PathBuf), StoreError> {
+        let row = self.row(si, shnum)?.ok_or(StoreError::NotFound { shnum })?;
+        let path = self.share_path(si, shnum);
+        let mut file = File::open(&path).map_err(io_at(&path))?;
+        let corrupt = |why: &str| StoreError::Corrupt {
+            path: path.clone(),
+            why: why.to_owned(),
+        };
+        let mut header = [0u8; DATA_OFFSET as usize];
+        file.read_exact(&mut header).map_err(|_| corrupt("short header"))?;
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&header[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        if &header[..8] != MAGIC || header[8..12] != FORMAT_VERSION.to_le_bytes() {
+            return Err(corrupt("bad magic or version"));
+        }
+        if u64_at(12) != row.data_len || u64_at(20) != row.meta_len {
+            return Err(corrupt("header disagrees with the index"));
+        }
+        let len = file.seek(SeekFrom::End(0)).map_err(io_at(&path))?;
+        if len != row.file_len() {
+            return Err(corrupt("wrong file length"));
+        }
+        Ok((file, row, path))
+    }
+
+    /// A share's metadata.
+    pub fn read_meta(&self, si: &[u8; 16], shnum: u8) -> Result<Vec<u8>, StoreError> {
+        let (file, row, path) = self.open_share(si, shnum)?;
+        let mut buf = vec![0u8; row.meta_len as usize];
+        file.read_exact_at(&mut buf, DATA_OFFSET + row.data_len).map_err(io_at(&path))?;
+        Ok(buf)
+    }
+
+    /// `len` bytes of a share's data at `offset`.
+    pub fn read(&self, si: &[u8; 16], shnum: u8, offset: u64, len: u32) -> Result<Vec<u8>, StoreError> {
+        if len > MAX_READ_LEN {
+            return Err(StoreError::InvalidArgument(format!("read of {len} bytes")));
+        }
+        let (file, row, path) = self.open_share(si, shnum)?;
+        if offset.checked_add(u64::from(len)).is_none_or(|e| e > row.data_len) {
+            return Err(StoreError::OutOfBounds {
+                offset,
+                len: u64::from(len),
+                data_len: row.data_len,
+            });
+        }
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, DATA_OFFSET + offset).map_err(io_at(&path))?;
+        Ok(buf)
+    }
+
+    /// Complete shares of `si`.
+    pub fn list(&self, si: &[u8; 16]) -> Result<Vec<u8>, StoreError> {
+        let tx = self.inner.db.begin_read().map_err(db)?;
+        let t = tx.open_table(SHARES).map_err(db)?;
+        let start = share_key(si, 0);
+        let end = share_key(si, 255);
+        let mut out = Vec::new();
+        for item in t.range(start.as_slice()..=end.as_slice()).map_err(db)? {
+            let (k, _) = item.map_err(db)?;
+            if let Some(&sh) = k.value().get(16) {
+                out.push(sh);
+            }
+        }
+        Ok(out)
+    }
+
+    fn add_leases(&self, si: &[u8; 16], shnums: &[u8], owner: &[u8], expiry: u64) -> Result<(), StoreError> {
+        let tx = self.inner.db.begin_write().map_err(db)?;
+        {
+            let mut leases = tx.open_table(LEASES).map_err(db)?;
+            for &sh in shnums {
+                let k = lease_key(si, sh, owner);
+                let old = leases.get(k.as_slice()).map_err(db)?.map(|v| v.value()).unwrap_or(0);
+                leases.insert(k.as_slice(), old.max(expiry)).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Adds or renews `owner`'s lease on every stored share of `si`.
+    pub fn add_lease(&self, si: &[u8; 16], owner: &[u8], expiry: u64) -> Result<usize, StoreError> {
+        if owner.len() > MAX_OWNER_LEN || owner.is_empty() {
+            return Err(StoreError::InvalidArgument("bad owner id".into()));
+        }
+        let shares = self.list(si)?;
+        if shares.is_empty() {
+            return Err(StoreError::NotFound { shnum: 0 });
+        }
+        self.add_leases(si, &shares, owner, expiry)?;
+        Ok(shares.len())
+    }
+
+    /// Leases on a share: owner -> expiry.
+    pub fn leases(&self, si: &[u8; 16], shnum: u8) -> Result<BTreeMap<Vec<u8>, u64>, StoreError> {
+        let tx = self.inner.db.begin_read().map_err(db)?;
+        let t = tx.open_table(LEASES).map_err(db)?;
+        let prefix = share_key(si, shnum);
+        let mut out = BTreeMap::new();
+        for item in t.range(prefix.as_slice()..).map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            let k = k.value();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.insert(k[17..].to_vec(), v.value());
+        }
+        Ok(out)
+    }
+
+    /// Space accounting.
+    pub fn usage(&self) -> Result<Usage, StoreError> {
+        let (used_bytes, share_count) = self.used()?;
+        let in_flight_bytes = self.inflight().values().map(|f| f.data_len).sum();
+        Ok(Usage {
+            used_bytes,
+            share_count,
+            capacity: self.cfg().capacity,
+            reserved: self.cfg().reserved,
+            disk_free: self.disk_free(),
+            in_flight_bytes,
+        })
+    }
+
+    /// Checks every index row against its file and the usage counters against the rows, and
+    /// looks for files without rows and leftovers in `incoming/` (not counting uploads in
+    /// progress).
+    pub fn verify_consistency(&self) -> Result<ConsistencyReport, StoreError> {
+        let mut report = ConsistencyReport::default();
+        let rows = self.rows()?;
+        let mut used = 0;
+        for (si, sh, row) in &rows {
+            report.shares_checked += 1;
+            used += row.stored_bytes();
+            if let Err(e) = self.open_share(si, *sh) {
+                report.problems.push(e.to_string());
+            }
+            if self.leases(si, *sh)?.is_empty() {
+                report.problems.push(format!("share {} of {} has no lease", sh, b32(si)));
+            }
+        }
+        let (u, c) = self.used()?;
+        if u != used || c != rows.len() as u64 {
+            report.problems.push(format!(
+                "usage says {u} bytes in {c} shares, index has {used} bytes in {} shares",
+                rows.len()
+            ));
+        }
+        let indexed: std::collections::BTreeSet<PathBuf> =
+            rows.iter().map(|(si, sh, _)| self.share_path(si, *sh)).collect();
+        let mut stack = vec![self.cfg().root.join("shares")];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if !indexed.contains(&p) {
+                    report.problems.push(format!("{} is not indexed", p.display()));
+                }
+            }
+        }
+        let live: std::collections::BTreeSet<PathBuf> = self.inflight().values().map(|f| f.path.clone()).collect();
+        let incoming = self.cfg().root.join("incoming");
+        for e in fs::read_dir(&incoming).map_err(io_at(&incoming))?.flatten() {
+            if !live.contains(&e.path()) {
+                report.problems.push(format!("{} is a leftover upload", e.path().display()));
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests;

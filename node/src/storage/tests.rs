@@ -1,0 +1,238 @@
+//! Share store tests, including a real SIGKILL crash test.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn open(dir: &Path, capacity: u64, reserved: u64) -> ShareStore {
+    let db = Arc::new(redb::Database::create(dir.join("node.redb")).unwrap());
+    ShareStore::open(db, StoreConfig { root: dir.join("storage"), capacity, reserved, read_only: false }).unwrap()
+}
+
+fn si(n: u8) -> [u8; 16] {
+    [n; 16]
+}
+
+fn pattern(si: &[u8; 16], shnum: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| si[0].wrapping_mul(31).wrapping_add(shnum).wrapping_add(i as u8)).collect()
+}
+
+fn put(store: &ShareStore, s: &[u8; 16], shnum: u8, owner: &[u8], len: usize) {
+    let a = store.allocate(s, owner, &[shnum], len as u64, 100).unwrap();
+    assert_eq!(a.allocated, vec![shnum]);
+    let data = pattern(s, shnum, len);
+    for (i, chunk) in data.chunks(1000).enumerate() {
+        store.write(s, shnum, owner, (i * 1000) as u64, chunk).unwrap();
+    }
+    store.close(s, shnum, owner, b"meta").unwrap();
+}
+
+#[test]
+fn round_trip_leases_and_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    put(&store, &si(1), 0, b"alice", 2500);
+    put(&store, &si(1), 3, b"alice", 2500);
+    assert_eq!(store.list(&si(1)).unwrap(), vec![0, 3]);
+    assert_eq!(store.read(&si(1), 0, 10, 100).unwrap(), pattern(&si(1), 0, 2500)[10..110]);
+    assert_eq!(store.read_meta(&si(1), 3).unwrap(), b"meta");
+    // A second uploader of the same file only adds a lease.
+    let a = store.allocate(&si(1), b"bob", &[0, 3, 5], 2500, 200).unwrap();
+    assert_eq!(a.already_have, vec![0, 3]);
+    assert_eq!(a.allocated, vec![5]);
+    assert_eq!(store.leases(&si(1), 0).unwrap().get(b"bob".as_slice()), Some(&200));
+    // Shares being uploaded by someone else are in progress.
+    let c = store.allocate(&si(1), b"carol", &[5], 2500, 1).unwrap();
+    assert_eq!(c.in_progress, vec![5]);
+    assert!(matches!(store.write(&si(1), 5, b"carol", 0, b"x"), Err(StoreError::NotAllocated { .. })));
+    assert!(matches!(store.write(&si(1), 5, b"bob", 2500, b"x"), Err(StoreError::OutOfBounds { .. })));
+    assert!(matches!(store.read(&si(1), 0, 2400, 200), Err(StoreError::OutOfBounds { .. })));
+    assert!(matches!(store.read(&si(1), 1, 0, 1), Err(StoreError::NotFound { .. })));
+    store.abort(&si(1), 5, b"bob").unwrap();
+    assert_eq!(store.add_lease(&si(1), b"dave", 50).unwrap(), 2);
+    let u = store.usage().unwrap();
+    assert_eq!((u.used_bytes, u.share_count, u.in_flight_bytes), (2 * 2504, 2, 0));
+    assert!(store.verify_consistency().unwrap().is_clean());
+}
+
+#[test]
+fn capacity_reserve_and_read_only_are_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 10_000, 0);
+    store.allocate(&si(2), b"a", &[0], 6000, 1).unwrap();
+    // The in-flight reservation counts.
+    assert!(matches!(store.allocate(&si(3), b"a", &[0], 6000, 1), Err(StoreError::OverCapacity { needed: 6000, available: 4000 })));
+    store.abort(&si(2), 0, b"a").unwrap();
+    store.allocate(&si(3), b"a", &[0], 6000, 1).unwrap();
+    drop(store);
+    let tmp2 = tempfile::tempdir().unwrap();
+    let store = open(tmp2.path(), u64::MAX, u64::MAX / 2);
+    assert!(matches!(store.allocate(&si(1), b"a", &[0], 10, 1), Err(StoreError::DiskReserve { .. })));
+    let db = Arc::new(redb::Database::create(tmp2.path().join("ro.redb")).unwrap());
+    let ro = ShareStore::open(db, StoreConfig { root: tmp2.path().join("ro"), capacity: 1 << 30, reserved: 0, read_only: true }).unwrap();
+    assert!(matches!(ro.allocate(&si(1), b"a", &[0], 10, 1), Err(StoreError::ReadOnly)));
+    assert!(matches!(ro.allocate(&si(1), b"a", &[0], 0, 1), Err(StoreError::InvalidArgument(_))));
+}
+
+#[test]
+fn reopen_keeps_shares_and_recovers_from_every_crash_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    put(&store, &si(1), 0, b"a", 3000);
+    put(&store, &si(2), 1, b"a", 3000);
+    // (a) an upload in progress when the process died
+    store.allocate(&si(3), b"a", &[0], 3000, 1).unwrap();
+    store.write(&si(3), 0, b"a", 0, &[1; 100]).unwrap();
+    let orphan = store.share_path(&si(4), 2);
+    let lost = store.share_path(&si(2), 1);
+    drop(store);
+    // (b) a share renamed into place whose index transaction never committed
+    fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    fs::write(&orphan, b"KITHSHR\0 whatever").unwrap();
+    // (c) an indexed share whose file vanished
+    fs::remove_file(&lost).unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    let r = store.recovery_report().clone();
+    assert_eq!((r.incoming_removed, r.orphan_files_removed, r.rows_removed), (1, 1, 1), "{r:?}");
+    assert!(!orphan.exists());
+    assert_eq!(store.list(&si(1)).unwrap(), vec![0]);
+    assert!(store.list(&si(2)).unwrap().is_empty());
+    let u = store.usage().unwrap();
+    assert_eq!((u.used_bytes, u.share_count), (3004, 1));
+    assert!(store.verify_consistency().unwrap().is_clean());
+}
+
+#[test]
+fn corrupt_files_are_typed_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    put(&store, &si(1), 0, b"a", 3000);
+    let p = store.share_path(&si(1), 0);
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&p, &bytes).unwrap();
+    assert!(matches!(store.read(&si(1), 0, 0, 10), Err(StoreError::Corrupt { .. })));
+    assert!(!store.verify_consistency().unwrap().is_clean());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, u8, u16),
+    Alloc(u8, u8, u16),
+    Abort(u8, u8),
+    Lease(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..4, 0u8..4, 1u16..3000).prop_map(|(a, b, c)| Op::Put(a, b, c)),
+        (0u8..4, 0u8..4, 1u16..3000).prop_map(|(a, b, c)| Op::Alloc(a, b, c)),
+        (0u8..4, 0u8..4).prop_map(|(a, b)| Op::Abort(a, b)),
+        (0u8..4).prop_map(Op::Lease),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn usage_always_equals_the_stored_shares(ops in proptest::collection::vec(op(), 1..25)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path(), 1 << 30, 0);
+        let mut model: BTreeMap<([u8; 16], u8), u64> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Put(s, sh, len) => {
+                    let a = store.allocate(&si(s), b"o", &[sh], u64::from(len), 9).unwrap();
+                    if a.allocated == vec![sh] {
+                        store.write(&si(s), sh, b"o", 0, &pattern(&si(s), sh, len as usize)).unwrap();
+                        store.close(&si(s), sh, b"o", b"mm").unwrap();
+                        model.insert((si(s), sh), u64::from(len) + 2);
+                    }
+                }
+                Op::Alloc(s, sh, len) => { let _ = store.allocate(&si(s), b"x", &[sh], u64::from(len), 9); }
+                Op::Abort(s, sh) => { let _ = store.abort(&si(s), sh, b"x"); }
+                Op::Lease(s) => { let _ = store.add_lease(&si(s), b"p", 10); }
+            }
+            let u = store.usage().unwrap();
+            prop_assert_eq!(u.used_bytes, model.values().sum::<u64>());
+            prop_assert_eq!(u.share_count, model.len() as u64);
+        }
+        drop(store);
+        let store = open(tmp.path(), 1 << 30, 0);
+        let u = store.usage().unwrap();
+        prop_assert_eq!(u.used_bytes, model.values().sum::<u64>());
+        prop_assert!(store.verify_consistency().unwrap().is_clean());
+    }
+}
+
+/// Child side of the crash test: writes shares forever, printing each closed one.
+#[test]
+fn crash_child_writer() {
+    let Ok(dir) = std::env::var("KITH_STORE_CRASH_CHILD") else {
+        return; // only runs as the crash test's child process
+    };
+    let store = open(Path::new(&dir), u64::MAX / 4, 0);
+    // A fresh range of storage indexes per child process.
+    let mut n: u32 = std::process::id().wrapping_mul(100_000);
+    loop {
+        let s = {
+            let mut s = [0u8; 16];
+            s[..4].copy_from_slice(&n.to_le_bytes());
+            s
+        };
+        for sh in 0..3u8 {
+            let len = 20_000 + (n as usize % 7) * 1000;
+            store.allocate(&s, b"child", &[sh], len as u64, 9).unwrap();
+            let data = pattern(&s, sh, len);
+            for (i, chunk) in data.chunks(4096).enumerate() {
+                store.write(&s, sh, b"child", (i * 4096) as u64, chunk).unwrap();
+            }
+            store.close(&s, sh, b"child", &n.to_le_bytes()).unwrap();
+            println!("closed {n} {sh}");
+        }
+        n += 1;
+    }
+}
+
+#[test]
+fn sigkill_at_any_point_leaves_a_consistent_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (round, wait_for) in [5usize, 40, 120].into_iter().enumerate() {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "storage::tests::crash_child_writer", "--nocapture", "--test-threads=1"])
+            .env("KITH_STORE_CRASH_CHILD", tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut closed = 0;
+        while closed < wait_for {
+            assert!(Instant::now() < deadline, "round {round}: child too slow");
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("closed") => closed += 1,
+                Some(Ok(_)) => {}
+                _ => panic!("round {round}: child ended early"),
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let store = open(tmp.path(), u64::MAX / 4, 0);
+        let report = store.verify_consistency().unwrap();
+        assert!(report.is_clean(), "round {round}: {report:?}");
+        assert!(report.shares_checked as usize >= closed);
+        for (s, sh, row) in store.rows().unwrap() {
+            let data = store.read(&s, sh, 0, row.data_len as u32).unwrap();
+            assert_eq!(data, pattern(&s, sh, row.data_len as usize), "round {round}");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! `bench grid`: start N real kith daemons on loopback (child processes), upload a random file
+//! through node 0's local API and download it through node 1's, and print in one table:
+//! encoder-only throughput (the same file encoded in-process on every core), end-to-end upload
+//! and download MiB/s, and the uploading node's idle and peak RSS.
+//!
+//! ```text
+//! cargo run --release -p kith-simulations --bin bench -- grid --nodes 10 --size 256MiB
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use kith_node::{
+    codec::{EncodingParams, FileEncoder},
+    config::{ByteSize, RawConfig},
+    nodedir::NodeDir,
+};
+use sha2::{Digest, Sha256};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the grid benchmark.
+    Grid {
+        /// Nodes in the grid.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// File size.
+        #[arg(long, default_value = "256MiB")]
+        size: ByteSize,
+        /// k.
+        #[arg(long, default_value_t = 3)]
+        needed: u8,
+        /// Servers of happiness.
+        #[arg(long, default_value_t = 7)]
+        happy: u8,
+        /// n.
+        #[arg(long, default_value_t = 10)]
+        total: u8,
+        /// Keep the node dirs here instead of a temp dir.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+    },
+    /// (internal) run one node: what `kith --dir DIR run` does.
+    #[command(hide = true)]
+    Node {
+        /// Node dir.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match args.cmd {
+        Cmd::Node { dir } => {
+            rt.block_on(kith_node::daemon::run(NodeDir::new(dir), Default::default()))?;
+            Ok(())
+        }
+        Cmd::Grid {
+            nodes,
+            size,
+            needed,
+            happy,
+            total,
+            workdir,
+        } => rt.block_on(grid(nodes, size.0, EncodingParams { needed, happy, total, segment_size: 1 << 20 }, workdir)),
+    }
+}
+
+fn mib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64 / d.as_secs_f64()
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Encodes `data` in-process: convergent key pass, then every segment on all cores.
+fn encoder_only(data: &[u8], params: EncodingParams) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut h = kith_node::codec::ConvergentKeyHasher::new(&[7u8; 32], &params);
+    h.update(data);
+    let key = h.finalize();
+    let enc = FileEncoder::new(key, params, data.len() as u64).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let n = enc.num_segments();
+    let seg = params.segment_size as usize;
+    let hashes = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let enc = &enc;
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut i = t as u32;
+                    while i < n {
+                        let start = i as usize * seg;
+                        let end = (start + seg).min(data.len());
+                        if let Ok(e) = enc.encode_segment(i, &data[start..end]) {
+                            out.push(e.hashes());
+                        }
+                        i += threads as u32;
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<_>>()
+    });
+    enc.finish(hashes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(start.elapsed())
+}
+
+struct Daemon {
+    child: Child,
+    dir: NodeDir,
+    url: String,
+    token: String,
+}
+
+async fn wait_api(dir: &NodeDir) -> anyhow::Result<(String, String)> {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(dir.api_file()) {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            let url = v["url"].as_str().unwrap_or_default().to_owned();
+            return Ok((url, dir.api_token()?));
+        }
+        if Instant::now() > end {
+            bail!("{} did not start", dir.root().display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn grid(nodes: usize, size: u64, params: EncodingParams, workdir: Option<PathBuf>) -> anyhow::Result<()> {
+    if nodes < 2 {
+        bail!("need at least 2 nodes");
+    }
+    let tmp = tempfile::tempdir()?;
+    let root = workdir.unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&root)?;
+    println!("kith bench: {nodes} nodes on loopback, {} file, {}-of-{} (happy {})", ByteSize(size), params.needed, params.total, params.happy);
+    let data = {
+        use rand::{RngCore, SeedableRng};
+        let mut v = vec![0u8; size as usize];
+        rand::rngs::StdRng::seed_from_u64(42).fill_bytes(&mut v);
+        v
+    };
+    let file = root.join("input.bin");
+    std::fs::write(&file, &data)?;
+    let want = Sha256::digest(&data);
+
+    let enc_time = encoder_only(&data, params)?;
+    drop(data);
+
+    let me = std::env::current_exe()?;
+    let mut addrs: Vec<String> = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..nodes {
+        let dir = NodeDir::new(root.join(format!("node{i}")));
+        let mut raw = RawConfig::default();
+        raw.nickname = format!("bench{i}");
+        raw.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        raw.network.peers = addrs.clone();
+        raw.encoding.shares_needed = params.needed;
+        raw.encoding.shares_happy = params.happy;
+        raw.encoding.shares_total = params.total;
+        raw.storage.reserved = ByteSize(0);
+        let (cfg, peer) = dir.init(raw)?;
+        addrs.push(format!("{}/p2p/{peer}", cfg.listen[0]));
+        dirs.push(dir);
+    }
+    let mut daemons = Vec::new();
+    for dir in dirs {
+        let child = Command::new(&me)
+            .arg("node")
+            .arg(dir.root())
+            .env("KITH_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("spawning a node")?;
+        let (url, token) = wait_api(&dir).await?;
+        daemons.push(Daemon { child, dir, url, token });
+    }
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    for d in &daemons[..2] {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s: serde_json::Value = http
+                .get(format!("{}/api/v1/status", d.url))
+                .bearer_auth(&d.token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let storage_peers = s["connected_peers"].as_array().map(|a| a.iter().filter(|p| p["storage"] == true).count()).unwrap_or(0);
+            if storage_peers + 1 >= nodes {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("{} sees only {storage_peers} storage peers", d.dir.root().display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let up = &daemons[0];
+    let pid = up.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(pid, "VmRSS:");
+    let idle_hwm = rss_kib(pid, "VmHWM:");
+
+    let start = Instant::now();
+    let f = tokio::fs::File::open(&file).await?;
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
+    let resp = http
+        .post(format!("{}/api/v1/files", up.url))
+        .bearer_auth(&up.token)
+        .header(reqwest::header::CONTENT_LENGTH, size)
+        .body(body)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("upload failed: {}", resp.text().await?);
+    }
+    let put: serde_json::Value = resp.json().await?;
+    let up_time = start.elapsed();
+    let peak_rss = rss_kib(pid, "VmHWM:");
+    let cap = put["cap"].as_str().unwrap_or_default().to_owned();
+
+    let down = &daemons[1];
+    let start = Instant::now();
+    let mut resp = http
+        .get(format!("{}/api/v1/files/{cap}", down.url))
+        .bearer_auth(&down.token)
+        .send()
+        .await?;
+    let mut hasher = Sha256::new();
+    let mut got = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        got += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    let down_time = start.elapsed();
+    let ok = got == size && hasher.finalize() == want;
+
+    for d in &mut daemons {
+        let _ = http.post(format!("{}/api/v1/shutdown", d.url)).bearer_auth(&d.token).send().await;
+    }
+    for d in &mut daemons {
+        let _ = d.child.wait();
+    }
+    let enc_mbs = size as f64 / 1e6 / enc_time.as_secs_f64();
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| encoder only (key pass + encode, all cores) | {enc_mbs:.0} MB/s ({:.0} MiB/s) |", mib_s(size, enc_time));
+    println!("| upload (node 0 API -> {nodes} servers) | {:.1} MiB/s ({:.2} s) |", mib_s(size, up_time), up_time.as_secs_f64());
+    println!("| download (node 1 API, verified) | {:.1} MiB/s ({:.2} s) |", mib_s(size, down_time), down_time.as_secs_f64());
+    println!("| upload / encoder-only | {:.0}% |", 100.0 * enc_time.as_secs_f64() / up_time.as_secs_f64());
+    println!("| uploading node RSS idle | {:.1} MiB |", idle_rss as f64 / 1024.0);
+    println!("| uploading node RSS peak during upload | {:.1} MiB (+{:.1} MiB over idle) |", peak_rss as f64 / 1024.0, (peak_rss.saturating_sub(idle_rss.max(idle_hwm.min(idle_rss)))) as f64 / 1024.0);
+    println!("| download byte-identical | {} |", if ok { "yes" } else { "NO" });
+    drop(tmp);
+    if !ok {
+        bail!("downloaded file differs");
+    }
+    let _ = Path::new("");
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! kith-tests: helpers for the multi-node end-to-end tests in `tests/tests/e2e/`.
+//!
+//! [`Grid`] starts real kith nodes in this process (each with its own node dir, redb, share
+//! store and libp2p swarm on loopback TCP or QUIC), connected as static peers. The
+//! `kith-test-node` binary runs the real daemon in a child process for tests that must kill a
+//! node with SIGKILL.
+
+use std::{path::PathBuf, time::Duration};
+
+use kith_node::{
+    Node, NodeHandle, StartOptions,
+    config::{ByteSize, RawConfig},
+    nodedir::NodeDir,
+};
+
+/// Which transport the grid's nodes listen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `/ip4/127.0.0.1/tcp/<port>`.
+    Tcp,
+    /// `/ip4/127.0.0.1/udp/<port>/quic-v1`.
+    Quic,
+}
+
+/// Encoding for a grid's nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Encoding {
+    /// k.
+    pub needed: u8,
+    /// Servers of happiness.
+    pub happy: u8,
+    /// n.
+    pub total: u8,
+}
+
+/// A set of in-process nodes on loopback, every node a static peer of every earlier one.
+pub struct Grid {
+    /// Keeps the node dirs alive.
+    pub tmp: tempfile::TempDir,
+    /// Node dirs, in order.
+    pub dirs: Vec<NodeDir>,
+    /// Running nodes (`None` once stopped).
+    pub nodes: Vec<Option<Node>>,
+}
+
+impl Grid {
+    /// Initializes and starts `n` nodes and waits until each sees all `n` storage servers.
+    pub async fn start(n: usize, listen: Listen, enc: Encoding) -> anyhow::Result<Grid> {
+        let tmp = tempfile::tempdir()?;
+        let mut dirs = Vec::new();
+        let mut addrs: Vec<String> = Vec::new();
+        for i in 0..n {
+            let dir = NodeDir::new(tmp.path().join(format!("node{i}")));
+            let mut raw = RawConfig::default();
+            raw.nickname = format!("node{i}");
+            raw.network.listen = vec![match listen {
+                Listen::Tcp => "/ip4/127.0.0.1/tcp/0".into(),
+                Listen::Quic => "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+            }];
+            raw.network.peers = addrs.clone();
+            raw.encoding.shares_needed = enc.needed;
+            raw.encoding.shares_happy = enc.happy;
+            raw.encoding.shares_total = enc.total;
+            raw.storage.capacity = ByteSize(8 << 30);
+            // Tests must not depend on how full the machine's disk is.
+            raw.storage.reserved = ByteSize(0);
+            let (config, peer) = dir.init(raw)?;
+            let addr = kith_transports::with_peer_id(&config.listen[0], peer);
+            addrs.push(addr.to_string());
+            dirs.push(dir);
+        }
+        let mut nodes = Vec::new();
+        for dir in &dirs {
+            nodes.push(Some(Node::start(dir.clone(), StartOptions::default()).await?));
+        }
+        let grid = Grid { tmp, dirs, nodes };
+        for h in grid.handles() {
+            h.wait_for_storage_servers(n, Duration::from_secs(30))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", h.config().nickname))?;
+        }
+        Ok(grid)
+    }
+
+    /// Handle of node `i` (panics if stopped: a test bug).
+    pub fn node(&self, i: usize) -> NodeHandle {
+        match &self.nodes[i] {
+            Some(n) => n.handle(),
+            None => panic!("node {i} is stopped"),
+        }
+    }
+
+    /// Handles of the running nodes.
+    pub fn handles(&self) -> Vec<NodeHandle> {
+        self.nodes.iter().flatten().map(Node::handle).collect()
+    }
+
+    /// Stops node `i` and waits until every other running node has seen it disconnect.
+    pub async fn stop(&mut self, i: usize) -> anyhow::Result<()> {
+        let Some(node) = self.nodes[i].take() else {
+            return Ok(());
+        };
+        let peer = node.handle().peer_id();
+        node.shutdown().await;
+        for h in self.handles() {
+            let mut w = h.net_watch();
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                w.wait_for(|s| !s.peers.contains_key(&peer)),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("{} still sees a stopped node", h.config().nickname))??;
+        }
+        Ok(())
+    }
+
+    /// Where node `i` keeps its storage.
+    pub fn storage_dir(&self, i: usize) -> PathBuf {
+        self.dirs[i].storage()
+    }
+}
+
+/// `n` bytes from a seeded generator (fast, reproducible).
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; n];
+    rng.fill_bytes(&mut v);
+    v
+}

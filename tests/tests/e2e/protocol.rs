@@ -1,0 +1,116 @@
+//! Malformed and oversized storage-protocol frames from a real libp2p peer get typed errors,
+//! and the server keeps serving.
+
+use std::{io, time::Duration};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use kith_node::protocol::{self, ErrorKind, Request, Response};
+use kith_tests::{Encoding, Grid, Listen};
+use libp2p::{
+    StreamProtocol, Swarm,
+    request_response::{self, ProtocolSupport},
+    swarm::SwarmEvent,
+};
+
+/// Sends raw bytes as the request (the test writes the framing itself); reads a real frame back.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Response;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>> {
+        Err(io::Error::other("client only"))
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response> {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        io.read_exact(&mut body).await?;
+        protocol::decode_body(&body).map_err(io::Error::other)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()> {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, _: &mut T, _: Response) -> io::Result<()> {
+        Err(io::Error::other("client only"))
+    }
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut v = (body.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_server() {
+    let grid = Grid::start(1, Listen::Tcp, Encoding { needed: 1, happy: 1, total: 1 }).await.unwrap();
+    let server = grid.node(0);
+    let server_addr = server.addrs()[0].clone();
+
+    let kp = libp2p::identity::Keypair::generate_ed25519();
+    let transport = kith_transports::build_transport(&kp, &kith_transports::Config::default()).unwrap();
+    let behaviour = request_response::Behaviour::<RawCodec>::new(
+        [(protocol::PROTOCOL, ProtocolSupport::Outbound)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+    );
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        kp.public().to_peer_id(),
+        libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(60)),
+    );
+    swarm.dial(server_addr).unwrap();
+
+    let valid = protocol::encode_frame(&Request::List { si: [1; 16] }).unwrap();
+    let mut oversized = (u32::MAX).to_be_bytes().to_vec();
+    oversized.extend_from_slice(&[0u8; 64]);
+    let cases: Vec<(&str, Vec<u8>, Option<ErrorKind>)> = vec![
+        ("garbage", frame(&[0xff, 0xfe, 0x00, 0x13, 0x37]), Some(ErrorKind::Malformed)),
+        ("oversized length prefix", oversized, Some(ErrorKind::TooLarge)),
+        ("valid CBOR of the wrong shape", frame(&protocol::encode_frame(&"hello").unwrap()[4..]), Some(ErrorKind::Malformed)),
+        ("empty frame", frame(&[]), Some(ErrorKind::Malformed)),
+        ("huge array header", frame(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Some(ErrorKind::Malformed)),
+        (
+            "read far beyond a share",
+            protocol::encode_frame(&Request::Read { si: [1; 16], shnum: 0, offset: u64::MAX - 3, len: u32::MAX }).unwrap(),
+            None,
+        ),
+        ("valid list", valid, None),
+    ];
+    let server_peer = server.peer_id();
+    for (name, bytes, expect) in cases {
+        let id = swarm.behaviour_mut().send_request(&server_peer, bytes);
+        let resp = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match swarm.next().await {
+                    Some(SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { request_id, response }, ..
+                    })) if request_id == id => return Ok(response),
+                    Some(SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. })) if request_id == id => {
+                        return Err(error.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}: no answer"));
+        let resp = resp.unwrap_or_else(|e| panic!("{name}: {e}"));
+        match (expect, &resp) {
+            (Some(kind), Response::Error(e)) => assert_eq!(e.kind, kind, "{name}: {e}"),
+            (None, Response::Shares(v)) => assert!(v.is_empty(), "{name}"),
+            (None, Response::Error(e)) => assert!(matches!(e.kind, ErrorKind::TooLarge | ErrorKind::NotFound | ErrorKind::OutOfBounds), "{name}: {e}"),
+            (_, other) => panic!("{name}: unexpected {other:?}"),
+        }
+    }
+    // The server is still up and serving its owner.
+    assert!(server.status().await.storage.is_some());
+}
