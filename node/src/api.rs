@@ -110,8 +110,11 @@ async fn loopback_host(req: Request, next: Next) -> Response {
         .unwrap_or("");
     let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
     if !matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
-        return ApiError::new(StatusCode::FORBIDDEN, "the kith API only answers loopback hosts")
-            .into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the kith API only answers loopback hosts",
+        )
+        .into_response();
     }
     next.run(req).await
 }
@@ -183,16 +186,21 @@ async fn add_peer(
         .add_peer(peer.clone())
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
-    Ok(Json(serde_json::json!({ "peer_id": peer.peer.to_string(), "connected": true })))
+    Ok(Json(
+        serde_json::json!({ "peer_id": peer.peer.to_string(), "connected": true }),
+    ))
 }
 
 async fn remove_peer(
     State(st): State<ApiState>,
     Path(peer): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let peer = peer
-        .parse()
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("{peer:?} is not a peer id")))?;
+    let peer = peer.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{peer:?} is not a peer id"),
+        )
+    })?;
     let removed = st
         .node
         .remove_peer(peer)
@@ -236,8 +244,7 @@ async fn put(
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
             f.write_all(&chunk)
                 .await
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

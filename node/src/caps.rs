@@ -119,13 +119,29 @@ fn short(bytes: &[u8]) -> String {
 
 impl fmt::Display for ChkReadCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "kith:chk:{}:{}:{}:{}:{}", b32(&self.key.0), b32(&self.ueb_hash), self.needed, self.total, self.size)
+        write!(
+            f,
+            "kith:chk:{}:{}:{}:{}:{}",
+            b32(&self.key.0),
+            b32(&self.ueb_hash),
+            self.needed,
+            self.total,
+            self.size
+        )
     }
 }
 
 impl fmt::Display for ChkVerifyCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "kith:chk-verify:{}:{}:{}:{}:{}", b32(&self.storage_index), b32(&self.ueb_hash), self.needed, self.total, self.size)
+        write!(
+            f,
+            "kith:chk-verify:{}:{}:{}:{}:{}",
+            b32(&self.storage_index),
+            b32(&self.ueb_hash),
+            self.needed,
+            self.total,
+            self.size
+        )
     }
 }
 
@@ -155,13 +171,27 @@ impl fmt::Display for Cap {
 
 impl fmt::Debug for ChkReadCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChkReadCap(key=<redacted>, ueb={}…, {}-of-{}, {} bytes)", short(&self.ueb_hash), self.needed, self.total, self.size)
+        write!(
+            f,
+            "ChkReadCap(key=<redacted>, ueb={}…, {}-of-{}, {} bytes)",
+            short(&self.ueb_hash),
+            self.needed,
+            self.total,
+            self.size
+        )
     }
 }
 
 impl fmt::Debug for ChkVerifyCap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChkVerifyCap(si={}…, {}-of-{}, {} bytes)", short(&self.storage_index), self.needed, self.total, self.size)
+        write!(
+            f,
+            "ChkVerifyCap(si={}…, {}-of-{}, {} bytes)",
+            short(&self.storage_index),
+            self.needed,
+            self.total,
+            self.size
+        )
     }
 }
 
@@ -193,16 +223,23 @@ fn decode_b32<const N: usize>(field: &str, s: &str) -> Result<[u8; N], CapParseE
     let v = BASE32_NOPAD
         .decode(s.to_ascii_uppercase().as_bytes())
         .map_err(|_| err(format!("{field} is not base32")))?;
-    v.try_into().map_err(|v: Vec<u8>| err(format!("{field} has {} bytes, expected {N}", v.len())))
+    v.try_into()
+        .map_err(|v: Vec<u8>| err(format!("{field} has {} bytes, expected {N}", v.len())))
 }
 
 fn parse_params(parts: &[&str]) -> Result<(u8, u8, u64), CapParseError> {
     let [k, n, size] = parts else {
         return Err(err("expected <k>:<n>:<size> at the end"));
     };
-    let k: u8 = k.parse().map_err(|_| err(format!("k {k:?} is not a number 1-255")))?;
-    let n: u8 = n.parse().map_err(|_| err(format!("n {n:?} is not a number 1-255")))?;
-    let size: u64 = size.parse().map_err(|_| err(format!("size {size:?} is not a number")))?;
+    let k: u8 = k
+        .parse()
+        .map_err(|_| err(format!("k {k:?} is not a number 1-255")))?;
+    let n: u8 = n
+        .parse()
+        .map_err(|_| err(format!("n {n:?} is not a number 1-255")))?;
+    let size: u64 = size
+        .parse()
+        .map_err(|_| err(format!("size {size:?} is not a number")))?;
     if k == 0 || k > n {
         return Err(err(format!("k={k} n={n} (need 1 <= k <= n)")));
     }
@@ -252,7 +289,9 @@ impl FromStr for Cap {
                 }))
             }
             ["kith", kind, ..] => Err(err(format!("unknown cap kind {kind:?}"))),
-            _ => Err(err("a cap starts with kith:chk:, kith:chk-verify: or kith:lit:")),
+            _ => Err(err(
+                "a cap starts with kith:chk:, kith:chk-verify: or kith:lit:",
+            )),
         }
     }
 }
@@ -263,7 +302,9 @@ impl FromStr for ReadCap {
     fn from_str(s: &str) -> Result<Self, CapParseError> {
         match s.parse::<Cap>()? {
             Cap::Read(r) => Ok(r),
-            Cap::Verify(_) => Err(err("this is a verify cap: it can check a file but not read it")),
+            Cap::Verify(_) => Err(err(
+                "this is a verify cap: it can check a file but not read it",
+            )),
         }
     }
 }
@@ -307,12 +348,27 @@ mod tests {
         let e = "kith:chk:abc:def:3:10:100".parse::<ReadCap>().unwrap_err();
         assert!(e.to_string().contains("key"), "{e}");
         let key = b32(&[1; 32]);
-        let e = format!("kith:chk:{key}:{key}:0:10:100").parse::<ReadCap>().unwrap_err();
+        let e = format!("kith:chk:{key}:{key}:0:10:100")
+            .parse::<ReadCap>()
+            .unwrap_err();
         assert!(e.to_string().contains("k=0"), "{e}");
         assert!("http://x".parse::<ReadCap>().is_err());
         assert!("kith:lit:".parse::<ReadCap>().unwrap().size() == 0);
-        let v = ChkReadCap { key: Key([1; 32]), ueb_hash: [2; 32], needed: 3, total: 10, size: 1000 }.verify_cap();
-        assert!(v.to_string().parse::<ReadCap>().unwrap_err().to_string().contains("verify cap"));
+        let v = ChkReadCap {
+            key: Key([1; 32]),
+            ueb_hash: [2; 32],
+            needed: 3,
+            total: 10,
+            size: 1000,
+        }
+        .verify_cap();
+        assert!(
+            v.to_string()
+                .parse::<ReadCap>()
+                .unwrap_err()
+                .to_string()
+                .contains("verify cap")
+        );
         assert!("kith:chk:".repeat(100).parse::<Cap>().is_err());
     }
 }

@@ -232,7 +232,8 @@ pub async fn upload(
     } else {
         codec::random_key(&mut rand::rngs::OsRng)
     };
-    let encoder = FileEncoder::new(key, params, size).map_err(|e| UploadError::Encode(e.to_string()))?;
+    let encoder =
+        FileEncoder::new(key, params, size).map_err(|e| UploadError::Encode(e.to_string()))?;
     let si = encoder.storage_index();
     let data_len = encoder.share_data_len();
 
@@ -289,8 +290,10 @@ pub async fn upload(
         }
         // The placement core keys servers by their peer id bytes.
         let usable_b: Vec<Vec<u8>> = usable.iter().map(|p| p.to_bytes()).collect();
-        let fixed_b: BTreeMap<Vec<u8>, BTreeSet<u8>> =
-            fixed.iter().map(|(p, s)| (p.to_bytes(), s.clone())).collect();
+        let fixed_b: BTreeMap<Vec<u8>, BTreeSet<u8>> = fixed
+            .iter()
+            .map(|(p, s)| (p.to_bytes(), s.clone()))
+            .collect();
         let plan = match placement::plan(&si, &usable_b, &fixed_b, params.total, params.happy) {
             Ok(p) => p,
             Err(placement::PlacementError::NotHappy { achievable, .. }) => {
@@ -299,9 +302,12 @@ pub async fn upload(
         };
         let mut per_server: BTreeMap<PeerId, Vec<u8>> = BTreeMap::new();
         for (&sh, s) in plan.assignments.iter().chain(plan.already_placed.iter()) {
-            let Ok(s) = PeerId::from_bytes(s) else { continue };
+            let Ok(s) = PeerId::from_bytes(s) else {
+                continue;
+            };
             let s = &s;
-            let confirmed = held.get(s).is_some_and(|h| h.contains(&sh)) || to_write.get(&sh) == Some(s);
+            let confirmed =
+                held.get(s).is_some_and(|h| h.contains(&sh)) || to_write.get(&sh) == Some(s);
             if !confirmed {
                 per_server.entry(*s).or_default().push(sh);
             }
@@ -313,7 +319,14 @@ pub async fn upload(
             .into_iter()
             .map(|(s, shnums)| async move {
                 let r = node
-                    .rpc(s, Request::Allocate { si, shnums: shnums.clone(), data_len })
+                    .rpc(
+                        s,
+                        Request::Allocate {
+                            si,
+                            shnums: shnums.clone(),
+                            data_len,
+                        },
+                    )
                     .await;
                 (s, shnums, rpc_error(r))
             })
@@ -334,7 +347,10 @@ pub async fn upload(
                             to_write.insert(sh, s);
                         }
                     }
-                    if asked.iter().any(|sh| !held.get(&s).is_some_and(|h| h.contains(sh)) && to_write.get(sh) != Some(&s)) {
+                    if asked.iter().any(|sh| {
+                        !held.get(&s).is_some_and(|h| h.contains(sh))
+                            && to_write.get(sh) != Some(&s)
+                    }) {
                         all_placed = false;
                     }
                 }
@@ -372,7 +388,9 @@ pub async fn upload(
     let encoder = Arc::new(encoder);
     let mut writers: BTreeMap<PeerId, Writer> = BTreeMap::new();
     for &s in to_write.values() {
-        writers.entry(s).or_insert_with(|| Writer::spawn(node.clone(), s, si));
+        writers
+            .entry(s)
+            .or_insert_with(|| Writer::spawn(node.clone(), s, si));
     }
     let mut file = tokio::fs::File::open(path).await?;
     let num_segments = encoder.num_segments();
@@ -428,7 +446,8 @@ pub async fn upload(
             }
         }
     }
-    let encoder = Arc::try_unwrap(encoder).map_err(|_| UploadError::Encode("encoder still shared".into()))?;
+    let encoder =
+        Arc::try_unwrap(encoder).map_err(|_| UploadError::Encode("encoder still shared".into()))?;
     let encoded = encoder
         .finish(hashes)
         .map_err(|e| UploadError::Encode(e.to_string()))?;
@@ -441,7 +460,14 @@ pub async fn upload(
             let meta = encoded.share_metas.get(usize::from(sh))?.to_bytes();
             Some(async move {
                 let r = node
-                    .rpc(s, Request::Close { si, shnum: sh, meta: ByteBuf::from(meta) })
+                    .rpc(
+                        s,
+                        Request::Close {
+                            si,
+                            shnum: sh,
+                            meta: ByteBuf::from(meta),
+                        },
+                    )
                     .await;
                 (sh, s, rpc_error(r))
             })
@@ -586,7 +612,11 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
                     let ct = meta.crypttext_hashes.clone();
                     match VerifiedShare::new(&ueb, meta) {
                         Ok(v) => {
-                            src.active.push(Source { server: s, shnum: sh, share: Arc::new(v) });
+                            src.active.push(Source {
+                                server: s,
+                                shnum: sh,
+                                share: Arc::new(v),
+                            });
                             break (ueb, ct);
                         }
                         Err(e) => src.report(s, sh, e.to_string()),
@@ -635,7 +665,8 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
                 .filter(|a| !have.contains(&a.shnum))
                 .map(|a| (a.server, a.shnum, a.share.clone()))
                 .collect();
-            let (_, more, failures) = fetch_segment(node.clone(), si, ueb.clone(), seg, missing).await;
+            let (_, more, failures) =
+                fetch_segment(node.clone(), si, ueb.clone(), seg, missing).await;
             got.extend(more);
             for (s, sh, problem) in failures {
                 src.active.retain(|a| !(a.server == s && a.shnum == sh));
@@ -643,9 +674,10 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
             }
         }
         let (u, k, ct) = (ueb.clone(), key.clone(), crypttext_hashes.clone());
-        let plain = tokio::task::spawn_blocking(move || codec::decode_segment(&u, &k, &ct, seg, got))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let plain =
+            tokio::task::spawn_blocking(move || codec::decode_segment(&u, &k, &ct, seg, got))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         let plain = match plain {
             Ok(p) => p,
             Err(e) => {
@@ -709,7 +741,11 @@ impl Sources {
             }
             match fetch_meta(node, s, si, sh).await {
                 Ok(meta) => match VerifiedShare::new(ueb, meta) {
-                    Ok(v) => self.active.push(Source { server: s, shnum: sh, share: Arc::new(v) }),
+                    Ok(v) => self.active.push(Source {
+                        server: s,
+                        shnum: sh,
+                        share: Arc::new(v),
+                    }),
                     Err(e) => self.report(s, sh, e.to_string()),
                 },
                 Err(e) => self.report(s, sh, e),
@@ -719,9 +755,16 @@ impl Sources {
     }
 }
 
-async fn fetch_meta(node: &NodeHandle, server: PeerId, si: [u8; 16], shnum: u8) -> Result<ShareMeta, String> {
+async fn fetch_meta(
+    node: &NodeHandle,
+    server: PeerId,
+    si: [u8; 16],
+    shnum: u8,
+) -> Result<ShareMeta, String> {
     match rpc_error(node.rpc(server, Request::ReadMeta { si, shnum }).await)? {
-        Response::Bytes(b) => ShareMeta::from_bytes(&b, crate::protocol::MAX_META).map_err(|e| e.to_string()),
+        Response::Bytes(b) => {
+            ShareMeta::from_bytes(&b, crate::protocol::MAX_META).map_err(|e| e.to_string())
+        }
         other => Err(format!("unexpected answer {other:?}")),
     }
 }
@@ -743,7 +786,17 @@ async fn fetch_segment(
         .map(|(s, sh, share)| {
             let node = node.clone();
             async move {
-                let r = node.rpc(s, Request::Read { si, shnum: sh, offset, len }).await;
+                let r = node
+                    .rpc(
+                        s,
+                        Request::Read {
+                            si,
+                            shnum: sh,
+                            offset,
+                            len,
+                        },
+                    )
+                    .await;
                 let block = match rpc_error(r) {
                     Ok(Response::Bytes(b)) => b.into_vec(),
                     Ok(other) => return Err((s, sh, format!("unexpected answer {other:?}"))),

@@ -90,7 +90,7 @@ impl fmt::Display for ByteSize {
             ("KiB", 1 << 10),
         ];
         for (name, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{name}", self.0 / size);
             }
         }
@@ -274,7 +274,11 @@ impl FromStr for StaticPeer {
 
 impl fmt::Display for StaticPeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", kith_transports::with_peer_id(&self.addr, self.peer))
+        write!(
+            f,
+            "{}",
+            kith_transports::with_peer_id(&self.addr, self.peer)
+        )
     }
 }
 
@@ -310,10 +314,7 @@ impl TryFrom<RawConfig> for Config {
 
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
         if raw.nickname.len() > 64 || raw.nickname.chars().any(char::is_control) {
-            return Err(bad(
-                "nickname",
-                "at most 64 bytes, no control characters",
-            ));
+            return Err(bad("nickname", "at most 64 bytes, no control characters"));
         }
         let parse_addrs = |field, list: &[String]| -> Result<Vec<Multiaddr>, ConfigError> {
             list.iter()
@@ -325,9 +326,9 @@ impl TryFrom<RawConfig> for Config {
         };
         let listen = parse_addrs("network.listen", &raw.network.listen)?;
         for a in &listen {
-            let ok = a.iter().any(|p| {
-                matches!(p, Protocol::Tcp(_) | Protocol::QuicV1 | Protocol::Memory(_))
-            });
+            let ok = a
+                .iter()
+                .any(|p| matches!(p, Protocol::Tcp(_) | Protocol::QuicV1 | Protocol::Memory(_)));
             if !ok {
                 return Err(bad(
                     "network.listen",
@@ -348,7 +349,10 @@ impl TryFrom<RawConfig> for Config {
             .ok_or_else(|| {
                 bad(
                     "encoding.segment_size",
-                    format!("must be between 1KiB and {}", ByteSize(MAX_SEGMENT_SIZE.into())),
+                    format!(
+                        "must be between 1KiB and {}",
+                        ByteSize(MAX_SEGMENT_SIZE.into())
+                    ),
                 )
             })?;
         let encoding = EncodingParams {

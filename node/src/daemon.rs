@@ -12,6 +12,14 @@ use crate::{
     nodedir::{DirError, NodeDir, write_atomic},
 };
 
+/// `println!` that ignores a closed stdout: the daemon keeps running when its output goes nowhere.
+macro_rules! println {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Options for [`run`].
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {

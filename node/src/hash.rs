@@ -56,9 +56,18 @@ mod tests {
 
     #[test]
     fn tags_and_part_boundaries_separate_domains() {
-        assert_ne!(tagged_hash("kith:a:v1", &[b"x"]), tagged_hash("kith:b:v1", &[b"x"]));
-        assert_ne!(tagged_hash("t", &[b"ab", b"c"]), tagged_hash("t", &[b"a", b"bc"]));
-        assert_ne!(tagged_hash("t", &[b"abc"]), tagged_hash("t", &[b"abc", b""]));
+        assert_ne!(
+            tagged_hash("kith:a:v1", &[b"x"]),
+            tagged_hash("kith:b:v1", &[b"x"])
+        );
+        assert_ne!(
+            tagged_hash("t", &[b"ab", b"c"]),
+            tagged_hash("t", &[b"a", b"bc"])
+        );
+        assert_ne!(
+            tagged_hash("t", &[b"abc"]),
+            tagged_hash("t", &[b"abc", b""])
+        );
         let mut s = TaggedHasher::new("t");
         s.update(b"ab");
         s.update(b"c");

@@ -21,6 +21,18 @@ use kith_node::{
     nodedir::NodeDir,
 };
 
+/// `println!` that ends the process quietly when stdout is a closed pipe (`kith id | head -1`).
+macro_rules! println {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
@@ -159,8 +171,10 @@ struct InitArgs {
 
 impl InitArgs {
     fn into_raw(self) -> RawConfig {
-        let mut raw = RawConfig::default();
-        raw.nickname = self.nickname.unwrap_or_else(default_nickname);
+        let mut raw = RawConfig {
+            nickname: self.nickname.unwrap_or_else(default_nickname),
+            ..RawConfig::default()
+        };
         if !self.listen.is_empty() {
             raw.network.listen = self.listen;
         }
@@ -208,6 +222,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kith_node=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {
@@ -248,13 +263,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Id => {
-            if let Ok(api) = Api::connect(&dir) {
-                if let Ok(v) = api.get("/id").await {
-                    for a in v["addrs"].as_array().into_iter().flatten() {
-                        println!("{}", a.as_str().unwrap_or_default());
-                    }
-                    return Ok(());
+            if let Ok(api) = Api::connect(&dir)
+                && let Ok(v) = api.get("/id").await
+            {
+                for a in v["addrs"].as_array().into_iter().flatten() {
+                    println!("{}", a.as_str().unwrap_or_default());
                 }
+                return Ok(());
             }
             // No daemon: the configured addresses (unspecified hosts are not dialable).
             let config = dir.load_config()?;
@@ -262,7 +277,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             for a in config.announce.iter().chain(config.listen.iter()) {
                 let s = a.to_string();
                 if s.contains("/0.0.0.0/") || s.contains("/::/") {
-                    eprintln!("(daemon not running: {s} listens on every interface; start it to see the concrete addresses)");
+                    eprintln!(
+                        "(daemon not running: {s} listens on every interface; start it to see the concrete addresses)"
+                    );
                     continue;
                 }
                 println!("{}", kith_transports::with_peer_id(a, peer));
@@ -283,7 +300,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let api = Api::connect(&dir)?;
             match cmd {
                 PeerCommand::Add { addr } => {
-                    let v = api.post_json("/peers", &serde_json::json!({ "addr": addr })).await?;
+                    let v = api
+                        .post_json("/peers", &serde_json::json!({ "addr": addr }))
+                        .await?;
                     println!("connected to {}", v["peer_id"].as_str().unwrap_or_default());
                 }
                 PeerCommand::List { json } => {
@@ -292,7 +311,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                         println!("{}", serde_json::to_string_pretty(&v)?);
                     } else {
                         for p in v.as_array().into_iter().flatten() {
-                            let c = if p["connected"].as_bool() == Some(true) { "connected" } else { "not connected" };
+                            let c = if p["connected"].as_bool() == Some(true) {
+                                "connected"
+                            } else {
+                                "not connected"
+                            };
                             println!("{}  {c}", p["addr"].as_str().unwrap_or_default());
                         }
                     }
@@ -321,7 +344,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             if random_key {
                 query.push("random_key=true".to_owned());
             }
-            for (k, v) in [("needed", shares_needed), ("happy", shares_happy), ("total", shares_total)] {
+            for (k, v) in [
+                ("needed", shares_needed),
+                ("happy", shares_happy),
+                ("total", shares_total),
+            ] {
                 if let Some(v) = v {
                     query.push(format!("{k}={v}"));
                 }
@@ -330,10 +357,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
-            println!("{}", v["cap"].as_str().ok_or_else(|| anyhow!("daemon sent no cap"))?);
+            println!(
+                "{}",
+                v["cap"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("daemon sent no cap"))?
+            );
             Ok(())
         }
         Command::Get { cap, output } => {
+            kith_node::client::parse_read_cap(&cap).map_err(|e| anyhow!("{e}"))?;
             let api = Api::connect(&dir)?;
             api.get_file(&cap, output).await
         }
@@ -351,21 +384,40 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 fn print_status(s: &serde_json::Value) {
     let str_of = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-    println!("node      {} ({})", str_of(&s["peer_id"]), str_of(&s["nickname"]));
+    println!(
+        "node      {} ({})",
+        str_of(&s["peer_id"]),
+        str_of(&s["nickname"])
+    );
     println!("dir       {}", str_of(&s["dir"]));
     for a in s["addrs"].as_array().into_iter().flatten() {
         println!("address   {}", str_of(a));
     }
     if let Some(st) = s["storage"].as_object() {
-        let gib = |k: &str| st.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        let size = |k: &str| human(st.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
         println!(
-            "storage   {:.2} GiB used in {} shares, {:.2} GiB free of {:.2} GiB",
-            gib("used_bytes"),
+            "storage   {} used in {} shares, {} free of {}",
+            size("used_bytes"),
             st.get("share_count").and_then(|v| v.as_u64()).unwrap_or(0),
-            gib("free_bytes"),
-            gib("capacity_bytes"),
+            size("free_bytes"),
+            size("capacity_bytes"),
         );
     } else {
         println!("storage   not offered");
@@ -373,13 +425,24 @@ fn print_status(s: &serde_json::Value) {
     let peers = s["connected_peers"].as_array().cloned().unwrap_or_default();
     println!("peers     {} connected", peers.len());
     for p in peers {
-        let rtt = p["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_default();
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map(|r| format!("{r:.1} ms"))
+            .unwrap_or_default();
         println!(
             "  {}  {}  {}{}",
             str_of(&p["peer_id"]),
-            p["addrs"].as_array().and_then(|a| a.first()).map(str_of).unwrap_or_default(),
+            p["addrs"]
+                .as_array()
+                .and_then(|a| a.first())
+                .map(str_of)
+                .unwrap_or_default(),
             rtt,
-            if p["storage"].as_bool() == Some(true) { "" } else { "  (no storage)" }
+            if p["storage"].as_bool() == Some(true) {
+                ""
+            } else {
+                "  (no storage)"
+            }
         );
     }
 }
@@ -416,7 +479,10 @@ impl Api {
         format!("{}/api/v1{path}", self.info.url)
     }
 
-    async fn check(&self, resp: reqwest::Result<reqwest::Response>) -> anyhow::Result<reqwest::Response> {
+    async fn check(
+        &self,
+        resp: reqwest::Result<reqwest::Response>,
+    ) -> anyhow::Result<reqwest::Response> {
         let resp = resp.map_err(|e| {
             if e.is_connect() {
                 anyhow::Error::new(NoDaemon(format!(
@@ -432,44 +498,75 @@ impl Api {
         }
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let msg = body["error"].as_str().map(str::to_owned).unwrap_or_else(|| status.to_string());
+        let msg = body["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| status.to_string());
         bail!("{msg}")
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let r = self.http.get(self.url(path)).bearer_auth(&self.token).send().await;
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
         Ok(self.check(r).await?.json().await?)
     }
 
-    async fn post_json(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        let r = self.http.post(self.url(path)).bearer_auth(&self.token).json(body).send().await;
+    async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await;
         Ok(self.check(r).await?.json().await?)
     }
 
     async fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let r = self.http.delete(self.url(path)).bearer_auth(&self.token).send().await;
+        let r = self
+            .http
+            .delete(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
         Ok(self.check(r).await?.json().await?)
     }
 
-    async fn put_file(&self, file: &std::path::Path, query: &str) -> anyhow::Result<serde_json::Value> {
+    async fn put_file(
+        &self,
+        file: &std::path::Path,
+        query: &str,
+    ) -> anyhow::Result<serde_json::Value> {
         let (body, total) = if file.as_os_str() == "-" {
             let stdin = tokio::io::stdin();
-            (reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(stdin)), None)
+            (
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(stdin)),
+                None,
+            )
         } else {
             let f = tokio::fs::File::open(file)
                 .await
                 .with_context(|| format!("cannot open {}", file.display()))?;
             let len = f.metadata().await?.len();
             let bar = progress_bar(len);
-            let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map(move |chunk| {
-                if let (Ok(c), Some(b)) = (&chunk, &bar) {
-                    b.inc(c.len() as u64);
-                    if b.position() >= len {
-                        b.set_message("encoding and placing shares…");
+            let stream =
+                tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map(move |chunk| {
+                    if let (Ok(c), Some(b)) = (&chunk, &bar) {
+                        b.inc(c.len() as u64);
+                        if b.position() >= len {
+                            b.set_message("encoding and placing shares…");
+                        }
                     }
-                }
-                chunk
-            });
+                    chunk
+                });
             (reqwest::Body::wrap_stream(stream), Some(len))
         };
         let mut url = self.url("/files");
@@ -502,11 +599,16 @@ impl Api {
             .map(str::to_owned);
         let mut out: Box<dyn Write> = match &output {
             Some(p) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create {}", p.display()))?,
             )),
             None => Box::new(std::io::stdout().lock()),
         };
-        let bar = if output.is_some() { progress_bar(size) } else { None };
+        let bar = if output.is_some() {
+            progress_bar(size)
+        } else {
+            None
+        };
         let mut stream = resp.bytes_stream();
         let mut got = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -552,8 +654,10 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(bar)
 }

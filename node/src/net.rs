@@ -253,10 +253,7 @@ pub enum NetError {
     Listen(Multiaddr, String),
 }
 
-type Answer = (
-    request_response::ResponseChannel<Response>,
-    Response,
-);
+type Answer = (request_response::ResponseChannel<Response>, Response);
 
 struct Actor {
     swarm: Swarm<Behaviour>,
@@ -423,12 +420,12 @@ impl Actor {
                     tokio::spawn(async move { server.peer_gone(peer_id).await });
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                if let Some(peer) = peer_id {
-                    if !self.swarm.is_connected(&peer) {
-                        self.dial_failed(peer, error.to_string());
-                    }
-                }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } if !self.swarm.is_connected(&peer) => {
+                self.dial_failed(peer, error.to_string());
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -448,13 +445,14 @@ impl Actor {
                 result: Ok(rtt),
                 ..
             })) => {
-                self.state.send_if_modified(|s| match s.peers.get_mut(&peer) {
-                    Some(st) => {
-                        st.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
-                        true
-                    }
-                    None => false,
-                });
+                self.state
+                    .send_if_modified(|s| match s.peers.get_mut(&peer) {
+                        Some(st) => {
+                            st.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                            true
+                        }
+                        None => false,
+                    });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Storage(ev)) => self.on_storage(ev),
             _ => {}

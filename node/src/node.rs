@@ -105,7 +105,9 @@ impl Node {
             redb::Database::create(&db_path).map_err(|e| db_err(&db_path)(e.to_string()))?,
         );
         {
-            let tx = db.begin_write().map_err(|e| db_err(&db_path)(e.to_string()))?;
+            let tx = db
+                .begin_write()
+                .map_err(|e| db_err(&db_path)(e.to_string()))?;
             tx.open_table(STATIC_PEERS)
                 .map_err(|e| db_err(&db_path)(e.to_string()))?;
             tx.commit().map_err(|e| db_err(&db_path)(e.to_string()))?;
@@ -127,7 +129,8 @@ impl Node {
             None
         };
         let server = StorageServer::new(store, config.lease_secs);
-        let uses = |f: fn(&Protocol<'_>) -> bool| config.listen.iter().any(|a| a.iter().any(|p| f(&p)));
+        let uses =
+            |f: fn(&Protocol<'_>) -> bool| config.listen.iter().any(|a| a.iter().any(|p| f(&p)));
         let transports = kith_transports::Config {
             tcp: true,
             quic: true,
@@ -306,10 +309,15 @@ impl NodeHandle {
     }
 
     /// Waits until at least `n` storage servers (this node included) are available.
-    pub async fn wait_for_storage_servers(&self, n: usize, timeout: Duration) -> Result<(), String> {
+    pub async fn wait_for_storage_servers(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let mut rx = self.inner.net.watch();
         let me = usize::from(self.inner.server.store().is_some());
-        let res = tokio::time::timeout(timeout, rx.wait_for(|s| s.storage_peers().len() + me >= n)).await;
+        let res =
+            tokio::time::timeout(timeout, rx.wait_for(|s| s.storage_peers().len() + me >= n)).await;
         match res {
             Ok(Ok(_)) => Ok(()),
             _ => Err(format!(
@@ -455,7 +463,11 @@ impl NodeHandle {
     /// Keeps a download report for `kith get` to fetch after the body; returns its id.
     pub fn remember_report(&self, report: DownloadReport) -> u64 {
         let id = {
-            let mut n = self.inner.next_report.lock().unwrap_or_else(|e| e.into_inner());
+            let mut n = self
+                .inner
+                .next_report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             *n += 1;
             *n
         };

@@ -155,7 +155,8 @@ impl NodeDir {
                 message: e.to_string(),
             })?
         );
-        write_atomic(&self.root, CONFIG_FILE, text.as_bytes()).map_err(io_at(&self.config_path()))?;
+        write_atomic(&self.root, CONFIG_FILE, text.as_bytes())
+            .map_err(io_at(&self.config_path()))?;
         Ok((config, kp.public().to_peer_id()))
     }
 
@@ -274,7 +275,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = NodeDir::new(tmp.path().join("n"));
         let (cfg, peer) = dir.init(RawConfig::default()).unwrap();
-        assert!(cfg.listen.iter().all(|a| a.iter().all(|p| !matches!(p, Protocol::Tcp(0) | Protocol::Udp(0)))));
+        assert!(cfg.listen.iter().all(|a| {
+            a.iter()
+                .all(|p| !matches!(p, Protocol::Tcp(0) | Protocol::Udp(0)))
+        }));
         assert_ne!(cfg.api_listen.port(), 0);
         let again = dir.load_config().unwrap();
         assert_eq!(again.listen, cfg.listen);

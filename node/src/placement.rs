@@ -49,9 +49,14 @@ pub enum PlacementError {
 pub fn permuted_ring<S: Clone + AsRef<[u8]>>(storage_index: &[u8; 16], servers: &[S]) -> Vec<S> {
     let mut keyed: Vec<([u8; 32], S)> = servers
         .iter()
-        .map(|s| (tagged_hash(PERMUTE_TAG, &[storage_index, s.as_ref()]), s.clone()))
+        .map(|s| {
+            (
+                tagged_hash(PERMUTE_TAG, &[storage_index, s.as_ref()]),
+                s.clone(),
+            )
+        })
         .collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.sort_by_key(|k| k.0);
     keyed.into_iter().map(|(_, s)| s).collect()
 }
 
@@ -62,9 +67,17 @@ pub fn happiness<S: Ord>(holdings: &BTreeMap<S, BTreeSet<u8>>) -> usize {
 
 /// A maximum matching as share -> server index (Kuhn's augmenting paths; n <= 255).
 fn matching<S: Ord>(holdings: &BTreeMap<S, BTreeSet<u8>>) -> BTreeMap<u8, usize> {
-    let adj: Vec<Vec<u8>> = holdings.values().map(|s| s.iter().copied().collect()).collect();
+    let adj: Vec<Vec<u8>> = holdings
+        .values()
+        .map(|s| s.iter().copied().collect())
+        .collect();
     let mut owner: BTreeMap<u8, usize> = BTreeMap::new();
-    fn augment(u: usize, adj: &[Vec<u8>], seen: &mut BTreeSet<u8>, owner: &mut BTreeMap<u8, usize>) -> bool {
+    fn augment(
+        u: usize,
+        adj: &[Vec<u8>],
+        seen: &mut BTreeSet<u8>,
+        owner: &mut BTreeMap<u8, usize>,
+    ) -> bool {
         for &sh in &adj[u] {
             if seen.insert(sh) {
                 let free = match owner.get(&sh) {
@@ -97,7 +110,15 @@ pub fn plan<S: Ord + Clone + AsRef<[u8]>>(
     let ring = permuted_ring(storage_index, servers);
     let existing: BTreeMap<S, BTreeSet<u8>> = existing
         .iter()
-        .map(|(s, sh)| (s.clone(), sh.iter().copied().filter(|&x| x < total).collect::<BTreeSet<u8>>()))
+        .map(|(s, sh)| {
+            (
+                s.clone(),
+                sh.iter()
+                    .copied()
+                    .filter(|&x| x < total)
+                    .collect::<BTreeSet<u8>>(),
+            )
+        })
         .filter(|(_, sh)| !sh.is_empty())
         .collect();
     // Keep the held shares a maximum matching spreads over distinct servers; other held copies
@@ -119,7 +140,10 @@ pub fn plan<S: Ord + Clone + AsRef<[u8]>>(
             assignments.insert(sh, s.clone());
             continue;
         }
-        let holder = ring.iter().chain(existing.keys()).find(|s| existing.get(*s).is_some_and(|h| h.contains(&sh)));
+        let holder = ring
+            .iter()
+            .chain(existing.keys())
+            .find(|s| existing.get(*s).is_some_and(|h| h.contains(&sh)));
         if let Some(h) = holder {
             already_placed.insert(sh, h.clone());
         } else if let Some(s) = rr.next() {
@@ -170,7 +194,14 @@ mod tests {
     #[test]
     fn too_few_servers_is_not_happy_with_a_clear_message() {
         let err = plan(&[1; 16], &servers(2), &BTreeMap::new(), 10, 7).unwrap_err();
-        assert_eq!(err, PlacementError::NotHappy { happy: 7, achievable: 2, reachable_servers: 2 });
+        assert_eq!(
+            err,
+            PlacementError::NotHappy {
+                happy: 7,
+                achievable: 2,
+                reachable_servers: 2
+            }
+        );
         assert!(err.to_string().contains("only 2 storage servers"));
     }
 

@@ -433,7 +433,10 @@ mod tests {
             libp2p::request_response::Codec::read_request(&mut Codec, &PROTOCOL, &mut io).await
         })
         .unwrap();
-        assert!(matches!(frame, RequestFrame::Malformed(DecodeError::Invalid(_))));
+        assert!(matches!(
+            frame,
+            RequestFrame::Malformed(DecodeError::Invalid(_))
+        ));
     }
 
     proptest! {

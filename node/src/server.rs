@@ -121,7 +121,9 @@ fn execute(
             Response::Done
         }
         Request::List { si } => Response::Shares(store.list(&si)?),
-        Request::ReadMeta { si, shnum } => Response::Bytes(ByteBuf::from(store.read_meta(&si, shnum)?)),
+        Request::ReadMeta { si, shnum } => {
+            Response::Bytes(ByteBuf::from(store.read_meta(&si, shnum)?))
+        }
         Request::Read {
             si,
             shnum,

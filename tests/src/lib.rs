@@ -51,8 +51,10 @@ impl Grid {
         let mut addrs: Vec<String> = Vec::new();
         for i in 0..n {
             let dir = NodeDir::new(tmp.path().join(format!("node{i}")));
-            let mut raw = RawConfig::default();
-            raw.nickname = format!("node{i}");
+            let mut raw = RawConfig {
+                nickname: format!("node{i}"),
+                ..RawConfig::default()
+            };
             raw.network.listen = vec![match listen {
                 Listen::Tcp => "/ip4/127.0.0.1/tcp/0".into(),
                 Listen::Quic => "/ip4/127.0.0.1/udp/0/quic-v1".into(),
@@ -71,7 +73,9 @@ impl Grid {
         }
         let mut nodes = Vec::new();
         for dir in &dirs {
-            nodes.push(Some(Node::start(dir.clone(), StartOptions::default()).await?));
+            nodes.push(Some(
+                Node::start(dir.clone(), StartOptions::default()).await?,
+            ));
         }
         let grid = Grid { tmp, dirs, nodes };
         for h in grid.handles() {

@@ -139,7 +139,10 @@ mod tests {
         let mode = fs::metadata(&private).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         fs::write(private.join(KEY_FILE), b"short").unwrap();
-        assert!(matches!(load(&private), Err(KeyError::Malformed { len: 5, .. })));
+        assert!(matches!(
+            load(&private),
+            Err(KeyError::Malformed { len: 5, .. })
+        ));
         fs::remove_dir_all(&tmp).unwrap();
     }
 }

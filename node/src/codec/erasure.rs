@@ -79,14 +79,25 @@ impl Erasure {
 
     /// Rebuilds a segment of `segment_len` bytes from any k present blocks (`blocks[i]` is block
     /// i or `None`).
-    pub fn decode(&self, mut blocks: Vec<Option<Vec<u8>>>, segment_len: usize) -> Result<Vec<u8>, ErasureError> {
+    pub fn decode(
+        &self,
+        mut blocks: Vec<Option<Vec<u8>>>,
+        segment_len: usize,
+    ) -> Result<Vec<u8>, ErasureError> {
         if blocks.len() != self.total {
-            return Err(ErasureError::Decode(format!("{} block slots, expected {}", blocks.len(), self.total)));
+            return Err(ErasureError::Decode(format!(
+                "{} block slots, expected {}",
+                blocks.len(),
+                self.total
+            )));
         }
         let bs = self.block_size(segment_len);
         let present = blocks.iter().flatten().count();
         if present < self.needed {
-            return Err(ErasureError::Decode(format!("{present} blocks, need {}", self.needed)));
+            return Err(ErasureError::Decode(format!(
+                "{present} blocks, need {}",
+                self.needed
+            )));
         }
         if blocks.iter().flatten().any(|b| b.len() != bs) {
             return Err(ErasureError::Decode("blocks of the wrong size".into()));
@@ -101,7 +112,9 @@ impl Erasure {
         }
         let mut out = Vec::with_capacity(bs * self.needed);
         for b in blocks.into_iter().take(self.needed) {
-            out.extend_from_slice(&b.ok_or_else(|| ErasureError::Decode("missing data block".into()))?);
+            out.extend_from_slice(
+                &b.ok_or_else(|| ErasureError::Decode("missing data block".into()))?,
+            );
         }
         out.truncate(segment_len);
         Ok(out)
@@ -139,7 +152,13 @@ mod tests {
     fn too_few_blocks_is_an_error() {
         let e = Erasure::new(3, 5).unwrap();
         let blocks = e.encode(b"hello world");
-        let partial = vec![Some(blocks[0].clone()), None, None, None, Some(blocks[4].clone())];
+        let partial = vec![
+            Some(blocks[0].clone()),
+            None,
+            None,
+            None,
+            Some(blocks[4].clone()),
+        ];
         assert!(e.decode(partial, 11).is_err());
         assert!(Erasure::new(0, 3).is_err());
         assert!(Erasure::new(4, 3).is_err());

@@ -66,7 +66,11 @@ pub fn verify_merkle_proof(
     let mut h = *leaf;
     let mut i = index;
     for sib in proof {
-        h = if i & 1 == 0 { parent(&h, sib) } else { parent(sib, &h) };
+        h = if i & 1 == 0 {
+            parent(&h, sib)
+        } else {
+            parent(sib, &h)
+        };
         i >>= 1;
     }
     h == *root
@@ -77,7 +81,9 @@ mod tests {
     use super::*;
 
     fn leaves(n: usize) -> Vec<[u8; 32]> {
-        (0..n).map(|i| tagged_hash("leaf", &[&(i as u64).to_le_bytes()])).collect()
+        (0..n)
+            .map(|i| tagged_hash("leaf", &[&(i as u64).to_le_bytes()]))
+            .collect()
     }
 
     #[test]
@@ -96,11 +102,15 @@ mod tests {
                     bp[0][31] ^= 0x80;
                     assert!(!verify_merkle_proof(&root, i as u64, n as u64, &l[i], &bp));
                     let short = &p[..p.len() - 1];
-                    assert!(!verify_merkle_proof(&root, i as u64, n as u64, &l[i], short));
+                    assert!(!verify_merkle_proof(
+                        &root, i as u64, n as u64, &l[i], short
+                    ));
                 }
                 if n > 1 {
                     let j = (i + 1) % n;
-                    assert!(!verify_merkle_proof(&root, j as u64, n as u64, &l[i], &p) || l[i] == l[j]);
+                    assert!(
+                        !verify_merkle_proof(&root, j as u64, n as u64, &l[i], &p) || l[i] == l[j]
+                    );
                 }
             }
             assert!(merkle_proof(&l, n).is_none());

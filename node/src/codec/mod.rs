@@ -239,15 +239,27 @@ impl FileEncoder {
     }
 
     /// Encrypts and erasure-codes segment `index` (callable from several threads at once).
-    pub fn encode_segment(&self, index: u32, plaintext: &[u8]) -> Result<EncodedSegment, EncodeError> {
+    pub fn encode_segment(
+        &self,
+        index: u32,
+        plaintext: &[u8],
+    ) -> Result<EncodedSegment, EncodeError> {
         if index >= self.num_segments || plaintext.len() != self.segment_len(index) {
             return Err(EncodeError::Segment {
                 index,
-                why: format!("{} bytes, expected {}", plaintext.len(), self.segment_len(index)),
+                why: format!(
+                    "{} bytes, expected {}",
+                    plaintext.len(),
+                    self.segment_len(index)
+                ),
             });
         }
         let mut crypttext = plaintext.to_vec();
-        apply_keystream(&self.key, u64::from(index) * u64::from(self.params.segment_size), &mut crypttext);
+        apply_keystream(
+            &self.key,
+            u64::from(index) * u64::from(self.params.segment_size),
+            &mut crypttext,
+        );
         let crypttext_hash = tagged_hash(CRYPTTEXT_TAG, &[&crypttext]);
         let blocks = self.erasure.encode(&crypttext);
         let block_hashes = blocks.iter().map(|b| block_hash(b)).collect();
@@ -260,15 +272,24 @@ impl FileEncoder {
     }
 
     /// Builds the hash trees, UEB, cap and share metadata from every segment's hashes.
-    pub fn finish(self, segments: impl IntoIterator<Item = SegmentHashes>) -> Result<EncodedFile, EncodeError> {
+    pub fn finish(
+        self,
+        segments: impl IntoIterator<Item = SegmentHashes>,
+    ) -> Result<EncodedFile, EncodeError> {
         let n = usize::from(self.params.total);
         let mut by_index: BTreeMap<u32, SegmentHashes> = BTreeMap::new();
         for s in segments {
             if s.index >= self.num_segments || s.block_hashes.len() != n {
-                return Err(EncodeError::Segment { index: s.index, why: "unexpected segment hashes".into() });
+                return Err(EncodeError::Segment {
+                    index: s.index,
+                    why: "unexpected segment hashes".into(),
+                });
             }
             if by_index.insert(s.index, s).is_some() {
-                return Err(EncodeError::Segment { index: 0, why: "segment given twice".into() });
+                return Err(EncodeError::Segment {
+                    index: 0,
+                    why: "segment given twice".into(),
+                });
             }
         }
         if by_index.len() != self.num_segments as usize {
@@ -312,7 +333,11 @@ impl FileEncoder {
             total: self.params.total,
             size: self.size,
         };
-        Ok(EncodedFile { cap, ueb, share_metas })
+        Ok(EncodedFile {
+            cap,
+            ueb,
+            share_metas,
+        })
     }
 }
 
@@ -377,7 +402,13 @@ pub enum VerifyError {
     },
 }
 
-fn check_ueb_against(ueb_bytes: &[u8], ueb_hash: &[u8; 32], needed: u8, total: u8, size: u64) -> Result<UriExtension, VerifyError> {
+fn check_ueb_against(
+    ueb_bytes: &[u8],
+    ueb_hash: &[u8; 32],
+    needed: u8,
+    total: u8,
+    size: u64,
+) -> Result<UriExtension, VerifyError> {
     let ueb = UriExtension::from_bytes(ueb_bytes)?;
     if ueb.hash() != *ueb_hash {
         return Err(VerifyError::UebHashMismatch);
@@ -397,13 +428,18 @@ pub fn verify_ueb(cap: &ChkReadCap, ueb_bytes: &[u8]) -> Result<UriExtension, Ve
 }
 
 /// Checks `ueb_bytes` against a verify cap (no key needed).
-pub fn verify_ueb_with_verify_cap(cap: &ChkVerifyCap, ueb_bytes: &[u8]) -> Result<UriExtension, VerifyError> {
+pub fn verify_ueb_with_verify_cap(
+    cap: &ChkVerifyCap,
+    ueb_bytes: &[u8],
+) -> Result<UriExtension, VerifyError> {
     check_ueb_against(ueb_bytes, &cap.ueb_hash, cap.needed, cap.total, cap.size)
 }
 
 /// Block size of segment `segment`.
 pub fn block_size_for(ueb: &UriExtension, segment: u32) -> u64 {
-    ueb.segment_len(segment).div_ceil(u64::from(ueb.needed)).max(1)
+    ueb.segment_len(segment)
+        .div_ceil(u64::from(ueb.needed))
+        .max(1)
 }
 
 /// Offset of segment `segment`'s block in a share's data.
@@ -433,10 +469,18 @@ impl VerifiedShare {
             return Err(VerifyError::BadShareProof { shnum });
         }
         let root = merkle_root(&meta.block_hashes);
-        if !verify_merkle_proof(&ueb.share_root, u64::from(shnum), u64::from(ueb.total), &root, &meta.share_hash_proof) {
+        if !verify_merkle_proof(
+            &ueb.share_root,
+            u64::from(shnum),
+            u64::from(ueb.total),
+            &root,
+            &meta.share_hash_proof,
+        ) {
             return Err(VerifyError::BadShareProof { shnum });
         }
-        if meta.crypttext_hashes.len() != ueb.num_segments as usize || merkle_root(&meta.crypttext_hashes) != ueb.crypttext_root {
+        if meta.crypttext_hashes.len() != ueb.num_segments as usize
+            || merkle_root(&meta.crypttext_hashes) != ueb.crypttext_root
+        {
             return Err(VerifyError::BadCrypttextHashes { shnum });
         }
         Ok(Self {
@@ -456,7 +500,12 @@ impl VerifiedShare {
         let shnum = self.shnum;
         let expected = block_size_for(&self.ueb, segment);
         if block.len() as u64 != expected {
-            return Err(VerifyError::WrongBlockLength { shnum, segment, len: block.len(), expected });
+            return Err(VerifyError::WrongBlockLength {
+                shnum,
+                segment,
+                len: block.len(),
+                expected,
+            });
         }
         match self.block_hashes.get(segment as usize) {
             Some(h) if *h == block_hash(block) => Ok(()),
@@ -487,12 +536,20 @@ pub fn decode_segment(
         }
     }
     let len = ueb.segment_len(segment) as usize;
-    let mut crypttext = erasure.decode(slots, len).map_err(|e| not_enough(e.to_string()))?;
-    let want = crypttext_hashes.get(segment as usize).ok_or_else(|| not_enough("no crypttext hash".into()))?;
+    let mut crypttext = erasure
+        .decode(slots, len)
+        .map_err(|e| not_enough(e.to_string()))?;
+    let want = crypttext_hashes
+        .get(segment as usize)
+        .ok_or_else(|| not_enough("no crypttext hash".into()))?;
     if tagged_hash(CRYPTTEXT_TAG, &[&crypttext]) != *want {
         return Err(VerifyError::CrypttextMismatch { segment });
     }
-    apply_keystream(key, u64::from(segment) * u64::from(ueb.segment_size), &mut crypttext);
+    apply_keystream(
+        key,
+        u64::from(segment) * u64::from(ueb.segment_size),
+        &mut crypttext,
+    );
     Ok(crypttext)
 }
 
@@ -509,7 +566,8 @@ mod tests {
         let segs: Vec<EncodedSegment> = (0..enc.num_segments())
             .map(|i| {
                 let start = i as usize * seg;
-                enc.encode_segment(i, &data[start..(start + seg).min(data.len())]).unwrap()
+                enc.encode_segment(i, &data[start..(start + seg).min(data.len())])
+                    .unwrap()
             })
             .collect();
         let hashes: Vec<SegmentHashes> = segs.iter().map(EncodedSegment::hashes).collect();
@@ -517,7 +575,11 @@ mod tests {
     }
 
     /// Downloads using the given shares, verifying everything like the real downloader.
-    fn decode_with(file: &EncodedFile, segs: &[EncodedSegment], use_shares: &[u8]) -> Result<Vec<u8>, VerifyError> {
+    fn decode_with(
+        file: &EncodedFile,
+        segs: &[EncodedSegment],
+        use_shares: &[u8],
+    ) -> Result<Vec<u8>, VerifyError> {
         let ueb = verify_ueb(&file.cap, &file.share_metas[0].ueb)?;
         let mut out = Vec::new();
         let shares: Vec<VerifiedShare> = use_shares
@@ -531,13 +593,24 @@ mod tests {
                 s.check_block(i as u32, b)?;
                 blocks.push((s.shnum(), b.clone()));
             }
-            out.extend(decode_segment(&ueb, &file.cap.key, &file.share_metas[0].crypttext_hashes, i as u32, blocks)?);
+            out.extend(decode_segment(
+                &ueb,
+                &file.cap.key,
+                &file.share_metas[0].crypttext_hashes,
+                i as u32,
+                blocks,
+            )?);
         }
         Ok(out)
     }
 
     fn params(k: u8, n: u8, seg: u32) -> EncodingParams {
-        EncodingParams { needed: k, happy: k, total: n, segment_size: seg }
+        EncodingParams {
+            needed: k,
+            happy: k,
+            total: n,
+            segment_size: seg,
+        }
     }
 
     proptest! {
@@ -617,21 +690,39 @@ mod tests {
         for m in &file.share_metas {
             assert_eq!(&ShareMeta::from_bytes(&m.to_bytes(), 1 << 20).unwrap(), m);
         }
-        assert_eq!(UriExtension::from_bytes(&file.ueb.to_bytes()).unwrap(), file.ueb);
+        assert_eq!(
+            UriExtension::from_bytes(&file.ueb.to_bytes()).unwrap(),
+            file.ueb
+        );
         assert_eq!(file.ueb.num_segments, 10);
         assert_eq!(file.ueb.tail_segment_size, 10_000 - 9 * 1024);
-        assert!(matches!(ShareMeta::from_bytes(&file.share_metas[0].to_bytes(), 10), Err(FormatError::TooLong { .. })));
+        assert!(matches!(
+            ShareMeta::from_bytes(&file.share_metas[0].to_bytes(), 10),
+            Err(FormatError::TooLong { .. })
+        ));
     }
 
     #[test]
     fn too_small_and_bad_segments_are_errors() {
         let p = EncodingParams::default();
-        assert!(matches!(FileEncoder::new(Key([0; 32]), p, 55), Err(EncodeError::TooSmall)));
+        assert!(matches!(
+            FileEncoder::new(Key([0; 32]), p, 55),
+            Err(EncodeError::TooSmall)
+        ));
         let enc = FileEncoder::new(Key([0; 32]), params(3, 10, 1024), 3000).unwrap();
         assert_eq!(enc.num_segments(), 3);
         assert_eq!(enc.share_data_len(), 342 + 342 + 318);
         assert!(enc.encode_segment(3, &[0; 10]).is_err());
         assert!(enc.encode_segment(0, &[0; 10]).is_err());
-        assert!(EncodingParams { needed: 4, happy: 3, total: 10, segment_size: 1 << 20 }.validate().is_err());
+        assert!(
+            EncodingParams {
+                needed: 4,
+                happy: 3,
+                total: 10,
+                segment_size: 1 << 20
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -33,7 +33,10 @@ impl ShareMeta {
     /// The canonical encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(
-            16 + self.ueb.len() + 32 * (self.block_hashes.len() + self.share_hash_proof.len() + self.crypttext_hashes.len()),
+            16 + self.ueb.len()
+                + 32 * (self.block_hashes.len()
+                    + self.share_hash_proof.len()
+                    + self.crypttext_hashes.len()),
         );
         v.extend_from_slice(MAGIC);
         v.push(VERSION);
@@ -41,31 +44,46 @@ impl ShareMeta {
         v.extend_from_slice(&(self.ueb.len() as u16).to_le_bytes());
         v.extend_from_slice(&self.ueb);
         v.extend_from_slice(&(self.block_hashes.len() as u32).to_le_bytes());
-        self.block_hashes.iter().for_each(|h| v.extend_from_slice(h));
+        self.block_hashes
+            .iter()
+            .for_each(|h| v.extend_from_slice(h));
         v.push(self.share_hash_proof.len() as u8);
-        self.share_hash_proof.iter().for_each(|h| v.extend_from_slice(h));
+        self.share_hash_proof
+            .iter()
+            .for_each(|h| v.extend_from_slice(h));
         v.extend_from_slice(&(self.crypttext_hashes.len() as u32).to_le_bytes());
-        self.crypttext_hashes.iter().for_each(|h| v.extend_from_slice(h));
+        self.crypttext_hashes
+            .iter()
+            .for_each(|h| v.extend_from_slice(h));
         v
     }
 
     /// Decodes, refusing inputs longer than `max_len`.
     pub fn from_bytes(bytes: &[u8], max_len: usize) -> Result<Self, FormatError> {
         if bytes.len() > max_len {
-            return Err(FormatError::TooLong { len: bytes.len(), max: max_len });
+            return Err(FormatError::TooLong {
+                len: bytes.len(),
+                max: max_len,
+            });
         }
         let mut r = Reader::new(bytes, "share metadata");
         let magic = r.take(4)?;
         let version = r.u8()?;
         if magic != MAGIC || version != VERSION {
-            return Err(FormatError::BadHeader { what: "share metadata", version });
+            return Err(FormatError::BadHeader {
+                what: "share metadata",
+                version,
+            });
         }
         let shnum = r.u8()?;
         let ueb_len = usize::from(r.u16()?);
         let ueb = r.take(ueb_len)?.to_vec();
         let n_blocks = r.u32()? as usize;
         if n_blocks > MAX_SEGMENTS {
-            return Err(FormatError::Invalid { what: "share metadata", why: format!("{n_blocks} blocks") });
+            return Err(FormatError::Invalid {
+                what: "share metadata",
+                why: format!("{n_blocks} blocks"),
+            });
         }
         let block_hashes = r.hashes(n_blocks)?;
         let n_proof = usize::from(r.u8()?);
@@ -79,6 +97,12 @@ impl ShareMeta {
         }
         let crypttext_hashes = r.hashes(n_ct)?;
         r.finish()?;
-        Ok(ShareMeta { shnum, ueb, block_hashes, share_hash_proof, crypttext_hashes })
+        Ok(ShareMeta {
+            shnum,
+            ueb,
+            block_hashes,
+            share_hash_proof,
+            crypttext_hashes,
+        })
     }
 }

@@ -59,13 +59,19 @@ impl UriExtension {
     /// Decodes and checks internal consistency.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
         if bytes.len() > UEB_LEN {
-            return Err(FormatError::TooLong { len: bytes.len(), max: UEB_LEN });
+            return Err(FormatError::TooLong {
+                len: bytes.len(),
+                max: UEB_LEN,
+            });
         }
         let mut r = Reader::new(bytes, "UEB");
         let magic = r.take(4)?;
         let version = r.u8()?;
         if magic != MAGIC || version != VERSION {
-            return Err(FormatError::BadHeader { what: "UEB", version });
+            return Err(FormatError::BadHeader {
+                what: "UEB",
+                version,
+            });
         }
         let ueb = UriExtension {
             size: r.u64()?,
@@ -92,7 +98,10 @@ impl UriExtension {
         }
         let seg = u64::from(self.segment_size);
         if self.size == 0 || u64::from(self.num_segments) != self.size.div_ceil(seg) {
-            return bad(format!("{} segments for {} bytes", self.num_segments, self.size));
+            return bad(format!(
+                "{} segments for {} bytes",
+                self.num_segments, self.size
+            ));
         }
         let tail = self.size - (u64::from(self.num_segments) - 1) * seg;
         if u64::from(self.tail_segment_size) != tail {

@@ -257,7 +257,11 @@ impl Row {
     }
 
     fn decode(b: &[u8]) -> Option<Row> {
-        let f = |i: usize| b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        let f = |i: usize| {
+            b.get(i..i + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
         Some(Row {
             data_len: f(0)?,
             meta_len: f(8)?,
@@ -345,13 +349,21 @@ impl ShareStore {
     }
 
     fn inflight(&self) -> std::sync::MutexGuard<'_, BTreeMap<([u8; 16], u8), InFlight>> {
-        self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Where a complete share lives.
     pub fn share_path(&self, si: &[u8; 16], shnum: u8) -> PathBuf {
         let s = b32(si);
-        self.cfg().root.join("shares").join(&s[..2]).join(&s).join(shnum.to_string())
+        self.cfg()
+            .root
+            .join("shares")
+            .join(&s[..2])
+            .join(&s)
+            .join(shnum.to_string())
     }
 
     fn recover(&self) -> Result<RecoveryReport, StoreError> {
@@ -368,15 +380,19 @@ impl ShareStore {
         let mut bad_rows = Vec::new();
         for (si, shnum, row) in &rows {
             let p = self.share_path(si, *shnum);
-            let ok = fs::metadata(&p).map(|m| m.len() == row.file_len()).unwrap_or(false);
+            let ok = fs::metadata(&p)
+                .map(|m| m.len() == row.file_len())
+                .unwrap_or(false);
             if !ok {
                 bad_rows.push((*si, *shnum));
             }
         }
         // Files without a row.
         let shares_dir = self.cfg().root.join("shares");
-        let indexed: std::collections::BTreeSet<PathBuf> =
-            rows.iter().map(|(si, sh, _)| self.share_path(si, *sh)).collect();
+        let indexed: std::collections::BTreeSet<PathBuf> = rows
+            .iter()
+            .map(|(si, sh, _)| self.share_path(si, *sh))
+            .collect();
         let mut stack = vec![shares_dir.clone()];
         while let Some(d) = stack.pop() {
             let Ok(rd) = fs::read_dir(&d) else { continue };
@@ -397,12 +413,15 @@ impl ShareStore {
             let mut shares = tx.open_table(SHARES).map_err(db)?;
             let mut leases = tx.open_table(LEASES).map_err(db)?;
             for (si, shnum) in &bad_rows {
-                tracing::warn!(shnum, "removing index row of a missing or truncated share file");
-                shares.remove(share_key(si, *shnum).as_slice()).map_err(db)?;
-                let prefix = share_key(si, *shnum);
-                leases
-                    .retain(|k, _| !k.starts_with(&prefix))
+                tracing::warn!(
+                    shnum,
+                    "removing index row of a missing or truncated share file"
+                );
+                shares
+                    .remove(share_key(si, *shnum).as_slice())
                     .map_err(db)?;
+                let prefix = share_key(si, *shnum);
+                leases.retain(|k, _| !k.starts_with(&prefix)).map_err(db)?;
                 let _ = fs::remove_file(self.share_path(si, *shnum));
                 report.rows_removed += 1;
             }
@@ -466,7 +485,9 @@ impl ShareStore {
     fn used(&self) -> Result<(u64, u64), StoreError> {
         let tx = self.inner.db.begin_read().map_err(db)?;
         let t = tx.open_table(USAGE).map_err(db)?;
-        let get = |k: &str| -> Result<u64, StoreError> { Ok(t.get(k).map_err(db)?.map(|v| v.value()).unwrap_or(0)) };
+        let get = |k: &str| -> Result<u64, StoreError> {
+            Ok(t.get(k).map_err(db)?.map(|v| v.value()).unwrap_or(0))
+        };
         Ok((get("used_bytes")?, get("share_count")?))
     }
 
@@ -484,7 +505,9 @@ impl ShareStore {
             return Err(StoreError::InvalidArgument("bad owner id".into()));
         }
         if data_len == 0 || data_len > MAX_DATA_LEN {
-            return Err(StoreError::InvalidArgument(format!("share length {data_len}")));
+            return Err(StoreError::InvalidArgument(format!(
+                "share length {data_len}"
+            )));
         }
         let mut want: Vec<u8> = shnums.to_vec();
         want.sort_unstable();
@@ -520,7 +543,11 @@ impl ShareStore {
         let in_flight: u64 = inflight.values().map(|f| f.data_len).sum();
         let (used, _) = self.used()?;
         let needed = data_len.saturating_mul(new.len() as u64);
-        let available = self.cfg().capacity.saturating_sub(used).saturating_sub(in_flight);
+        let available = self
+            .cfg()
+            .capacity
+            .saturating_sub(used)
+            .saturating_sub(in_flight);
         if needed > available {
             return Err(StoreError::OverCapacity { needed, available });
         }
@@ -534,7 +561,11 @@ impl ShareStore {
         }
         for sh in new {
             let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-            let path = self.cfg().root.join("incoming").join(format!("{}.{sh}.{n}", b32(si)));
+            let path = self
+                .cfg()
+                .root
+                .join("incoming")
+                .join(format!("{}.{sh}.{n}", b32(si)));
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -558,7 +589,14 @@ impl ShareStore {
     }
 
     /// Writes bytes of an allocated share.
-    pub fn write(&self, si: &[u8; 16], shnum: u8, owner: &[u8], offset: u64, data: &[u8]) -> Result<(), StoreError> {
+    pub fn write(
+        &self,
+        si: &[u8; 16],
+        shnum: u8,
+        owner: &[u8],
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
         let inflight = self.inflight();
         let f = inflight
             .get(&(*si, shnum))
@@ -575,13 +613,23 @@ impl ShareStore {
         let file = f.file.try_clone().map_err(io_at(&f.path))?;
         let path = f.path.clone();
         drop(inflight);
-        file.write_all_at(data, DATA_OFFSET + offset).map_err(io_at(&path))
+        file.write_all_at(data, DATA_OFFSET + offset)
+            .map_err(io_at(&path))
     }
 
     /// Finishes a share: metadata, header, fsync, rename, then the index transaction.
-    pub fn close(&self, si: &[u8; 16], shnum: u8, owner: &[u8], meta: &[u8]) -> Result<(), StoreError> {
+    pub fn close(
+        &self,
+        si: &[u8; 16],
+        shnum: u8,
+        owner: &[u8],
+        meta: &[u8],
+    ) -> Result<(), StoreError> {
         if meta.len() > MAX_META_LEN {
-            return Err(StoreError::InvalidArgument(format!("metadata of {} bytes", meta.len())));
+            return Err(StoreError::InvalidArgument(format!(
+                "metadata of {} bytes",
+                meta.len()
+            )));
         }
         let f = {
             let mut inflight = self.inflight();
@@ -598,16 +646,26 @@ impl ShareStore {
         result
     }
 
-    fn finish_file(&self, si: &[u8; 16], shnum: u8, f: &InFlight, meta: &[u8]) -> Result<(), StoreError> {
+    fn finish_file(
+        &self,
+        si: &[u8; 16],
+        shnum: u8,
+        f: &InFlight,
+        meta: &[u8],
+    ) -> Result<(), StoreError> {
         let mut header = Vec::with_capacity(DATA_OFFSET as usize);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         header.extend_from_slice(&f.data_len.to_le_bytes());
         header.extend_from_slice(&(meta.len() as u64).to_le_bytes());
         let io = io_at(&f.path);
-        f.file.write_all_at(meta, DATA_OFFSET + f.data_len).map_err(io)?;
+        f.file
+            .write_all_at(meta, DATA_OFFSET + f.data_len)
+            .map_err(io)?;
         f.file.write_all_at(&header, 0).map_err(io_at(&f.path))?;
-        f.file.set_len(DATA_OFFSET + f.data_len + meta.len() as u64).map_err(io_at(&f.path))?;
+        f.file
+            .set_len(DATA_OFFSET + f.data_len + meta.len() as u64)
+            .map_err(io_at(&f.path))?;
         f.file.sync_all().map_err(io_at(&f.path))?;
         let dest = self.share_path(si, shnum);
         let parent = dest.parent().map(Path::to_owned).unwrap_or_default();
@@ -631,10 +689,21 @@ impl ShareStore {
                 .insert(lease_key(si, shnum, &f.owner).as_slice(), f.lease_expiry)
                 .map_err(db)?;
             let mut usage = tx.open_table(USAGE).map_err(db)?;
-            let used = usage.get("used_bytes").map_err(db)?.map(|v| v.value()).unwrap_or(0);
-            let count = usage.get("share_count").map_err(db)?.map(|v| v.value()).unwrap_or(0);
+            let used = usage
+                .get("used_bytes")
+                .map_err(db)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let count = usage
+                .get("share_count")
+                .map_err(db)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             let (used, count) = match existed {
-                Some(old) => (used - old.stored_bytes().min(used) + row.stored_bytes(), count),
+                Some(old) => (
+                    used - old.stored_bytes().min(used) + row.stored_bytes(),
+                    count,
+                ),
                 None => (used + row.stored_bytes(), count + 1),
             };
             usage.insert("used_bytes", used).map_err(db)?;
@@ -660,7 +729,11 @@ impl ShareStore {
     pub fn abort_owner(&self, owner: &[u8]) {
         let gone: Vec<InFlight> = {
             let mut inflight = self.inflight();
-            let keys: Vec<_> = inflight.iter().filter(|(_, f)| f.owner == owner).map(|(k, _)| *k).collect();
+            let keys: Vec<_> = inflight
+                .iter()
+                .filter(|(_, f)| f.owner == owner)
+                .map(|(k, _)| *k)
+                .collect();
             keys.iter().filter_map(|k| inflight.remove(k)).collect()
         };
         for f in gone {
@@ -677,7 +750,8 @@ impl ShareStore {
             why: why.to_owned(),
         };
         let mut header = [0u8; DATA_OFFSET as usize];
-        file.read_exact(&mut header).map_err(|_| corrupt("short header"))?;
+        file.read_exact(&mut header)
+            .map_err(|_| corrupt("short header"))?;
         let u64_at = |i: usize| {
             let mut a = [0u8; 8];
             a.copy_from_slice(&header[i..i + 8]);
@@ -700,17 +774,27 @@ impl ShareStore {
     pub fn read_meta(&self, si: &[u8; 16], shnum: u8) -> Result<Vec<u8>, StoreError> {
         let (file, row, path) = self.open_share(si, shnum)?;
         let mut buf = vec![0u8; row.meta_len as usize];
-        file.read_exact_at(&mut buf, DATA_OFFSET + row.data_len).map_err(io_at(&path))?;
+        file.read_exact_at(&mut buf, DATA_OFFSET + row.data_len)
+            .map_err(io_at(&path))?;
         Ok(buf)
     }
 
     /// `len` bytes of a share's data at `offset`.
-    pub fn read(&self, si: &[u8; 16], shnum: u8, offset: u64, len: u32) -> Result<Vec<u8>, StoreError> {
+    pub fn read(
+        &self,
+        si: &[u8; 16],
+        shnum: u8,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, StoreError> {
         if len > MAX_READ_LEN {
             return Err(StoreError::InvalidArgument(format!("read of {len} bytes")));
         }
         let (file, row, path) = self.open_share(si, shnum)?;
-        if offset.checked_add(u64::from(len)).is_none_or(|e| e > row.data_len) {
+        if offset
+            .checked_add(u64::from(len))
+            .is_none_or(|e| e > row.data_len)
+        {
             return Err(StoreError::OutOfBounds {
                 offset,
                 len: u64::from(len),
@@ -718,7 +802,8 @@ impl ShareStore {
             });
         }
         let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, DATA_OFFSET + offset).map_err(io_at(&path))?;
+        file.read_exact_at(&mut buf, DATA_OFFSET + offset)
+            .map_err(io_at(&path))?;
         Ok(buf)
     }
 
@@ -738,13 +823,23 @@ impl ShareStore {
         Ok(out)
     }
 
-    fn add_leases(&self, si: &[u8; 16], shnums: &[u8], owner: &[u8], expiry: u64) -> Result<(), StoreError> {
+    fn add_leases(
+        &self,
+        si: &[u8; 16],
+        shnums: &[u8],
+        owner: &[u8],
+        expiry: u64,
+    ) -> Result<(), StoreError> {
         let tx = self.inner.db.begin_write().map_err(db)?;
         {
             let mut leases = tx.open_table(LEASES).map_err(db)?;
             for &sh in shnums {
                 let k = lease_key(si, sh, owner);
-                let old = leases.get(k.as_slice()).map_err(db)?.map(|v| v.value()).unwrap_or(0);
+                let old = leases
+                    .get(k.as_slice())
+                    .map_err(db)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
                 leases.insert(k.as_slice(), old.max(expiry)).map_err(db)?;
             }
         }
@@ -809,7 +904,9 @@ impl ShareStore {
                 report.problems.push(e.to_string());
             }
             if self.leases(si, *sh)?.is_empty() {
-                report.problems.push(format!("share {} of {} has no lease", sh, b32(si)));
+                report
+                    .problems
+                    .push(format!("share {} of {} has no lease", sh, b32(si)));
             }
         }
         let (u, c) = self.used()?;
@@ -819,8 +916,10 @@ impl ShareStore {
                 rows.len()
             ));
         }
-        let indexed: std::collections::BTreeSet<PathBuf> =
-            rows.iter().map(|(si, sh, _)| self.share_path(si, *sh)).collect();
+        let indexed: std::collections::BTreeSet<PathBuf> = rows
+            .iter()
+            .map(|(si, sh, _)| self.share_path(si, *sh))
+            .collect();
         let mut stack = vec![self.cfg().root.join("shares")];
         while let Some(d) = stack.pop() {
             let Ok(rd) = fs::read_dir(&d) else { continue };
@@ -829,15 +928,20 @@ impl ShareStore {
                 if p.is_dir() {
                     stack.push(p);
                 } else if !indexed.contains(&p) {
-                    report.problems.push(format!("{} is not indexed", p.display()));
+                    report
+                        .problems
+                        .push(format!("{} is not indexed", p.display()));
                 }
             }
         }
-        let live: std::collections::BTreeSet<PathBuf> = self.inflight().values().map(|f| f.path.clone()).collect();
+        let live: std::collections::BTreeSet<PathBuf> =
+            self.inflight().values().map(|f| f.path.clone()).collect();
         let incoming = self.cfg().root.join("incoming");
         for e in fs::read_dir(&incoming).map_err(io_at(&incoming))?.flatten() {
             if !live.contains(&e.path()) {
-                report.problems.push(format!("{} is a leftover upload", e.path().display()));
+                report
+                    .problems
+                    .push(format!("{} is a leftover upload", e.path().display()));
             }
         }
         Ok(report)

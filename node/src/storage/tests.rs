@@ -14,7 +14,16 @@ use super::*;
 
 fn open(dir: &Path, capacity: u64, reserved: u64) -> ShareStore {
     let db = Arc::new(redb::Database::create(dir.join("node.redb")).unwrap());
-    ShareStore::open(db, StoreConfig { root: dir.join("storage"), capacity, reserved, read_only: false }).unwrap()
+    ShareStore::open(
+        db,
+        StoreConfig {
+            root: dir.join("storage"),
+            capacity,
+            reserved,
+            read_only: false,
+        },
+    )
+    .unwrap()
 }
 
 fn si(n: u8) -> [u8; 16] {
@@ -22,7 +31,14 @@ fn si(n: u8) -> [u8; 16] {
 }
 
 fn pattern(si: &[u8; 16], shnum: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| si[0].wrapping_mul(31).wrapping_add(shnum).wrapping_add(i as u8)).collect()
+    (0..len)
+        .map(|i| {
+            si[0]
+                .wrapping_mul(31)
+                .wrapping_add(shnum)
+                .wrapping_add(i as u8)
+        })
+        .collect()
 }
 
 fn put(store: &ShareStore, s: &[u8; 16], shnum: u8, owner: &[u8], len: usize) {
@@ -30,7 +46,9 @@ fn put(store: &ShareStore, s: &[u8; 16], shnum: u8, owner: &[u8], len: usize) {
     assert_eq!(a.allocated, vec![shnum]);
     let data = pattern(s, shnum, len);
     for (i, chunk) in data.chunks(1000).enumerate() {
-        store.write(s, shnum, owner, (i * 1000) as u64, chunk).unwrap();
+        store
+            .write(s, shnum, owner, (i * 1000) as u64, chunk)
+            .unwrap();
     }
     store.close(s, shnum, owner, b"meta").unwrap();
 }
@@ -42,24 +60,47 @@ fn round_trip_leases_and_listing() {
     put(&store, &si(1), 0, b"alice", 2500);
     put(&store, &si(1), 3, b"alice", 2500);
     assert_eq!(store.list(&si(1)).unwrap(), vec![0, 3]);
-    assert_eq!(store.read(&si(1), 0, 10, 100).unwrap(), pattern(&si(1), 0, 2500)[10..110]);
+    assert_eq!(
+        store.read(&si(1), 0, 10, 100).unwrap(),
+        pattern(&si(1), 0, 2500)[10..110]
+    );
     assert_eq!(store.read_meta(&si(1), 3).unwrap(), b"meta");
     // A second uploader of the same file only adds a lease.
-    let a = store.allocate(&si(1), b"bob", &[0, 3, 5], 2500, 200).unwrap();
+    let a = store
+        .allocate(&si(1), b"bob", &[0, 3, 5], 2500, 200)
+        .unwrap();
     assert_eq!(a.already_have, vec![0, 3]);
     assert_eq!(a.allocated, vec![5]);
-    assert_eq!(store.leases(&si(1), 0).unwrap().get(b"bob".as_slice()), Some(&200));
+    assert_eq!(
+        store.leases(&si(1), 0).unwrap().get(b"bob".as_slice()),
+        Some(&200)
+    );
     // Shares being uploaded by someone else are in progress.
     let c = store.allocate(&si(1), b"carol", &[5], 2500, 1).unwrap();
     assert_eq!(c.in_progress, vec![5]);
-    assert!(matches!(store.write(&si(1), 5, b"carol", 0, b"x"), Err(StoreError::NotAllocated { .. })));
-    assert!(matches!(store.write(&si(1), 5, b"bob", 2500, b"x"), Err(StoreError::OutOfBounds { .. })));
-    assert!(matches!(store.read(&si(1), 0, 2400, 200), Err(StoreError::OutOfBounds { .. })));
-    assert!(matches!(store.read(&si(1), 1, 0, 1), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.write(&si(1), 5, b"carol", 0, b"x"),
+        Err(StoreError::NotAllocated { .. })
+    ));
+    assert!(matches!(
+        store.write(&si(1), 5, b"bob", 2500, b"x"),
+        Err(StoreError::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        store.read(&si(1), 0, 2400, 200),
+        Err(StoreError::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        store.read(&si(1), 1, 0, 1),
+        Err(StoreError::NotFound { .. })
+    ));
     store.abort(&si(1), 5, b"bob").unwrap();
     assert_eq!(store.add_lease(&si(1), b"dave", 50).unwrap(), 2);
     let u = store.usage().unwrap();
-    assert_eq!((u.used_bytes, u.share_count, u.in_flight_bytes), (2 * 2504, 2, 0));
+    assert_eq!(
+        (u.used_bytes, u.share_count, u.in_flight_bytes),
+        (2 * 2504, 2, 0)
+    );
     assert!(store.verify_consistency().unwrap().is_clean());
 }
 
@@ -69,17 +110,41 @@ fn capacity_reserve_and_read_only_are_enforced() {
     let store = open(tmp.path(), 10_000, 0);
     store.allocate(&si(2), b"a", &[0], 6000, 1).unwrap();
     // The in-flight reservation counts.
-    assert!(matches!(store.allocate(&si(3), b"a", &[0], 6000, 1), Err(StoreError::OverCapacity { needed: 6000, available: 4000 })));
+    assert!(matches!(
+        store.allocate(&si(3), b"a", &[0], 6000, 1),
+        Err(StoreError::OverCapacity {
+            needed: 6000,
+            available: 4000
+        })
+    ));
     store.abort(&si(2), 0, b"a").unwrap();
     store.allocate(&si(3), b"a", &[0], 6000, 1).unwrap();
     drop(store);
     let tmp2 = tempfile::tempdir().unwrap();
     let store = open(tmp2.path(), u64::MAX, u64::MAX / 2);
-    assert!(matches!(store.allocate(&si(1), b"a", &[0], 10, 1), Err(StoreError::DiskReserve { .. })));
+    assert!(matches!(
+        store.allocate(&si(1), b"a", &[0], 10, 1),
+        Err(StoreError::DiskReserve { .. })
+    ));
     let db = Arc::new(redb::Database::create(tmp2.path().join("ro.redb")).unwrap());
-    let ro = ShareStore::open(db, StoreConfig { root: tmp2.path().join("ro"), capacity: 1 << 30, reserved: 0, read_only: true }).unwrap();
-    assert!(matches!(ro.allocate(&si(1), b"a", &[0], 10, 1), Err(StoreError::ReadOnly)));
-    assert!(matches!(ro.allocate(&si(1), b"a", &[0], 0, 1), Err(StoreError::InvalidArgument(_))));
+    let ro = ShareStore::open(
+        db,
+        StoreConfig {
+            root: tmp2.path().join("ro"),
+            capacity: 1 << 30,
+            reserved: 0,
+            read_only: true,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        ro.allocate(&si(1), b"a", &[0], 10, 1),
+        Err(StoreError::ReadOnly)
+    ));
+    assert!(matches!(
+        ro.allocate(&si(1), b"a", &[0], 0, 1),
+        Err(StoreError::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -101,7 +166,11 @@ fn reopen_keeps_shares_and_recovers_from_every_crash_point() {
     fs::remove_file(&lost).unwrap();
     let store = open(tmp.path(), 1 << 30, 0);
     let r = store.recovery_report().clone();
-    assert_eq!((r.incoming_removed, r.orphan_files_removed, r.rows_removed), (1, 1, 1), "{r:?}");
+    assert_eq!(
+        (r.incoming_removed, r.orphan_files_removed, r.rows_removed),
+        (1, 1, 1),
+        "{r:?}"
+    );
     assert!(!orphan.exists());
     assert_eq!(store.list(&si(1)).unwrap(), vec![0]);
     assert!(store.list(&si(2)).unwrap().is_empty());
@@ -119,7 +188,10 @@ fn corrupt_files_are_typed_errors() {
     let mut bytes = fs::read(&p).unwrap();
     bytes[0] ^= 0xff;
     fs::write(&p, &bytes).unwrap();
-    assert!(matches!(store.read(&si(1), 0, 0, 10), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.read(&si(1), 0, 0, 10),
+        Err(StoreError::Corrupt { .. })
+    ));
     assert!(!store.verify_consistency().unwrap().is_clean());
 }
 
@@ -193,7 +265,9 @@ fn crash_child_writer() {
             store.allocate(&s, b"child", &[sh], len as u64, 9).unwrap();
             let data = pattern(&s, sh, len);
             for (i, chunk) in data.chunks(4096).enumerate() {
-                store.write(&s, sh, b"child", (i * 4096) as u64, chunk).unwrap();
+                store
+                    .write(&s, sh, b"child", (i * 4096) as u64, chunk)
+                    .unwrap();
             }
             store.close(&s, sh, b"child", &n.to_le_bytes()).unwrap();
             println!("closed {n} {sh}");
@@ -207,7 +281,12 @@ fn sigkill_at_any_point_leaves_a_consistent_store() {
     let tmp = tempfile::tempdir().unwrap();
     for (round, wait_for) in [5usize, 40, 120].into_iter().enumerate() {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "storage::tests::crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "storage::tests::crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("KITH_STORE_CRASH_CHILD", tmp.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -232,7 +311,11 @@ fn sigkill_at_any_point_leaves_a_consistent_store() {
         assert!(report.shares_checked as usize >= closed);
         for (s, sh, row) in store.rows().unwrap() {
             let data = store.read(&s, sh, 0, row.data_len as u32).unwrap();
-            assert_eq!(data, pattern(&s, sh, row.data_len as usize), "round {round}");
+            assert_eq!(
+                data,
+                pattern(&s, sh, row.data_len as usize),
+                "round {round}"
+            );
         }
     }
 }

@@ -64,7 +64,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match args.cmd {
         Cmd::Node { dir } => {
-            rt.block_on(kith_node::daemon::run(NodeDir::new(dir), Default::default()))?;
+            rt.block_on(kith_node::daemon::run(
+                NodeDir::new(dir),
+                Default::default(),
+            ))?;
             Ok(())
         }
         Cmd::Grid {
@@ -74,7 +77,17 @@ fn main() -> anyhow::Result<()> {
             happy,
             total,
             workdir,
-        } => rt.block_on(grid(nodes, size.0, EncodingParams { needed, happy, total, segment_size: 1 << 20 }, workdir)),
+        } => rt.block_on(grid(
+            nodes,
+            size.0,
+            EncodingParams {
+                needed,
+                happy,
+                total,
+                segment_size: 1 << 20,
+            },
+            workdir,
+        )),
     }
 }
 
@@ -100,8 +113,11 @@ fn encoder_only(data: &[u8], params: EncodingParams) -> anyhow::Result<Duration>
     let mut h = kith_node::codec::ConvergentKeyHasher::new(&[7u8; 32], &params);
     h.update(data);
     let key = h.finalize();
-    let enc = FileEncoder::new(key, params, data.len() as u64).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let enc =
+        FileEncoder::new(key, params, data.len() as u64).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let n = enc.num_segments();
     let seg = params.segment_size as usize;
     let hashes = std::thread::scope(|s| {
@@ -123,7 +139,10 @@ fn encoder_only(data: &[u8], params: EncodingParams) -> anyhow::Result<Duration>
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<_>>()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect::<Vec<_>>()
     });
     enc.finish(hashes).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(start.elapsed())
@@ -151,14 +170,25 @@ async fn wait_api(dir: &NodeDir) -> anyhow::Result<(String, String)> {
     }
 }
 
-async fn grid(nodes: usize, size: u64, params: EncodingParams, workdir: Option<PathBuf>) -> anyhow::Result<()> {
+async fn grid(
+    nodes: usize,
+    size: u64,
+    params: EncodingParams,
+    workdir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     if nodes < 2 {
         bail!("need at least 2 nodes");
     }
     let tmp = tempfile::tempdir()?;
     let root = workdir.unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&root)?;
-    println!("kith bench: {nodes} nodes on loopback, {} file, {}-of-{} (happy {})", ByteSize(size), params.needed, params.total, params.happy);
+    println!(
+        "kith bench: {nodes} nodes on loopback, {} file, {}-of-{} (happy {})",
+        ByteSize(size),
+        params.needed,
+        params.total,
+        params.happy
+    );
     let data = {
         use rand::{RngCore, SeedableRng};
         let mut v = vec![0u8; size as usize];
@@ -177,8 +207,10 @@ async fn grid(nodes: usize, size: u64, params: EncodingParams, workdir: Option<P
     let mut dirs = Vec::new();
     for i in 0..nodes {
         let dir = NodeDir::new(root.join(format!("node{i}")));
-        let mut raw = RawConfig::default();
-        raw.nickname = format!("bench{i}");
+        let mut raw = RawConfig {
+            nickname: format!("bench{i}"),
+            ..RawConfig::default()
+        };
         raw.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
         raw.network.peers = addrs.clone();
         raw.encoding.shares_needed = params.needed;
@@ -199,7 +231,12 @@ async fn grid(nodes: usize, size: u64, params: EncodingParams, workdir: Option<P
             .spawn()
             .context("spawning a node")?;
         let (url, token) = wait_api(&dir).await?;
-        daemons.push(Daemon { child, dir, url, token });
+        daemons.push(Daemon {
+            child,
+            dir,
+            url,
+            token,
+        });
     }
     let http = reqwest::Client::builder().no_proxy().build()?;
     for d in &daemons[..2] {
@@ -212,12 +249,18 @@ async fn grid(nodes: usize, size: u64, params: EncodingParams, workdir: Option<P
                 .await?
                 .json()
                 .await?;
-            let storage_peers = s["connected_peers"].as_array().map(|a| a.iter().filter(|p| p["storage"] == true).count()).unwrap_or(0);
+            let storage_peers = s["connected_peers"]
+                .as_array()
+                .map(|a| a.iter().filter(|p| p["storage"] == true).count())
+                .unwrap_or(0);
             if storage_peers + 1 >= nodes {
                 break;
             }
             if Instant::now() > end {
-                bail!("{} sees only {storage_peers} storage peers", d.dir.root().display());
+                bail!(
+                    "{} sees only {storage_peers} storage peers",
+                    d.dir.root().display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -263,7 +306,11 @@ async fn grid(nodes: usize, size: u64, params: EncodingParams, workdir: Option<P
     let ok = got == size && hasher.finalize() == want;
 
     for d in &mut daemons {
-        let _ = http.post(format!("{}/api/v1/shutdown", d.url)).bearer_auth(&d.token).send().await;
+        let _ = http
+            .post(format!("{}/api/v1/shutdown", d.url))
+            .bearer_auth(&d.token)
+            .send()
+            .await;
     }
     for d in &mut daemons {
         let _ = d.child.wait();
@@ -272,13 +319,37 @@ async fn grid(nodes: usize, size: u64, params: EncodingParams, workdir: Option<P
     println!();
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| encoder only (key pass + encode, all cores) | {enc_mbs:.0} MB/s ({:.0} MiB/s) |", mib_s(size, enc_time));
-    println!("| upload (node 0 API -> {nodes} servers) | {:.1} MiB/s ({:.2} s) |", mib_s(size, up_time), up_time.as_secs_f64());
-    println!("| download (node 1 API, verified) | {:.1} MiB/s ({:.2} s) |", mib_s(size, down_time), down_time.as_secs_f64());
-    println!("| upload / encoder-only | {:.0}% |", 100.0 * enc_time.as_secs_f64() / up_time.as_secs_f64());
-    println!("| uploading node RSS idle | {:.1} MiB |", idle_rss as f64 / 1024.0);
-    println!("| uploading node RSS peak during upload | {:.1} MiB (+{:.1} MiB over idle) |", peak_rss as f64 / 1024.0, (peak_rss.saturating_sub(idle_rss.max(idle_hwm.min(idle_rss)))) as f64 / 1024.0);
-    println!("| download byte-identical | {} |", if ok { "yes" } else { "NO" });
+    println!(
+        "| encoder only (key pass + encode, all cores) | {enc_mbs:.0} MB/s ({:.0} MiB/s) |",
+        mib_s(size, enc_time)
+    );
+    println!(
+        "| upload (node 0 API -> {nodes} servers) | {:.1} MiB/s ({:.2} s) |",
+        mib_s(size, up_time),
+        up_time.as_secs_f64()
+    );
+    println!(
+        "| download (node 1 API, verified) | {:.1} MiB/s ({:.2} s) |",
+        mib_s(size, down_time),
+        down_time.as_secs_f64()
+    );
+    println!(
+        "| upload / encoder-only | {:.0}% |",
+        100.0 * enc_time.as_secs_f64() / up_time.as_secs_f64()
+    );
+    println!(
+        "| uploading node RSS idle | {:.1} MiB |",
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "| uploading node RSS peak during upload | {:.1} MiB (+{:.1} MiB over idle) |",
+        peak_rss as f64 / 1024.0,
+        (peak_rss.saturating_sub(idle_rss.max(idle_hwm.min(idle_rss)))) as f64 / 1024.0
+    );
+    println!(
+        "| download byte-identical | {} |",
+        if ok { "yes" } else { "NO" }
+    );
     drop(tmp);
     if !ok {
         bail!("downloaded file differs");

@@ -38,7 +38,12 @@ fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
 
 fn incoming_bytes(storage: &Path) -> u64 {
     std::fs::read_dir(storage.join("incoming"))
-        .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -65,17 +70,30 @@ async fn server_killed_mid_upload_restarts_consistent() {
     client_dir.init(raw).unwrap();
 
     let mut child = spawn_daemon(server_dir.root());
-    wait_until("the server's api.json", Duration::from_secs(30), || server_dir.api_file().exists());
-    let client = Node::start(client_dir.clone(), StartOptions::default()).await.unwrap();
+    wait_until("the server's api.json", Duration::from_secs(30), || {
+        server_dir.api_file().exists()
+    });
+    let client = Node::start(client_dir.clone(), StartOptions::default())
+        .await
+        .unwrap();
     let handle = client.handle();
-    handle.wait_for_storage_servers(1, Duration::from_secs(30)).await.unwrap();
+    handle
+        .wait_for_storage_servers(1, Duration::from_secs(30))
+        .await
+        .unwrap();
 
     // A finished file first, so the store has something that must survive.
     let data_dir = tempfile::tempdir().unwrap();
     let small = data_dir.path().join("small");
     std::fs::write(&small, random_bytes(300 << 10, 10)).unwrap();
-    let opts = PutOptions { params: handle.config().encoding, convergent: true };
-    let done = handle.put_file(&small, &opts, &|_| {}).await.expect("first upload");
+    let opts = PutOptions {
+        params: handle.config().encoding,
+        convergent: true,
+    };
+    let done = handle
+        .put_file(&small, &opts, &|_| {})
+        .await
+        .expect("first upload");
 
     // Now a big upload, killed once the server has share bytes in flight.
     let big = data_dir.path().join("big");
@@ -86,39 +104,63 @@ async fn server_killed_mid_upload_restarts_consistent() {
     let storage = server_dir.storage();
     let s2 = storage.clone();
     tokio::task::spawn_blocking(move || {
-        wait_until("share bytes arriving at the server", Duration::from_secs(60), || incoming_bytes(&s2) > (1 << 20));
+        wait_until(
+            "share bytes arriving at the server",
+            Duration::from_secs(60),
+            || incoming_bytes(&s2) > (1 << 20),
+        );
     })
     .await
     .unwrap();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(upload.await.unwrap().is_err(), "the upload cannot succeed without its server");
-    assert!(incoming_bytes(&storage) > 0, "the kill left no partial share: the test proves nothing");
+    assert!(
+        upload.await.unwrap().is_err(),
+        "the upload cannot succeed without its server"
+    );
+    assert!(
+        incoming_bytes(&storage) > 0,
+        "the kill left no partial share: the test proves nothing"
+    );
 
     // Open the store as the restarted daemon would: recovery removes the partial share.
     {
-        let db = Arc::new(redb::Database::create(server_dir.db_path()).expect("redb opens after SIGKILL"));
-        let store = ShareStore::open(db, StoreConfig {
-            root: storage.clone(),
-            capacity: u64::MAX / 4,
-            reserved: 0,
-            read_only: true,
-        })
+        let db = Arc::new(
+            redb::Database::create(server_dir.db_path()).expect("redb opens after SIGKILL"),
+        );
+        let store = ShareStore::open(
+            db,
+            StoreConfig {
+                root: storage.clone(),
+                capacity: u64::MAX / 4,
+                reserved: 0,
+                read_only: true,
+            },
+        )
         .unwrap();
         let report = store.verify_consistency().unwrap();
         assert!(report.is_clean(), "{report:?}");
         assert_eq!(incoming_bytes(&storage), 0, "partial share still on disk");
         let usage = store.usage().unwrap();
-        assert_eq!(usage.share_count, 3, "only the first file's 3 shares are stored");
+        assert_eq!(
+            usage.share_count, 3,
+            "only the first file's 3 shares are stored"
+        );
         let cap: kith_node::caps::ReadCap = done.cap.parse().unwrap();
-        let kith_node::caps::ReadCap::Chk(cap) = cap else { panic!("not a chk cap") };
+        let kith_node::caps::ReadCap::Chk(cap) = cap else {
+            panic!("not a chk cap")
+        };
         assert_eq!(store.list(&cap.storage_index()).unwrap(), vec![0, 1, 2]);
     }
 
     // The real daemon restarts on the same dir and serves the finished file again.
     let _ = std::fs::remove_file(server_dir.api_file());
     let mut child = spawn_daemon(server_dir.root());
-    wait_until("the restarted server's api.json", Duration::from_secs(30), || server_dir.api_file().exists());
+    wait_until(
+        "the restarted server's api.json",
+        Duration::from_secs(30),
+        || server_dir.api_file().exists(),
+    );
     let mut out = Vec::new();
     let cap: kith_node::caps::ReadCap = done.cap.parse().unwrap();
     let end = Instant::now() + Duration::from_secs(30);
@@ -130,7 +172,11 @@ async fn server_killed_mid_upload_restarts_consistent() {
                 assert!(Instant::now() < end, "download after restart: {e}");
                 out.clear();
                 let mut w = handle.net_watch();
-                let _ = tokio::time::timeout(Duration::from_secs(2), w.wait_for(|s| !s.storage_peers().is_empty())).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    w.wait_for(|s| !s.storage_peers().is_empty()),
+                )
+                .await;
             }
         }
     }

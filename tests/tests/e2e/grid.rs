@@ -9,16 +9,26 @@ use kith_node::{
 };
 use kith_tests::{Encoding, Grid, Listen, random_bytes};
 
-async fn put_bytes(node: &kith_node::NodeHandle, data: &[u8], params: EncodingParams) -> Result<ReadCap, UploadError> {
+async fn put_bytes(
+    node: &kith_node::NodeHandle,
+    data: &[u8],
+    params: EncodingParams,
+) -> Result<ReadCap, UploadError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file");
     std::fs::write(&path, data).unwrap();
-    let opts = PutOptions { params, convergent: true };
+    let opts = PutOptions {
+        params,
+        convergent: true,
+    };
     let res = node.put_file(&path, &opts, &|_| {}).await?;
     Ok(res.cap.parse().unwrap())
 }
 
-async fn get_bytes(node: &kith_node::NodeHandle, cap: &ReadCap) -> (Vec<u8>, kith_node::client::DownloadReport) {
+async fn get_bytes(
+    node: &kith_node::NodeHandle,
+    cap: &ReadCap,
+) -> (Vec<u8>, kith_node::client::DownloadReport) {
     let mut out = Vec::new();
     let report = node.get(cap, &mut out).await.expect("download");
     (out, report)
@@ -26,27 +36,43 @@ async fn get_bytes(node: &kith_node::NodeHandle, cap: &ReadCap) -> (Vec<u8>, kit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_uploads() {
-    let enc = Encoding { needed: 3, happy: 7, total: 10 };
+    let enc = Encoding {
+        needed: 3,
+        happy: 7,
+        total: 10,
+    };
     let mut grid = Grid::start(10, Listen::Tcp, enc).await.expect("grid");
     let params = grid.node(0).config().encoding;
     assert_eq!((params.needed, params.happy, params.total), (3, 7, 10));
 
     // 64 MiB round trip between two different nodes.
     let big = random_bytes(64 << 20, 1);
-    let cap = put_bytes(&grid.node(0), &big, params).await.expect("upload");
+    let cap = put_bytes(&grid.node(0), &big, params)
+        .await
+        .expect("upload");
     let (got, report) = get_bytes(&grid.node(5), &cap).await;
     assert!(got == big, "downloaded bytes differ");
     assert!(report.bad_shares.is_empty(), "{:?}", report.bad_shares);
     // Every node holds exactly one share: 10 servers, 10 shares.
     for h in grid.handles() {
-        assert_eq!(h.status().await.storage.unwrap().share_count, 1, "{}", h.config().nickname);
+        assert_eq!(
+            h.status().await.storage.unwrap().share_count,
+            1,
+            "{}",
+            h.config().nickname
+        );
     }
 
     // Corrupt the shares of a second file on the downloader (node 9) and on nodes 1..=6: the
     // download must still return the right bytes and name the servers that sent bad data.
     let second = random_bytes(6 << 20, 2);
-    let cap2 = put_bytes(&grid.node(0), &second, params).await.expect("upload 2");
-    let si = match &cap2 { ReadCap::Chk(c) => c.storage_index(), _ => unreachable!() };
+    let cap2 = put_bytes(&grid.node(0), &second, params)
+        .await
+        .expect("upload 2");
+    let si = match &cap2 {
+        ReadCap::Chk(c) => c.storage_index(),
+        _ => unreachable!(),
+    };
     let mut corrupted = BTreeSet::new();
     for i in [9, 1, 2, 3, 4, 5, 6] {
         let store = grid.node(i).server().store().unwrap().clone();
@@ -63,7 +89,11 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
     assert!(got == second, "downloaded bytes differ after corruption");
     assert!(!report.bad_shares.is_empty(), "corruption was not reported");
     for b in &report.bad_shares {
-        assert!(corrupted.contains(&b.server), "{} reported but not corrupted", b.server);
+        assert!(
+            corrupted.contains(&b.server),
+            "{} reported but not corrupted",
+            b.server
+        );
         assert!(b.problem.to_lowercase().contains("block"), "{}", b.problem);
     }
 
@@ -76,10 +106,25 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
 
     // With 2 servers reachable, happy=7 cannot be met: a clear error, nothing claimed.
     grid.stop(8).await.unwrap();
-    let err = put_bytes(&grid.node(0), &random_bytes(1 << 20, 3), params).await.unwrap_err();
+    let err = put_bytes(&grid.node(0), &random_bytes(1 << 20, 3), params)
+        .await
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, UploadError::NotHappy { happy: 7, reachable: 2, .. }), "{msg}");
-    assert!(msg.contains("happy=7") && msg.contains("only 2 storage servers"), "{msg}");
+    assert!(
+        matches!(
+            err,
+            UploadError::NotHappy {
+                happy: 7,
+                reachable: 2,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("happy=7") && msg.contains("only 2 storage servers"),
+        "{msg}"
+    );
 
     // Fewer than k servers up: downloading fails with a clear error, not a hang.
     let mut sink = Vec::new();
@@ -87,17 +132,32 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
         .await
         .unwrap()
         .unwrap_err();
-    assert!(err.to_string().contains("not enough shares: need 3, found 2"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not enough shares: need 3, found 2"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_only_nodes_exchange_a_file_and_tiny_files_live_in_the_cap() {
-    let enc = Encoding { needed: 1, happy: 2, total: 2 };
+    let enc = Encoding {
+        needed: 1,
+        happy: 2,
+        total: 2,
+    };
     let grid = Grid::start(2, Listen::Quic, enc).await.expect("grid");
-    assert!(grid.node(0).addrs().iter().all(|a| a.to_string().contains("/quic-v1/")));
+    assert!(
+        grid.node(0)
+            .addrs()
+            .iter()
+            .all(|a| a.to_string().contains("/quic-v1/"))
+    );
     let params = grid.node(0).config().encoding;
     let data = random_bytes(3 << 20, 4);
-    let cap = put_bytes(&grid.node(0), &data, params).await.expect("upload");
+    let cap = put_bytes(&grid.node(0), &data, params)
+        .await
+        .expect("upload");
     let (got, _) = get_bytes(&grid.node(1), &cap).await;
     assert!(got == data);
 

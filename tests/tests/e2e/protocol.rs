@@ -21,11 +21,19 @@ impl request_response::Codec for RawCodec {
     type Request = Vec<u8>;
     type Response = Response;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> io::Result<Vec<u8>> {
         Err(io::Error::other("client only"))
     }
 
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Response> {
         let mut len = [0u8; 4];
         io.read_exact(&mut len).await?;
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -33,12 +41,22 @@ impl request_response::Codec for RawCodec {
         protocol::decode_body(&body).map_err(io::Error::other)
     }
 
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
         io.write_all(&req).await?;
         io.close().await
     }
 
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, _: &mut T, _: Response) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Response,
+    ) -> io::Result<()> {
         Err(io::Error::other("client only"))
     }
 }
@@ -51,12 +69,23 @@ fn frame(body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_server() {
-    let grid = Grid::start(1, Listen::Tcp, Encoding { needed: 1, happy: 1, total: 1 }).await.unwrap();
+    let grid = Grid::start(
+        1,
+        Listen::Tcp,
+        Encoding {
+            needed: 1,
+            happy: 1,
+            total: 1,
+        },
+    )
+    .await
+    .unwrap();
     let server = grid.node(0);
     let server_addr = server.addrs()[0].clone();
 
     let kp = libp2p::identity::Keypair::generate_ed25519();
-    let transport = kith_transports::build_transport(&kp, &kith_transports::Config::default()).unwrap();
+    let transport =
+        kith_transports::build_transport(&kp, &kith_transports::Config::default()).unwrap();
     let behaviour = request_response::Behaviour::<RawCodec>::new(
         [(protocol::PROTOCOL, ProtocolSupport::Outbound)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
@@ -65,7 +94,8 @@ async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_s
         transport,
         behaviour,
         kp.public().to_peer_id(),
-        libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(60)),
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(60)),
     );
     swarm.dial(server_addr).unwrap();
 
@@ -73,14 +103,36 @@ async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_s
     let mut oversized = (u32::MAX).to_be_bytes().to_vec();
     oversized.extend_from_slice(&[0u8; 64]);
     let cases: Vec<(&str, Vec<u8>, Option<ErrorKind>)> = vec![
-        ("garbage", frame(&[0xff, 0xfe, 0x00, 0x13, 0x37]), Some(ErrorKind::Malformed)),
-        ("oversized length prefix", oversized, Some(ErrorKind::TooLarge)),
-        ("valid CBOR of the wrong shape", frame(&protocol::encode_frame(&"hello").unwrap()[4..]), Some(ErrorKind::Malformed)),
+        (
+            "garbage",
+            frame(&[0xff, 0xfe, 0x00, 0x13, 0x37]),
+            Some(ErrorKind::Malformed),
+        ),
+        (
+            "oversized length prefix",
+            oversized,
+            Some(ErrorKind::TooLarge),
+        ),
+        (
+            "valid CBOR of the wrong shape",
+            frame(&protocol::encode_frame(&"hello").unwrap()[4..]),
+            Some(ErrorKind::Malformed),
+        ),
         ("empty frame", frame(&[]), Some(ErrorKind::Malformed)),
-        ("huge array header", frame(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Some(ErrorKind::Malformed)),
+        (
+            "huge array header",
+            frame(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Some(ErrorKind::Malformed),
+        ),
         (
             "read far beyond a share",
-            protocol::encode_frame(&Request::Read { si: [1; 16], shnum: 0, offset: u64::MAX - 3, len: u32::MAX }).unwrap(),
+            protocol::encode_frame(&Request::Read {
+                si: [1; 16],
+                shnum: 0,
+                offset: u64::MAX - 3,
+                len: u32::MAX,
+            })
+            .unwrap(),
             None,
         ),
         ("valid list", valid, None),
@@ -92,9 +144,18 @@ async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_s
             loop {
                 match swarm.next().await {
                     Some(SwarmEvent::Behaviour(request_response::Event::Message {
-                        message: request_response::Message::Response { request_id, response }, ..
+                        message:
+                            request_response::Message::Response {
+                                request_id,
+                                response,
+                            },
+                        ..
                     })) if request_id == id => return Ok(response),
-                    Some(SwarmEvent::Behaviour(request_response::Event::OutboundFailure { request_id, error, .. })) if request_id == id => {
+                    Some(SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        request_id,
+                        error,
+                        ..
+                    })) if request_id == id => {
                         return Err(error.to_string());
                     }
                     _ => {}
@@ -107,7 +168,13 @@ async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_s
         match (expect, &resp) {
             (Some(kind), Response::Error(e)) => assert_eq!(e.kind, kind, "{name}: {e}"),
             (None, Response::Shares(v)) => assert!(v.is_empty(), "{name}"),
-            (None, Response::Error(e)) => assert!(matches!(e.kind, ErrorKind::TooLarge | ErrorKind::NotFound | ErrorKind::OutOfBounds), "{name}: {e}"),
+            (None, Response::Error(e)) => assert!(
+                matches!(
+                    e.kind,
+                    ErrorKind::TooLarge | ErrorKind::NotFound | ErrorKind::OutOfBounds
+                ),
+                "{name}: {e}"
+            ),
             (_, other) => panic!("{name}: unexpected {other:?}"),
         }
     }
