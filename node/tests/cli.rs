@@ -1,0 +1,172 @@
+//! The README's walk-through, run with the real `kith` binary: init two nodes, run both daemons,
+//! `peer add`, `put`, `get`, `id`, `status --json`, `stop`, and the errors a user sees.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::{
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+fn kith(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env("KITH_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = kith(dir, args);
+    assert!(
+        out.status.success(),
+        "kith {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn run(dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--dir")
+        .arg(dir)
+        .arg("run")
+        .env("KITH_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a file the daemon writes once its API is up (deadline, no fixed sleep).
+fn wait_for(path: &Path) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < end, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn two_nodes_put_and_get_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(
+        &a,
+        &[
+            "init",
+            "--nickname",
+            "alice",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--reserved",
+            "0",
+        ],
+    );
+    ok(
+        &b,
+        &[
+            "init",
+            "--nickname",
+            "bob",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--reserved",
+            "0",
+            "--shares-needed",
+            "1",
+            "--shares-happy",
+            "2",
+            "--shares-total",
+            "2",
+        ],
+    );
+    // A second init refuses to overwrite the node dir.
+    let again = kith(&a, &["init"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already a kith node dir"));
+    // No daemon yet: a clear message and exit code 3.
+    let none = kith(&a, &["status"]);
+    assert_eq!(none.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no kith daemon is running"));
+
+    let mut da = run(&a);
+    let mut db = run(&b);
+    wait_for(&a.join("api.json"));
+    wait_for(&b.join("api.json"));
+
+    let a_addr = ok(&a, &["id"]).lines().next().unwrap().to_owned();
+    assert!(
+        a_addr.starts_with("/ip4/127.0.0.1/tcp/") && a_addr.contains("/p2p/12D3KooW"),
+        "{a_addr}"
+    );
+    ok(&b, &["peer", "add", &a_addr]);
+    let peers: serde_json::Value =
+        serde_json::from_str(&ok(&b, &["peer", "list", "--json"])).unwrap();
+    assert_eq!(peers[0]["connected"], true);
+
+    let file = tmp.path().join("photo.jpg");
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let put = ok(&b, &["put", file.to_str().unwrap()]);
+    let cap = put.lines().last().unwrap().to_owned();
+    assert!(cap.starts_with("kith:chk:"), "{put}");
+
+    let copy = tmp.path().join("copy.jpg");
+    ok(&a, &["get", &cap, "-o", copy.to_str().unwrap()]);
+    assert!(std::fs::read(&copy).unwrap() == data, "copy differs");
+    // To stdout as well.
+    let out = kith(&a, &["get", &cap]);
+    assert!(out.status.success() && out.stdout == data);
+
+    let status: serde_json::Value = serde_json::from_str(&ok(&a, &["status", "--json"])).unwrap();
+    assert_eq!(status["nickname"], "alice");
+    assert_eq!(status["connected_peers"].as_array().unwrap().len(), 1);
+    assert_eq!(status["storage"]["share_count"], 1);
+
+    // Tiny files live in the cap; stdin works.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--dir")
+        .arg(&b)
+        .args(["put", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"tiny").unwrap();
+    let lit = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    assert!(lit.trim().starts_with("kith:lit:"), "{lit}");
+
+    // A bad cap and an unhappy upload are clear errors.
+    let bad = kith(&a, &["get", "kith:chk:nonsense"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid kith cap"));
+    let unhappy = kith(
+        &a,
+        &[
+            "put",
+            file.to_str().unwrap(),
+            "--shares-happy",
+            "5",
+            "--shares-total",
+            "5",
+        ],
+    );
+    assert_eq!(unhappy.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&unhappy.stderr);
+    assert!(
+        msg.contains("happy=5") && msg.contains("only 2 storage servers"),
+        "{msg}"
+    );
+
+    ok(&a, &["stop"]);
+    ok(&b, &["stop"]);
+    assert!(da.wait().unwrap().success(), "alice did not stop cleanly");
+    assert!(db.wait().unwrap().success(), "bob did not stop cleanly");
+    assert!(!a.join("api.json").exists());
+}
