@@ -238,6 +238,7 @@ async fn put(
     let spool = tempfile::NamedTempFile::new_in(st.node.dir().tmp())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let spool_path = spool.path().to_owned();
+    let spool_start = std::time::Instant::now();
     {
         let mut f = tokio::fs::File::create(&spool_path)
             .await
@@ -253,13 +254,17 @@ async fn put(
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     }
+    let spool_ms = spool_start.elapsed().as_millis() as u64;
     let result = st
         .node
         .put_file(&spool_path, &opts, &|_| {})
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     drop(spool);
-    Ok(Json(result))
+    let mut json = serde_json::to_value(&result)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    json["timings"]["receive_ms"] = spool_ms.into();
+    Ok(Json(json))
 }
 
 async fn get_file(

@@ -43,11 +43,11 @@ use crate::{
 };
 
 /// Segments being encoded at once.
-const ENCODE_DEPTH: usize = 3;
+const ENCODE_DEPTH: usize = 2;
 /// Blocks queued per server writer.
-const WRITE_QUEUE: usize = 3;
+const WRITE_QUEUE: usize = 2;
 /// Writes in flight per server.
-const WRITES_IN_FLIGHT: usize = 3;
+const WRITES_IN_FLIGHT: usize = 2;
 /// Segments fetched ahead while downloading.
 const FETCH_DEPTH: usize = 4;
 /// How long to wait for a server to answer a listing.
@@ -75,6 +75,21 @@ pub struct PutResult {
     pub happiness: usize,
     /// Shares that servers already had (convergent dedupe).
     pub already_present: usize,
+    /// Where the time went, in milliseconds.
+    pub timings: Timings,
+}
+
+/// Time spent in each phase of an upload, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    /// Convergent key pass over the plaintext.
+    pub key_ms: u64,
+    /// Listing and allocating on servers.
+    pub placement_ms: u64,
+    /// Reading, encrypting, encoding and writing every segment.
+    pub stream_ms: u64,
+    /// Closing shares (hash trees, metadata, server fsync and index).
+    pub close_ms: u64,
 }
 
 /// Why an upload failed.
@@ -198,6 +213,12 @@ pub async fn upload(
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<PutResult, UploadError> {
     let size = tokio::fs::metadata(path).await?.len();
+    let mut timings = Timings::default();
+    let mut phase = std::time::Instant::now();
+    let mut lap = |slot: &mut u64| {
+        *slot = phase.elapsed().as_millis() as u64;
+        phase = std::time::Instant::now();
+    };
     let params = opts.params;
     if size <= codec::LIT_THRESHOLD as u64 {
         let data = tokio::fs::read(path).await?;
@@ -208,6 +229,7 @@ pub async fn upload(
             placement: BTreeMap::new(),
             happiness: 0,
             already_present: 0,
+            timings,
         });
     }
     let key = if opts.convergent {
@@ -237,6 +259,7 @@ pub async fn upload(
     let si = encoder.storage_index();
     let data_len = encoder.share_data_len();
 
+    lap(&mut timings.key_ms);
     // 1. Who is there, and what do they already hold?
     let servers = node.storage_servers();
     let mut refusals: Vec<String> = Vec::new();
@@ -384,6 +407,7 @@ pub async fn upload(
         return Err(not_happy(happiness, &refusals));
     }
 
+    lap(&mut timings.placement_ms);
     // 3. Stream: read, encode (in parallel), write.
     let encoder = Arc::new(encoder);
     let mut writers: BTreeMap<PeerId, Writer> = BTreeMap::new();
@@ -452,6 +476,7 @@ pub async fn upload(
         .finish(hashes)
         .map_err(|e| UploadError::Encode(e.to_string()))?;
 
+    lap(&mut timings.stream_ms);
     // 4. Close every written share with its metadata.
     let mut closes: FuturesUnordered<_> = to_write
         .iter()
@@ -499,6 +524,10 @@ pub async fn upload(
         placement: placed,
         happiness,
         already_present: held_shares.len(),
+        timings: {
+            lap(&mut timings.close_ms);
+            timings
+        },
     })
 }
 

@@ -107,6 +107,20 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Encodes `data` in-process: convergent key pass, then every segment on all cores.
 fn encoder_only(data: &[u8], params: EncodingParams) -> anyhow::Result<Duration> {
     let start = Instant::now();
@@ -271,6 +285,8 @@ async fn grid(
     let idle_rss = rss_kib(pid, "VmRSS:");
     let idle_hwm = rss_kib(pid, "VmHWM:");
 
+    let pids: Vec<u32> = daemons.iter().map(|d| d.child.id()).collect();
+    let cpu_before: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
     let start = Instant::now();
     let f = tokio::fs::File::open(&file).await?;
     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
@@ -287,6 +303,7 @@ async fn grid(
     let put: serde_json::Value = resp.json().await?;
     let up_time = start.elapsed();
     let peak_rss = rss_kib(pid, "VmHWM:");
+    let cpu_up: Vec<f64> = pids.iter().zip(&cpu_before).map(|(&p, b)| cpu_secs(p) - b).collect();
     let cap = put["cap"].as_str().unwrap_or_default().to_owned();
 
     let down = &daemons[1];
@@ -345,6 +362,19 @@ async fn grid(
         "| uploading node RSS peak during upload | {:.1} MiB (+{:.1} MiB over idle) |",
         peak_rss as f64 / 1024.0,
         (peak_rss.saturating_sub(idle_rss.max(idle_hwm.min(idle_rss)))) as f64 / 1024.0
+    );
+    println!(
+        "| CPU during upload | uploader {:.2} s, {} servers {:.2} s, in {:.2} s wall on {} cores |",
+        cpu_up[0],
+        nodes - 1,
+        cpu_up[1..].iter().sum::<f64>(),
+        up_time.as_secs_f64(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let t = &put["timings"];
+    println!(
+        "| upload phases (ms) | receive+spool {} / key pass {} / placement {} / encode+send {} / close {} |",
+        t["receive_ms"], t["key_ms"], t["placement_ms"], t["stream_ms"], t["close_ms"]
     );
     println!(
         "| download byte-identical | {} |",
