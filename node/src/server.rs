@@ -175,3 +175,167 @@ pub fn now_secs() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::StoreConfig;
+
+    fn server(dir: &std::path::Path, capacity: u64) -> StorageServer {
+        let db = Arc::new(redb::Database::create(dir.join("node.redb")).unwrap());
+        let store = ShareStore::open(
+            db,
+            StoreConfig {
+                root: dir.join("storage"),
+                capacity,
+                reserved: 0,
+                read_only: false,
+            },
+        )
+        .unwrap();
+        StorageServer::new(Some(store), 86_400)
+    }
+
+    fn req(r: Request) -> RequestFrame {
+        RequestFrame::Request(r)
+    }
+
+    #[tokio::test]
+    async fn refusals_are_typed_and_leases_belong_to_the_sender() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = server(tmp.path(), 10_000);
+        let (alice, bob) = (PeerId::random(), PeerId::random());
+        let si = [4u8; 16];
+        // Past capacity: a typed NoSpace the uploader can show.
+        let r = s
+            .handle(
+                alice,
+                req(Request::Allocate {
+                    si,
+                    shnums: vec![0, 1],
+                    data_len: 6_000,
+                }),
+            )
+            .await;
+        assert!(
+            matches!(
+                r,
+                Response::Error(ServerError {
+                    kind: ErrorKind::NoSpace,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let r = s
+            .handle(
+                alice,
+                req(Request::Allocate {
+                    si,
+                    shnums: vec![0],
+                    data_len: 6_000,
+                }),
+            )
+            .await;
+        assert!(
+            matches!(r, Response::Allocated { ref allocated, .. } if allocated == &[0]),
+            "{r:?}"
+        );
+        // Bob cannot write into Alice's allocation.
+        let w = |data: Vec<u8>| {
+            req(Request::Write {
+                si,
+                shnum: 0,
+                offset: 0,
+                data: ByteBuf::from(data),
+            })
+        };
+        let r = s.handle(bob, w(vec![1; 10])).await;
+        assert!(
+            matches!(
+                r,
+                Response::Error(ServerError {
+                    kind: ErrorKind::NotAllocated,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(s.handle(alice, w(vec![1; 6_000])).await, Response::Done);
+        let r = s
+            .handle(
+                alice,
+                req(Request::Close {
+                    si,
+                    shnum: 0,
+                    meta: ByteBuf::from(vec![2; 8]),
+                }),
+            )
+            .await;
+        assert_eq!(r, Response::Done);
+        let leases = s.store().unwrap().leases(&si, 0).unwrap();
+        assert!(leases.contains_key(&alice.to_bytes()) && !leases.contains_key(&bob.to_bytes()));
+        // Reads beyond the share and oversized reads are refused, not served.
+        let r = s
+            .handle(
+                bob,
+                req(Request::Read {
+                    si,
+                    shnum: 0,
+                    offset: 5_990,
+                    len: 20,
+                }),
+            )
+            .await;
+        assert!(
+            matches!(
+                r,
+                Response::Error(ServerError {
+                    kind: ErrorKind::OutOfBounds,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let r = s
+            .handle(
+                bob,
+                req(Request::Read {
+                    si,
+                    shnum: 0,
+                    offset: 0,
+                    len: MAX_READ + 1,
+                }),
+            )
+            .await;
+        assert!(
+            matches!(
+                r,
+                Response::Error(ServerError {
+                    kind: ErrorKind::TooLarge,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            s.handle(bob, req(Request::List { si })).await,
+            Response::Shares(vec![0])
+        );
+        // A node without storage says so.
+        let none = StorageServer::new(None, 1);
+        let r = none.handle(bob, req(Request::List { si })).await;
+        assert!(
+            matches!(
+                r,
+                Response::Error(ServerError {
+                    kind: ErrorKind::NoGrant,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}

@@ -164,7 +164,12 @@ fn two_nodes_put_and_get_through_the_cli() {
         "{msg}"
     );
 
-    ok(&a, &["stop"]);
+    // Ctrl-C (SIGINT) stops a daemon cleanly; so does `kith stop`.
+    let kill = Command::new("kill")
+        .args(["-INT", &da.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
     ok(&b, &["stop"]);
     assert!(da.wait().unwrap().success(), "alice did not stop cleanly");
     assert!(db.wait().unwrap().success(), "bob did not stop cleanly");

@@ -15,7 +15,8 @@ fn swarm(cfg: &Config) -> Swarm<ping::Behaviour> {
         build_transport(&kp, cfg).unwrap(),
         ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(50))),
         kp.public().to_peer_id(),
-        libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(10)),
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(10)),
     )
 }
 
@@ -57,6 +58,11 @@ async fn quic_carries_ping() {
 
 #[tokio::test]
 async fn memory_transport_carries_ping() {
-    let cfg = Config { tcp: false, quic: false, memory: true, ..Config::default() };
+    let cfg = Config {
+        tcp: false,
+        quic: false,
+        memory: true,
+        ..Config::default()
+    };
     ping_over("/memory/0", cfg).await;
 }

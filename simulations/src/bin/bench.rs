@@ -303,7 +303,11 @@ async fn grid(
     let put: serde_json::Value = resp.json().await?;
     let up_time = start.elapsed();
     let peak_rss = rss_kib(pid, "VmHWM:");
-    let cpu_up: Vec<f64> = pids.iter().zip(&cpu_before).map(|(&p, b)| cpu_secs(p) - b).collect();
+    let cpu_up: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(&p, b)| cpu_secs(p) - b)
+        .collect();
     let cap = put["cap"].as_str().unwrap_or_default().to_owned();
 
     let down = &daemons[1];
@@ -369,7 +373,9 @@ async fn grid(
         nodes - 1,
         cpu_up[1..].iter().sum::<f64>(),
         up_time.as_secs_f64(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     let t = &put["timings"];
     println!(
