@@ -33,6 +33,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::{
     client::{DownloadReport, PutOptions, parse_read_cap},
+    codec::ConvergentKeyHasher,
     config::StaticPeer,
     node::NodeHandle,
 };
@@ -230,11 +231,11 @@ async fn put(
     params
         .validate()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let opts = PutOptions {
-        params,
-        convergent: !q.random_key.unwrap_or(!cfg.convergent),
-    };
-    // Spool the body: convergent encryption reads the file twice (key, then encode).
+    let convergent = !q.random_key.unwrap_or(!cfg.convergent);
+    let mut hasher =
+        convergent.then(|| ConvergentKeyHasher::new(st.node.convergence_secret(), &params));
+    // Spool the body while hashing it for the convergent key, so encoding is one
+    // more pass over the spool instead of two.
     let spool = tempfile::NamedTempFile::new_in(st.node.dir().tmp())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let spool_path = spool.path().to_owned();
@@ -246,6 +247,9 @@ async fn put(
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&chunk);
+            }
             f.write_all(&chunk)
                 .await
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -255,6 +259,11 @@ async fn put(
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     }
     let spool_ms = spool_start.elapsed().as_millis() as u64;
+    let opts = PutOptions {
+        params,
+        convergent,
+        key: hasher.map(ConvergentKeyHasher::finalize),
+    };
     let result = st
         .node
         .put_file(&spool_path, &opts, &|_| {})

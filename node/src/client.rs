@@ -60,6 +60,9 @@ pub struct PutOptions {
     pub params: EncodingParams,
     /// Convergent encryption (else a random key).
     pub convergent: bool,
+    /// The convergent key when the caller already hashed the plaintext (the local API hashes
+    /// while it receives the upload, saving a pass over the file).
+    pub key: Option<Key>,
 }
 
 /// What an upload did.
@@ -232,7 +235,9 @@ pub async fn upload(
             timings,
         });
     }
-    let key = if opts.convergent {
+    let key = if let Some(key) = opts.key.clone() {
+        key
+    } else if opts.convergent {
         let secret = *node.convergence_secret();
         let p = path.to_owned();
         tokio::task::spawn_blocking(move || -> std::io::Result<Key> {

@@ -29,15 +29,29 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn run(dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kith"))
-        .arg("--dir")
-        .arg(dir)
-        .arg("run")
-        .env("KITH_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+/// A daemon process, killed if the test fails before stopping it.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn run(dir: &Path) -> Daemon {
+    Daemon(
+        Command::new(env!("CARGO_BIN_EXE_kith"))
+            .arg("--dir")
+            .arg(dir)
+            .arg("run")
+            .env("KITH_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Waits for a file the daemon writes once its API is up (deadline, no fixed sleep).
@@ -115,6 +129,31 @@ fn two_nodes_put_and_get_through_the_cli() {
     let put = ok(&b, &["put", file.to_str().unwrap()]);
     let cap = put.lines().last().unwrap().to_owned();
     assert!(cap.starts_with("kith:chk:"), "{put}");
+    // Convergent encryption: the same file from the same node gets the same cap, and the
+    // second upload finds its shares already in place.
+    let again: serde_json::Value = serde_json::from_str(
+        &ok(&b, &["put", "--json", file.to_str().unwrap()])
+            .lines()
+            .take_while(|l| !l.starts_with("kith:"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    assert_eq!(again["cap"], cap.as_str());
+    assert_eq!(again["already_present"], 2);
+
+    // A different file gets a different cap (the key hashed while receiving covers the content).
+    let other = tmp.path().join("other.bin");
+    let mut other_data = data.clone();
+    other_data[1_234_567] ^= 1;
+    std::fs::write(&other, &other_data).unwrap();
+    let other_cap = ok(&b, &["put", other.to_str().unwrap()])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert_ne!(other_cap, cap);
+    let out = kith(&a, &["get", &other_cap]);
+    assert!(out.status.success() && out.stdout == other_data);
 
     let copy = tmp.path().join("copy.jpg");
     ok(&a, &["get", &cap, "-o", copy.to_str().unwrap()]);
@@ -126,7 +165,7 @@ fn two_nodes_put_and_get_through_the_cli() {
     let status: serde_json::Value = serde_json::from_str(&ok(&a, &["status", "--json"])).unwrap();
     assert_eq!(status["nickname"], "alice");
     assert_eq!(status["connected_peers"].as_array().unwrap().len(), 1);
-    assert_eq!(status["storage"]["share_count"], 1);
+    assert_eq!(status["storage"]["share_count"], 2);
 
     // Tiny files live in the cap; stdin works.
     let mut child = Command::new(env!("CARGO_BIN_EXE_kith"))
@@ -166,12 +205,12 @@ fn two_nodes_put_and_get_through_the_cli() {
 
     // Ctrl-C (SIGINT) stops a daemon cleanly; so does `kith stop`.
     let kill = Command::new("kill")
-        .args(["-INT", &da.id().to_string()])
+        .args(["-INT", &da.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
     ok(&b, &["stop"]);
-    assert!(da.wait().unwrap().success(), "alice did not stop cleanly");
-    assert!(db.wait().unwrap().success(), "bob did not stop cleanly");
+    assert!(da.0.wait().unwrap().success(), "alice did not stop cleanly");
+    assert!(db.0.wait().unwrap().success(), "bob did not stop cleanly");
     assert!(!a.join("api.json").exists());
 }

@@ -89,6 +89,7 @@ async fn server_killed_mid_upload_restarts_consistent() {
     let opts = PutOptions {
         params: handle.config().encoding,
         convergent: true,
+        key: None,
     };
     let done = handle
         .put_file(&small, &opts, &|_| {})

@@ -20,6 +20,7 @@ async fn put_bytes(
     let opts = PutOptions {
         params,
         convergent: true,
+        key: None,
     };
     let res = node.put_file(&path, &opts, &|_| {}).await?;
     Ok(res.cap.parse().unwrap())
