@@ -230,11 +230,16 @@ pub struct Gossip<P> {
     next_sweep: Millis,
     out: VecDeque<Output<P>>,
     stats: Stats,
+    /// Items this node published (its record, expulsions it issued).
+    own: BTreeSet<ItemKey>,
+    /// The rate-limit bucket shared by peers that are not neighbours.
+    others: Neighbor,
 }
 
 impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
     /// A node `me` starting at `now`.
     pub fn new(me: P, cfg: Config, now: Millis) -> Self {
+        let burst = cfg.rate_burst as f64;
         Gossip {
             next_sync: now + cfg.sync_interval,
             next_rotate: now + cfg.rotate_interval,
@@ -251,6 +256,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
             next_flush: None,
             out: VecDeque::new(),
             stats: Stats::default(),
+            own: BTreeSet::new(),
+            others: Neighbor {
+                eager: false,
+                tokens: burst,
+                last: now,
+            },
         }
     }
 
@@ -296,6 +307,18 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
                 }
                 self.connecting.remove(&p);
                 self.connected.insert(p.clone());
+                // Introduce ourselves: a peer that does not know us yet (we just joined, or it
+                // restarted from an old view) accepts our record from us and so learns that we
+                // are a member; one that knows it drops a duplicate.
+                for key in &self.own {
+                    if let Some(item) = store.get(key) {
+                        // As `Items`, not `Push`: a duplicate must not prune the link.
+                        self.out.push_back(Output::Send(
+                            p.clone(),
+                            Message::Items(vec![ByteBuf::from(item)]),
+                        ));
+                    }
+                }
                 self.try_add_neighbor(store, p, now);
             }
             Input::Disconnected(p) => {
@@ -310,6 +333,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
             Input::Malformed(_) => self.stats.malformed += 1,
             Input::Message(p, msg, size) => self.on_message(store, rng, p, msg, size, now),
             Input::Publish(item) => {
+                self.promote(store, now);
                 let Ok((key, meta)) = store.identify(&item) else {
                     self.stats
                         .rejected
@@ -320,6 +344,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
                 };
                 match store.insert(&item, now) {
                     Ok(Inserted::New) => {
+                        self.own.insert(key);
                         self.stats.delivered += 1;
                         self.out.push_back(Output::Delivered(key));
                         self.forward(None, key, meta, item, 0, now);
@@ -357,6 +382,24 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
         self.out.push_back(Output::Send(p, Message::SyncRoot(root)));
     }
 
+    /// Connected peers that became members since they connected join the neighbours.
+    fn promote<S: Store<P>>(&mut self, store: &S, now: Millis) {
+        if self.neighbors.len() >= self.cfg.max_degree
+            || self.connected.len() == self.neighbors.len()
+        {
+            return;
+        }
+        let spare: Vec<P> = self
+            .connected
+            .iter()
+            .filter(|p| !self.neighbors.contains_key(*p))
+            .cloned()
+            .collect();
+        for p in spare {
+            self.try_add_neighbor(store, p, now);
+        }
+    }
+
     fn fill_neighbors<S: Store<P>, R: RngCore>(&mut self, store: &S, rng: &mut R, now: Millis) {
         // Connected members first (no dial needed).
         let spare: Vec<P> = self
@@ -389,8 +432,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
     }
 
     fn admit(&mut self, p: &P, size: usize, now: Millis) -> bool {
-        let Some(n) = self.neighbors.get_mut(p) else {
-            return true;
+        // Neighbours have a bucket each; everyone else (non-members, connected members beyond
+        // the degree) shares one.
+        let n = match self.neighbors.get_mut(p) {
+            Some(n) => n,
+            None => &mut self.others,
         };
         let elapsed = now.saturating_sub(n.last) as f64 / 1000.0;
         n.last = now;
@@ -412,12 +458,28 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
         size: usize,
         now: Millis,
     ) {
-        if !store.is_member(&p) {
-            self.stats.non_member += 1;
-            return;
-        }
         if !self.admit(&p, size, now) {
             self.stats.rate_limited += 1;
+            return;
+        }
+        if !store.is_member(&p) {
+            // A new member's first record arrives before anyone knows it is a member: a push
+            // from a non-member is validated like any other (a valid item is valid whoever
+            // relays it, and the rate limit bounds the work), and counted unless the sender
+            // turned out to be a member. Everything else from non-members is dropped.
+            let items = match msg {
+                Message::Push { item, .. } => vec![item],
+                Message::Items(items) => items,
+                _ => Vec::new(),
+            };
+            for item in items {
+                self.receive(store, Some(&p), item.into_vec(), 0, now);
+            }
+            if store.is_member(&p) {
+                self.promote(store, now);
+                return;
+            }
+            self.stats.non_member += 1;
             return;
         }
         if self.connected.contains(&p) && !self.neighbors.contains_key(&p) {
@@ -514,6 +576,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
                 }
             }
         }
+        self.promote(store, now);
         let _ = rng;
     }
 

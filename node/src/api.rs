@@ -80,6 +80,10 @@ pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<(
         .route("/id", get(id))
         .route("/peers", get(peers).post(add_peer))
         .route("/peers/{peer}", axum::routing::delete(remove_peer))
+        .route("/grid", get(grid_info))
+        .route("/grid/invite", post(invite))
+        .route("/grid/join", post(join))
+        .route("/grid/expel", post(expel))
         .route("/files", post(put))
         .route("/files/{cap}", get(get_file))
         .route("/reports/{id}", get(report))
@@ -208,6 +212,84 @@ async fn remove_peer(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(serde_json::json!({ "removed": removed })))
+}
+
+async fn grid_info(State(st): State<ApiState>) -> impl IntoResponse {
+    Json(st.node.grid_info().await)
+}
+
+#[derive(Deserialize)]
+struct InviteBody {
+    /// Lifetime in seconds [default: 7 days].
+    expires_secs: Option<u64>,
+    /// Joins allowed [default: 1].
+    uses: Option<u32>,
+}
+
+async fn invite(
+    State(st): State<ApiState>,
+    Json(body): Json<InviteBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ttl = body
+        .expires_secs
+        .map_or(crate::grid::INVITE_TTL, std::time::Duration::from_secs);
+    let info = st
+        .node
+        .invite(ttl, body.uses.unwrap_or(1))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(info))
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    code: String,
+}
+
+fn grid_status(e: &crate::grid::GridError) -> StatusCode {
+    use crate::grid::GridError as G;
+    match e {
+        G::Code(_) => StatusCode::BAD_REQUEST,
+        G::Refused(_) | G::NotAllowed(_) => StatusCode::FORBIDDEN,
+        G::AlreadyMember(_) => StatusCode::CONFLICT,
+        G::NotMember(_) => StatusCode::NOT_FOUND,
+        G::Join(_) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn join(
+    State(st): State<ApiState>,
+    Json(body): Json<JoinBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let members = st
+        .node
+        .join(&body.code)
+        .await
+        .map_err(|e| ApiError::new(grid_status(&e), e.to_string()))?;
+    Ok(Json(serde_json::json!({ "members": members })))
+}
+
+#[derive(Deserialize)]
+struct ExpelBody {
+    peer: String,
+}
+
+async fn expel(
+    State(st): State<ApiState>,
+    Json(body): Json<ExpelBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let peer = body.peer.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a peer id", body.peer),
+        )
+    })?;
+    st.node
+        .expel(peer)
+        .await
+        .map_err(|e| ApiError::new(grid_status(&e), e.to_string()))?;
+    Ok(Json(serde_json::json!({ "expelled": body.peer })))
 }
 
 #[derive(Deserialize)]

@@ -172,6 +172,20 @@ pub struct RawStorage {
     pub reserved: ByteSize,
     /// Lease duration in days.
     pub lease_days: u32,
+    /// Who may store here: `"members"` of this node's grid and static peers (default), or
+    /// `"anyone"` who can connect (an open server, as a Tahoe storage node).
+    pub accept_from: AcceptFrom,
+}
+
+/// Who may store on this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcceptFrom {
+    /// Members of this node's grid (not expelled) and static peers.
+    #[default]
+    Members,
+    /// Anyone who can connect.
+    Anyone,
 }
 
 impl Default for RawStorage {
@@ -181,6 +195,7 @@ impl Default for RawStorage {
             capacity: ByteSize(100 << 30),
             reserved: ByteSize(1 << 30),
             lease_days: 31,
+            accept_from: AcceptFrom::Members,
         }
     }
 }
@@ -295,6 +310,8 @@ pub struct Config {
     pub peers: Vec<StaticPeer>,
     /// Serve storage.
     pub storage_enabled: bool,
+    /// Who may store here.
+    pub accept_from: AcceptFrom,
     /// Storage capacity in bytes.
     pub capacity: u64,
     /// Reserved free disk in bytes.
@@ -384,6 +401,7 @@ impl TryFrom<RawConfig> for Config {
             announce,
             peers,
             storage_enabled: raw.storage.enabled,
+            accept_from: raw.storage.accept_from,
             capacity: raw.storage.capacity.0,
             reserved: raw.storage.reserved.0,
             lease_secs: u64::from(raw.storage.lease_days) * 86_400,

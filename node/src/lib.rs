@@ -17,6 +17,7 @@
 //! - [`server`]: the storage server answering protocol requests;
 //! - [`net`]: the libp2p swarm actor (identify, ping, storage request-response);
 //! - [`client`]: uploader and downloader;
+//! - [`grid`]: membership (invitations, certificates, records, expulsions) and the gossip task;
 //! - [`node`]: [`node::Node`] and the cloneable [`node::NodeHandle`];
 //! - [`api`], [`daemon`]: the local HTTP API and `kith run`;
 //! - [`config`], [`nodedir`]: `kith.toml` and the node directory.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod daemon;
+pub mod grid;
 pub mod hash;
 pub mod net;
 pub mod node;

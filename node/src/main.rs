@@ -97,6 +97,34 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Create an invitation code for a friend (one line; `kith join <code>` on their side).
+    Invite {
+        /// How long the code stays valid: 30m, 24h, 7d… [default: 7d].
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join a grid with an invitation code (works with or without a running daemon).
+    Join {
+        /// The code from `kith invite`.
+        code: String,
+    },
+    /// List the grid's members.
+    Members {
+        /// Print JSON (members, expulsions, gossip counters).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Expel a member grid-wide (founder or the member's inviter only).
+    Expel {
+        /// The member's peer id.
+        peer: String,
+    },
     /// Print the control panel URL.
     Panel,
     /// Stop the running daemon.
@@ -196,6 +224,22 @@ impl InitArgs {
         }
         raw
     }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
 fn default_nickname() -> String {
@@ -370,6 +414,65 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let api = Api::connect(&dir)?;
             api.get_file(&cap, output).await
         }
+        Command::Invite {
+            expires,
+            uses,
+            json,
+        } => {
+            let api = Api::connect(&dir)?;
+            let mut body = serde_json::json!({ "uses": uses });
+            if let Some(e) = expires {
+                body["expires_secs"] = e.as_secs().into();
+            }
+            let v = api.post_json("/grid/invite", &body).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                eprintln!(
+                    "invitation for {} join(s); give this line to your friend, who runs `kith join <code>`:",
+                    v["uses"]
+                );
+                println!("{}", v["code"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Join { code } => {
+            let members = if let Ok(api) = Api::connect(&dir) {
+                let v = api
+                    .post_json("/grid/join", &serde_json::json!({ "code": code }))
+                    .await?;
+                v["members"].as_u64().unwrap_or(0) as usize
+            } else {
+                // No daemon: start the node just long enough to join.
+                if !dir.is_initialized() {
+                    let (_, peer) = dir.init(RawConfig::default())?;
+                    eprintln!("created node dir {} (peer id {peer})", dir.root().display());
+                }
+                let node = kith_node::Node::start(dir.clone(), Default::default()).await?;
+                let res = node.handle().join(&code).await;
+                node.shutdown().await;
+                res?
+            };
+            println!("joined: {members} member(s) known; they learn of this node by gossip");
+            Ok(())
+        }
+        Command::Members { json } => {
+            let api = Api::connect(&dir)?;
+            let v = api.get("/grid").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_members(&v);
+            }
+            Ok(())
+        }
+        Command::Expel { peer } => {
+            let api = Api::connect(&dir)?;
+            api.post_json("/grid/expel", &serde_json::json!({ "peer": peer }))
+                .await?;
+            println!("expelled {peer}; every member drops it as the expulsion spreads");
+            Ok(())
+        }
         Command::Panel => {
             let api = Api::connect(&dir)?;
             println!("{}/#token={}", api.info.url, api.token);
@@ -396,6 +499,69 @@ fn human(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn print_members(v: &serde_json::Value) {
+    println!(
+        "grid {}{}",
+        v["grid"].as_str().unwrap_or_default(),
+        if v["founder"].as_bool() == Some(true) {
+            " (founded by this node)"
+        } else {
+            ""
+        }
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for m in v["members"].as_array().into_iter().flatten() {
+        let state = if m["me"].as_bool() == Some(true) {
+            "this node"
+        } else if m["connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "not connected"
+        };
+        let roles: Vec<&str> = m["roles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .collect();
+        let ago = now.saturating_sub(m["last_seen"].as_u64().unwrap_or(now));
+        println!(
+            "{}  {:<16} {:<13} {:<13} seen {} ago  {}",
+            m["peer_id"].as_str().unwrap_or_default(),
+            m["nickname"].as_str().unwrap_or_default(),
+            state,
+            if roles.is_empty() {
+                "-".to_owned()
+            } else {
+                roles.join(",")
+            },
+            human_secs(ago),
+            m["addrs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    let expelled = v["expelled"].as_array().map_or(0, Vec::len);
+    if expelled > 0 {
+        println!("{expelled} expelled member(s)");
+    }
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
     }
 }
 

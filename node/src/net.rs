@@ -12,6 +12,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -25,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     config::StaticPeer,
-    protocol::{self, Request, RequestFrame, Response},
+    protocol::{self, BytesCodec, Request, RequestFrame, Response},
     server::StorageServer,
 };
 
@@ -85,7 +86,36 @@ pub enum RpcError {
     },
 }
 
+/// What the network tells the grid (gossip) task.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NetEvent {
+    /// First connection to a peer opened.
+    Connected(PeerId),
+    /// Last connection to a peer closed.
+    Disconnected(PeerId),
+    /// A gossip message (undecoded) from a peer.
+    Gossip(PeerId, Vec<u8>),
+    /// A join request from a peer; the answer goes back on the sender.
+    Join(PeerId, Vec<u8>, oneshot::Sender<Vec<u8>>),
+}
+
+/// Known addresses of peers (from member records and static peers), shared with the actor.
+pub type AddressBook = Arc<Mutex<HashMap<PeerId, Vec<Multiaddr>>>>;
+
 enum Command {
+    Gossip {
+        peer: PeerId,
+        msg: Vec<u8>,
+    },
+    Join {
+        peer: PeerId,
+        msg: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, RpcError>>,
+    },
+    Connect {
+        peer: PeerId,
+    },
     Request {
         peer: PeerId,
         req: Request,
@@ -108,6 +138,7 @@ pub struct NetHandle {
     local: PeerId,
     cmd: mpsc::Sender<Command>,
     state: watch::Receiver<NetState>,
+    book: AddressBook,
 }
 
 impl std::fmt::Debug for Command {
@@ -154,6 +185,39 @@ impl NetHandle {
             .map_err(|_| "the node is shutting down".to_owned())?
     }
 
+    /// Records where `peer` can be reached (used when a request or a dial needs a connection).
+    pub fn set_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == self.local || addrs.is_empty() {
+            return;
+        }
+        self.book
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, addrs);
+    }
+
+    /// Sends one gossip message (fire and forget: gossip repairs losses).
+    pub fn send_gossip(&self, peer: PeerId, msg: Vec<u8>) {
+        if self.cmd.try_send(Command::Gossip { peer, msg }).is_err() {
+            tracing::debug!(%peer, "gossip message dropped: network queue full");
+        }
+    }
+
+    /// Sends a join request and waits for the answer.
+    pub async fn join_request(&self, peer: PeerId, msg: Vec<u8>) -> Result<Vec<u8>, RpcError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Join { peer, msg, reply })
+            .await
+            .map_err(|_| RpcError::Shutdown)?;
+        rx.await.map_err(|_| RpcError::Shutdown)?
+    }
+
+    /// Opens a connection to `peer` at its known addresses, unless one is open.
+    pub async fn connect(&self, peer: PeerId) {
+        let _ = self.cmd.send(Command::Connect { peer }).await;
+    }
+
     /// Stops redialing `peer` and closes connections to it.
     pub async fn forget(&self, peer: PeerId) {
         let _ = self.cmd.send(Command::Forget { peer }).await;
@@ -170,6 +234,8 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     storage: request_response::Behaviour<protocol::Codec>,
+    gossip: request_response::Behaviour<BytesCodec>,
+    join: request_response::Behaviour<BytesCodec>,
 }
 
 struct Redial {
@@ -184,7 +250,14 @@ pub fn spawn(
     transports: &kith_transports::Config,
     listen: &[Multiaddr],
     server: StorageServer,
-) -> Result<(NetHandle, tokio::task::JoinHandle<()>), NetError> {
+) -> Result<
+    (
+        NetHandle,
+        mpsc::Receiver<NetEvent>,
+        tokio::task::JoinHandle<()>,
+    ),
+    NetError,
+> {
     let local = keypair.public().to_peer_id();
     let transport = kith_transports::build_transport(keypair, transports)?;
     let support = if server.store().is_some() {
@@ -204,6 +277,24 @@ pub fn spawn(
                 .with_request_timeout(REQUEST_TIMEOUT)
                 .with_max_concurrent_streams(256),
         ),
+        gossip: request_response::Behaviour::with_codec(
+            BytesCodec {
+                max_request: kith_gossip::message::MAX_MESSAGE,
+                max_response: 16,
+            },
+            [(protocol::GOSSIP_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(30))
+                .with_max_concurrent_streams(256),
+        ),
+        join: request_response::Behaviour::with_codec(
+            BytesCodec {
+                max_request: 1024,
+                max_response: crate::grid::MAX_JOIN_RESPONSE,
+            },
+            [(protocol::JOIN_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        ),
     };
     let mut swarm = Swarm::new(
         transport,
@@ -221,7 +312,12 @@ pub fn spawn(
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (state_tx, state_rx) = watch::channel(NetState::default());
     let (answer_tx, answer_rx) = mpsc::channel(256);
+    let (events_tx, events_rx) = mpsc::channel(4096);
+    let book: AddressBook = Arc::default();
     let actor = Actor {
+        events: events_tx,
+        book: book.clone(),
+        joins: HashMap::new(),
         swarm,
         server,
         state: state_tx,
@@ -236,7 +332,9 @@ pub fn spawn(
             local,
             cmd: cmd_tx,
             state: state_rx,
+            book,
         },
+        events_rx,
         task,
     ))
 }
@@ -253,9 +351,15 @@ pub enum NetError {
     Listen(Multiaddr, String),
 }
 
-type Answer = (request_response::ResponseChannel<Response>, Response);
+enum Answer {
+    Storage(request_response::ResponseChannel<Response>, Response),
+    Join(request_response::ResponseChannel<Vec<u8>>, Vec<u8>),
+}
 
 struct Actor {
+    events: mpsc::Sender<NetEvent>,
+    book: AddressBook,
+    joins: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RpcError>>>,
     swarm: Swarm<Behaviour>,
     server: StorageServer,
     state: watch::Sender<NetState>,
@@ -271,9 +375,14 @@ impl Actor {
         loop {
             tokio::select! {
                 biased;
-                Some((channel, resp)) = answers.recv() => {
-                    let _ = self.swarm.behaviour_mut().storage.send_response(channel, resp);
-                }
+                Some(answer) = answers.recv() => match answer {
+                    Answer::Storage(channel, resp) => {
+                        let _ = self.swarm.behaviour_mut().storage.send_response(channel, resp);
+                    }
+                    Answer::Join(channel, resp) => {
+                        let _ = self.swarm.behaviour_mut().join.send_response(channel, resp);
+                    }
+                },
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Shutdown) | None => break,
                     Some(cmd) => self.on_command(cmd),
@@ -294,17 +403,57 @@ impl Actor {
         }
     }
 
+    fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.book
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Request { peer, req, reply } => {
+                let addrs = self.addresses(&peer);
                 let id = self
                     .swarm
                     .behaviour_mut()
                     .storage
-                    .send_request(&peer, RequestFrame::Request(req));
+                    .send_request_with_addresses(&peer, RequestFrame::Request(req), addrs);
                 self.pending.insert(id, (peer, reply));
             }
+            Command::Gossip { peer, msg } => {
+                let addrs = self.addresses(&peer);
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
+                    .send_request_with_addresses(&peer, msg, addrs);
+            }
+            Command::Join { peer, msg, reply } => {
+                let addrs = self.addresses(&peer);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .join
+                    .send_request_with_addresses(&peer, msg, addrs);
+                self.joins.insert(id, reply);
+            }
+            Command::Connect { peer } => {
+                let addrs = self.addresses(&peer);
+                if !self.swarm.is_connected(&peer) && !addrs.is_empty() {
+                    let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "dialing a member failed");
+                    }
+                }
+            }
             Command::Dial { peer, keep, reply } => {
+                self.book
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(peer.peer)
+                    .or_insert_with(|| vec![peer.addr.clone()]);
                 if keep {
                     self.redial.insert(
                         peer.peer,
@@ -385,6 +534,9 @@ impl Actor {
                     let _ = reply.send(Ok(()));
                 }
                 let addr = endpoint.get_remote_address().clone();
+                if !self.state.borrow().peers.contains_key(&peer_id) {
+                    let _ = self.events.try_send(NetEvent::Connected(peer_id));
+                }
                 self.state.send_modify(|s| {
                     let st = s.peers.entry(peer_id).or_insert(PeerState {
                         addrs: Vec::new(),
@@ -416,6 +568,7 @@ impl Actor {
                 });
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, "disconnected");
+                    let _ = self.events.try_send(NetEvent::Disconnected(peer_id));
                     let server = self.server.clone();
                     tokio::spawn(async move { server.peer_gone(peer_id).await });
                 }
@@ -455,6 +608,8 @@ impl Actor {
                     });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Storage(ev)) => self.on_storage(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(ev)) => self.on_gossip(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Join(ev)) => self.on_join(ev),
             _ => {}
         }
     }
@@ -473,7 +628,7 @@ impl Actor {
                 let answers = self.answers_tx.clone();
                 tokio::spawn(async move {
                     let resp = server.handle(peer, request).await;
-                    let _ = answers.send((channel, resp)).await;
+                    let _ = answers.send(Answer::Storage(channel, resp)).await;
                 });
             }
             request_response::Event::Message {
@@ -505,6 +660,90 @@ impl Actor {
                 tracing::debug!(%peer, %error, "inbound storage stream failed");
             }
             request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_gossip(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match ev {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                if self
+                    .events
+                    .try_send(NetEvent::Gossip(peer, request))
+                    .is_err()
+                {
+                    tracing::debug!(%peer, "gossip message dropped: queue full");
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .send_response(channel, Vec::new());
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "gossip message not delivered");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_join(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match ev {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let (tx, rx) = oneshot::channel();
+                if self
+                    .events
+                    .try_send(NetEvent::Join(peer, request, tx))
+                    .is_err()
+                {
+                    return;
+                }
+                let answers = self.answers_tx.clone();
+                tokio::spawn(async move {
+                    if let Ok(resp) = rx.await {
+                        let _ = answers.send(Answer::Join(channel, resp)).await;
+                    }
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.joins.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.joins.remove(&request_id) {
+                    let _ = reply.send(Err(RpcError::Failed {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -3,7 +3,7 @@
 //! the CLI's local API, the tests and the benchmark all go through.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -18,6 +18,7 @@ use crate::{
     caps::ReadCap,
     client::{self, DownloadError, DownloadReport, PutOptions, PutResult, UploadError},
     config::{Config, StaticPeer},
+    grid::{self, GridError, GridHandle, GridInfo, InviteInfo},
     net::{self, NetHandle, NetState, RpcError},
     nodedir::{DirError, NodeDir},
     protocol::{Request, RequestFrame, Response},
@@ -52,6 +53,9 @@ pub enum NodeError {
     /// A peer address is invalid or the peer could not be reached.
     #[error("{0}")]
     Peer(String),
+    /// The grid state could not be loaded.
+    #[error(transparent)]
+    Grid(#[from] GridError),
 }
 
 fn db_err(path: &Path) -> impl Fn(String) -> NodeError + '_ {
@@ -66,6 +70,7 @@ fn db_err(path: &Path) -> impl Fn(String) -> NodeError + '_ {
 pub struct Node {
     handle: NodeHandle,
     net_task: tokio::task::JoinHandle<()>,
+    grid_task: tokio::task::JoinHandle<()>,
 }
 
 /// Options for [`Node::start`] beyond `kith.toml`.
@@ -83,6 +88,8 @@ struct Inner {
     convergence: [u8; 32],
     server: StorageServer,
     net: NetHandle,
+    grid: GridHandle,
+    statics: Arc<Mutex<BTreeSet<PeerId>>>,
     db: Arc<redb::Database>,
     reports: Mutex<VecDeque<(u64, DownloadReport)>>,
     next_report: Mutex<u64>,
@@ -137,22 +144,75 @@ impl Node {
             memory: opts.memory_transport || uses(|p| matches!(p, Protocol::Memory(_))),
             ..kith_transports::Config::default()
         };
-        let (net, net_task) = net::spawn(&keypair, &transports, &config.listen, server.clone())?;
+        let (net, events, net_task) =
+            net::spawn(&keypair, &transports, &config.listen, server.clone())?;
         let _ = std::fs::create_dir_all(dir.tmp());
+        let membership = {
+            let db = db.clone();
+            let keypair = keypair.clone();
+            tokio::task::spawn_blocking(move || grid::load(&db, &keypair))
+                .await
+                .map_err(|e| NodeError::Peer(e.to_string()))??
+        };
+        let free_store = server.store().cloned();
+        let profile = grid::Profile {
+            nickname: config.nickname.clone(),
+            storage: server.store().is_some(),
+            capacity: config.capacity,
+            free: Arc::new(move || {
+                free_store
+                    .as_ref()
+                    .and_then(|s| s.usage().ok())
+                    .map_or(0, |u| {
+                        u.capacity
+                            .saturating_sub(u.used_bytes)
+                            .saturating_sub(u.in_flight_bytes)
+                    })
+            }),
+            encoding: (
+                config.encoding.needed,
+                config.encoding.happy,
+                config.encoding.total,
+            ),
+            announce: config.announce.clone(),
+        };
+        let (grid, grid_task) =
+            GridHandle::spawn(membership, db.clone(), net.clone(), events, profile);
+        let peer_id = keypair.public().to_peer_id();
+        let statics: Arc<Mutex<BTreeSet<PeerId>>> = Arc::default();
+        if config.accept_from == crate::config::AcceptFrom::Members {
+            let (grid, statics) = (grid.clone(), statics.clone());
+            server.set_write_policy(Arc::new(move |p: &PeerId| {
+                *p == peer_id
+                    || grid.is_member(p)
+                    || statics
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(p)
+            }));
+        }
         let handle = NodeHandle {
             inner: Arc::new(Inner {
-                peer_id: keypair.public().to_peer_id(),
+                peer_id,
                 dir,
                 config,
                 convergence,
                 server,
                 net,
+                grid,
+                statics,
                 db,
                 reports: Mutex::new(VecDeque::new()),
                 next_report: Mutex::new(0),
             }),
         };
         for peer in handle.static_peers() {
+            handle
+                .inner
+                .statics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer.peer);
             let net = handle.inner.net.clone();
             tokio::spawn(async move {
                 if let Err(e) = net.dial(peer.clone(), true).await {
@@ -160,7 +220,11 @@ impl Node {
                 }
             });
         }
-        Ok(Node { handle, net_task })
+        Ok(Node {
+            handle,
+            net_task,
+            grid_task,
+        })
     }
 
     /// A handle to the node.
@@ -172,6 +236,8 @@ impl Node {
     pub async fn shutdown(self) {
         self.handle.inner.net.shutdown().await;
         let _ = self.net_task.await;
+        // The gossip task ends when the network's event queue closes.
+        let _ = self.grid_task.await;
     }
 }
 
@@ -285,14 +351,73 @@ impl NodeHandle {
         out
     }
 
-    /// Servers this node can store on right now: connected peers offering storage, plus itself
-    /// when it offers storage.
+    /// Candidate storage servers: grid members whose records offer storage (connections open
+    /// on demand), connected static peers offering storage, and this node when it offers
+    /// storage.
     pub fn storage_servers(&self) -> Vec<PeerId> {
-        let mut s = self.inner.net.state().storage_peers();
+        let mut s: BTreeSet<PeerId> = self.inner.grid.storage_members().into_iter().collect();
+        let statics = self
+            .inner
+            .statics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.extend(
+            self.inner
+                .net
+                .state()
+                .storage_peers()
+                .into_iter()
+                .filter(|p| statics.contains(p)),
+        );
         if self.inner.server.store().is_some() {
-            s.push(self.inner.peer_id);
+            s.insert(self.inner.peer_id);
         }
-        s
+        s.into_iter().collect()
+    }
+
+    /// The grid (membership and gossip).
+    pub fn grid(&self) -> &GridHandle {
+        &self.inner.grid
+    }
+
+    /// Members, expulsions and gossip counters.
+    pub async fn grid_info(&self) -> GridInfo {
+        self.inner.grid.info().await
+    }
+
+    /// Creates an invitation code valid for `ttl` and `uses` joins.
+    pub async fn invite(&self, ttl: Duration, uses: u32) -> Result<InviteInfo, GridError> {
+        let enc = &self.inner.config.encoding;
+        self.inner
+            .grid
+            .invite(ttl, uses, self.addrs(), (enc.needed, enc.happy, enc.total))
+            .await
+    }
+
+    /// Joins the grid of an invitation code; returns how many members are known.
+    pub async fn join(&self, code: &str) -> Result<usize, GridError> {
+        self.inner.grid.join(code).await
+    }
+
+    /// Expels a member grid-wide.
+    pub async fn expel(&self, peer: PeerId) -> Result<(), GridError> {
+        self.inner.grid.expel(peer).await
+    }
+
+    /// Waits until this node knows `n` members (itself included).
+    pub async fn wait_for_members(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        let mut w = self.inner.grid.watch();
+        let count = |g: &GridHandle| g.state().registry().records().count();
+        let res = tokio::time::timeout(timeout, w.wait_for(|_| count(&self.inner.grid) >= n)).await;
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!(
+                "{} knows {} of {n} members after {timeout:?}",
+                self.inner.config.nickname,
+                count(&self.inner.grid)
+            )),
+        }
     }
 
     /// Sends a storage request to `server` (answered locally when it is this node).
@@ -314,12 +439,20 @@ impl NodeHandle {
         n: usize,
         timeout: Duration,
     ) -> Result<(), String> {
-        let mut rx = self.inner.net.watch();
-        let me = usize::from(self.inner.server.store().is_some());
-        let res =
-            tokio::time::timeout(timeout, rx.wait_for(|s| s.storage_peers().len() + me >= n)).await;
+        let mut net = self.inner.net.watch();
+        let mut grid = self.inner.grid.watch();
+        let res = tokio::time::timeout(timeout, async {
+            while self.storage_servers().len() < n {
+                tokio::select! {
+                    r = net.changed() => if r.is_err() { return false },
+                    r = grid.changed() => if r.is_err() { return false },
+                }
+            }
+            true
+        })
+        .await;
         match res {
-            Ok(Ok(_)) => Ok(()),
+            Ok(true) => Ok(()),
             _ => Err(format!(
                 "only {} of {n} storage servers after {timeout:?}",
                 self.storage_servers().len()
@@ -366,6 +499,11 @@ impl NodeHandle {
         .map_err(|e| NodeError::Peer(e.to_string()))?
         .map_err(db_err(&path))?;
         self.inner
+            .statics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.peer);
+        self.inner
             .net
             .dial(peer.clone(), true)
             .await
@@ -391,6 +529,11 @@ impl NodeHandle {
         .await
         .map_err(|e| NodeError::Peer(e.to_string()))?
         .map_err(db_err(&path))?;
+        self.inner
+            .statics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
         self.inner.net.forget(peer).await;
         Ok(removed)
     }

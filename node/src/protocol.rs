@@ -358,6 +358,79 @@ impl libp2p::request_response::Codec for Codec {
     }
 }
 
+/// The gossip protocol: one gossip message per request, empty response.
+pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/gossip/1.0.0");
+/// The join protocol: an invitation secret in, a certificate chain and the grid's records out.
+pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/join/1.0.0");
+
+/// A request-response codec of raw bytes with size limits (the payload is decoded, bounded and
+/// typed, by whoever receives it).
+#[derive(Clone, Copy, Debug)]
+pub struct BytesCodec {
+    /// Largest request.
+    pub max_request: usize,
+    /// Largest response.
+    pub max_response: usize,
+}
+
+async fn read_limited<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    io.take(max as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message exceeds {max} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+impl libp2p::request_response::Codec for BytesCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_limited(io, self.max_request).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_limited(io, self.max_response).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&res).await?;
+        io.close().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

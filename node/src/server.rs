@@ -6,6 +6,8 @@
 //! disk, so they run on tokio's blocking pool. A malformed frame gets a typed error; nothing a
 //! peer sends can panic the server.
 
+use std::sync::{Arc, OnceLock};
+
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 
@@ -14,17 +16,39 @@ use crate::{
     storage::{ShareStore, StoreError},
 };
 
+/// Decides whether a peer may write (allocate, write, close, renew leases).
+pub type WritePolicy = Arc<dyn Fn(&PeerId) -> bool + Send + Sync>;
+
 /// Answers storage requests.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StorageServer {
     store: Option<ShareStore>,
     lease_secs: u64,
+    policy: Arc<OnceLock<WritePolicy>>,
+}
+
+impl std::fmt::Debug for StorageServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageServer")
+            .field("store", &self.store)
+            .field("lease_secs", &self.lease_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StorageServer {
     /// A server backed by `store`; `None` when this node does not offer storage.
     pub fn new(store: Option<ShareStore>, lease_secs: u64) -> Self {
-        Self { store, lease_secs }
+        Self {
+            store,
+            lease_secs,
+            policy: Arc::default(),
+        }
+    }
+
+    /// Sets who may write (once; until then everyone may: used only before the node is up).
+    pub fn set_write_policy(&self, policy: WritePolicy) {
+        let _ = self.policy.set(policy);
     }
 
     /// The share store, when storage is offered.
@@ -51,6 +75,23 @@ impl StorageServer {
                 "this node does not offer storage",
             ));
         };
+        let writes = matches!(
+            req,
+            Request::Allocate { .. }
+                | Request::Write { .. }
+                | Request::Close { .. }
+                | Request::AddLease { .. }
+        );
+        if writes
+            && let Some(policy) = self.policy.get()
+            && !policy(&peer)
+        {
+            tracing::info!(%peer, request = req.name(), "storage write refused: not a member");
+            return Response::Error(ServerError::new(
+                ErrorKind::NoGrant,
+                "this node stores only for members of its grid (not a member, or expelled)",
+            ));
+        }
         let lease_expiry = now_secs().saturating_add(self.lease_secs);
         let name = req.name();
         let owner = peer.to_bytes();

@@ -107,10 +107,66 @@ fn two_nodes_put_and_get_through_the_cli() {
     assert!(String::from_utf8_lossy(&none.stderr).contains("no kith daemon is running"));
 
     let mut da = run(&a);
-    let mut db = run(&b);
     wait_for(&a.join("api.json"));
-    wait_for(&b.join("api.json"));
 
+    // Alice invites Bob; Bob joins before his daemon runs (the CLI starts the node just long
+    // enough), then runs it.
+    let code = ok(&a, &["invite", "--expires", "1h"]).trim().to_owned();
+    assert!(code.starts_with("kith1") && !code.contains(' '), "{code}");
+    let joined = ok(&b, &["join", &code]);
+    assert!(joined.contains("joined: 1 member(s)"), "{joined}");
+    // The code was for one use only.
+    let again = kith(&b, &["join", &code]);
+    assert!(
+        again.status.success(),
+        "joining the same grid twice is a no-op"
+    );
+    let mut db = run(&b);
+    wait_for(&b.join("api.json"));
+    let members = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&ok(dir, &["members", "--json"])).unwrap()
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while members(&a)["members"].as_array().unwrap().len() < 2
+        || members(&b)["members"].as_array().unwrap().len() < 2
+    {
+        assert!(
+            Instant::now() < end,
+            "alice and bob never listed each other"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = members(&a);
+    assert_eq!(m["founder"], true);
+    let bob = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["nickname"] == "bob")
+        .unwrap()
+        .clone();
+    assert_eq!(bob["roles"][0], "storage");
+    assert!(
+        bob["addrs"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("/ip4/127.0.0.1/tcp/")
+    );
+    let table = ok(&a, &["members"]);
+    assert!(table.contains("bob") && table.contains("alice"), "{table}");
+    // A second use of the one-time code by another node is refused with a clear message.
+    let c = tmp.path().join("c");
+    let used = kith(&c, &["join", &code]);
+    assert_eq!(used.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&used.stderr).contains("already used"),
+        "{}",
+        String::from_utf8_lossy(&used.stderr)
+    );
+    let garbled = kith(&c, &["join", "kith1abc"]);
+    assert!(String::from_utf8_lossy(&garbled.stderr).contains("invitation code"));
+
+    // Static peers stay available to sysadmins.
     let a_addr = ok(&a, &["id"]).lines().next().unwrap().to_owned();
     assert!(
         a_addr.starts_with("/ip4/127.0.0.1/tcp/") && a_addr.contains("/p2p/12D3KooW"),

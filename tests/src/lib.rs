@@ -1,7 +1,9 @@
 //! kith-tests: helpers for the multi-node end-to-end tests in `tests/tests/e2e/`.
 //!
 //! [`Grid`] starts real kith nodes in this process (each with its own node dir, redb, share
-//! store and libp2p swarm on loopback TCP or QUIC), connected as static peers. The
+//! store and libp2p swarm on loopback TCP or QUIC) that form a grid the way users do: node 0
+//! founds it, node i joins with an invitation from node (i-1)/2 (chains, not all invited by
+//! the founder), and everyone learns of everyone by gossip. The
 //! `kith-test-node` binary runs the real daemon in a child process for tests that must kill a
 //! node with SIGKILL.
 
@@ -33,7 +35,7 @@ pub struct Encoding {
     pub total: u8,
 }
 
-/// A set of in-process nodes on loopback, every node a static peer of every earlier one.
+/// A grid of in-process nodes on loopback, formed by invitation chains.
 pub struct Grid {
     /// Keeps the node dirs alive.
     pub tmp: tempfile::TempDir,
@@ -44,11 +46,49 @@ pub struct Grid {
 }
 
 impl Grid {
-    /// Initializes and starts `n` nodes and waits until each sees all `n` storage servers.
+    /// Initializes and starts `n` nodes, forms the grid by invitation chains and waits until
+    /// each knows all `n` members and storage servers.
     pub async fn start(n: usize, listen: Listen, enc: Encoding) -> anyhow::Result<Grid> {
+        let grid = Self::start_unjoined(n, listen, enc).await?;
+        for i in 1..n {
+            grid.join(i, (i - 1) / 2).await?;
+        }
+        grid.wait_converged(Duration::from_secs(30)).await?;
+        Ok(grid)
+    }
+
+    /// Node `i` joins with an invitation from node `inviter`.
+    pub async fn join(&self, i: usize, inviter: usize) -> anyhow::Result<()> {
+        let code = self
+            .node(inviter)
+            .invite(Duration::from_secs(600), 1)
+            .await?
+            .code;
+        self.node(i)
+            .join(&code)
+            .await
+            .map_err(|e| anyhow::anyhow!("node{i} joining via node{inviter}: {e}"))?;
+        Ok(())
+    }
+
+    /// Waits until every running node knows every running node as a member and storage server.
+    pub async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<()> {
+        let n = self.handles().len();
+        for h in self.handles() {
+            h.wait_for_members(n, timeout)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            h.wait_for_storage_servers(n, timeout)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", h.config().nickname))?;
+        }
+        Ok(())
+    }
+
+    /// Initializes and starts `n` nodes, each alone in a grid of its own.
+    pub async fn start_unjoined(n: usize, listen: Listen, enc: Encoding) -> anyhow::Result<Grid> {
         let tmp = tempfile::tempdir()?;
         let mut dirs = Vec::new();
-        let mut addrs: Vec<String> = Vec::new();
         for i in 0..n {
             let dir = NodeDir::new(tmp.path().join(format!("node{i}")));
             let mut raw = RawConfig {
@@ -59,16 +99,13 @@ impl Grid {
                 Listen::Tcp => "/ip4/127.0.0.1/tcp/0".into(),
                 Listen::Quic => "/ip4/127.0.0.1/udp/0/quic-v1".into(),
             }];
-            raw.network.peers = addrs.clone();
             raw.encoding.shares_needed = enc.needed;
             raw.encoding.shares_happy = enc.happy;
             raw.encoding.shares_total = enc.total;
             raw.storage.capacity = ByteSize(8 << 30);
             // Tests must not depend on how full the machine's disk is.
             raw.storage.reserved = ByteSize(0);
-            let (config, peer) = dir.init(raw)?;
-            let addr = kith_transports::with_peer_id(&config.listen[0], peer);
-            addrs.push(addr.to_string());
+            dir.init(raw)?;
             dirs.push(dir);
         }
         let mut nodes = Vec::new();
@@ -77,13 +114,15 @@ impl Grid {
                 Node::start(dir.clone(), StartOptions::default()).await?,
             ));
         }
-        let grid = Grid { tmp, dirs, nodes };
-        for h in grid.handles() {
-            h.wait_for_storage_servers(n, Duration::from_secs(30))
-                .await
-                .map_err(|e| anyhow::anyhow!("{}: {e}", h.config().nickname))?;
+        Ok(Grid { tmp, dirs, nodes })
+    }
+
+    /// Starts node `i` again (after [`stop`](Self::stop)) from its node dir.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.nodes[i].is_none() {
+            self.nodes[i] = Some(Node::start(self.dirs[i].clone(), StartOptions::default()).await?);
         }
-        Ok(grid)
+        Ok(())
     }
 
     /// Handle of node `i` (panics if stopped: a test bug).

@@ -54,6 +54,8 @@ async fn server_killed_mid_upload_restarts_consistent() {
     let mut raw = RawConfig::default();
     raw.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     raw.storage.reserved = ByteSize(0);
+    // The client is a static peer of the server's, not a grid member: an open server.
+    raw.storage.accept_from = kith_node::config::AcceptFrom::Anyone;
     let (server_cfg, server_peer) = server_dir.init(raw).unwrap();
     let server_addr = kith_transports::with_peer_id(&server_cfg.listen[0], server_peer);
 
