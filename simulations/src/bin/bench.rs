@@ -51,6 +51,16 @@ enum Cmd {
         #[arg(long)]
         workdir: Option<PathBuf>,
     },
+    /// Measure how fast new members are seen: form a grid by invitations, then join more
+    /// nodes one at a time and time until the joiner lists everyone and everyone lists it.
+    Join {
+        /// Nodes in the grid before the joins.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// How many nodes join, one after another.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// (internal) run one node: what `kith --dir DIR run` does.
     #[command(hide = true)]
     Node {
@@ -70,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             ))?;
             Ok(())
         }
+        Cmd::Join { nodes, rounds } => rt.block_on(join_bench(nodes, rounds)),
         Cmd::Grid {
             nodes,
             size,
@@ -217,7 +228,6 @@ async fn grid(
     drop(data);
 
     let me = std::env::current_exe()?;
-    let mut addrs: Vec<String> = Vec::new();
     let mut dirs = Vec::new();
     for i in 0..nodes {
         let dir = NodeDir::new(root.join(format!("node{i}")));
@@ -226,59 +236,15 @@ async fn grid(
             ..RawConfig::default()
         };
         raw.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
-        raw.network.peers = addrs.clone();
         raw.encoding.shares_needed = params.needed;
         raw.encoding.shares_happy = params.happy;
         raw.encoding.shares_total = params.total;
         raw.storage.reserved = ByteSize(0);
-        let (cfg, peer) = dir.init(raw)?;
-        addrs.push(format!("{}/p2p/{peer}", cfg.listen[0]));
+        dir.init(raw)?;
         dirs.push(dir);
     }
-    let mut daemons = Vec::new();
-    for dir in dirs {
-        let child = Command::new(&me)
-            .arg("node")
-            .arg(dir.root())
-            .env("KITH_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("spawning a node")?;
-        let (url, token) = wait_api(&dir).await?;
-        daemons.push(Daemon {
-            child,
-            dir,
-            url,
-            token,
-        });
-    }
     let http = reqwest::Client::builder().no_proxy().build()?;
-    for d in &daemons[..2] {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s: serde_json::Value = http
-                .get(format!("{}/api/v1/status", d.url))
-                .bearer_auth(&d.token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            let storage_peers = s["connected_peers"]
-                .as_array()
-                .map(|a| a.iter().filter(|p| p["storage"] == true).count())
-                .unwrap_or(0);
-            if storage_peers + 1 >= nodes {
-                break;
-            }
-            if Instant::now() > end {
-                bail!(
-                    "{} sees only {storage_peers} storage peers",
-                    d.dir.root().display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let mut daemons = form_grid(&me, &http, dirs).await?;
     let up = &daemons[0];
     let pid = up.child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -391,5 +357,187 @@ async fn grid(
         bail!("downloaded file differs");
     }
     let _ = Path::new("");
+    Ok(())
+}
+
+async fn spawn_daemon(me: &std::path::Path, dir: NodeDir) -> anyhow::Result<Daemon> {
+    let child = Command::new(me)
+        .arg("node")
+        .arg(dir.root())
+        .env("KITH_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawning a node")?;
+    let (url, token) = wait_api(&dir).await?;
+    Ok(Daemon {
+        child,
+        dir,
+        url,
+        token,
+    })
+}
+
+async fn api_post(
+    http: &reqwest::Client,
+    d: &Daemon,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let r = http
+        .post(format!("{}/api/v1{path}", d.url))
+        .bearer_auth(&d.token)
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("{path}: {}", r.text().await?);
+    }
+    Ok(r.json().await?)
+}
+
+async fn members(http: &reqwest::Client, d: &Daemon) -> anyhow::Result<Vec<String>> {
+    let v: serde_json::Value = http
+        .get(format!("{}/api/v1/grid", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["peer_id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Node `i` joins with an invitation from node `inviter`.
+async fn invite_join(
+    http: &reqwest::Client,
+    inviter: &Daemon,
+    joiner: &Daemon,
+) -> anyhow::Result<()> {
+    let inv = api_post(http, inviter, "/grid/invite", serde_json::json!({})).await?;
+    api_post(
+        http,
+        joiner,
+        "/grid/join",
+        serde_json::json!({ "code": inv["code"] }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until every daemon lists `n` members.
+async fn wait_members(http: &reqwest::Client, daemons: &[Daemon], n: usize) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(60);
+    for d in daemons {
+        while members(http, d).await?.len() < n {
+            if Instant::now() > end {
+                bail!("{} never listed {n} members", d.dir.root().display());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Starts daemons for `dirs` and forms a grid: node i joins with node (i-1)/2's invitation.
+async fn form_grid(
+    me: &std::path::Path,
+    http: &reqwest::Client,
+    dirs: Vec<NodeDir>,
+) -> anyhow::Result<Vec<Daemon>> {
+    let mut daemons = Vec::new();
+    for dir in dirs {
+        daemons.push(spawn_daemon(me, dir).await?);
+    }
+    for i in 1..daemons.len() {
+        invite_join(http, &daemons[(i - 1) / 2], &daemons[i]).await?;
+    }
+    wait_members(http, &daemons, daemons.len()).await?;
+    Ok(daemons)
+}
+
+async fn join_bench(nodes: usize, rounds: usize) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let me = std::env::current_exe()?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let init = |i: usize| -> anyhow::Result<NodeDir> {
+        let dir = NodeDir::new(tmp.path().join(format!("node{i}")));
+        let mut raw = RawConfig {
+            nickname: format!("bench{i}"),
+            ..RawConfig::default()
+        };
+        raw.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        raw.storage.reserved = ByteSize(0);
+        dir.init(raw)?;
+        Ok(dir)
+    };
+    let dirs = (0..nodes).map(init).collect::<anyhow::Result<Vec<_>>>()?;
+    let t = Instant::now();
+    let mut daemons = form_grid(&me, &http, dirs).await?;
+    println!(
+        "kith bench join: {nodes} daemons on loopback formed a grid by invitation chains in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    println!(
+        "{:>6} {:>10} {:>22} {:>22}",
+        "round", "members", "joiner lists all (ms)", "all list joiner (ms)"
+    );
+    for r in 0..rounds {
+        let i = daemons.len();
+        let d = spawn_daemon(&me, init(i)?).await?;
+        let inviter = r % daemons.len();
+        let start = Instant::now();
+        invite_join(&http, &daemons[inviter], &d).await?;
+        let mut joiner_done = None;
+        let mut all_done = None;
+        let end = Instant::now() + Duration::from_secs(30);
+        let pid = {
+            let v: serde_json::Value = http
+                .get(format!("{}/api/v1/id", d.url))
+                .bearer_auth(&d.token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            v["peer_id"].as_str().unwrap_or_default().to_owned()
+        };
+        while joiner_done.is_none() || all_done.is_none() {
+            if joiner_done.is_none() && members(&http, &d).await?.len() > daemons.len() {
+                joiner_done = Some(start.elapsed());
+            }
+            if all_done.is_none() {
+                let mut all = true;
+                for o in &daemons {
+                    if !members(&http, o).await?.contains(&pid) {
+                        all = false;
+                        break;
+                    }
+                }
+                if all {
+                    all_done = Some(start.elapsed());
+                }
+            }
+            if Instant::now() > end {
+                bail!("round {r}: the grid did not converge in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+        println!(
+            "{:>6} {:>10} {:>22.0} {:>22.0}",
+            r + 1,
+            daemons.len() + 1,
+            ms(joiner_done),
+            ms(all_done)
+        );
+        daemons.push(d);
+    }
+    for mut d in daemons {
+        let _ = d.child.kill();
+        let _ = d.child.wait();
+    }
     Ok(())
 }
