@@ -573,6 +573,11 @@ fn print_status(s: &serde_json::Value) {
         str_of(&s["nickname"])
     );
     println!("dir       {}", str_of(&s["dir"]));
+    println!(
+        "grid      {} ({} members)",
+        str_of(&s["grid"]),
+        s["members"].as_u64().unwrap_or(0)
+    );
     for a in s["addrs"].as_array().into_iter().flatten() {
         println!("address   {}", str_of(a));
     }

@@ -260,6 +260,10 @@ pub struct Status {
     pub storage: Option<StorageStatus>,
     /// Software version.
     pub version: String,
+    /// The grid (its founder's peer id).
+    pub grid: String,
+    /// Members known, this node included.
+    pub members: usize,
 }
 
 /// One connected peer.
@@ -540,6 +544,10 @@ impl NodeHandle {
 
     /// The node's status.
     pub async fn status(&self) -> Status {
+        let (grid_id, members) = {
+            let g = self.inner.grid.state();
+            (g.grid(), g.registry().records().count())
+        };
         let net = self.inner.net.state();
         let statics: Vec<PeerId> = self.static_peers().iter().map(|p| p.peer).collect();
         let storage = match self.inner.server.store().cloned() {
@@ -580,6 +588,10 @@ impl NodeHandle {
                 .collect(),
             storage,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            grid: grid::peer_of(&grid_id)
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            members,
         }
     }
 

@@ -220,6 +220,7 @@ fn two_nodes_put_and_get_through_the_cli() {
 
     let status: serde_json::Value = serde_json::from_str(&ok(&a, &["status", "--json"])).unwrap();
     assert_eq!(status["nickname"], "alice");
+    assert_eq!(status["members"], 2);
     assert_eq!(status["connected_peers"].as_array().unwrap().len(), 1);
     assert_eq!(status["storage"]["share_count"], 2);
 
