@@ -170,6 +170,8 @@ pub struct Membership {
     dirty: BTreeMap<ItemKey, Option<Vec<u8>>>,
     join_refused: BTreeMap<JoinRefusal, u64>,
     version: u64,
+    /// When each peer was last heard from (unix seconds).
+    seen: BTreeMap<PeerId, u64>,
 }
 
 impl Membership {
@@ -276,7 +278,8 @@ pub struct MemberInfo {
     pub onion: Option<String>,
     /// Roles: "storage", "relay".
     pub roles: Vec<&'static str>,
-    /// When its current record was made (unix seconds): last seen alive.
+    /// Last heard from (unix seconds): now while connected, else the later of the last
+    /// message or connection and its current record's creation.
     pub last_seen: u64,
     /// Record sequence number.
     pub seq: u64,
@@ -434,6 +437,7 @@ pub fn load(
         dirty: BTreeMap::new(),
         join_refused: BTreeMap::new(),
         version: 0,
+        seen: BTreeMap::new(),
     };
     m.reindex();
     Ok(m)
@@ -534,6 +538,9 @@ impl GridHandle {
             rng: rand::rngs::StdRng::from_entropy_seed(),
             published_addrs: None,
             next_refresh: 0,
+            // Records that expired while this node was off still say where members were: keep
+            // them for five minutes, time to reconnect and sync fresh ones.
+            next_expire: now_ms() + 300_000,
         };
         let join = tokio::spawn(task.run(events, cmd_rx));
         (handle, join)
@@ -578,6 +585,7 @@ impl GridHandle {
         let connected = self.net.state().peers;
         let s = self.state();
         let grid = s.grid();
+        let now = now_ms() / 1000;
         let members = s
             .registry
             .records()
@@ -597,7 +605,12 @@ impl GridHandle {
                     addrs: record_addrs(r).iter().map(ToString::to_string).collect(),
                     onion: b.onion.clone(),
                     roles,
-                    last_seen: b.issued_at,
+                    last_seen: match peer {
+                        _ if b.peer == s.me => now,
+                        Some(p) if connected.contains_key(&p) => now,
+                        Some(p) => s.seen.get(&p).copied().unwrap_or(0).max(b.issued_at),
+                        None => b.issued_at,
+                    },
                     seq: b.seq,
                     free_bytes: b.free,
                     version: b.version.clone(),
@@ -955,6 +968,7 @@ struct Task {
     rng: rand::rngs::StdRng,
     published_addrs: Option<Vec<Multiaddr>>,
     next_refresh: u64,
+    next_expire: u64,
 }
 
 impl Task {
@@ -1007,7 +1021,12 @@ impl Task {
                     if now >= self.next_refresh && self.published_addrs.is_some() {
                         self.publish_record();
                     }
-                    let expired = lock(&self.state).registry.expire(now / 1000);
+                    let expired = if now >= self.next_expire {
+                        self.next_expire = now + 60_000;
+                        lock(&self.state).registry.expire(now / 1000)
+                    } else {
+                        Vec::new()
+                    };
                     if !expired.is_empty() {
                         let mut s = lock(&self.state);
                         for k in expired { s.dirty.insert(k, None); }
@@ -1069,6 +1088,11 @@ impl Task {
     fn input(&mut self, input: Input<PeerId>) {
         let now = now_ms();
         let mut s = lock(&self.state);
+        if let Input::Connected(p) | Input::Disconnected(p) | Input::Message(p, ..) = &input
+            && s.peers.contains_key(p)
+        {
+            s.seen.insert(*p, now / 1000);
+        }
         self.core.handle(&mut *s, &mut self.rng, input, now);
         let mut sends = Vec::new();
         let mut delivered = false;
