@@ -84,6 +84,11 @@ pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<(
         .route("/grid/invite", post(invite))
         .route("/grid/join", post(join))
         .route("/grid/expel", post(expel))
+        .route("/friends", get(friends))
+        .route("/friends/{peer}/grant", post(grant))
+        .route("/friends/{peer}/revoke", post(revoke))
+        .route("/policy", get(policy).post(set_policy))
+        .route("/operations", get(operations))
         .route("/files", post(put))
         .route("/files/{cap}", get(get_file))
         .route("/reports/{id}", get(report))
@@ -124,6 +129,26 @@ async fn loopback_host(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// CSRF defence in depth (the token is already required, and browsers never attach it by
+/// themselves): a state change that carries an `Origin` must come from this server's own
+/// origin. Requests without `Origin` (the CLI, curl) pass.
+fn same_origin(req: &Request) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    match origin.to_str() {
+        Ok(o) => o
+            .strip_prefix("http://")
+            .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host)),
+        Err(_) => false,
+    }
+}
+
 async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
@@ -135,6 +160,17 @@ async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response 
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong API token (see private/api-token in the node dir)",
+        )
+        .into_response();
+    }
+    if !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) && !same_origin(&req)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-origin request refused: state changes come only from the panel's own origin",
         )
         .into_response();
     }
@@ -292,8 +328,119 @@ async fn expel(
     Ok(Json(serde_json::json!({ "expelled": body.peer })))
 }
 
+fn friend_status(e: &crate::friends::FriendError) -> StatusCode {
+    match e {
+        crate::friends::FriendError::BadPeer(_) | crate::friends::FriendError::Invalid(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn friend_err(e: crate::friends::FriendError) -> ApiError {
+    ApiError::new(friend_status(&e), e.to_string())
+}
+
+async fn friends(State(st): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.friends_info().await.map_err(friend_err)?))
+}
+
+fn parse_peer(peer: &str) -> Result<libp2p::PeerId, ApiError> {
+    peer.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{peer:?} is not a peer id"),
+        )
+    })
+}
+
+async fn friend_of(
+    st: &ApiState,
+    peer: &libp2p::PeerId,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let info = st.node.friends_info().await.map_err(friend_err)?;
+    let id = peer.to_string();
+    let f = info
+        .friends
+        .into_iter()
+        .find(|f| f.peer_id == id)
+        .map(|f| serde_json::to_value(f).unwrap_or_default())
+        .unwrap_or_else(|| serde_json::json!({ "peer_id": id }));
+    Ok(Json(f))
+}
+
+#[derive(Deserialize)]
+struct GrantBody {
+    /// "unlimited" or a size ("50GiB") [default: unlimited].
+    quota: Option<String>,
+}
+
+async fn grant(
+    State(st): State<ApiState>,
+    Path(peer): Path<String>,
+    Json(body): Json<GrantBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let peer = parse_peer(&peer)?;
+    let quota: kith_accounting::Quota = body
+        .quota
+        .as_deref()
+        .unwrap_or("unlimited")
+        .parse()
+        .map_err(|e: kith_accounting::PolicyError| {
+            ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+        })?;
+    st.node.grant(peer, quota).await.map_err(friend_err)?;
+    friend_of(&st, &peer).await
+}
+
+#[derive(Deserialize)]
+struct RevokeBody {
+    /// Grace period before its shares may be collected [default: 7 days].
+    grace_secs: Option<u64>,
+}
+
+async fn revoke(
+    State(st): State<ApiState>,
+    Path(peer): Path<String>,
+    Json(body): Json<RevokeBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let peer = parse_peer(&peer)?;
+    let grace = std::time::Duration::from_secs(body.grace_secs.unwrap_or(7 * 86400));
+    st.node.revoke(peer, grace).await.map_err(friend_err)?;
+    friend_of(&st, &peer).await
+}
+
+async fn policy(State(st): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.friends().policy_info().map_err(friend_err)?))
+}
+
+#[derive(Deserialize)]
+struct PolicyBody {
+    /// `default-grant 10GiB`, `reciprocal 1.0`, `invite-only on`...
+    change: String,
+}
+
+async fn set_policy(
+    State(st): State<ApiState>,
+    Json(body): Json<PolicyBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let change: kith_accounting::PolicyChange =
+        body.change
+            .parse()
+            .map_err(|e: kith_accounting::PolicyError| {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            })?;
+    Ok(Json(st.node.set_policy(change).await.map_err(friend_err)?))
+}
+
+async fn operations(State(st): State<ApiState>) -> impl IntoResponse {
+    Json(st.node.operations())
+}
+
 #[derive(Deserialize)]
 struct PutQuery {
+    /// File name (for the operations list).
+    name: Option<String>,
     random_key: Option<bool>,
     needed: Option<u8>,
     happy: Option<u8>,
@@ -303,8 +450,28 @@ struct PutQuery {
 async fn put(
     State(st): State<ApiState>,
     Query(q): Query<PutQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
+    let total = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let op = st
+        .node
+        .op_start("upload", q.name.as_deref().unwrap_or("upload"), total);
+    let res = put_inner(&st, q, body, op).await;
+    st.node
+        .op_finish(op, res.as_ref().err().map(|e| e.error.clone()));
+    res
+}
+
+async fn put_inner(
+    st: &ApiState,
+    q: PutQuery,
+    body: Body,
+    op: u64,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let cfg = st.node.config();
     let mut params = cfg.encoding;
     params.needed = q.needed.unwrap_or(params.needed);
@@ -327,8 +494,12 @@ async fn put(
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let mut stream = body.into_data_stream();
+        let mut received = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            received += chunk.len() as u64;
+            // Receiving is the first half of an upload, encoding and sending the second.
+            st.node.op_progress(op, received / 2);
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk);
             }
@@ -346,9 +517,12 @@ async fn put(
         convergent,
         key: hasher.map(ConvergentKeyHasher::finalize),
     };
+    let node = st.node.clone();
+    let half = std::fs::metadata(&spool_path).map_or(0, |m| m.len()) / 2;
+    let progress = move |done: u64| node.op_progress(op, half + done / 2);
     let result = st
         .node
-        .put_file(&spool_path, &opts, &|_| {})
+        .put_file(&spool_path, &opts, &progress)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     drop(spool);
@@ -363,11 +537,19 @@ async fn get_file(
     Path(cap): Path<String>,
 ) -> Result<Response, ApiError> {
     let cap = parse_read_cap(&cap).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let (mut writer, reader) = tokio::io::duplex(1 << 20);
+    let (writer, reader) = tokio::io::duplex(1 << 20);
     let node = st.node.clone();
     let id = node.remember_report(DownloadReport::default());
+    let op = node.op_start("download", "download", Some(cap.size()));
+    let mut writer = Counting {
+        inner: writer,
+        node: node.clone(),
+        op,
+        done: 0,
+    };
     let task = tokio::spawn(async move {
         let res = node.get(&cap, &mut writer).await;
+        node.op_finish(op, res.as_ref().err().map(ToString::to_string));
         drop(writer);
         let report = match res {
             Ok(r) => r,
@@ -440,5 +622,42 @@ impl ApiInfo {
             pid: std::process::id(),
             peer_id,
         }
+    }
+}
+
+/// An `AsyncWrite` that reports how many bytes went through to the operations list.
+struct Counting<W> {
+    inner: W,
+    node: NodeHandle,
+    op: u64,
+    done: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.done += *n as u64;
+            self.node.op_progress(self.op, self.done);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

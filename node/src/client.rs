@@ -510,15 +510,26 @@ pub async fn upload(
             placed.insert(*sh, s.to_string());
         }
     }
+    let mut closed: BTreeMap<PeerId, u64> = BTreeMap::new();
     while let Some((sh, s, r)) = closes.next().await {
         match r {
             Ok(_) => {
                 final_holdings.entry(s).or_default().insert(sh);
                 placed.insert(sh, s.to_string());
+                *closed.entry(s).or_default() += 1;
             }
             Err(e) => refusals.push(format!("{s}: closing share {sh}: {e}")),
         }
     }
+    // What this node now stores on each server (the friends page's "placed there").
+    let friends = node.friends().clone();
+    tokio::task::spawn_blocking(move || {
+        for (s, n) in closed {
+            if let Err(e) = friends.placed(&s, data_len.saturating_mul(n), n) {
+                tracing::warn!(server = %s, error = %e, "recording placed shares failed");
+            }
+        }
+    });
     let happiness = placement::happiness(&final_holdings);
     if happiness < usize::from(params.happy) {
         return Err(not_happy(happiness, &refusals));

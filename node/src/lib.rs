@@ -17,6 +17,7 @@
 //! - [`server`]: the storage server answering protocol requests;
 //! - [`net`]: the libp2p swarm actor (identify, ping, storage request-response);
 //! - [`client`]: uploader and downloader;
+//! - [`friends`]: the accounting ledger joined with the members: usage both ways, grants, policy;
 //! - [`grid`]: membership (invitations, certificates, records, expulsions) and the gossip task;
 //! - [`node`]: [`node::Node`] and the cloneable [`node::NodeHandle`];
 //! - [`api`], [`daemon`]: the local HTTP API and `kith run`;
@@ -28,6 +29,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod daemon;
+pub mod friends;
 pub mod grid;
 pub mod hash;
 pub mod net;

@@ -125,10 +125,50 @@ enum Command {
         /// The member's peer id.
         peer: String,
     },
+    /// Friends and access: per friend what it stores here, what this node stores there, its
+    /// grant and audit score.
+    Friends {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grant a friend storage on this node (unlimited, or up to a quota).
+    Grant {
+        /// The friend's peer id.
+        peer: String,
+        /// Most bytes it may store here: 50GiB, 10GB… [default: unlimited].
+        #[arg(long)]
+        quota: Option<String>,
+    },
+    /// Revoke a friend's access: no new writes from now; its shares are kept for the grace
+    /// period, then collected.
+    Revoke {
+        /// The friend's peer id.
+        peer: String,
+        /// Grace period: 30m, 24h, 7d… [default: 7d].
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<Duration>,
+    },
+    /// Show or change the storage policy for friends.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print the control panel URL.
     Panel,
     /// Stop the running daemon.
     Stop,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Show the policy.
+    Show,
+    /// Change it: `default-grant 10GiB|unlimited|none`, `reciprocal 1.0|off`,
+    /// `invite-only [on|off]`.
+    Set {
+        /// The change, as words.
+        #[arg(required = true, num_args = 1..)]
+        change: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -473,6 +513,70 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("expelled {peer}; every member drops it as the expulsion spreads");
             Ok(())
         }
+        Command::Friends { json } => {
+            let api = Api::connect(&dir)?;
+            let v = api.get("/friends").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_friends(&v);
+            }
+            Ok(())
+        }
+        Command::Grant { peer, quota } => {
+            let api = Api::connect(&dir)?;
+            let v = api
+                .post_json(
+                    &format!("/friends/{peer}/grant"),
+                    &serde_json::json!({ "quota": quota.unwrap_or_else(|| "unlimited".into()) }),
+                )
+                .await?;
+            println!(
+                "granted {peer}: {}",
+                v["access"]["quota"].as_str().unwrap_or("unlimited")
+            );
+            Ok(())
+        }
+        Command::Revoke { peer, grace } => {
+            let api = Api::connect(&dir)?;
+            let grace = grace.unwrap_or(Duration::from_secs(7 * 86400));
+            api.post_json(
+                &format!("/friends/{peer}/revoke"),
+                &serde_json::json!({ "grace_secs": grace.as_secs() }),
+            )
+            .await?;
+            println!(
+                "revoked {peer}: no new writes; its shares are kept for {}",
+                human_secs(grace.as_secs())
+            );
+            Ok(())
+        }
+        Command::Policy(cmd) => {
+            let api = Api::connect(&dir)?;
+            let v = match cmd {
+                PolicyCommand::Show => api.get("/policy").await?,
+                PolicyCommand::Set { change } => {
+                    api.post_json(
+                        "/policy",
+                        &serde_json::json!({ "change": change.join(" ") }),
+                    )
+                    .await?
+                }
+            };
+            println!(
+                "default grant: {}\nreciprocal:    {}\ninvite-only:   {}",
+                v["default_grant"].as_str().unwrap_or("none"),
+                v["reciprocal"]
+                    .as_f64()
+                    .map_or("off".to_owned(), |r| r.to_string()),
+                if v["invite_only"].as_bool() == Some(true) {
+                    "on"
+                } else {
+                    "off"
+                }
+            );
+            Ok(())
+        }
         Command::Panel => {
             let api = Api::connect(&dir)?;
             println!("{}/#token={}", api.info.url, api.token);
@@ -553,6 +657,32 @@ fn print_members(v: &serde_json::Value) {
     let expelled = v["expelled"].as_array().map_or(0, Vec::len);
     if expelled > 0 {
         println!("{expelled} expelled member(s)");
+    }
+}
+
+fn print_friends(v: &serde_json::Value) {
+    for f in v["friends"].as_array().into_iter().flatten() {
+        let access = &f["access"];
+        let state = match access["state"].as_str().unwrap_or("") {
+            "granted" => format!("granted {}", access["quota"].as_str().unwrap_or("")),
+            "revoked" => "revoked".to_owned(),
+            other => other.to_owned(),
+        };
+        println!(
+            "{}  {:<16} {:<13} here {:>10} ({} shares)  there {:>10}  {:<18} audit {:.2}",
+            f["peer_id"].as_str().unwrap_or_default(),
+            f["nickname"].as_str().unwrap_or_default(),
+            if f["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "not connected"
+            },
+            human(f["stored_here"]["bytes"].as_u64().unwrap_or(0)),
+            f["stored_here"]["shares"].as_u64().unwrap_or(0),
+            human(f["placed_there"]["bytes"].as_u64().unwrap_or(0)),
+            state,
+            f["audit"]["score"].as_f64().unwrap_or(1.0),
+        );
     }
 }
 

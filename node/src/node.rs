@@ -18,6 +18,7 @@ use crate::{
     caps::ReadCap,
     client::{self, DownloadError, DownloadReport, PutOptions, PutResult, UploadError},
     config::{Config, StaticPeer},
+    friends::{FriendError, Friends, FriendsInfo, PolicyInfo},
     grid::{self, GridError, GridHandle, GridInfo, InviteInfo},
     net::{self, NetHandle, NetState, RpcError},
     nodedir::{DirError, NodeDir},
@@ -89,9 +90,11 @@ struct Inner {
     server: StorageServer,
     net: NetHandle,
     grid: GridHandle,
+    friends: Friends,
     statics: Arc<Mutex<BTreeSet<PeerId>>>,
     db: Arc<redb::Database>,
     reports: Mutex<VecDeque<(u64, DownloadReport)>>,
+    ops: Mutex<VecDeque<Operation>>,
     next_report: Mutex<u64>,
 }
 
@@ -191,9 +194,17 @@ impl Node {
                         .contains(p)
             }));
         }
+        let friends = {
+            let (db, grid) = (db.clone(), grid.clone());
+            tokio::task::spawn_blocking(move || Friends::open(db, grid, peer_id))
+                .await
+                .map_err(|e| NodeError::Peer(e.to_string()))?
+                .map_err(|e| NodeError::Peer(e.to_string()))?
+        };
         let handle = NodeHandle {
             inner: Arc::new(Inner {
                 peer_id,
+                friends,
                 dir,
                 config,
                 convergence,
@@ -203,6 +214,7 @@ impl Node {
                 statics,
                 db,
                 reports: Mutex::new(VecDeque::new()),
+                ops: Mutex::new(VecDeque::new()),
                 next_report: Mutex::new(0),
             }),
         };
@@ -239,6 +251,27 @@ impl Node {
         // The gossip task ends when the network's event queue closes.
         let _ = self.grid_task.await;
     }
+}
+
+/// An upload or download in progress (or recently finished), for the panel.
+#[derive(Clone, Debug, Serialize)]
+pub struct Operation {
+    /// Id.
+    pub id: u64,
+    /// "upload" or "download".
+    pub kind: &'static str,
+    /// File name, when known.
+    pub name: String,
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes in all, when known.
+    pub total: Option<u64>,
+    /// Started (unix seconds).
+    pub started: u64,
+    /// Finished (successfully or not).
+    pub finished: bool,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// `kith status` as JSON.
@@ -383,6 +416,51 @@ impl NodeHandle {
     /// The grid (membership and gossip).
     pub fn grid(&self) -> &GridHandle {
         &self.inner.grid
+    }
+
+    /// Friends and access (the accounting ledger).
+    pub fn friends(&self) -> &Friends {
+        &self.inner.friends
+    }
+
+    /// Every member and account: usage both ways, access, audit score.
+    pub async fn friends_info(&self) -> Result<FriendsInfo, FriendError> {
+        let f = self.inner.friends.clone();
+        let connected = self.inner.net.state().peers;
+        tokio::task::spawn_blocking(move || f.info(&connected))
+            .await
+            .map_err(|e| FriendError::Store(e.to_string()))?
+    }
+
+    /// Grants `peer` storage here up to `quota`.
+    pub async fn grant(
+        &self,
+        peer: PeerId,
+        quota: kith_accounting::Quota,
+    ) -> Result<(), FriendError> {
+        let f = self.inner.friends.clone();
+        tokio::task::spawn_blocking(move || f.grant(&peer, quota))
+            .await
+            .map_err(|e| FriendError::Store(e.to_string()))?
+    }
+
+    /// Revokes `peer`'s access: no new writes from now; shares kept for `grace`.
+    pub async fn revoke(&self, peer: PeerId, grace: Duration) -> Result<(), FriendError> {
+        let f = self.inner.friends.clone();
+        tokio::task::spawn_blocking(move || f.revoke(&peer, grace))
+            .await
+            .map_err(|e| FriendError::Store(e.to_string()))?
+    }
+
+    /// Changes the storage policy.
+    pub async fn set_policy(
+        &self,
+        change: kith_accounting::PolicyChange,
+    ) -> Result<PolicyInfo, FriendError> {
+        let f = self.inner.friends.clone();
+        tokio::task::spawn_blocking(move || f.set_policy(change))
+            .await
+            .map_err(|e| FriendError::Store(e.to_string()))?
     }
 
     /// Members, expulsions and gossip counters.
@@ -613,6 +691,56 @@ impl NodeHandle {
         out: &mut W,
     ) -> Result<DownloadReport, DownloadError> {
         client::download(self, cap, out).await
+    }
+
+    /// Registers an operation; returns its id.
+    pub fn op_start(&self, kind: &'static str, name: &str, total: Option<u64>) -> u64 {
+        let mut ops = self.inner.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let id = ops.back().map_or(1, |o| o.id + 1);
+        if ops.len() >= 64
+            && let Some(i) = ops.iter().position(|o| o.finished)
+        {
+            ops.remove(i);
+        }
+        ops.push_back(Operation {
+            id,
+            kind,
+            name: name.chars().take(200).collect(),
+            done: 0,
+            total,
+            started: grid::now_ms() / 1000,
+            finished: false,
+            error: None,
+        });
+        id
+    }
+
+    /// Updates an operation's progress.
+    pub fn op_progress(&self, id: u64, done: u64) {
+        let mut ops = self.inner.ops.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = ops.iter_mut().find(|o| o.id == id) {
+            o.done = done;
+        }
+    }
+
+    /// Marks an operation finished.
+    pub fn op_finish(&self, id: u64, error: Option<String>) {
+        let mut ops = self.inner.ops.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = ops.iter_mut().find(|o| o.id == id) {
+            o.finished = true;
+            o.error = error;
+            if o.error.is_none()
+                && let Some(t) = o.total
+            {
+                o.done = t;
+            }
+        }
+    }
+
+    /// Operations in progress and recently finished, oldest first.
+    pub fn operations(&self) -> Vec<Operation> {
+        let ops = self.inner.ops.lock().unwrap_or_else(|e| e.into_inner());
+        ops.iter().cloned().collect()
     }
 
     /// Keeps a download report for `kith get` to fetch after the body; returns its id.

@@ -179,6 +179,12 @@ pub enum ErrorKind {
     ReadOnly,
     /// The server does not serve storage to this peer.
     NoGrant,
+    /// This peer's grant on the server was revoked.
+    Revoked,
+    /// The write would exceed this peer's quota on the server.
+    OverQuota,
+    /// The server's owner has not decided on this peer yet (invite-only policy).
+    Pending,
     /// No such share here: look on other servers.
     NotFound,
     /// Write or close of a share this peer has not allocated.
@@ -205,6 +211,9 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::DiskReserve => "disk reserve reached",
             ErrorKind::ReadOnly => "read-only server",
             ErrorKind::NoGrant => "no storage grant",
+            ErrorKind::Revoked => "revoked",
+            ErrorKind::OverQuota => "over quota",
+            ErrorKind::Pending => "grant pending",
             ErrorKind::NotFound => "not found",
             ErrorKind::NotAllocated => "not allocated",
             ErrorKind::OutOfBounds => "out of bounds",

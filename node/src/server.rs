@@ -92,6 +92,39 @@ impl StorageServer {
                 "this node stores only for members of its grid (not a member, or expelled)",
             ));
         }
+        let new_bytes = match &req {
+            Request::Allocate {
+                shnums, data_len, ..
+            } => Some(data_len.saturating_mul(shnums.len() as u64)),
+            Request::AddLease { .. } => Some(0),
+            _ => None,
+        };
+        if let Some(new_bytes) = new_bytes {
+            let owner = peer.to_bytes();
+            let st = store.clone();
+            let verdict =
+                tokio::task::spawn_blocking(move || st.check_write(&owner, new_bytes, now_secs()))
+                    .await;
+            let refusal = match verdict {
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(r))) => Some(r),
+                Ok(Err(e)) => return Response::Error(to_server_error(&e)),
+                Err(e) => {
+                    return Response::Error(ServerError::new(ErrorKind::Internal, e.to_string()));
+                }
+            };
+            if let Some(r) = refusal {
+                use kith_accounting::Refusal as R;
+                let kind = match r {
+                    R::Revoked { .. } => ErrorKind::Revoked,
+                    R::OverQuota { .. } => ErrorKind::OverQuota,
+                    R::Pending => ErrorKind::Pending,
+                    _ => ErrorKind::NoGrant,
+                };
+                tracing::info!(%peer, request = req.name(), refusal = %r, "storage write refused");
+                return Response::Error(ServerError::new(kind, r.to_string()));
+            }
+        }
         let lease_expiry = now_secs().saturating_add(self.lease_secs);
         let name = req.name();
         let owner = peer.to_bytes();

@@ -111,6 +111,9 @@ pub enum StoreError {
         /// Share data length.
         data_len: u64,
     },
+    /// The accounting tables refused an update (a bug or a corrupt row).
+    #[error("accounting: {0}")]
+    Accounting(String),
     /// An argument beyond the limits.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
@@ -137,6 +140,54 @@ pub enum StoreError {
 
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::Db(e.into())
+}
+
+fn acct(e: kith_accounting::store::StoreError) -> StoreError {
+    StoreError::Accounting(e.to_string())
+}
+
+/// The accounting identity of a lease owner (owners are peer ids; kith peer ids are ed25519).
+pub fn account_of(owner: &[u8]) -> Option<kith_accounting::AccountId> {
+    libp2p::PeerId::from_bytes(owner)
+        .ok()
+        .and_then(|p| crate::grid::pk_of(&p))
+}
+
+/// Records a lease change of `owner` in the accounting tables, inside the lease's transaction.
+fn account_lease(
+    tx: &redb::WriteTransaction,
+    owner: &[u8],
+    bytes: u64,
+    old_expiry: Option<u64>,
+    new_expiry: Option<u64>,
+) -> Result<(), StoreError> {
+    use kith_accounting::Event;
+    let Some(who) = account_of(owner) else {
+        return Ok(());
+    };
+    let event = match (old_expiry, new_expiry) {
+        (None, Some(expiry)) => Event::LeaseAdded {
+            who,
+            bytes,
+            shares: 1,
+            expiry,
+        },
+        (Some(expiry), None) => Event::LeaseRemoved {
+            who,
+            bytes,
+            shares: 1,
+            expiry,
+        },
+        (Some(from), Some(to)) if from != to => Event::LeaseRenewed {
+            who,
+            bytes,
+            shares: 1,
+            from,
+            to,
+        },
+        _ => return Ok(()),
+    };
+    kith_accounting::store::apply(tx, &event).map_err(acct)
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -307,6 +358,7 @@ impl ShareStore {
                 tx.open_table(SHARES).map_err(db)?;
                 tx.open_table(LEASES).map_err(db)?;
                 tx.open_table(USAGE).map_err(db)?;
+                kith_accounting::store::init(&tx).map_err(acct)?;
                 let mut meta = tx.open_table(STORE_META).map_err(db)?;
                 let version = meta.get("schema-version").map_err(db)?.map(|v| v.value());
                 match version {
@@ -333,10 +385,78 @@ impl ShareStore {
             }),
         };
         let report = store.recover()?;
+        store.account_existing_leases()?;
         if let Some(inner) = Arc::get_mut(&mut store.inner) {
             inner.recovery = report;
         }
         Ok(store)
+    }
+
+    /// Charges leases made before accounting existed to their owners (once per store).
+    fn account_existing_leases(&self) -> Result<(), StoreError> {
+        let tx = self.inner.db.begin_write().map_err(db)?;
+        {
+            let mut meta = tx.open_table(STORE_META).map_err(db)?;
+            if meta.get("accounting").map_err(db)?.is_some() {
+                return Ok(());
+            }
+            meta.insert("accounting", 1).map_err(db)?;
+            let shares = tx.open_table(SHARES).map_err(db)?;
+            let leases = tx.open_table(LEASES).map_err(db)?;
+            let mut all = Vec::new();
+            for item in leases.iter().map_err(db)? {
+                let (k, v) = item.map_err(db)?;
+                let k = k.value();
+                if k.len() > 17 {
+                    all.push((k[..17].to_vec(), k[17..].to_vec(), v.value()));
+                }
+            }
+            for (share, owner, expiry) in all {
+                if let Some(row) = shares
+                    .get(share.as_slice())
+                    .map_err(db)?
+                    .and_then(|v| Row::decode(v.value()))
+                {
+                    account_lease(&tx, &owner, row.stored_bytes(), None, Some(expiry))?;
+                }
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Bytes `owner` has allocated and not yet closed.
+    pub fn inflight_bytes(&self, owner: &[u8]) -> u64 {
+        self.inflight()
+            .values()
+            .filter(|f| f.owner == owner)
+            .map(|f| f.data_len)
+            .sum()
+    }
+
+    /// Whether `owner` may add `new_bytes` (plus what it has in flight), by the accounting
+    /// ledger's grant, quota and revocation state.
+    pub fn check_write(
+        &self,
+        owner: &[u8],
+        new_bytes: u64,
+        now: u64,
+    ) -> Result<Result<(), kith_accounting::Refusal>, StoreError> {
+        let Some(who) = account_of(owner) else {
+            return Ok(Ok(()));
+        };
+        let pending = if new_bytes > 0 {
+            self.inflight_bytes(owner)
+        } else {
+            0
+        };
+        let tx = self.inner.db.begin_read().map_err(db)?;
+        kith_accounting::store::check_write(&tx, &who, new_bytes.saturating_add(pending), now)
+            .map_err(acct)
+    }
+
+    /// The database (for the accounting tables that live next to the share index).
+    pub fn database(&self) -> &Arc<redb::Database> {
+        &self.inner.db
     }
 
     /// What [`open`](Self::open) repaired.
@@ -417,11 +537,25 @@ impl ShareStore {
                     shnum,
                     "removing index row of a missing or truncated share file"
                 );
-                shares
+                let removed = shares
                     .remove(share_key(si, *shnum).as_slice())
-                    .map_err(db)?;
+                    .map_err(db)?
+                    .and_then(|v| Row::decode(v.value()));
                 let prefix = share_key(si, *shnum);
+                let mut gone = Vec::new();
+                for item in leases.range(prefix.as_slice()..).map_err(db)? {
+                    let (k, v) = item.map_err(db)?;
+                    if !k.value().starts_with(&prefix) {
+                        break;
+                    }
+                    gone.push((k.value()[17..].to_vec(), v.value()));
+                }
                 leases.retain(|k, _| !k.starts_with(&prefix)).map_err(db)?;
+                if let Some(row) = removed {
+                    for (owner, expiry) in gone {
+                        account_lease(&tx, &owner, row.stored_bytes(), Some(expiry), None)?;
+                    }
+                }
                 let _ = fs::remove_file(self.share_path(si, *shnum));
                 report.rows_removed += 1;
             }
@@ -685,9 +819,17 @@ impl ShareStore {
                 .map_err(db)?
                 .and_then(|old| Row::decode(old.value()));
             let mut leases = tx.open_table(LEASES).map_err(db)?;
-            leases
+            let old_lease = leases
                 .insert(lease_key(si, shnum, &f.owner).as_slice(), f.lease_expiry)
-                .map_err(db)?;
+                .map_err(db)?
+                .map(|v| v.value());
+            account_lease(
+                &tx,
+                &f.owner,
+                row.stored_bytes(),
+                old_lease,
+                Some(f.lease_expiry),
+            )?;
             let mut usage = tx.open_table(USAGE).map_err(db)?;
             let used = usage
                 .get("used_bytes")
@@ -832,15 +974,21 @@ impl ShareStore {
     ) -> Result<(), StoreError> {
         let tx = self.inner.db.begin_write().map_err(db)?;
         {
+            let shares = tx.open_table(SHARES).map_err(db)?;
             let mut leases = tx.open_table(LEASES).map_err(db)?;
             for &sh in shnums {
-                let k = lease_key(si, sh, owner);
-                let old = leases
-                    .get(k.as_slice())
+                let Some(row) = shares
+                    .get(share_key(si, sh).as_slice())
                     .map_err(db)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                leases.insert(k.as_slice(), old.max(expiry)).map_err(db)?;
+                    .and_then(|v| Row::decode(v.value()))
+                else {
+                    continue;
+                };
+                let k = lease_key(si, sh, owner);
+                let old = leases.get(k.as_slice()).map_err(db)?.map(|v| v.value());
+                let new = old.unwrap_or(0).max(expiry);
+                leases.insert(k.as_slice(), new).map_err(db)?;
+                account_lease(&tx, owner, row.stored_bytes(), old, Some(new))?;
             }
         }
         tx.commit().map_err(db)
@@ -908,6 +1056,43 @@ impl ShareStore {
                     .problems
                     .push(format!("share {} of {} has no lease", sh, b32(si)));
             }
+        }
+        // Every account's usage equals the sum of the shares it holds leases on.
+        let mut per_owner: BTreeMap<kith_accounting::AccountId, (u64, u64)> = BTreeMap::new();
+        for (si, sh, row) in &rows {
+            for owner in self.leases(si, *sh)?.keys() {
+                if let Some(who) = account_of(owner) {
+                    let e = per_owner.entry(who).or_default();
+                    e.0 += row.stored_bytes();
+                    e.1 += 1;
+                }
+            }
+        }
+        match kith_accounting::store::load(&self.inner.db) {
+            Ok(ledger) => {
+                for (who, acct) in ledger.accounts() {
+                    let have = (acct.stored().bytes, acct.stored().shares);
+                    let want = per_owner.remove(who).unwrap_or_default();
+                    if have != want {
+                        report.problems.push(format!(
+                            "account {} is charged {} bytes in {} shares, its leases hold {} bytes in {} shares",
+                            kith_accounting::ledger::short_id(who),
+                            have.0,
+                            have.1,
+                            want.0,
+                            want.1
+                        ));
+                    }
+                }
+                for (who, want) in per_owner {
+                    report.problems.push(format!(
+                        "account {} holds leases on {} bytes but has no account",
+                        kith_accounting::ledger::short_id(&who),
+                        want.0
+                    ));
+                }
+            }
+            Err(e) => report.problems.push(format!("accounting: {e}")),
         }
         let (u, c) = self.used()?;
         if u != used || c != rows.len() as u64 {

@@ -1,0 +1,284 @@
+//! Friends and access: the node's view of the accounting ledger (kith-accounting) joined with
+//! the grid's members, and the owner's decisions (grant, quota, revoke, policy).
+//!
+//! The ledger lives in the node's redb next to the share index; the share store charges every
+//! lease to its owner's account in the lease's own transaction, and the storage server checks
+//! the ledger on every allocation and lease renewal ([`crate::storage::ShareStore::check_write`]).
+//! Decisions here are events applied in one transaction each.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use kith_accounting::{Access, AccountId, Event, Ledger, PolicyChange, Quota};
+use libp2p::PeerId;
+use redb::ReadableDatabase;
+use serde::Serialize;
+
+use crate::grid::{GridHandle, now_ms, peer_of, pk_of};
+
+/// Errors of friend operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FriendError {
+    /// The peer id is not an ed25519 kith peer id.
+    #[error("{0} is not a kith peer id")]
+    BadPeer(String),
+    /// The accounting store failed.
+    #[error("accounting: {0}")]
+    Store(String),
+    /// The change was refused (bad policy value...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn store_err<E: std::fmt::Display>(e: E) -> FriendError {
+    FriendError::Store(e.to_string())
+}
+
+/// Bytes and shares.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UsageInfo {
+    /// Bytes.
+    pub bytes: u64,
+    /// Shares.
+    pub shares: u64,
+    /// Earliest lease expiry (unix seconds), for what they store here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_lease: Option<u64>,
+}
+
+/// Access as the panel shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccessInfo {
+    /// "granted", "revoked", "pending" or "no-grant".
+    pub state: &'static str,
+    /// "unlimited" or a size, when granted.
+    pub quota: Option<String>,
+    /// End of the grace period, when revoked.
+    pub grace_end: Option<u64>,
+    /// Whether the owner decided it (else the policy did).
+    pub explicit: bool,
+}
+
+/// Audit reputation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditInfo {
+    /// Score in [0, 1].
+    pub score: f64,
+    /// Audits passed.
+    pub passes: u64,
+    /// Audits failed.
+    pub fails: u64,
+    /// Audits that found the peer offline (never counted against it).
+    pub offline: u64,
+    /// Whether the score is low enough to suspect the peer.
+    pub suspect: bool,
+}
+
+/// One friend.
+#[derive(Clone, Debug, Serialize)]
+pub struct FriendInfo {
+    /// Peer id.
+    pub peer_id: String,
+    /// Nickname (from its record).
+    pub nickname: String,
+    /// A current member of the grid.
+    pub member: bool,
+    /// Connected now.
+    pub connected: bool,
+    /// What it stores on this node.
+    pub stored_here: UsageInfo,
+    /// What this node stores on it.
+    pub placed_there: UsageInfo,
+    /// Its access here.
+    pub access: AccessInfo,
+    /// What it grants this node, when known.
+    pub their_grant: Option<String>,
+    /// Audit reputation.
+    pub audit: AuditInfo,
+}
+
+/// The policy as the panel shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyInfo {
+    /// Grant for members without an explicit decision.
+    pub default_grant: Option<String>,
+    /// Reciprocal factor.
+    pub reciprocal: Option<f64>,
+    /// New members wait for the owner's decision.
+    pub invite_only: bool,
+}
+
+/// `kith friends --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FriendsInfo {
+    /// The policy.
+    pub policy: PolicyInfo,
+    /// Every member and every account.
+    pub friends: Vec<FriendInfo>,
+}
+
+fn access_info(ledger: &Ledger, who: &AccountId) -> AccessInfo {
+    let explicit = ledger
+        .account(who)
+        .and_then(|a| a.explicit_access())
+        .is_some();
+    match ledger.access(who) {
+        Access::Granted(q) => AccessInfo {
+            state: "granted",
+            quota: Some(q.to_string()),
+            grace_end: None,
+            explicit,
+        },
+        Access::Revoked { grace_end } => AccessInfo {
+            state: "revoked",
+            quota: None,
+            grace_end: Some(grace_end),
+            explicit,
+        },
+        Access::Pending => AccessInfo {
+            state: "pending",
+            quota: None,
+            grace_end: None,
+            explicit,
+        },
+        _ => AccessInfo {
+            state: "no-grant",
+            quota: None,
+            grace_end: None,
+            explicit,
+        },
+    }
+}
+
+/// The accounting side of a node.
+#[derive(Clone, Debug)]
+pub struct Friends {
+    db: Arc<redb::Database>,
+    grid: GridHandle,
+    me: PeerId,
+}
+
+impl Friends {
+    /// Opens (creating the tables).
+    pub fn open(
+        db: Arc<redb::Database>,
+        grid: GridHandle,
+        me: PeerId,
+    ) -> Result<Self, FriendError> {
+        let tx = db.begin_write().map_err(store_err)?;
+        kith_accounting::store::init(&tx).map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        Ok(Friends { db, grid, me })
+    }
+
+    fn ledger(&self) -> Result<Ledger, FriendError> {
+        kith_accounting::store::load(&self.db).map_err(store_err)
+    }
+
+    fn apply(&self, event: &Event) -> Result<(), FriendError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        kith_accounting::store::apply(&tx, event)
+            .map_err(|e| FriendError::Invalid(e.to_string()))?;
+        tx.commit().map_err(store_err)
+    }
+
+    fn who(peer: &PeerId) -> Result<AccountId, FriendError> {
+        pk_of(peer).ok_or_else(|| FriendError::BadPeer(peer.to_string()))
+    }
+
+    /// Every member and every account, with usage both ways, access and audit score.
+    pub fn info(
+        &self,
+        connected: &BTreeMap<PeerId, crate::net::PeerState>,
+    ) -> Result<FriendsInfo, FriendError> {
+        let ledger = self.ledger()?;
+        let me = pk_of(&self.me);
+        let mut ids: BTreeMap<AccountId, String> = BTreeMap::new();
+        {
+            let g = self.grid.state();
+            for r in g.registry().records() {
+                ids.insert(r.body.peer, r.body.nickname.clone());
+            }
+        }
+        for (id, _) in ledger.accounts() {
+            ids.entry(*id).or_default();
+        }
+        let friends = ids
+            .into_iter()
+            .filter(|(id, _)| Some(*id) != me)
+            .filter_map(|(id, nickname)| {
+                let peer = peer_of(&id)?;
+                let acct = ledger.account(&id);
+                let rep = acct.map(|a| *a.reputation()).unwrap_or_default();
+                Some(FriendInfo {
+                    peer_id: peer.to_string(),
+                    nickname,
+                    member: self.grid.is_member(&peer),
+                    connected: connected.contains_key(&peer),
+                    stored_here: acct.map_or_else(UsageInfo::default, |a| UsageInfo {
+                        bytes: a.stored().bytes,
+                        shares: a.stored().shares,
+                        oldest_lease: a.earliest_expiry(),
+                    }),
+                    placed_there: acct.map_or_else(UsageInfo::default, |a| UsageInfo {
+                        bytes: a.placed().bytes,
+                        shares: a.placed().shares,
+                        oldest_lease: None,
+                    }),
+                    access: access_info(&ledger, &id),
+                    their_grant: acct.and_then(|a| a.their_grant()).map(|q| q.to_string()),
+                    audit: AuditInfo {
+                        score: rep.score(),
+                        passes: rep.passes,
+                        fails: rep.fails,
+                        offline: rep.offline,
+                        suspect: rep.suspect(),
+                    },
+                })
+            })
+            .collect();
+        Ok(FriendsInfo {
+            policy: self.policy_info()?,
+            friends,
+        })
+    }
+
+    /// The policy.
+    pub fn policy_info(&self) -> Result<PolicyInfo, FriendError> {
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let p = kith_accounting::store::policy(&tx).map_err(store_err)?;
+        Ok(PolicyInfo {
+            default_grant: p.default_grant.map(|q| q.to_string()),
+            reciprocal: p.reciprocal,
+            invite_only: p.invite_only,
+        })
+    }
+
+    /// Grants `peer` storage here up to `quota`.
+    pub fn grant(&self, peer: &PeerId, quota: Quota) -> Result<(), FriendError> {
+        let who = Self::who(peer)?;
+        self.apply(&Event::Granted { who, quota })
+    }
+
+    /// Revokes `peer`: no new writes from now; its shares are kept for `grace`.
+    pub fn revoke(&self, peer: &PeerId, grace: Duration) -> Result<(), FriendError> {
+        let who = Self::who(peer)?;
+        let grace_end = (now_ms() / 1000).saturating_add(grace.as_secs());
+        self.apply(&Event::Revoked { who, grace_end })
+    }
+
+    /// Changes the policy.
+    pub fn set_policy(&self, change: PolicyChange) -> Result<PolicyInfo, FriendError> {
+        self.apply(&Event::Policy(change))?;
+        self.policy_info()
+    }
+
+    /// Records shares this node placed on `server` (the "what I store on theirs" column).
+    pub fn placed(&self, server: &PeerId, bytes: u64, shares: u64) -> Result<(), FriendError> {
+        if *server == self.me || shares == 0 {
+            return Ok(());
+        }
+        let on = Self::who(server)?;
+        self.apply(&Event::Placed { on, bytes, shares })
+    }
+}

@@ -1,0 +1,123 @@
+//! Grants, quotas and revocation enforced between real nodes; usage both ways on the friends
+//! page.
+
+use std::time::Duration;
+
+use kith_node::{
+    NodeHandle,
+    client::{PutOptions, UploadError},
+    protocol::{ErrorKind, Request, Response},
+};
+use kith_tests::{Encoding, Grid, Listen, random_bytes};
+
+async fn put(node: &NodeHandle, len: usize, seed: u64) -> Result<String, UploadError> {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("f.bin");
+    std::fs::write(&file, random_bytes(len, seed)).unwrap();
+    let opts = PutOptions {
+        params: node.config().encoding,
+        convergent: true,
+        key: None,
+    };
+    Ok(node.put_file(&file, &opts, &|_| {}).await?.cap)
+}
+
+fn friend<'a>(
+    info: &'a kith_node::friends::FriendsInfo,
+    of: &NodeHandle,
+) -> &'a kith_node::friends::FriendInfo {
+    let id = of.peer_id().to_string();
+    info.friends
+        .iter()
+        .find(|f| f.peer_id == id)
+        .expect("friend listed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_quotas_and_revocation_are_enforced_between_real_nodes() {
+    // Every upload needs all three nodes (happy = 3), so one refusal sinks it.
+    let enc = Encoding {
+        needed: 1,
+        happy: 3,
+        total: 3,
+    };
+    let grid = Grid::start(3, Listen::Tcp, enc).await.unwrap();
+    let (a, b, c) = (grid.node(0), grid.node(1), grid.node(2));
+
+    // Default policy: every member may store. B stores on A; both sides see it.
+    put(&b, 200_000, 1).await.expect("granted upload");
+    let on_a = a.friends_info().await.unwrap();
+    let b_at_a = friend(&on_a, &b);
+    assert_eq!(b_at_a.access.state, "granted");
+    assert_eq!(b_at_a.stored_here.shares, 1);
+    assert!(b_at_a.stored_here.bytes >= 200_000);
+    assert!(b_at_a.stored_here.oldest_lease.is_some());
+    let tmp_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_b = b.friends_info().await.unwrap();
+        if friend(&on_b, &a).placed_there.shares == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < tmp_deadline,
+            "B never recorded its share on A"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A revokes B: B's next upload fails and says why; renewing its leases is refused too; what
+    // it stored stays during the grace period.
+    a.revoke(b.peer_id(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let err = put(&b, 200_000, 2).await.unwrap_err().to_string();
+    assert!(err.contains("revoked"), "{err}");
+    let renew = b
+        .rpc(a.peer_id(), Request::AddLease { si: [0; 16] })
+        .await
+        .unwrap();
+    assert!(
+        matches!(renew, Response::Error(ref e) if e.kind == ErrorKind::Revoked),
+        "{renew:?}"
+    );
+    let on_a = a.friends_info().await.unwrap();
+    let b_at_a = friend(&on_a, &b);
+    assert_eq!(b_at_a.access.state, "revoked");
+    assert!(b_at_a.access.grace_end.is_some());
+    assert_eq!(
+        b_at_a.stored_here.shares, 1,
+        "revocation keeps shares until the grace end"
+    );
+
+    // A quota: C may keep 100 KB on A; a 300 KB upload is over it, a small one fits.
+    a.grant(c.peer_id(), "100KB".parse().unwrap())
+        .await
+        .unwrap();
+    let err = put(&c, 300_000, 3).await.unwrap_err().to_string();
+    assert!(err.contains("over quota"), "{err}");
+    put(&c, 50_000, 4).await.expect("within quota");
+    let on_a = a.friends_info().await.unwrap();
+    let c_at_a = friend(&on_a, &c);
+    let quota: kith_accounting::Quota = "100KB".parse().unwrap();
+    assert_eq!(c_at_a.access.quota, Some(quota.to_string()));
+    assert_eq!(c_at_a.stored_here.shares, 1);
+
+    // Granting again restores B.
+    a.grant(b.peer_id(), "unlimited".parse().unwrap())
+        .await
+        .unwrap();
+    put(&b, 100_000, 5).await.expect("granted again");
+
+    // Policy: invite-only leaves members without a decision pending.
+    let p = a
+        .set_policy("invite-only on".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(p.invite_only);
+
+    // Every store's accounting matches its leases.
+    for h in grid.handles() {
+        let report = h.server().store().unwrap().verify_consistency().unwrap();
+        assert!(report.is_clean(), "{}: {report:?}", h.config().nickname);
+    }
+}
