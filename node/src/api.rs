@@ -89,6 +89,9 @@ pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<(
         .route("/friends/{peer}/revoke", post(revoke))
         .route("/policy", get(policy).post(set_policy))
         .route("/operations", get(operations))
+        .route("/collector", get(collector))
+        .route("/collector/run", post(collect))
+        .route("/renew", post(renew))
         .route("/files", post(put))
         .route("/files/{cap}", get(get_file))
         .route("/reports/{id}", get(report))
@@ -431,6 +434,26 @@ async fn set_policy(
                 ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
             })?;
     Ok(Json(st.node.set_policy(change).await.map_err(friend_err)?))
+}
+
+async fn collector(State(st): State<ApiState>) -> impl IntoResponse {
+    Json(st.node.collector_status())
+}
+
+async fn collect(State(st): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    st.node
+        .collect()
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
+}
+
+async fn renew(State(st): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    st.node
+        .renew()
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 async fn operations(State(st): State<ApiState>) -> impl IntoResponse {

@@ -521,6 +521,16 @@ pub async fn upload(
             Err(e) => refusals.push(format!("{s}: closing share {sh}: {e}")),
         }
     }
+    // Remember the upload for lease renewal (storage index and servers, never the cap).
+    {
+        let servers: std::collections::BTreeSet<PeerId> = final_holdings.keys().copied().collect();
+        let db = node.database().clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::maintenance::record_upload(&db, &si, size, &servers) {
+                tracing::warn!(error = %e, "recording the upload for lease renewal failed");
+            }
+        });
+    }
     // What this node now stores on each server (the friends page's "placed there").
     let friends = node.friends().clone();
     tokio::task::spawn_blocking(move || {

@@ -19,6 +19,7 @@
 //! - [`client`]: uploader and downloader;
 //! - [`friends`]: the accounting ledger joined with the members: usage both ways, grants, policy;
 //! - [`grid`]: membership (invitations, certificates, records, expulsions) and the gossip task;
+//! - [`maintenance`]: lease renewal of uploads and the storage server's garbage collector;
 //! - [`node`]: [`node::Node`] and the cloneable [`node::NodeHandle`];
 //! - [`api`], [`daemon`]: the local HTTP API and `kith run`;
 //! - [`config`], [`nodedir`]: `kith.toml` and the node directory.
@@ -32,6 +33,7 @@ pub mod daemon;
 pub mod friends;
 pub mod grid;
 pub mod hash;
+pub mod maintenance;
 pub mod net;
 pub mod node;
 pub mod nodedir;

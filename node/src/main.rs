@@ -149,6 +149,11 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         grace: Option<Duration>,
     },
+    /// Renew this node's leases on everything it uploaded (the daemon also does it by itself).
+    Renew,
+    /// Run the storage server's garbage collector now (expired leases, revoked friends past
+    /// their grace period).
+    Collect,
     /// Show or change the storage policy for friends.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -548,6 +553,37 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "revoked {peer}: no new writes; its shares are kept for {}",
                 human_secs(grace.as_secs())
+            );
+            Ok(())
+        }
+        Command::Renew => {
+            let api = Api::connect(&dir)?;
+            let v = api.post_json("/renew", &serde_json::json!({})).await?;
+            println!(
+                "renewed {} lease(s) on {} file(s)",
+                v["renewed"], v["files"]
+            );
+            let failed = v["failed"].as_array().cloned().unwrap_or_default();
+            for f in &failed {
+                eprintln!("  not renewed: {}", f.as_str().unwrap_or_default());
+            }
+            if !failed.is_empty() {
+                bail!("{} lease(s) could not be renewed", failed.len());
+            }
+            Ok(())
+        }
+        Command::Collect => {
+            let api = Api::connect(&dir)?;
+            let v = api
+                .post_json("/collector/run", &serde_json::json!({}))
+                .await?;
+            let c = &v["current"];
+            println!(
+                "scanned {} leases, removed {}, deleted {} shares ({})",
+                c["leases_scanned"],
+                c["leases_removed"],
+                c["shares_removed"],
+                human(c["bytes_freed"].as_u64().unwrap_or(0))
             );
             Ok(())
         }

@@ -104,6 +104,11 @@ pub enum NetEvent {
 pub type AddressBook = Arc<Mutex<HashMap<PeerId, Vec<Multiaddr>>>>;
 
 enum Command {
+    Retry {
+        peer: PeerId,
+        req: Request,
+        reply: oneshot::Sender<Result<Response, RpcError>>,
+    },
     Gossip {
         peer: PeerId,
         msg: Vec<u8>,
@@ -322,6 +327,7 @@ pub fn spawn(
         server,
         state: state_tx,
         pending: HashMap::new(),
+        retry_tx: cmd_tx.clone(),
         dials: HashMap::new(),
         redial: BTreeMap::new(),
         answers_tx: answer_tx,
@@ -351,6 +357,16 @@ pub enum NetError {
     Listen(Multiaddr, String),
 }
 
+/// An outbound storage request waiting for its answer. The request is kept for one retry
+/// when the dial fails: two members dialing each other at the same moment from their reused
+/// listen ports can collide in a TCP simultaneous open that fails both handshakes; a moment
+/// later one connection exists and the retry uses it.
+struct Pending {
+    peer: PeerId,
+    reply: oneshot::Sender<Result<Response, RpcError>>,
+    retry: Option<Request>,
+}
+
 enum Answer {
     Storage(request_response::ResponseChannel<Response>, Response),
     Join(request_response::ResponseChannel<Vec<u8>>, Vec<u8>),
@@ -363,7 +379,8 @@ struct Actor {
     swarm: Swarm<Behaviour>,
     server: StorageServer,
     state: watch::Sender<NetState>,
-    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, RpcError>>)>,
+    pending: HashMap<OutboundRequestId, Pending>,
+    retry_tx: mpsc::Sender<Command>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     redial: BTreeMap<PeerId, Redial>,
     answers_tx: mpsc::Sender<Answer>,
@@ -391,7 +408,7 @@ impl Actor {
                 Some(event) = self.swarm.next() => self.on_event(event),
             }
         }
-        for (_, (peer, reply)) in self.pending.drain() {
+        for (_, Pending { peer, reply, .. }) in self.pending.drain() {
             let _ = reply.send(Err(RpcError::Failed {
                 peer,
                 reason: "node shutting down".into(),
@@ -412,17 +429,29 @@ impl Actor {
             .unwrap_or_default()
     }
 
+    fn send_storage(
+        &mut self,
+        peer: PeerId,
+        req: Request,
+        reply: oneshot::Sender<Result<Response, RpcError>>,
+        may_retry: bool,
+    ) {
+        let addrs = self.addresses(&peer);
+        let retry = (may_retry && !self.swarm.is_connected(&peer)).then(|| req.clone());
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .storage
+            .send_request_with_addresses(&peer, RequestFrame::Request(req), addrs);
+        self.pending.insert(id, Pending { peer, reply, retry });
+    }
+
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Request { peer, req, reply } => {
-                let addrs = self.addresses(&peer);
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .storage
-                    .send_request_with_addresses(&peer, RequestFrame::Request(req), addrs);
-                self.pending.insert(id, (peer, reply));
+                self.send_storage(peer, req, reply, true);
             }
+            Command::Retry { peer, req, reply } => self.send_storage(peer, req, reply, false),
             Command::Gossip { peer, msg } => {
                 let addrs = self.addresses(&peer);
                 self.swarm
@@ -639,8 +668,8 @@ impl Actor {
                     },
                 ..
             } => {
-                if let Some((_, reply)) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
+                if let Some(p) = self.pending.remove(&request_id) {
+                    let _ = p.reply.send(Ok(response));
                 }
             }
             request_response::Event::OutboundFailure {
@@ -649,12 +678,31 @@ impl Actor {
                 error,
                 ..
             } => {
-                if let Some((_, reply)) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(RpcError::Failed {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                let Some(p) = self.pending.remove(&request_id) else {
+                    return;
+                };
+                if let (Some(req), request_response::OutboundFailure::DialFailure) =
+                    (p.retry, &error)
+                {
+                    tracing::debug!(%peer, "dial failed; retrying the request once");
+                    let retry = self.retry_tx.clone();
+                    tokio::spawn(async move {
+                        let jitter = 50 + u64::from(rand::random::<u8>());
+                        tokio::time::sleep(Duration::from_millis(jitter)).await;
+                        let _ = retry
+                            .send(Command::Retry {
+                                peer,
+                                req,
+                                reply: p.reply,
+                            })
+                            .await;
+                    });
+                    return;
                 }
+                let _ = p.reply.send(Err(RpcError::Failed {
+                    peer,
+                    reason: error.to_string(),
+                }));
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound storage stream failed");

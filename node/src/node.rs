@@ -20,6 +20,7 @@ use crate::{
     config::{Config, StaticPeer},
     friends::{FriendError, Friends, FriendsInfo, PolicyInfo},
     grid::{self, GridError, GridHandle, GridInfo, InviteInfo},
+    maintenance::{self, CollectorStatus, RenewReport},
     net::{self, NetHandle, NetState, RpcError},
     nodedir::{DirError, NodeDir},
     protocol::{Request, RequestFrame, Response},
@@ -72,6 +73,7 @@ pub struct Node {
     handle: NodeHandle,
     net_task: tokio::task::JoinHandle<()>,
     grid_task: tokio::task::JoinHandle<()>,
+    upkeep: tokio::task::JoinHandle<()>,
 }
 
 /// Options for [`Node::start`] beyond `kith.toml`.
@@ -95,6 +97,8 @@ struct Inner {
     db: Arc<redb::Database>,
     reports: Mutex<VecDeque<(u64, DownloadReport)>>,
     ops: Mutex<VecDeque<Operation>>,
+    collector: maintenance::SharedStatus,
+    collect_now: tokio::sync::Notify,
     next_report: Mutex<u64>,
 }
 
@@ -215,6 +219,8 @@ impl Node {
                 db,
                 reports: Mutex::new(VecDeque::new()),
                 ops: Mutex::new(VecDeque::new()),
+                collector: maintenance::SharedStatus::default(),
+                collect_now: tokio::sync::Notify::new(),
                 next_report: Mutex::new(0),
             }),
         };
@@ -232,10 +238,19 @@ impl Node {
                 }
             });
         }
+        {
+            let db = handle.inner.db.clone();
+            tokio::task::spawn_blocking(move || maintenance::init(&db))
+                .await
+                .map_err(|e| NodeError::Peer(e.to_string()))?
+                .map_err(NodeError::Peer)?;
+        }
+        let upkeep = tokio::spawn(upkeep(handle.clone()));
         Ok(Node {
             handle,
             net_task,
             grid_task,
+            upkeep,
         })
     }
 
@@ -246,10 +261,40 @@ impl Node {
 
     /// Stops the node: closes connections, stops the network actor.
     pub async fn shutdown(self) {
+        self.upkeep.abort();
+        let _ = self.upkeep.await;
         self.handle.inner.net.shutdown().await;
         let _ = self.net_task.await;
         // The gossip task ends when the network's event queue closes.
         let _ = self.grid_task.await;
+    }
+}
+
+/// How often the collector runs on its own.
+pub const COLLECT_EVERY: Duration = Duration::from_secs(3600);
+/// How often uploads' leases are checked for renewal.
+pub const RENEW_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// The upkeep task: the collector every hour (or when asked), lease renewal of uploads whose
+/// leases are past half their period.
+async fn upkeep(node: NodeHandle) {
+    let mut collect = tokio::time::interval(COLLECT_EVERY);
+    let mut renew = tokio::time::interval(RENEW_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = collect.tick() => node.run_collector().await,
+            () = node.inner.collect_now.notified() => node.run_collector().await,
+            _ = renew.tick() => {
+                let half = Duration::from_secs(node.inner.config.lease_secs / 2);
+                match maintenance::renew(&node, half).await {
+                    Ok(r) if !r.failed.is_empty() => {
+                        tracing::warn!(renewed = r.renewed, failed = r.failed.len(), "lease renewal incomplete");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+                }
+            }
+        }
     }
 }
 
@@ -691,6 +736,50 @@ impl NodeHandle {
         out: &mut W,
     ) -> Result<DownloadReport, DownloadError> {
         client::download(self, cap, out).await
+    }
+
+    /// The node's database (share index, accounting, grid, uploads).
+    pub fn database(&self) -> &Arc<redb::Database> {
+        &self.inner.db
+    }
+
+    async fn run_collector(&self) {
+        if let Some(store) = self.inner.server.store().cloned()
+            && let Err(e) = maintenance::collect_pass(&store, &self.inner.collector).await
+        {
+            tracing::warn!(error = %e, "collector pass failed");
+        }
+    }
+
+    /// Runs a collector pass now and waits for it.
+    pub async fn collect(&self) -> Result<CollectorStatus, String> {
+        let store = self
+            .inner
+            .server
+            .store()
+            .cloned()
+            .ok_or("this node does not offer storage")?;
+        maintenance::collect_pass(&store, &self.inner.collector).await?;
+        Ok(self.collector_status())
+    }
+
+    /// Asks the upkeep task to run the collector (returns at once).
+    pub fn collect_soon(&self) {
+        self.inner.collect_now.notify_one();
+    }
+
+    /// The collector's progress.
+    pub fn collector_status(&self) -> CollectorStatus {
+        self.inner
+            .collector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Renews this node's leases on everything it uploaded.
+    pub async fn renew(&self) -> Result<RenewReport, String> {
+        maintenance::renew(self, Duration::ZERO).await
     }
 
     /// Registers an operation; returns its id.

@@ -208,6 +208,29 @@ pub struct Allocation {
     pub in_progress: Vec<u8>,
 }
 
+/// What one step of the garbage collector did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CollectReport {
+    /// Leases looked at.
+    pub leases_scanned: u64,
+    /// Leases removed (expired, or of an account whose revocation grace ended).
+    pub leases_removed: u64,
+    /// Shares removed (no lease left).
+    pub shares_removed: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+}
+
+impl CollectReport {
+    /// Adds `other` to `self`.
+    pub fn add(&mut self, other: &CollectReport) {
+        self.leases_scanned += other.leases_scanned;
+        self.leases_removed += other.leases_removed;
+        self.shares_removed += other.shares_removed;
+        self.bytes_freed += other.bytes_freed;
+    }
+}
+
 /// Space accounting.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -422,6 +445,123 @@ impl ShareStore {
             }
         }
         tx.commit().map_err(db)
+    }
+
+    /// One bounded step of the garbage collector: looks at up to `budget` leases after
+    /// `cursor` (key order), removes those that expired before `now` or belong to an account
+    /// in `gone` (revoked, grace over), and deletes shares left without a lease. Lease
+    /// removals, their accounting and the share rows change in one transaction; files are
+    /// deleted after it commits (a crash in between leaves files without a row, which
+    /// [`open`](Self::open) removes). Returns the report and the cursor to continue from
+    /// (`None`: the whole table was scanned).
+    pub fn collect_step(
+        &self,
+        now: u64,
+        gone: &std::collections::BTreeSet<kith_accounting::AccountId>,
+        cursor: Option<Vec<u8>>,
+        budget: usize,
+    ) -> Result<(CollectReport, Option<Vec<u8>>), StoreError> {
+        let mut report = CollectReport::default();
+        let mut files = Vec::new();
+        let tx = self.inner.db.begin_write().map_err(db)?;
+        let next = {
+            let mut shares = tx.open_table(SHARES).map_err(db)?;
+            let mut leases = tx.open_table(LEASES).map_err(db)?;
+            let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
+            let mut last: Option<Vec<u8>> = None;
+            {
+                let range = match &cursor {
+                    Some(c) => leases.range::<&[u8]>((
+                        std::ops::Bound::Excluded(c.as_slice()),
+                        std::ops::Bound::Unbounded,
+                    )),
+                    None => leases.range::<&[u8]>(..),
+                }
+                .map_err(db)?;
+                for item in range.take(budget) {
+                    let (k, v) = item.map_err(db)?;
+                    let k = k.value().to_vec();
+                    report.leases_scanned += 1;
+                    let expired = v.value() < now;
+                    let revoked =
+                        k.len() > 17 && account_of(&k[17..]).is_some_and(|a| gone.contains(&a));
+                    if expired || revoked {
+                        doomed.push((k.clone(), v.value()));
+                    }
+                    last = Some(k);
+                }
+            }
+            let mut touched = std::collections::BTreeSet::new();
+            for (k, expiry) in &doomed {
+                let (share, owner) = k.split_at(17);
+                let Some(row) = shares
+                    .get(share)
+                    .map_err(db)?
+                    .and_then(|v| Row::decode(v.value()))
+                else {
+                    leases.remove(k.as_slice()).map_err(db)?;
+                    continue;
+                };
+                leases.remove(k.as_slice()).map_err(db)?;
+                account_lease(&tx, owner, row.stored_bytes(), Some(*expiry), None)?;
+                report.leases_removed += 1;
+                touched.insert(share.to_vec());
+            }
+            let mut freed_bytes = 0u64;
+            let mut freed_shares = 0u64;
+            for share in touched {
+                let still_leased = leases
+                    .range(share.as_slice()..)
+                    .map_err(db)?
+                    .next()
+                    .transpose()
+                    .map_err(db)?
+                    .is_some_and(|(k, _)| k.value().starts_with(&share));
+                if still_leased {
+                    continue;
+                }
+                if let Some(row) = shares
+                    .remove(share.as_slice())
+                    .map_err(db)?
+                    .and_then(|v| Row::decode(v.value()))
+                {
+                    let mut si = [0u8; 16];
+                    si.copy_from_slice(&share[..16]);
+                    files.push(self.share_path(&si, share[16]));
+                    freed_bytes += row.stored_bytes();
+                    freed_shares += 1;
+                }
+            }
+            if freed_shares > 0 {
+                let mut usage = tx.open_table(USAGE).map_err(db)?;
+                let used = usage
+                    .get("used_bytes")
+                    .map_err(db)?
+                    .map_or(0, |v| v.value());
+                let count = usage
+                    .get("share_count")
+                    .map_err(db)?
+                    .map_or(0, |v| v.value());
+                usage
+                    .insert("used_bytes", used.saturating_sub(freed_bytes))
+                    .map_err(db)?;
+                usage
+                    .insert("share_count", count.saturating_sub(freed_shares))
+                    .map_err(db)?;
+            }
+            report.shares_removed = freed_shares;
+            report.bytes_freed = freed_bytes;
+            if report.leases_scanned < budget as u64 {
+                None
+            } else {
+                last
+            }
+        };
+        tx.commit().map_err(db)?;
+        for f in files {
+            let _ = fs::remove_file(&f);
+        }
+        Ok((report, next))
     }
 
     /// Bytes `owner` has allocated and not yet closed.

@@ -319,3 +319,65 @@ fn sigkill_at_any_point_leaves_a_consistent_store() {
         }
     }
 }
+
+#[test]
+fn collector_removes_expired_and_revoked_leases_and_unleased_shares_with_their_accounting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    let peer = || {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    };
+    let (alice, bob) = (peer().to_bytes(), peer().to_bytes());
+    let later = 4_000_000_000;
+    // A: alice only, expired (put() leases until t=100). B: bob only, valid. C: both.
+    put(&store, &si(1), 0, &alice, 3000);
+    let b = store.allocate(&si(2), &bob, &[0], 2000, later).unwrap();
+    assert_eq!(b.allocated, vec![0]);
+    store
+        .write(&si(2), 0, &bob, 0, &pattern(&si(2), 0, 2000))
+        .unwrap();
+    store.close(&si(2), 0, &bob, b"meta").unwrap();
+    put(&store, &si(3), 1, &alice, 1000);
+    store.add_lease(&si(3), &bob, later).unwrap();
+    assert!(store.verify_consistency().unwrap().is_clean());
+
+    let now = 1_000_000;
+    let run = |gone: &std::collections::BTreeSet<kith_accounting::AccountId>| {
+        let mut total = CollectReport::default();
+        let mut cursor = None;
+        loop {
+            // A budget of 1 lease per step exercises the cursor.
+            let (r, next) = store.collect_step(now, gone, cursor.take(), 1).unwrap();
+            total.add(&r);
+            match next {
+                Some(n) => cursor = Some(n),
+                None => return total,
+            }
+        }
+    };
+    let r = run(&Default::default());
+    assert_eq!(r.leases_removed, 2, "{r:?}");
+    assert_eq!(r.shares_removed, 1, "{r:?}");
+    assert!(store.list(&si(1)).unwrap().is_empty());
+    assert_eq!(store.list(&si(3)).unwrap(), vec![1], "bob still leases C");
+    assert!(!store.share_path(&si(1), 0).exists());
+    let report = store.verify_consistency().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let ledger = kith_accounting::store::load(store.database()).unwrap();
+    let of = |o: &[u8]| {
+        ledger
+            .account(&account_of(o).unwrap())
+            .map(|a| a.stored().shares)
+    };
+    assert_eq!(of(&alice), None, "alice's account emptied");
+    assert_eq!(of(&bob), Some(2));
+
+    // Bob revoked with his grace over: everything goes.
+    let gone = [account_of(&bob).unwrap()].into_iter().collect();
+    let r = run(&gone);
+    assert_eq!((r.leases_removed, r.shares_removed), (2, 2), "{r:?}");
+    assert_eq!(store.usage().unwrap().share_count, 0);
+    assert!(store.verify_consistency().unwrap().is_clean());
+}

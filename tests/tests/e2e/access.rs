@@ -115,6 +115,21 @@ async fn grants_quotas_and_revocation_are_enforced_between_real_nodes() {
         .unwrap();
     assert!(p.invite_only);
 
+    // Revoked with no grace left: the collector deletes what B stored on A, and only that.
+    let c_before = friend(&a.friends_info().await.unwrap(), &c)
+        .stored_here
+        .clone();
+    a.revoke(b.peer_id(), Duration::ZERO).await.unwrap();
+    let status = a.collect().await.unwrap();
+    assert!(status.current.shares_removed >= 2, "{status:?}");
+    let on_a = a.friends_info().await.unwrap();
+    assert_eq!(friend(&on_a, &b).stored_here.shares, 0);
+    assert_eq!(friend(&on_a, &c).stored_here.bytes, c_before.bytes);
+    // B renews its leases: A refuses (revoked), C accepts.
+    let r = b.renew().await.unwrap();
+    assert!(r.failed.iter().any(|f| f.contains("revoked")), "{r:?}");
+    assert!(r.renewed >= 2, "{r:?}");
+
     // Every store's accounting matches its leases.
     for h in grid.handles() {
         let report = h.server().store().unwrap().verify_consistency().unwrap();
