@@ -92,6 +92,7 @@ pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<(
         .route("/collector", get(collector))
         .route("/collector/run", post(collect))
         .route("/renew", post(renew))
+        .route("/audit/run", post(audit))
         .route("/files", post(put))
         .route("/files/{cap}", get(get_file))
         .route("/reports/{id}", get(report))
@@ -446,6 +447,23 @@ async fn collect(State(st): State<ApiState>) -> Result<impl IntoResponse, ApiErr
         .await
         .map(Json)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
+}
+
+#[derive(Deserialize)]
+struct AuditBody {
+    /// Challenges to send [default: 10].
+    count: Option<usize>,
+}
+
+async fn audit(
+    State(st): State<ApiState>,
+    Json(body): Json<AuditBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    st.node
+        .audit(body.count.unwrap_or(10).min(10_000))
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 async fn renew(State(st): State<ApiState>) -> Result<impl IntoResponse, ApiError> {

@@ -265,8 +265,25 @@ pub async fn upload(
     let data_len = encoder.share_data_len();
 
     lap(&mut timings.key_ms);
-    // 1. Who is there, and what do they already hold?
-    let servers = node.storage_servers();
+    // 1. Who is there, and what do they already hold? Servers that failed audits get no new
+    //    shares while enough others remain.
+    let mut servers = node.storage_servers();
+    let suspects = {
+        let f = node.friends().clone();
+        tokio::task::spawn_blocking(move || f.suspects().unwrap_or_default())
+            .await
+            .unwrap_or_default()
+    };
+    if !suspects.is_empty() {
+        let trusted: Vec<PeerId> = servers
+            .iter()
+            .filter(|s| !suspects.contains(s))
+            .copied()
+            .collect();
+        if trusted.len() >= usize::from(params.happy) {
+            servers = trusted;
+        }
+    }
     let mut refusals: Vec<String> = Vec::new();
     let mut existing: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
     let mut usable: Vec<PeerId> = Vec::new();
@@ -521,12 +538,13 @@ pub async fn upload(
             Err(e) => refusals.push(format!("{s}: closing share {sh}: {e}")),
         }
     }
-    // Remember the upload for lease renewal (storage index and servers, never the cap).
+    // Remember the upload for lease renewal and audits (its verify cap, never the read cap).
     {
-        let servers: std::collections::BTreeSet<PeerId> = final_holdings.keys().copied().collect();
+        let holdings = final_holdings.clone();
+        let verify = encoded.cap.verify_cap();
         let db = node.database().clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::maintenance::record_upload(&db, &si, size, &servers) {
+            if let Err(e) = crate::maintenance::record_upload(&db, &verify, &holdings) {
                 tracing::warn!(error = %e, "recording the upload for lease renewal failed");
             }
         });

@@ -273,6 +273,30 @@ impl Friends {
         self.policy_info()
     }
 
+    /// Records an audit outcome for `server`.
+    pub fn audited(
+        &self,
+        server: &PeerId,
+        outcome: kith_accounting::Outcome,
+    ) -> Result<(), FriendError> {
+        let peer = Self::who(server)?;
+        self.apply(&Event::Audit {
+            peer,
+            at: now_ms() / 1000,
+            outcome,
+        })
+    }
+
+    /// Servers whose audit score makes them suspects (placement avoids them).
+    pub fn suspects(&self) -> Result<Vec<PeerId>, FriendError> {
+        Ok(self
+            .ledger()?
+            .suspects()
+            .iter()
+            .filter_map(peer_of)
+            .collect())
+    }
+
     /// Records shares this node placed on `server` (the "what I store on theirs" column).
     pub fn placed(&self, server: &PeerId, bytes: u64, shares: u64) -> Result<(), FriendError> {
         if *server == self.me || shares == 0 {

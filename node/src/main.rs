@@ -151,6 +151,13 @@ enum Command {
     },
     /// Renew this node's leases on everything it uploaded (the daemon also does it by itself).
     Renew,
+    /// Audit servers holding this node's shares now: random blocks, checked against the
+    /// files' verify caps; scores show in `kith friends`.
+    Audit {
+        /// Challenges to send.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+    },
     /// Run the storage server's garbage collector now (expired leases, revoked friends past
     /// their grace period).
     Collect,
@@ -569,6 +576,23 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             if !failed.is_empty() {
                 bail!("{} lease(s) could not be renewed", failed.len());
+            }
+            Ok(())
+        }
+        Command::Audit { count } => {
+            let api = Api::connect(&dir)?;
+            let v = api
+                .post_json("/audit/run", &serde_json::json!({ "count": count }))
+                .await?;
+            println!(
+                "{} challenges: {} passed, {} failed, {} unanswered (offline, not held against them)",
+                v["challenges"],
+                v["passed"],
+                v["failed"].as_array().map_or(0, Vec::len),
+                v["offline"]
+            );
+            for f in v["failed"].as_array().into_iter().flatten() {
+                println!("  failed: {}", f.as_str().unwrap_or_default());
             }
             Ok(())
         }

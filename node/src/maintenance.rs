@@ -41,6 +41,19 @@ struct UploadRow {
     at: u64,
     renewed: u64,
     servers: Vec<String>,
+    /// The verify cap's parts (can check shares, cannot decrypt): for audits.
+    #[serde(default)]
+    audit: Option<AuditInfo>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct AuditInfo {
+    #[serde(with = "serde_bytes")]
+    ueb_hash: [u8; 32],
+    needed: u8,
+    total: u8,
+    /// Server -> share numbers it holds.
+    holdings: Vec<(String, Vec<u8>)>,
 }
 
 fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
@@ -58,20 +71,30 @@ pub fn init(db: &redb::Database) -> Result<(), String> {
     tx.commit().map_err(|e| e.to_string())
 }
 
-/// Remembers an upload (storage index and the servers holding its shares).
+/// Remembers an upload: its verify cap (never the read cap) and which server holds which
+/// shares, for lease renewal and audits.
 pub fn record_upload(
     db: &redb::Database,
-    si: &[u8; 16],
-    size: u64,
-    servers: &BTreeSet<PeerId>,
+    cap: &crate::caps::ChkVerifyCap,
+    holdings: &std::collections::BTreeMap<PeerId, BTreeSet<u8>>,
 ) -> Result<(), String> {
     let now = now_ms() / 1000;
     let row = UploadRow {
-        size,
+        size: cap.size,
         at: now,
         renewed: now,
-        servers: servers.iter().map(ToString::to_string).collect(),
+        servers: holdings.keys().map(ToString::to_string).collect(),
+        audit: Some(AuditInfo {
+            ueb_hash: cap.ueb_hash,
+            needed: cap.needed,
+            total: cap.total,
+            holdings: holdings
+                .iter()
+                .map(|(p, sh)| (p.to_string(), sh.iter().copied().collect()))
+                .collect(),
+        }),
     };
+    let si = &cap.storage_index;
     let tx = db.begin_write().map_err(|e| e.to_string())?;
     tx.open_table(UPLOADS)
         .map_err(|e| e.to_string())?
@@ -226,4 +249,162 @@ pub async fn collect_pass(
         );
     }
     result
+}
+
+/// What an audit round did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditReport {
+    /// Challenges sent.
+    pub challenges: u64,
+    /// Answered with a block that verified.
+    pub passed: u64,
+    /// Answered wrongly or "not found": the share is gone or damaged.
+    pub failed: Vec<String>,
+    /// No answer before the deadline (never held against the server).
+    pub offline: u64,
+}
+
+/// How long a challenged server has to answer.
+pub const AUDIT_DEADLINE: Duration = Duration::from_secs(30);
+
+fn load_uploads(db: &redb::Database) -> Result<Vec<([u8; 16], UploadRow)>, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let t = tx.open_table(UPLOADS).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for item in t.iter().map_err(|e| e.to_string())? {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let Ok(si) = <[u8; 16]>::try_from(k.value()) else {
+            continue;
+        };
+        if let Ok(row) =
+            ciborium::de::from_reader_with_recursion_limit::<UploadRow, _>(v.value(), 8)
+        {
+            out.push((si, row));
+        }
+    }
+    Ok(out)
+}
+
+enum Verdict {
+    Pass,
+    Fail(String),
+    Offline,
+}
+
+async fn challenge(
+    node: &NodeHandle,
+    server: PeerId,
+    cap: &crate::caps::ChkVerifyCap,
+    shnum: u8,
+    pick: u64,
+) -> Verdict {
+    use crate::codec::{VerifiedShare, block_offset, block_size_for, share::ShareMeta};
+    let ask = |req: Request| async {
+        match tokio::time::timeout(AUDIT_DEADLINE, node.rpc(server, req)).await {
+            Err(_) | Ok(Err(_)) => Err(Verdict::Offline),
+            Ok(Ok(Response::Bytes(b))) => Ok(b.into_vec()),
+            Ok(Ok(Response::Error(e))) => Err(Verdict::Fail(format!("share {shnum}: {e}"))),
+            Ok(Ok(other)) => Err(Verdict::Fail(format!(
+                "share {shnum}: unexpected {other:?}"
+            ))),
+        }
+    };
+    let si = cap.storage_index;
+    let meta = match ask(Request::ReadMeta { si, shnum }).await {
+        Ok(b) => b,
+        Err(v) => return v,
+    };
+    let Ok(meta) = ShareMeta::from_bytes(&meta, crate::protocol::MAX_META) else {
+        return Verdict::Fail(format!("share {shnum}: malformed metadata"));
+    };
+    let Ok(ueb) = crate::codec::verify_ueb_with_verify_cap(cap, &meta.ueb) else {
+        return Verdict::Fail(format!("share {shnum}: metadata does not match the file"));
+    };
+    let Ok(share) = VerifiedShare::new(&ueb, meta) else {
+        return Verdict::Fail(format!("share {shnum}: hashes do not chain to the file"));
+    };
+    let segment = (pick % u64::from(ueb.num_segments.max(1))) as u32;
+    let block = match ask(Request::Read {
+        si,
+        shnum,
+        offset: block_offset(&ueb, segment),
+        len: block_size_for(&ueb, segment) as u32,
+    })
+    .await
+    {
+        Ok(b) => b,
+        Err(v) => return v,
+    };
+    match share.check_block(segment, &block) {
+        Ok(()) => Verdict::Pass,
+        Err(e) => Verdict::Fail(format!("share {shnum}: {e}")),
+    }
+}
+
+/// Challenges `count` random (file, share) pairs held by other servers for one random block
+/// each, checked against the file's verify cap, and records each outcome in the ledger
+/// (Pass / Fail / Offline: a server that does not answer is never accused).
+pub async fn audit(node: &NodeHandle, count: usize) -> Result<AuditReport, String> {
+    use rand::Rng;
+    let db = node.database().clone();
+    let uploads = tokio::task::spawn_blocking(move || load_uploads(&db))
+        .await
+        .map_err(|e| e.to_string())??;
+    let me = node.peer_id();
+    let mut targets: Vec<(crate::caps::ChkVerifyCap, PeerId, u8)> = Vec::new();
+    for (si, row) in &uploads {
+        let Some(a) = &row.audit else { continue };
+        let cap = crate::caps::ChkVerifyCap {
+            storage_index: *si,
+            ueb_hash: a.ueb_hash,
+            needed: a.needed,
+            total: a.total,
+            size: row.size,
+        };
+        for (server, shnums) in &a.holdings {
+            let Ok(server) = server.parse::<PeerId>() else {
+                continue;
+            };
+            if server == me {
+                continue;
+            }
+            for sh in shnums {
+                targets.push((cap.clone(), server, *sh));
+            }
+        }
+    }
+    let mut report = AuditReport::default();
+    if targets.is_empty() {
+        return Ok(report);
+    }
+    for _ in 0..count {
+        let (i, pick) = {
+            let mut rng = rand::thread_rng();
+            (rng.gen_range(0..targets.len()), rng.r#gen::<u64>())
+        };
+        let (cap, server, shnum) = &targets[i];
+        report.challenges += 1;
+        let outcome = match challenge(node, *server, cap, *shnum, pick).await {
+            Verdict::Pass => {
+                report.passed += 1;
+                kith_accounting::Outcome::Pass
+            }
+            Verdict::Fail(why) => {
+                tracing::warn!(server = %server, %why, "audit failed");
+                report.failed.push(format!("{server}: {why}"));
+                kith_accounting::Outcome::Fail
+            }
+            Verdict::Offline => {
+                report.offline += 1;
+                kith_accounting::Outcome::Offline
+            }
+        };
+        let friends = node.friends().clone();
+        let server = *server;
+        tokio::task::spawn_blocking(move || friends.audited(&server, outcome))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(report)
 }

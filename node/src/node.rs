@@ -272,6 +272,10 @@ impl Node {
 
 /// How often the collector runs on its own.
 pub const COLLECT_EVERY: Duration = Duration::from_secs(3600);
+/// How often a round of audits runs.
+pub const AUDIT_EVERY: Duration = Duration::from_secs(15 * 60);
+/// Challenges per audit round (384 a day, spread over every share this node placed).
+pub const AUDITS_PER_ROUND: usize = 4;
 /// How often uploads' leases are checked for renewal.
 pub const RENEW_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
 
@@ -280,8 +284,15 @@ pub const RENEW_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
 async fn upkeep(node: NodeHandle) {
     let mut collect = tokio::time::interval(COLLECT_EVERY);
     let mut renew = tokio::time::interval(RENEW_CHECK_EVERY);
+    let mut audit = tokio::time::interval(AUDIT_EVERY);
+    audit.tick().await;
     loop {
         tokio::select! {
+            _ = audit.tick() => {
+                if let Err(e) = maintenance::audit(&node, AUDITS_PER_ROUND).await {
+                    tracing::warn!(error = %e, "audit round failed");
+                }
+            }
             _ = collect.tick() => node.run_collector().await,
             () = node.inner.collect_now.notified() => node.run_collector().await,
             _ = renew.tick() => {
@@ -775,6 +786,11 @@ impl NodeHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Audits `count` random shares this node placed on other servers.
+    pub async fn audit(&self, count: usize) -> Result<maintenance::AuditReport, String> {
+        maintenance::audit(self, count).await
     }
 
     /// Renews this node's leases on everything it uploaded.

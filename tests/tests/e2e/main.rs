@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod access;
+mod audit;
 mod crash;
 mod gossip;
 mod grid;
