@@ -183,7 +183,21 @@ async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response 
 
 async fn index() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // The page talks only to its own origin, loads nothing from elsewhere, and may not
+            // be framed (clickjacking) or leak its URL (the token is in the fragment anyway).
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; \
+                 base-uri 'none'; form-action 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         include_str!("panel.html"),
     )
 }
@@ -501,9 +515,20 @@ async fn put(
     let op = st
         .node
         .op_start("upload", q.name.as_deref().unwrap_or("upload"), total);
+    // Finishes the operation even when the client goes away and this future is dropped.
+    struct Guard(NodeHandle, u64, Option<String>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.op_finish(self.1, self.2.take());
+        }
+    }
+    let mut guard = Guard(
+        st.node.clone(),
+        op,
+        Some("the upload was interrupted".into()),
+    );
     let res = put_inner(&st, q, body, op).await;
-    st.node
-        .op_finish(op, res.as_ref().err().map(|e| e.error.clone()));
+    guard.2 = res.as_ref().err().map(|e| e.error.clone());
     res
 }
 
