@@ -98,8 +98,12 @@ pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<(
         .route("/reports/{id}", get(report))
         .route("/shutdown", post(shutdown))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/", get(index))
+        .merge(metrics)
         .nest("/api/v1", api)
         .layer(middleware::from_fn(loopback_host))
         .with_state(state)
@@ -449,6 +453,16 @@ async fn set_policy(
                 ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
             })?;
     Ok(Json(st.node.set_policy(change).await.map_err(friend_err)?))
+}
+
+async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.node.metrics().await,
+    )
 }
 
 async fn collector(State(st): State<ApiState>) -> impl IntoResponse {

@@ -98,6 +98,7 @@ struct Inner {
     reports: Mutex<VecDeque<(u64, DownloadReport)>>,
     ops: Mutex<VecDeque<Operation>>,
     collector: maintenance::SharedStatus,
+    transferred: [std::sync::atomic::AtomicU64; 2],
     collect_now: tokio::sync::Notify,
     next_report: Mutex<u64>,
 }
@@ -220,6 +221,7 @@ impl Node {
                 reports: Mutex::new(VecDeque::new()),
                 ops: Mutex::new(VecDeque::new()),
                 collector: maintenance::SharedStatus::default(),
+                transferred: Default::default(),
                 collect_now: tokio::sync::Notify::new(),
                 next_report: Mutex::new(0),
             }),
@@ -832,14 +834,168 @@ impl NodeHandle {
     pub fn op_finish(&self, id: u64, error: Option<String>) {
         let mut ops = self.inner.ops.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(o) = ops.iter_mut().find(|o| o.id == id) {
+            if o.finished {
+                return;
+            }
             o.finished = true;
             o.error = error;
+            let slot = usize::from(o.kind == "download");
+            self.inner.transferred[slot].fetch_add(
+                o.total.filter(|_| o.error.is_none()).unwrap_or(o.done),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             if o.error.is_none()
                 && let Some(t) = o.total
             {
                 o.done = t;
             }
         }
+    }
+
+    /// Bytes uploaded and downloaded through the API since start.
+    pub fn transferred(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.transferred[0].load(Relaxed),
+            self.inner.transferred[1].load(Relaxed),
+        )
+    }
+
+    /// Prometheus text exposition of the node's state.
+    pub async fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut m = String::new();
+        let mut gauge = |name: &str, help: &str, rows: &[(String, f64)]| {
+            let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (labels, v) in rows {
+                let _ = writeln!(m, "{name}{labels} {v}");
+            }
+        };
+        let status = self.status().await;
+        if let Some(st) = &status.storage {
+            gauge(
+                "kith_storage_used_bytes",
+                "Share bytes stored here.",
+                &[(String::new(), st.used_bytes as f64)],
+            );
+            gauge(
+                "kith_storage_shares",
+                "Shares stored here.",
+                &[(String::new(), st.share_count as f64)],
+            );
+            gauge(
+                "kith_storage_capacity_bytes",
+                "Configured capacity.",
+                &[(String::new(), st.capacity_bytes as f64)],
+            );
+            gauge(
+                "kith_storage_free_bytes",
+                "Capacity left.",
+                &[(String::new(), st.free_bytes as f64)],
+            );
+        }
+        gauge(
+            "kith_members",
+            "Grid members known (this node included).",
+            &[(String::new(), status.members as f64)],
+        );
+        gauge(
+            "kith_connections",
+            "Connected peers by path.",
+            &[(
+                "{path=\"direct\"}".into(),
+                status.connected_peers.len() as f64,
+            )],
+        );
+        let (up, down) = self.transferred();
+        gauge(
+            "kith_upload_bytes_total",
+            "Bytes uploaded through the local API.",
+            &[(String::new(), up as f64)],
+        );
+        gauge(
+            "kith_download_bytes_total",
+            "Bytes downloaded through the local API.",
+            &[(String::new(), down as f64)],
+        );
+        if let Ok(f) = self.friends_info().await {
+            let label = |p: &str| format!("{{peer=\"{p}\"}}");
+            let rows = |get: &dyn Fn(&crate::friends::FriendInfo) -> f64| -> Vec<(String, f64)> {
+                f.friends
+                    .iter()
+                    .map(|x| (label(&x.peer_id), get(x)))
+                    .collect()
+            };
+            gauge(
+                "kith_account_stored_here_bytes",
+                "Bytes each friend stores on this node.",
+                &rows(&|x| x.stored_here.bytes as f64),
+            );
+            gauge(
+                "kith_account_placed_there_bytes",
+                "Bytes this node stores on each friend.",
+                &rows(&|x| x.placed_there.bytes as f64),
+            );
+            gauge(
+                "kith_account_audit_score",
+                "Audit reputation of each friend (0..1).",
+                &rows(&|x| x.audit.score),
+            );
+            let mut audits = Vec::new();
+            for x in &f.friends {
+                for (outcome, n) in [
+                    ("pass", x.audit.passes),
+                    ("fail", x.audit.fails),
+                    ("offline", x.audit.offline),
+                ] {
+                    audits.push((
+                        format!("{{peer=\"{}\",outcome=\"{outcome}\"}}", x.peer_id),
+                        n as f64,
+                    ));
+                }
+            }
+            gauge("kith_audits_total", "Audit outcomes per friend.", &audits);
+        }
+        let g = self.grid_info().await;
+        gauge(
+            "kith_gossip_delivered_total",
+            "Gossip items stored.",
+            &[(String::new(), g.gossip.delivered as f64)],
+        );
+        let rejected: Vec<(String, f64)> = g
+            .gossip
+            .rejected
+            .iter()
+            .map(|(r, n)| {
+                (
+                    format!(
+                        "{{reason=\"{}\"}}",
+                        serde_json::to_value(r)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    ),
+                    *n as f64,
+                )
+            })
+            .collect();
+        gauge(
+            "kith_gossip_rejected_total",
+            "Gossip items refused, by reason.",
+            &rejected,
+        );
+        gauge(
+            "kith_gossip_non_member_total",
+            "Gossip messages from non-members dropped.",
+            &[(String::new(), g.gossip.non_member as f64)],
+        );
+        let c = self.collector_status();
+        gauge(
+            "kith_collector_shares_removed_total",
+            "Shares the collector deleted.",
+            &[(String::new(), c.total.shares_removed as f64)],
+        );
+        m
     }
 
     /// Operations in progress and recently finished, oldest first.

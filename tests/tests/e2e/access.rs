@@ -102,6 +102,16 @@ async fn grants_quotas_and_revocation_are_enforced_between_real_nodes() {
     assert_eq!(c_at_a.access.quota, Some(quota.to_string()));
     assert_eq!(c_at_a.stored_here.shares, 1);
 
+    // The same numbers in Prometheus text.
+    let m = a.metrics().await;
+    assert!(m.contains("kith_members 3"), "{m}");
+    let line = format!(
+        "kith_account_stored_here_bytes{{peer=\"{}\"}} {}",
+        c.peer_id(),
+        c_at_a.stored_here.bytes
+    );
+    assert!(m.contains(&line), "{m}");
+
     // Granting again restores B.
     a.grant(b.peer_id(), "unlimited".parse().unwrap())
         .await
