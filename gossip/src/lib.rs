@@ -38,7 +38,7 @@ pub use crate::core::{Config, Gossip, Input, Inserted, Millis, Output, Reject, S
 pub use index::{BUCKETS, Digest, Index, ItemKey, Meta};
 pub use invite::{CodeError, Invitation};
 pub use membership::{
-    Certificate, Change, Expulsion, ExpulsionBody, GridId, GridItem, Kind, NodeRecord, PublicKey,
-    RecordBody, Registry, Signer,
+    Certificate, Change, Expulsion, ExpulsionBody, GrantView, GridId, GridItem, Kind, NodeRecord,
+    PublicKey, RecordBody, Registry, Signer,
 };
 pub use message::{Announce, DecodeError, Message};

@@ -249,6 +249,75 @@ pub struct RecordBody {
     /// The member's certificate chain.
     #[serde(rename = "ch")]
     pub chain: Vec<Certificate>,
+    /// Whom this member lets store on its node, so uploaders skip servers that would refuse.
+    #[serde(rename = "gr", default)]
+    pub grants: GrantView,
+}
+
+/// Most explicit grants published in a record.
+pub const MAX_EXPLICIT_GRANTS: usize = 64;
+
+/// Unlimited, in [`GrantView`] quotas.
+pub const UNLIMITED: u64 = u64::MAX;
+
+/// A member's storage policy as published in its record (its node enforces the real one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    /// Quota for members without an explicit decision ([`UNLIMITED`], bytes, or `None`).
+    #[serde(rename = "d")]
+    pub default: Option<u64>,
+    /// Reciprocal factor in thousandths (grant = factor x what the member grants this node).
+    #[serde(rename = "r")]
+    pub reciprocal_milli: Option<u32>,
+    /// New members wait for the owner's decision.
+    #[serde(rename = "i")]
+    pub invite_only: bool,
+    /// Explicit decisions (0 = refused: revoked or pending).
+    #[serde(rename = "x")]
+    pub explicit: Vec<ExplicitGrant>,
+}
+
+impl Default for GrantView {
+    fn default() -> Self {
+        GrantView {
+            default: Some(UNLIMITED),
+            reciprocal_milli: None,
+            invite_only: false,
+            explicit: Vec::new(),
+        }
+    }
+}
+
+/// One explicit decision in a [`GrantView`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplicitGrant {
+    /// The member.
+    #[serde(rename = "m", with = "serde_bytes")]
+    pub member: PublicKey,
+    /// Its quota ([`UNLIMITED`], bytes, 0 = refused).
+    #[serde(rename = "q")]
+    pub quota: u64,
+}
+
+impl GrantView {
+    /// What this view grants `member` (`None`: nothing), given what `member` grants the
+    /// view's owner when known (for a reciprocal policy).
+    pub fn grant_for(&self, member: &PublicKey, theirs: Option<u64>) -> Option<u64> {
+        if let Some(e) = self.explicit.iter().find(|e| &e.member == member) {
+            return (e.quota > 0).then_some(e.quota);
+        }
+        if self.invite_only {
+            return None;
+        }
+        if let (Some(r), Some(t)) = (self.reciprocal_milli, theirs) {
+            if t == UNLIMITED {
+                return Some(UNLIMITED);
+            }
+            let q = (u128::from(t) * u128::from(r) / 1000).min(u128::from(u64::MAX - 1)) as u64;
+            return (q > 0).then_some(q);
+        }
+        self.default.filter(|q| *q > 0)
+    }
 }
 
 /// A member's signed self-description.
@@ -341,6 +410,7 @@ impl GridItem {
                     && b.addrs.len() <= MAX_ADDRS
                     && b.addrs.iter().all(|a| a.len() <= MAX_ADDR_LEN)
                     && b.chain.len() <= MAX_CHAIN
+                    && b.grants.explicit.len() <= MAX_EXPLICIT_GRANTS
             }
             GridItem::Expulsion(e) => e.body.chain.len() <= MAX_CHAIN,
         };
@@ -604,6 +674,7 @@ mod tests {
             capacity: 1 << 31,
             version: "0.1.0".into(),
             chain,
+            grants: GrantView::default(),
         }
     }
 
@@ -724,6 +795,28 @@ mod tests {
         // Expiry sweeps records.
         assert_eq!(reg.expire(1000).len(), 1);
         assert_eq!(reg.records().count(), 0);
+    }
+
+    #[test]
+    fn grant_views_answer_for_each_member() {
+        let (me, other) = ([1; 32], [2; 32]);
+        let mut g = GrantView::default();
+        assert_eq!(g.grant_for(&me, None), Some(UNLIMITED));
+        g.explicit.push(ExplicitGrant {
+            member: me,
+            quota: 0,
+        });
+        assert_eq!(g.grant_for(&me, None), None, "revoked");
+        assert_eq!(g.grant_for(&other, None), Some(UNLIMITED));
+        g.reciprocal_milli = Some(500);
+        assert_eq!(g.grant_for(&other, Some(1000)), Some(500));
+        assert_eq!(
+            g.grant_for(&other, None),
+            Some(UNLIMITED),
+            "unknown: the default"
+        );
+        g.invite_only = true;
+        assert_eq!(g.grant_for(&other, Some(1000)), None);
     }
 
     #[test]

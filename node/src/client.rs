@@ -284,7 +284,16 @@ pub async fn upload(
             servers = trusted;
         }
     }
+    // Members whose published grants refuse this node are not asked, unless the others are
+    // too few (their record may be older than their owner's latest decision): then they
+    // answer for themselves.
+    let refusing = node.grid().refusing_members();
     let mut refusals: Vec<String> = Vec::new();
+    if servers.len() < usize::from(params.happy) {
+        servers.extend(refusing.iter().map(|(p, _)| *p));
+    } else {
+        refusals.extend(refusing.iter().map(|(p, why)| format!("{p}: {why}")));
+    }
     let mut existing: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
     let mut usable: Vec<PeerId> = Vec::new();
     for (s, r) in list_shares(node, si, &servers).await {

@@ -306,3 +306,81 @@ impl Friends {
         self.apply(&Event::Placed { on, bytes, shares })
     }
 }
+
+fn quota_bytes(q: Quota) -> u64 {
+    match q {
+        Quota::Unlimited => kith_gossip::membership::UNLIMITED,
+        Quota::Bytes(b) => b,
+    }
+}
+
+/// This node's policy and explicit decisions as published in its record.
+pub fn grant_view(db: &redb::Database) -> kith_gossip::GrantView {
+    use kith_gossip::membership::{ExplicitGrant, MAX_EXPLICIT_GRANTS};
+    let Ok(ledger) = kith_accounting::store::load(db) else {
+        return kith_gossip::GrantView::default();
+    };
+    let p = ledger.policy();
+    let mut explicit: Vec<ExplicitGrant> = ledger
+        .accounts()
+        .filter_map(|(id, a)| {
+            let quota = match a.explicit_access()? {
+                Access::Granted(q) => quota_bytes(q),
+                _ => 0,
+            };
+            Some(ExplicitGrant { member: *id, quota })
+        })
+        .collect();
+    // Refusals matter most to uploaders: publish them first.
+    explicit.sort_by_key(|e| e.quota != 0);
+    explicit.truncate(MAX_EXPLICIT_GRANTS);
+    kith_gossip::GrantView {
+        default: p.default_grant.map(quota_bytes),
+        reciprocal_milli: p.reciprocal.map(|r| (r * 1000.0).round() as u32),
+        invite_only: p.invite_only,
+        explicit,
+    }
+}
+
+/// Records what each member's published view grants this node (feeds the reciprocal policy
+/// and the friends page); returns how many changed.
+pub fn learn_their_grants(
+    db: &redb::Database,
+    grid: &GridHandle,
+    me: &AccountId,
+) -> Result<usize, FriendError> {
+    let ledger = kith_accounting::store::load(db).map_err(store_err)?;
+    let views: Vec<(AccountId, Option<u64>)> = {
+        let g = grid.state();
+        g.registry()
+            .records()
+            .filter(|r| &r.body.peer != me)
+            .map(|r| {
+                let mine = match ledger.access(&r.body.peer) {
+                    Access::Granted(q) => Some(quota_bytes(q)),
+                    _ => Some(0),
+                };
+                (r.body.peer, r.body.grants.grant_for(me, mine))
+            })
+            .collect()
+    };
+    let mut changed = 0;
+    let tx = db.begin_write().map_err(store_err)?;
+    for (who, grant) in views {
+        let grant = grant.map(|q| {
+            if q == kith_gossip::membership::UNLIMITED {
+                Quota::Unlimited
+            } else {
+                Quota::Bytes(q)
+            }
+        });
+        let known = ledger.account(&who).and_then(|a| a.their_grant());
+        if known != grant && !(known.is_none() && grant.is_none()) {
+            kith_accounting::store::apply(&tx, &Event::TheyGrant { who, grant })
+                .map_err(store_err)?;
+            changed += 1;
+        }
+    }
+    tx.commit().map_err(store_err)?;
+    Ok(changed)
+}

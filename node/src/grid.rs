@@ -361,6 +361,8 @@ pub struct Profile {
     pub encoding: (u8, u8, u8),
     /// Addresses announced in addition to the listen addresses.
     pub announce: Vec<Multiaddr>,
+    /// Whom this node lets store here (read when a record is made).
+    pub grants: Arc<dyn Fn() -> kith_gossip::GrantView + Send + Sync>,
 }
 
 impl std::fmt::Debug for Profile {
@@ -556,17 +558,53 @@ impl GridHandle {
         self.changed.clone()
     }
 
-    /// Members other than this node that offer storage.
+    /// Members other than this node that offer storage and whose published grants do not
+    /// refuse this node (a reciprocal policy counts as a grant: its node decides).
     pub fn storage_members(&self) -> Vec<PeerId> {
         let s = self.state();
+        let me = s.me;
         s.peers
             .iter()
             .filter(|(_, pk)| {
-                s.registry
-                    .record(pk)
-                    .is_some_and(NodeRecord::offers_storage)
+                s.registry.record(pk).is_some_and(|r| {
+                    r.offers_storage()
+                        && r.body
+                            .grants
+                            .grant_for(&me, Some(kith_gossip::membership::UNLIMITED))
+                            .is_some()
+                })
             })
             .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Members offering storage whose published grants refuse this node, with the reason.
+    pub fn refusing_members(&self) -> Vec<(PeerId, &'static str)> {
+        let s = self.state();
+        let me = s.me;
+        s.peers
+            .iter()
+            .filter_map(|(p, pk)| {
+                let g = &s
+                    .registry
+                    .record(pk)
+                    .filter(|r| r.offers_storage())?
+                    .body
+                    .grants;
+                if g.grant_for(&me, Some(kith_gossip::membership::UNLIMITED))
+                    .is_some()
+                {
+                    return None;
+                }
+                let why = if g.explicit.iter().any(|e| e.member == me) {
+                    "revoked this node's access (or has not granted it yet)"
+                } else if g.invite_only {
+                    "grant pending (invite-only)"
+                } else {
+                    "grants no storage to members"
+                };
+                Some((*p, why))
+            })
             .collect()
     }
 
@@ -1077,6 +1115,7 @@ impl Task {
                 capacity: self.profile.capacity,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 chain: s.chain.clone(),
+                grants: (self.profile.grants)(),
             };
             GridItem::Record(NodeRecord::sign(&s.signer, body)).encode()
         };

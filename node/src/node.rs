@@ -183,6 +183,10 @@ impl Node {
                 config.encoding.total,
             ),
             announce: config.announce.clone(),
+            grants: {
+                let db = db.clone();
+                Arc::new(move || crate::friends::grant_view(&db))
+            },
         };
         let (grid, grid_task) =
             GridHandle::spawn(membership, db.clone(), net.clone(), events, profile);
@@ -288,8 +292,20 @@ async fn upkeep(node: NodeHandle) {
     let mut renew = tokio::time::interval(RENEW_CHECK_EVERY);
     let mut audit = tokio::time::interval(AUDIT_EVERY);
     audit.tick().await;
+    let mut members = node.inner.grid.watch();
     loop {
         tokio::select! {
+            r = members.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                let (db, grid) = (node.inner.db.clone(), node.inner.grid.clone());
+                let me = grid::pk_of(&node.inner.peer_id);
+                let _ = tokio::task::spawn_blocking(move || {
+                    me.map(|me| crate::friends::learn_their_grants(&db, &grid, &me))
+                })
+                .await;
+            }
             _ = audit.tick() => {
                 if let Err(e) = maintenance::audit(&node, AUDITS_PER_ROUND).await {
                     tracing::warn!(error = %e, "audit round failed");
@@ -499,7 +515,10 @@ impl NodeHandle {
         let f = self.inner.friends.clone();
         tokio::task::spawn_blocking(move || f.grant(&peer, quota))
             .await
-            .map_err(|e| FriendError::Store(e.to_string()))?
+            .map_err(|e| FriendError::Store(e.to_string()))??;
+        // Uploaders learn it from this node's record.
+        let _ = self.inner.grid.refresh_record().await;
+        Ok(())
     }
 
     /// Revokes `peer`'s access: no new writes from now; shares kept for `grace`.
@@ -507,7 +526,9 @@ impl NodeHandle {
         let f = self.inner.friends.clone();
         tokio::task::spawn_blocking(move || f.revoke(&peer, grace))
             .await
-            .map_err(|e| FriendError::Store(e.to_string()))?
+            .map_err(|e| FriendError::Store(e.to_string()))??;
+        let _ = self.inner.grid.refresh_record().await;
+        Ok(())
     }
 
     /// Changes the storage policy.
@@ -516,9 +537,11 @@ impl NodeHandle {
         change: kith_accounting::PolicyChange,
     ) -> Result<PolicyInfo, FriendError> {
         let f = self.inner.friends.clone();
-        tokio::task::spawn_blocking(move || f.set_policy(change))
+        let p = tokio::task::spawn_blocking(move || f.set_policy(change))
             .await
-            .map_err(|e| FriendError::Store(e.to_string()))?
+            .map_err(|e| FriendError::Store(e.to_string()))??;
+        let _ = self.inner.grid.refresh_record().await;
+        Ok(p)
     }
 
     /// Members, expulsions and gossip counters.

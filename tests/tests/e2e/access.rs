@@ -80,6 +80,17 @@ async fn grants_quotas_and_revocation_are_enforced_between_real_nodes() {
         matches!(renew, Response::Error(ref e) if e.kind == ErrorKind::Revoked),
         "{renew:?}"
     );
+    // A's record carries the decision: B stops asking A at all, and still says why.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.storage_servers().contains(&a.peer_id()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A's new record never reached B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = put(&b, 200_000, 6).await.unwrap_err().to_string();
+    assert!(err.contains("revoked"), "{err}");
     let on_a = a.friends_info().await.unwrap();
     let b_at_a = friend(&on_a, &b);
     assert_eq!(b_at_a.access.state, "revoked");
@@ -101,6 +112,20 @@ async fn grants_quotas_and_revocation_are_enforced_between_real_nodes() {
     let quota: kith_accounting::Quota = "100KB".parse().unwrap();
     assert_eq!(c_at_a.access.quota, Some(quota.to_string()));
     assert_eq!(c_at_a.stored_here.shares, 1);
+
+    // C learns what A grants it from A's record.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_c = c.friends_info().await.unwrap();
+        if friend(&on_c, &a).their_grant == Some(quota.to_string()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "C never learned its quota on A"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The same numbers in Prometheus text.
     let m = a.metrics().await;
