@@ -11,4 +11,5 @@
 //! cargo run --release -p kith-simulations --bin gossip-sim -- simulations/scenarios/1k.toml
 //! ```
 
+pub mod accounting_sim;
 pub mod gossip_sim;
