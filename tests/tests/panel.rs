@@ -189,6 +189,16 @@ async fn steps(grid: &Grid, api: &Api, c: &Client, downloads: &Path) {
     })
     .await;
 
+    // The collector runs from the page and reports its pass.
+    click(c, "#collector-run").await;
+    wait_text(c, "#collector-status", "the collector's pass", |t| {
+        t.contains("Since start: 1 passes") || t.contains("Since start: 2 passes")
+    })
+    .await;
+    let (code, v) = api.get("/collector").await;
+    assert_eq!(code, 200);
+    assert!(v["passes"].as_u64().unwrap() >= 1, "{v}");
+
     // Grant a friend 1 GiB, then revoke it, through the page; the API sees both.
     let (code, _) = api.get("/friends").await;
     if code == 404 {
