@@ -14,7 +14,10 @@
 //! `w / (1 − λ)` = 20, so one failure then moves the score to 0.95, two to about 0.90, three to
 //! about 0.86. A new peer starts at α = 1, β = 0 (score 1: benefit of the doubt, as Storj).
 //! [`Reputation::suspect`] flags a score below [`Params::suspect_below`] (default 0.9), which
-//! takes two or three close failures from a peer with a good history, or one from a new peer.
+//! takes two or three close failures from a peer with a good history, or one from a new peer,
+//! and also any peer whose forgotten-weighted failures β are still at least
+//! [`Params::suspect_recent_fail`] (0.5): a failure is conclusive, so one failure flags a
+//! peer until about 14 clean audits have passed since.
 //!
 //! **Offline is not a failure.** A peer that did not answer because it is unreachable is counted
 //! in [`Reputation::offline`] and leaves α and β untouched: a friend whose laptop is closed is not
@@ -45,14 +48,23 @@ pub struct Params {
     pub weight: f64,
     /// [`Reputation::suspect`] is true below this score.
     pub suspect_below: f64,
+    /// ...and while the forgotten-weighted failures β are at least this. A failure is
+    /// conclusive (a wrong block, or "I don't have it" for a share we hold a lease on; being
+    /// offline never counts), so one recent failure makes a suspect however long the record of
+    /// passes before it; with λ = 0.95 it takes 14 clean audits to clear. Without this rule
+    /// a peer that deleted 1% of its shares, audited by many peers that each see about one
+    /// failure, would never reach the score threshold (the accounting simulator showed 96%
+    /// caught in 7 days instead of the 100% wanted).
+    pub suspect_recent_fail: f64,
 }
 
 impl Params {
-    /// The defaults: λ = 0.95, w = 1, suspect below 0.9.
+    /// The defaults: λ = 0.95, w = 1, suspect below 0.9 or with a failure among the last ~14 audits.
     pub const DEFAULT: Params = Params {
         lambda: 0.95,
         weight: 1.0,
         suspect_below: 0.9,
+        suspect_recent_fail: 0.5,
     };
 }
 
@@ -127,9 +139,10 @@ impl Reputation {
         self.suspect_with(&Params::DEFAULT)
     }
 
-    /// Whether the score is below `params.suspect_below`.
+    /// Whether the score is below `params.suspect_below` or a failure is recent (β at least
+    /// `params.suspect_recent_fail`).
     pub fn suspect_with(&self, params: &Params) -> bool {
-        self.score() < params.suspect_below
+        self.score() < params.suspect_below || self.beta >= params.suspect_recent_fail
     }
 
     /// Audits recorded, ever (passes + failures + offline).
@@ -169,7 +182,12 @@ mod tests {
         assert!(!r.suspect());
         r.update(Outcome::Fail);
         assert!((r.score() - 0.95).abs() < 1e-3, "{}", r.score());
-        assert!(!r.suspect());
+        // The score alone would not flag it; the recent (conclusive) failure does.
+        assert!(!r.suspect_with(&Params {
+            suspect_recent_fail: f64::INFINITY,
+            ..Params::DEFAULT
+        }));
+        assert!(r.suspect());
         r.update(Outcome::Fail);
         assert!((r.score() - 0.9025).abs() < 1e-3, "{}", r.score());
         r.update(Outcome::Fail);
@@ -223,6 +241,7 @@ mod tests {
             lambda,
             weight,
             suspect_below: 0.9,
+            suspect_recent_fail: 0.5,
         })
     }
 
@@ -279,6 +298,33 @@ mod tests {
             }
             prop_assert_eq!(with.alpha, without.alpha);
             prop_assert_eq!(with.beta, without.beta);
+        }
+    }
+
+    #[cfg(test)]
+    mod recent_failure {
+        use super::*;
+
+        #[test]
+        fn one_failure_after_a_long_clean_record_makes_a_suspect_until_it_fades() {
+            let mut r = Reputation::default();
+            for _ in 0..200 {
+                r.update(Outcome::Pass);
+            }
+            assert!(!r.suspect());
+            r.update(Outcome::Fail);
+            assert!(r.score() > 0.9, "the score alone would not flag it");
+            assert!(r.suspect());
+            let mut clean = 0;
+            while r.suspect() {
+                r.update(Outcome::Pass);
+                clean += 1;
+            }
+            assert_eq!(clean, 14);
+            for _ in 0..1000 {
+                r.update(Outcome::Offline);
+            }
+            assert!(!r.suspect(), "being offline never accuses");
         }
     }
 }
