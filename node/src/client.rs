@@ -267,7 +267,7 @@ pub async fn upload(
     lap(&mut timings.key_ms);
     // 1. Who is there, and what do they already hold? Servers that failed audits get no new
     //    shares while enough others remain.
-    let mut servers = node.storage_servers();
+    let (mut servers, refusing) = node.storage_candidates();
     let suspects = {
         let f = node.friends().clone();
         tokio::task::spawn_blocking(move || f.suspects().unwrap_or_default())
@@ -287,7 +287,6 @@ pub async fn upload(
     // Members whose published grants refuse this node are not asked, unless the others are
     // too few (their record may be older than their owner's latest decision): then they
     // answer for themselves.
-    let refusing = node.grid().refusing_members();
     let mut refusals: Vec<String> = Vec::new();
     if servers.len() < usize::from(params.happy) {
         servers.extend(refusing.iter().map(|(p, _)| *p));

@@ -561,7 +561,10 @@ impl GridHandle {
     /// Members other than this node that offer storage and whose published grants do not
     /// refuse this node (a reciprocal policy counts as a grant: its node decides).
     pub fn storage_members(&self) -> Vec<PeerId> {
-        let s = self.state();
+        Self::granting(&self.state())
+    }
+
+    fn granting(s: &Membership) -> Vec<PeerId> {
         let me = s.me;
         s.peers
             .iter()
@@ -578,9 +581,19 @@ impl GridHandle {
             .collect()
     }
 
+    /// Members offering storage that grant this node, and those whose published grants refuse
+    /// it (with the reason), from one consistent view.
+    pub fn storage_view(&self) -> (Vec<PeerId>, Vec<(PeerId, &'static str)>) {
+        let s = self.state();
+        (Self::granting(&s), Self::refusing(&s))
+    }
+
     /// Members offering storage whose published grants refuse this node, with the reason.
     pub fn refusing_members(&self) -> Vec<(PeerId, &'static str)> {
-        let s = self.state();
+        Self::refusing(&self.state())
+    }
+
+    fn refusing(s: &Membership) -> Vec<(PeerId, &'static str)> {
         let me = s.me;
         s.peers
             .iter()

@@ -466,7 +466,14 @@ impl NodeHandle {
     /// on demand), connected static peers offering storage, and this node when it offers
     /// storage.
     pub fn storage_servers(&self) -> Vec<PeerId> {
-        let mut s: BTreeSet<PeerId> = self.inner.grid.storage_members().into_iter().collect();
+        self.storage_candidates().0
+    }
+
+    /// [`storage_servers`](Self::storage_servers) and the members whose published grants
+    /// refuse this node (with why), from one consistent view of the grid.
+    pub fn storage_candidates(&self) -> (Vec<PeerId>, Vec<(PeerId, &'static str)>) {
+        let (granting, refusing) = self.inner.grid.storage_view();
+        let mut s: BTreeSet<PeerId> = granting.into_iter().collect();
         let statics = self
             .inner
             .statics
@@ -484,7 +491,7 @@ impl NodeHandle {
         if self.inner.server.store().is_some() {
             s.insert(self.inner.peer_id);
         }
-        s.into_iter().collect()
+        (s.into_iter().collect(), refusing)
     }
 
     /// The grid (membership and gossip).
