@@ -312,7 +312,7 @@ pub enum PolicyError {
         extra: String,
     },
     /// Not a size like `50GiB`, `10GB` or `4096`, or too large.
-    #[error("{value:?} is not a size like 50GiB, 10GB or 4096 (or unlimited)")]
+    #[error("{value:?} is not a size like 50GiB, 10GB or 4096")]
     BadSize {
         /// What was given.
         value: String,

@@ -400,6 +400,15 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
         self.out.push_back(Output::Send(p, Message::SyncRoot(root)));
     }
 
+    /// Connected peers that are not neighbours.
+    fn spare_connected(&self) -> Vec<P> {
+        self.connected
+            .iter()
+            .filter(|p| !self.neighbors.contains_key(*p))
+            .cloned()
+            .collect()
+    }
+
     /// Connected peers that became members since they connected join the neighbours.
     fn promote<S: Store<P>>(&mut self, store: &S, now: Millis) {
         if self.neighbors.len() >= self.cfg.max_degree
@@ -407,26 +416,14 @@ impl<P: Ord + Clone + std::fmt::Debug> Gossip<P> {
         {
             return;
         }
-        let spare: Vec<P> = self
-            .connected
-            .iter()
-            .filter(|p| !self.neighbors.contains_key(*p))
-            .cloned()
-            .collect();
-        for p in spare {
+        for p in self.spare_connected() {
             self.try_add_neighbor(store, p, now);
         }
     }
 
     fn fill_neighbors<S: Store<P>, R: RngCore>(&mut self, store: &S, rng: &mut R, now: Millis) {
         // Connected members first (no dial needed).
-        let spare: Vec<P> = self
-            .connected
-            .iter()
-            .filter(|p| !self.neighbors.contains_key(*p))
-            .cloned()
-            .collect();
-        for p in spare {
+        for p in self.spare_connected() {
             if self.neighbors.len() >= self.cfg.target_degree {
                 break;
             }

@@ -52,49 +52,18 @@ pub struct ByteSize(pub u64);
 impl FromStr for ByteSize {
     type Err = String;
 
+    /// `4096`, `10GB` (powers of 1000), `50GiB` (powers of 1024), `1.5KiB`: the one size
+    /// syntax shared with the accounting policy (`kith grant --quota`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gib" => 1 << 30,
-            "t" | "tb" => 1_000_000_000_000,
-            "tib" => 1 << 40,
-            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
-        };
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size like 50GiB or 1048576"))?;
-        let bytes = value * mult as f64;
-        if !(0.0..=u64::MAX as f64).contains(&bytes) {
-            return Err(format!("{s:?} is out of range"));
-        }
-        Ok(ByteSize(bytes as u64))
+        kith_accounting::policy::parse_size(s)
+            .map(ByteSize)
+            .map_err(|e| e.to_string())
     }
 }
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [
-            ("TiB", 1 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ];
-        for (name, size) in UNITS {
-            if self.0 >= size && self.0.is_multiple_of(size) {
-                return write!(f, "{}{name}", self.0 / size);
-            }
-        }
-        write!(f, "{}", self.0)
+        f.write_str(&kith_accounting::policy::format_size(self.0))
     }
 }
 

@@ -307,6 +307,14 @@ impl Friends {
     }
 }
 
+fn quota_of_bytes(q: u64) -> Quota {
+    if q == kith_gossip::membership::UNLIMITED {
+        Quota::Unlimited
+    } else {
+        Quota::Bytes(q)
+    }
+}
+
 fn quota_bytes(q: Quota) -> u64 {
     match q {
         Quota::Unlimited => kith_gossip::membership::UNLIMITED,
@@ -364,23 +372,19 @@ pub fn learn_their_grants(
             })
             .collect()
     };
-    let mut changed = 0;
-    let tx = db.begin_write().map_err(store_err)?;
-    for (who, grant) in views {
-        let grant = grant.map(|q| {
-            if q == kith_gossip::membership::UNLIMITED {
-                Quota::Unlimited
-            } else {
-                Quota::Bytes(q)
-            }
-        });
-        let known = ledger.account(&who).and_then(|a| a.their_grant());
-        if known != grant && !(known.is_none() && grant.is_none()) {
-            kith_accounting::store::apply(&tx, &Event::TheyGrant { who, grant })
-                .map_err(store_err)?;
-            changed += 1;
+    let changes: Vec<Event> = views
+        .into_iter()
+        .map(|(who, grant)| (who, grant.map(quota_of_bytes)))
+        .filter(|(who, grant)| ledger.account(who).and_then(|a| a.their_grant()) != *grant)
+        .map(|(who, grant)| Event::TheyGrant { who, grant })
+        .collect();
+    // Called on every membership change: write (and fsync) only when something changed.
+    if !changes.is_empty() {
+        let tx = db.begin_write().map_err(store_err)?;
+        for e in &changes {
+            kith_accounting::store::apply(&tx, e).map_err(store_err)?;
         }
+        tx.commit().map_err(store_err)?;
     }
-    tx.commit().map_err(store_err)?;
-    Ok(changed)
+    Ok(changes.len())
 }

@@ -15,7 +15,7 @@
 //!   [`RECORD_REFRESH`]; records expire after [`RECORD_TTL`].
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -32,7 +32,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::net::{NetEvent, NetHandle};
+use crate::{
+    net::{NetEvent, NetHandle},
+    protocol::{from_cbor, to_cbor},
+};
 
 const GRID_META: TableDefinition<&str, &[u8]> = TableDefinition::new("grid-0");
 const GRID_ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("grid-items-0");
@@ -145,18 +148,6 @@ struct InviteEntry {
     expires: u64,
     uses_left: u32,
     created: u64,
-}
-
-fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = Vec::new();
-    // Writing CBOR into a Vec cannot fail.
-    #[allow(clippy::expect_used)]
-    ciborium::into_writer(v, &mut out).expect("CBOR into a Vec");
-    out
-}
-
-fn uncbor<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
-    ciborium::de::from_reader_with_recursion_limit(b, 16).map_err(|e| e.to_string())
 }
 
 /// The membership state: the validated registry plus what this node is.
@@ -336,8 +327,6 @@ pub struct GridHandle {
     cmd: mpsc::Sender<Cmd>,
     changed: watch::Receiver<u64>,
     net: NetHandle,
-    nickname: String,
-    storage: bool,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -404,13 +393,13 @@ pub fn load(
             None => me,
         };
         let chain: Vec<Certificate> = match meta.get("chain").map_err(db_e)? {
-            Some(v) => uncbor(v.value()).map_err(GridError::Db)?,
+            Some(v) => from_cbor(v.value()).map_err(GridError::Db)?,
             None => Vec::new(),
         };
         if meta.get("grid").map_err(db_e)?.is_none() {
             // First start: found a grid of our own.
             meta.insert("grid", grid.as_slice()).map_err(db_e)?;
-            meta.insert("chain", cbor(&chain).as_slice())
+            meta.insert("chain", to_cbor(&chain).as_slice())
                 .map_err(db_e)?;
         }
         let items: Vec<Vec<u8>> = items_t
@@ -477,7 +466,6 @@ fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
             !a.iter().any(|p| match p {
                 Protocol::Ip4(ip) => ip.is_unspecified(),
                 Protocol::Ip6(ip) => ip.is_unspecified(),
-                Protocol::Memory(_) => false,
                 _ => false,
             })
         })
@@ -523,8 +511,6 @@ impl GridHandle {
             cmd: cmd_tx,
             changed: changed_rx,
             net: net.clone(),
-            nickname: profile.nickname.clone(),
-            storage: profile.storage,
         };
         let task = Task {
             core: Gossip::new(
@@ -537,7 +523,7 @@ impl GridHandle {
             net,
             changed: changed_tx,
             profile,
-            rng: rand::rngs::StdRng::from_entropy_seed(),
+            rng: rand::SeedableRng::from_entropy(),
             published_addrs: None,
             next_refresh: 0,
             // Records that expired while this node was off still say where members were: keep
@@ -586,11 +572,6 @@ impl GridHandle {
     pub fn storage_view(&self) -> (Vec<PeerId>, Vec<(PeerId, &'static str)>) {
         let s = self.state();
         (Self::granting(&s), Self::refusing(&s))
-    }
-
-    /// Members offering storage whose published grants refuse this node, with the reason.
-    pub fn refusing_members(&self) -> Vec<(PeerId, &'static str)> {
-        Self::refusing(&self.state())
     }
 
     fn refusing(s: &Membership) -> Vec<(PeerId, &'static str)> {
@@ -717,7 +698,7 @@ impl GridHandle {
             let tx = db.begin_write().map_err(db_e)?;
             tx.open_table(INVITES)
                 .map_err(db_e)?
-                .insert(key.as_slice(), cbor(&entry).as_slice())
+                .insert(key.as_slice(), to_cbor(&entry).as_slice())
                 .map_err(db_e)?;
             tx.commit().map_err(db_e)
         })
@@ -772,13 +753,13 @@ impl GridHandle {
             ));
         }
         self.net.set_addresses(inviter, addrs);
-        let body = cbor(&JoinRequest { secret: inv.secret });
+        let body = to_cbor(&JoinRequest { secret: inv.secret });
         let resp = self
             .net
             .join_request(inviter, body)
             .await
             .map_err(|e| GridError::Join(e.to_string()))?;
-        let resp: JoinResponse = uncbor(&resp)
+        let resp: JoinResponse = from_cbor(&resp)
             .map_err(|e| GridError::Join(format!("bad answer from the inviter: {e}")))?;
         let (grid, chain, items) = match resp {
             JoinResponse::Welcome { grid, chain, items } => (grid, chain, items),
@@ -823,7 +804,7 @@ impl GridHandle {
             {
                 let mut meta = tx.open_table(GRID_META).map_err(db_e)?;
                 meta.insert("grid", grid.as_slice()).map_err(db_e)?;
-                meta.insert("chain", cbor(&chain).as_slice())
+                meta.insert("chain", to_cbor(&chain).as_slice())
                     .map_err(db_e)?;
                 let mut t = tx.open_table(GRID_ITEMS).map_err(db_e)?;
                 t.retain(|_, _| false).map_err(db_e)?;
@@ -908,16 +889,6 @@ impl GridHandle {
     pub fn signer(&self) -> Signer {
         self.state().signer.clone()
     }
-
-    /// The nickname this node publishes.
-    pub fn nickname(&self) -> &str {
-        &self.nickname
-    }
-
-    /// Whether this node offers storage.
-    pub fn offers_storage(&self) -> bool {
-        self.storage
-    }
 }
 
 /// Answers a join request from `peer` (the connection authenticated it).
@@ -935,7 +906,7 @@ fn answer_join(
             JoinResponse::Refused(refusal)
         }
     };
-    cbor(&resp)
+    to_cbor(&resp)
 }
 
 fn admit(
@@ -944,7 +915,7 @@ fn admit(
     peer: PeerId,
     body: &[u8],
 ) -> Result<JoinResponse, JoinRefusal> {
-    let req: JoinRequest = uncbor(body).map_err(|_| JoinRefusal::Unknown)?;
+    let req: JoinRequest = from_cbor(body).map_err(|_| JoinRefusal::Unknown)?;
     let member = pk_of(&peer).ok_or(JoinRefusal::Unknown)?;
     let key = Invitation::secret_hash(&req.secret);
     let now = now_ms() / 1000;
@@ -952,7 +923,7 @@ fn admit(
     {
         let mut t = tx.open_table(INVITES).map_err(|_| JoinRefusal::Unknown)?;
         let entry: InviteEntry = match t.get(key.as_slice()).map_err(|_| JoinRefusal::Unknown)? {
-            Some(v) => uncbor(v.value()).map_err(|_| JoinRefusal::Unknown)?,
+            Some(v) => from_cbor(v.value()).map_err(|_| JoinRefusal::Unknown)?,
             None => return Err(JoinRefusal::Unknown),
         };
         if entry.uses_left == 0 {
@@ -965,7 +936,7 @@ fn admit(
             uses_left: entry.uses_left - 1,
             ..entry
         };
-        t.insert(key.as_slice(), cbor(&left).as_slice())
+        t.insert(key.as_slice(), to_cbor(&left).as_slice())
             .map_err(|_| JoinRefusal::Unknown)?;
     }
     tx.commit().map_err(|_| JoinRefusal::Unknown)?;
@@ -996,17 +967,6 @@ fn admit(
 
 fn db_e<E: std::fmt::Display>(e: E) -> GridError {
     GridError::Db(e.to_string())
-}
-
-trait FromEntropySeed {
-    fn from_entropy_seed() -> Self;
-}
-
-impl FromEntropySeed for rand::rngs::StdRng {
-    fn from_entropy_seed() -> Self {
-        use rand::SeedableRng;
-        rand::rngs::StdRng::from_entropy()
-    }
 }
 
 struct Task {
@@ -1192,10 +1152,4 @@ impl Task {
             self.net.send_gossip(p, m.encode());
         }
     }
-}
-
-/// Whether a storage request from `peer` may write here: members of this node's grid, and
-/// static peers (`kith peer add`, the sysadmin's explicit choice).
-pub fn may_store(grid: &GridHandle, statics: &BTreeSet<PeerId>, peer: &PeerId) -> bool {
-    grid.is_member(peer) || statics.contains(peer)
 }

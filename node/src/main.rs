@@ -652,18 +652,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    kith_accounting::policy::human_size(bytes)
 }
 
 fn print_members(v: &serde_json::Value) {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     grid::now_ms,
     node::NodeHandle,
-    protocol::{Request, Response},
+    protocol::{Request, Response, from_cbor, to_cbor},
     storage::{CollectReport, ShareStore},
 };
 
@@ -35,19 +35,13 @@ pub const COLLECT_BUDGET: usize = 500;
 /// Pause between collector transactions.
 pub const COLLECT_PAUSE: Duration = Duration::from_millis(20);
 
+/// One upload: its verify cap's parts (can check shares, cannot decrypt) and which server
+/// holds which shares. The storage index is the key.
 #[derive(Serialize, Deserialize)]
 struct UploadRow {
     size: u64,
     at: u64,
     renewed: u64,
-    servers: Vec<String>,
-    /// The verify cap's parts (can check shares, cannot decrypt): for audits.
-    #[serde(default)]
-    audit: Option<AuditInfo>,
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-struct AuditInfo {
     #[serde(with = "serde_bytes")]
     ueb_hash: [u8; 32],
     needed: u8,
@@ -56,12 +50,23 @@ struct AuditInfo {
     holdings: Vec<(String, Vec<u8>)>,
 }
 
-fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = Vec::new();
-    // Writing CBOR into a Vec cannot fail.
-    #[allow(clippy::expect_used)]
-    ciborium::into_writer(v, &mut out).expect("CBOR into a Vec");
-    out
+impl UploadRow {
+    fn verify_cap(&self, si: [u8; 16]) -> crate::caps::ChkVerifyCap {
+        crate::caps::ChkVerifyCap {
+            storage_index: si,
+            ueb_hash: self.ueb_hash,
+            needed: self.needed,
+            total: self.total,
+            size: self.size,
+        }
+    }
+
+    /// Servers holding shares, with the share numbers each holds.
+    fn holders(&self) -> impl Iterator<Item = (PeerId, &[u8])> {
+        self.holdings
+            .iter()
+            .filter_map(|(p, sh)| Some((p.parse().ok()?, sh.as_slice())))
+    }
 }
 
 /// Creates the table.
@@ -69,6 +74,32 @@ pub fn init(db: &redb::Database) -> Result<(), String> {
     let tx = db.begin_write().map_err(|e| e.to_string())?;
     tx.open_table(UPLOADS).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())
+}
+
+/// Writes `rows` in one transaction.
+fn put_uploads(db: &redb::Database, rows: &[([u8; 16], UploadRow)]) -> Result<(), String> {
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut t = tx.open_table(UPLOADS).map_err(|e| e.to_string())?;
+        for (si, row) in rows {
+            t.insert(si.as_slice(), to_cbor(row).as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+fn load_uploads(db: &redb::Database) -> Result<Vec<([u8; 16], UploadRow)>, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let t = tx.open_table(UPLOADS).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for item in t.iter().map_err(|e| e.to_string())? {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        if let (Ok(si), Ok(row)) = (<[u8; 16]>::try_from(k.value()), from_cbor(v.value())) {
+            out.push((si, row));
+        }
+    }
+    Ok(out)
 }
 
 /// Remembers an upload: its verify cap (never the read cap) and which server holds which
@@ -83,24 +114,15 @@ pub fn record_upload(
         size: cap.size,
         at: now,
         renewed: now,
-        servers: holdings.keys().map(ToString::to_string).collect(),
-        audit: Some(AuditInfo {
-            ueb_hash: cap.ueb_hash,
-            needed: cap.needed,
-            total: cap.total,
-            holdings: holdings
-                .iter()
-                .map(|(p, sh)| (p.to_string(), sh.iter().copied().collect()))
-                .collect(),
-        }),
+        ueb_hash: cap.ueb_hash,
+        needed: cap.needed,
+        total: cap.total,
+        holdings: holdings
+            .iter()
+            .map(|(p, sh)| (p.to_string(), sh.iter().copied().collect()))
+            .collect(),
     };
-    let si = &cap.storage_index;
-    let tx = db.begin_write().map_err(|e| e.to_string())?;
-    tx.open_table(UPLOADS)
-        .map_err(|e| e.to_string())?
-        .insert(si.as_slice(), cbor(&row).as_slice())
-        .map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())
+    put_uploads(db, &[(cap.storage_index, row)])
 }
 
 /// What a renewal did.
@@ -119,34 +141,15 @@ pub struct RenewReport {
 pub async fn renew(node: &NodeHandle, older_than: Duration) -> Result<RenewReport, String> {
     let db = node.database().clone();
     let now = now_ms() / 1000;
-    let rows: Vec<([u8; 16], UploadRow)> = tokio::task::spawn_blocking(move || {
-        let tx = db.begin_read().map_err(|e| e.to_string())?;
-        let t = tx.open_table(UPLOADS).map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| e.to_string())? {
-            let (k, v) = item.map_err(|e| e.to_string())?;
-            let Ok(si) = <[u8; 16]>::try_from(k.value()) else {
-                continue;
-            };
-            if let Ok(row) =
-                ciborium::de::from_reader_with_recursion_limit::<UploadRow, _>(v.value(), 8)
-                && now.saturating_sub(row.renewed) >= older_than.as_secs()
-            {
-                out.push((si, row));
-            }
-        }
-        Ok::<_, String>(out)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    let mut rows = tokio::task::spawn_blocking(move || load_uploads(&db))
+        .await
+        .map_err(|e| e.to_string())??;
+    rows.retain(|(_, row)| now.saturating_sub(row.renewed) >= older_than.as_secs());
     let mut report = RenewReport::default();
-    for (si, mut row) in rows {
+    for (si, row) in &mut rows {
         report.files += 1;
-        for s in &row.servers {
-            let Ok(server) = s.parse::<PeerId>() else {
-                continue;
-            };
-            match node.rpc(server, Request::AddLease { si }).await {
+        for (server, _) in row.holders() {
+            match node.rpc(server, Request::AddLease { si: *si }).await {
                 Ok(Response::Leased(_)) => report.renewed += 1,
                 Ok(Response::Error(e)) => report.failed.push(format!("{server}: {e}")),
                 Ok(other) => report
@@ -156,17 +159,11 @@ pub async fn renew(node: &NodeHandle, older_than: Duration) -> Result<RenewRepor
             }
         }
         row.renewed = now;
-        let db = node.database().clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let tx = db.begin_write().map_err(|e| e.to_string())?;
-            tx.open_table(UPLOADS)
-                .map_err(|e| e.to_string())?
-                .insert(si.as_slice(), cbor(&row).as_slice())
-                .map_err(|e| e.to_string())?;
-            tx.commit().map_err(|e| e.to_string())
-        })
-        .await;
     }
+    let db = node.database().clone();
+    tokio::task::spawn_blocking(move || put_uploads(&db, &rows))
+        .await
+        .map_err(|e| e.to_string())??;
     Ok(report)
 }
 
@@ -267,24 +264,6 @@ pub struct AuditReport {
 /// How long a challenged server has to answer.
 pub const AUDIT_DEADLINE: Duration = Duration::from_secs(30);
 
-fn load_uploads(db: &redb::Database) -> Result<Vec<([u8; 16], UploadRow)>, String> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
-    let t = tx.open_table(UPLOADS).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for item in t.iter().map_err(|e| e.to_string())? {
-        let (k, v) = item.map_err(|e| e.to_string())?;
-        let Ok(si) = <[u8; 16]>::try_from(k.value()) else {
-            continue;
-        };
-        if let Ok(row) =
-            ciborium::de::from_reader_with_recursion_limit::<UploadRow, _>(v.value(), 8)
-        {
-            out.push((si, row));
-        }
-    }
-    Ok(out)
-}
-
 enum Verdict {
     Pass,
     Fail(String),
@@ -353,24 +332,9 @@ pub async fn audit(node: &NodeHandle, count: usize) -> Result<AuditReport, Strin
     let me = node.peer_id();
     let mut targets: Vec<(crate::caps::ChkVerifyCap, PeerId, u8)> = Vec::new();
     for (si, row) in &uploads {
-        let Some(a) = &row.audit else { continue };
-        let cap = crate::caps::ChkVerifyCap {
-            storage_index: *si,
-            ueb_hash: a.ueb_hash,
-            needed: a.needed,
-            total: a.total,
-            size: row.size,
-        };
-        for (server, shnums) in &a.holdings {
-            let Ok(server) = server.parse::<PeerId>() else {
-                continue;
-            };
-            if server == me {
-                continue;
-            }
-            for sh in shnums {
-                targets.push((cap.clone(), server, *sh));
-            }
+        let cap = row.verify_cap(*si);
+        for (server, shnums) in row.holders().filter(|(s, _)| *s != me) {
+            targets.extend(shnums.iter().map(|sh| (cap.clone(), server, *sh)));
         }
     }
     let mut report = AuditReport::default();

@@ -506,11 +506,30 @@ impl NodeHandle {
 
     /// Every member and account: usage both ways, access, audit score.
     pub async fn friends_info(&self) -> Result<FriendsInfo, FriendError> {
-        let f = self.inner.friends.clone();
         let connected = self.inner.net.state().peers;
-        tokio::task::spawn_blocking(move || f.info(&connected))
+        self.with_friends(move |f| f.info(&connected)).await
+    }
+
+    /// Runs `op` on the ledger off the async threads (it reads and writes redb).
+    async fn with_friends<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Friends) -> Result<T, FriendError> + Send + 'static,
+    ) -> Result<T, FriendError> {
+        let f = self.inner.friends.clone();
+        tokio::task::spawn_blocking(move || op(&f))
             .await
             .map_err(|e| FriendError::Store(e.to_string()))?
+    }
+
+    /// An owner's decision: applied to the ledger, then this node's record is republished so
+    /// uploaders learn it.
+    async fn decide<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Friends) -> Result<T, FriendError> + Send + 'static,
+    ) -> Result<T, FriendError> {
+        let out = self.with_friends(op).await?;
+        let _ = self.inner.grid.refresh_record().await;
+        Ok(out)
     }
 
     /// Grants `peer` storage here up to `quota`.
@@ -519,23 +538,12 @@ impl NodeHandle {
         peer: PeerId,
         quota: kith_accounting::Quota,
     ) -> Result<(), FriendError> {
-        let f = self.inner.friends.clone();
-        tokio::task::spawn_blocking(move || f.grant(&peer, quota))
-            .await
-            .map_err(|e| FriendError::Store(e.to_string()))??;
-        // Uploaders learn it from this node's record.
-        let _ = self.inner.grid.refresh_record().await;
-        Ok(())
+        self.decide(move |f| f.grant(&peer, quota)).await
     }
 
     /// Revokes `peer`'s access: no new writes from now; shares kept for `grace`.
     pub async fn revoke(&self, peer: PeerId, grace: Duration) -> Result<(), FriendError> {
-        let f = self.inner.friends.clone();
-        tokio::task::spawn_blocking(move || f.revoke(&peer, grace))
-            .await
-            .map_err(|e| FriendError::Store(e.to_string()))??;
-        let _ = self.inner.grid.refresh_record().await;
-        Ok(())
+        self.decide(move |f| f.revoke(&peer, grace)).await
     }
 
     /// Changes the storage policy.
@@ -543,12 +551,7 @@ impl NodeHandle {
         &self,
         change: kith_accounting::PolicyChange,
     ) -> Result<PolicyInfo, FriendError> {
-        let f = self.inner.friends.clone();
-        let p = tokio::task::spawn_blocking(move || f.set_policy(change))
-            .await
-            .map_err(|e| FriendError::Store(e.to_string()))??;
-        let _ = self.inner.grid.refresh_record().await;
-        Ok(p)
+        self.decide(move |f| f.set_policy(change)).await
     }
 
     /// Members, expulsions and gossip counters.

@@ -367,6 +367,20 @@ impl libp2p::request_response::Codec for Codec {
     }
 }
 
+/// CBOR of `v` (the node's tables and small messages).
+pub(crate) fn to_cbor<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing CBOR into a Vec cannot fail.
+    #[allow(clippy::expect_used)]
+    ciborium::into_writer(v, &mut out).expect("CBOR into a Vec");
+    out
+}
+
+/// Depth-bounded CBOR decoding of a table row or a small message.
+pub(crate) fn from_cbor<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    ciborium::de::from_reader_with_recursion_limit(b, 16).map_err(|e| e.to_string())
+}
+
 /// The gossip protocol: one gossip message per request, empty response.
 pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/gossip/1.0.0");
 /// The join protocol: an invitation secret in, a certificate chain and the grid's records out.
