@@ -13,3 +13,4 @@
 
 pub mod accounting_sim;
 pub mod gossip_sim;
+pub mod scenario;

@@ -163,6 +163,22 @@ impl Grid {
     }
 }
 
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `bound` (tests wait on
+/// conditions with a deadline, never on a fixed sleep).
+pub async fn until(what: &str, bound: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let end = tokio::time::Instant::now() + bound;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `n` bytes from a seeded generator (fast, reproducible).
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     use rand::{RngCore, SeedableRng};

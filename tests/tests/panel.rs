@@ -619,18 +619,8 @@ impl Drop for ChromeDriver {
 
 // ---- waiting on the page ----------------------------------------------------------------------
 
-async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let end = tokio::time::Instant::now() + BOUND;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+async fn until(what: &str, cond: impl AsyncFnMut() -> bool) {
+    kith_tests::until(what, BOUND, cond).await;
 }
 
 /// Retries a WebDriver step while the element is missing, stale or not interactable yet (the

@@ -12,6 +12,8 @@
 
 use serde::Deserialize;
 
+pub use crate::scenario::ScenarioError;
+
 /// One accounting scenario.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -160,18 +162,6 @@ pub enum Placement {
     Free,
     /// By consumption beyond contribution, then free space.
     Balance,
-}
-
-/// Why a scenario could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ScenarioError {
-    /// Not valid TOML or an unknown field.
-    #[error("invalid scenario: {0}")]
-    Parse(#[from] toml::de::Error),
-    /// A value out of range.
-    #[error("invalid scenario: {0}")]
-    Invalid(&'static str),
 }
 
 fn range_ok(r: [f64; 2], min: f64) -> bool {

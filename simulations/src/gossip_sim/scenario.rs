@@ -17,6 +17,8 @@
 use kith_gossip::Config;
 use serde::Deserialize;
 
+pub use crate::scenario::ScenarioError;
+
 /// One simulation scenario.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -133,18 +135,6 @@ impl CoreOverrides {
         );
         c
     }
-}
-
-/// Why a scenario could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ScenarioError {
-    /// Not valid TOML or an unknown field.
-    #[error("invalid scenario: {0}")]
-    Parse(#[from] toml::de::Error),
-    /// A value out of range.
-    #[error("invalid scenario: {0}")]
-    Invalid(&'static str),
 }
 
 impl Scenario {

@@ -10,6 +10,8 @@ use kith_node::{
 };
 use kith_tests::{Encoding, Grid, Listen, random_bytes};
 
+const BOUND: Duration = Duration::from_secs(10);
+
 async fn put(node: &NodeHandle, len: usize, seed: u64) -> Result<String, UploadError> {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("f.bin");
@@ -52,18 +54,13 @@ async fn grants_quotas_and_revocation_are_enforced_between_real_nodes() {
     assert_eq!(b_at_a.stored_here.shares, 1);
     assert!(b_at_a.stored_here.bytes >= 200_000);
     assert!(b_at_a.stored_here.oldest_lease.is_some());
-    let tmp_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let on_b = b.friends_info().await.unwrap();
-        if friend(&on_b, &a).placed_there.shares == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < tmp_deadline,
-            "B never recorded its share on A"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kith_tests::until("B to record its share on A", BOUND, async || {
+        friend(&b.friends_info().await.unwrap(), &a)
+            .placed_there
+            .shares
+            == 1
+    })
+    .await;
 
     // A revokes B: B's next upload fails and says why; renewing its leases is refused too; what
     // it stored stays during the grace period.
@@ -81,14 +78,10 @@ async fn grants_quotas_and_revocation_are_enforced_between_real_nodes() {
         "{renew:?}"
     );
     // A's record carries the decision: B stops asking A at all, and still says why.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while b.storage_servers().contains(&a.peer_id()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "A's new record never reached B"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kith_tests::until("A's new record to reach B", BOUND, async || {
+        !b.storage_servers().contains(&a.peer_id())
+    })
+    .await;
     let err = put(&b, 200_000, 6).await.unwrap_err().to_string();
     assert!(err.contains("revoked"), "{err}");
     let on_a = a.friends_info().await.unwrap();
@@ -114,18 +107,10 @@ async fn grants_quotas_and_revocation_are_enforced_between_real_nodes() {
     assert_eq!(c_at_a.stored_here.shares, 1);
 
     // C learns what A grants it from A's record.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let on_c = c.friends_info().await.unwrap();
-        if friend(&on_c, &a).their_grant == Some(quota.to_string()) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "C never learned its quota on A"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kith_tests::until("C to learn its quota on A", BOUND, async || {
+        friend(&c.friends_info().await.unwrap(), &a).their_grant == Some(quota.to_string())
+    })
+    .await;
 
     // The same numbers in Prometheus text.
     let m = a.metrics().await;

@@ -13,18 +13,8 @@ use kith_tests::{Encoding, Grid, Listen, random_bytes};
 
 const BOUND: Duration = Duration::from_secs(20);
 
-async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let end = tokio::time::Instant::now() + BOUND;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until(what: &str, cond: impl AsyncFnMut() -> bool) {
+    kith_tests::until(what, BOUND, cond).await;
 }
 
 async fn put_get(from: &NodeHandle, to: &NodeHandle, seed: u64) {
