@@ -1,0 +1,678 @@
+//! The reachability policy: a sans-IO state machine that decides what the node tries next to
+//! become reachable (map a port on the router, reserve relay slots, let go of them) from what
+//! it has learned so far, and explains where it stands.
+//!
+//! Inputs are [`Event`]s stamped with `now` (milliseconds on any monotonic clock); outputs are
+//! [`Action`]s from [`Policy::poll`]. Nothing here touches a socket, a clock or a random
+//! number generator, so the policy can be driven by a simulator or a property test.
+//!
+//! The rules, in order:
+//! 1. A confirmed external address (configured, confirmed by AutoNAT, or a UPnP mapping that
+//!    AutoNAT confirmed) makes the node *public*. A public node needs no relay slots; it keeps
+//!    them for [`RELEASE_AFTER_PUBLIC_MS`] (so a flapping confirmation does not churn its record)
+//!    and then releases them.
+//! 2. With UPnP on, the router is asked for a mapping at start, renewed at half its lease and
+//!    asked again with capped exponential backoff after a failure.
+//! 3. With the relay client on, a node that is not public keeps reservations on
+//!    [`WANTED_RELAYS`] relays (members that offer the relay protocol), picked in a stable
+//!    order, skipping relays that refused recently (backoff). It reserves at once rather than
+//!    waiting for AutoNAT to say "private": the first byte between two homes should not wait
+//!    for a probe.
+//! 4. Hole punching runs by itself on relayed connections (DCUtR); the policy only counts the
+//!    outcomes for the explanation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use libp2p::{Multiaddr, PeerId};
+
+/// Relay reservations an unreachable node keeps.
+pub const WANTED_RELAYS: usize = 2;
+/// How long a node stays public before it lets its relay reservations go.
+pub const RELEASE_AFTER_PUBLIC_MS: u64 = 30_000;
+/// First retry delay after a failed UPnP attempt or a refused reservation.
+pub const FIRST_BACKOFF_MS: u64 = 30_000;
+/// Longest retry delay.
+pub const MAX_BACKOFF_MS: u64 = 30 * 60_000;
+
+/// Which automatic behaviours are on. `Features::default()` is the home-user setting (all on);
+/// [`Features::sysadmin`] switches every one off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Features {
+    /// Learn observed addresses (identify) and confirm them (AutoNAT v2).
+    pub detect_addresses: bool,
+    /// Map ports on the router with UPnP IGD.
+    pub upnp: bool,
+    /// Reserve relay slots on members when not publicly reachable.
+    pub relay_client: bool,
+    /// Relay for members when publicly reachable.
+    pub relay_server: bool,
+    /// Upgrade relayed connections to direct ones (DCUtR).
+    pub hole_punching: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Self {
+            detect_addresses: true,
+            upnp: true,
+            relay_client: true,
+            relay_server: true,
+            hole_punching: true,
+        }
+    }
+}
+
+impl Features {
+    /// Sysadmin mode: only configured addresses, nothing automatic.
+    pub fn sysadmin() -> Self {
+        Self {
+            detect_addresses: false,
+            upnp: false,
+            relay_client: false,
+            relay_server: false,
+            hole_punching: false,
+        }
+    }
+}
+
+/// Where a confirmed external address came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Written in the configuration (`network.announce`).
+    Configured,
+    /// Confirmed by another member's AutoNAT dial-back.
+    Autonat,
+    /// A UPnP mapping on the router, confirmed by AutoNAT.
+    Upnp,
+}
+
+/// What the policy learns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An external address was confirmed.
+    Confirmed(Multiaddr),
+    /// A confirmed external address expired (AutoNAT no longer reaches it, mapping gone).
+    Expired(Multiaddr),
+    /// The router mapped ports; `external` are the mapped addresses (not yet confirmed).
+    UpnpMapped {
+        /// The external addresses of the mappings.
+        external: Vec<Multiaddr>,
+        /// Lease in milliseconds (0 = permanent).
+        lease_ms: u64,
+    },
+    /// The UPnP attempt failed (no gateway, refused, ...).
+    UpnpFailed(String),
+    /// A connected member offers the relay protocol.
+    RelayAvailable(PeerId),
+    /// A relay is no longer connected or no longer offers relaying.
+    RelayGone(PeerId),
+    /// A reservation was accepted.
+    ReservationAccepted(PeerId),
+    /// A reservation was refused or failed.
+    ReservationFailed(PeerId, String),
+    /// A reservation ended (connection closed, relay went away).
+    ReservationClosed(PeerId),
+    /// A hole punch to a peer finished.
+    HolePunch {
+        /// The peer.
+        peer: PeerId,
+        /// Whether a direct connection came out of it.
+        ok: bool,
+    },
+}
+
+/// What the policy wants done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Ask the router for (or renew) port mappings.
+    MapPorts,
+    /// Reserve a relay slot on this member.
+    Reserve(PeerId),
+    /// Let this reservation go.
+    Release(PeerId),
+}
+
+/// The state of the UPnP attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upnp {
+    /// Switched off.
+    Off,
+    /// Not tried yet.
+    Idle,
+    /// A request is in flight.
+    Trying,
+    /// Mapped.
+    Mapped {
+        /// External addresses of the mappings.
+        external: Vec<Multiaddr>,
+        /// When to renew (ms).
+        renew_at: u64,
+    },
+    /// The last attempt failed.
+    Failed {
+        /// Why.
+        reason: String,
+        /// When to try again (ms).
+        retry_at: u64,
+    },
+}
+
+/// One relay reservation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Requested, waiting for the answer.
+    Requesting,
+    /// Accepted: the node is reachable through this relay.
+    Accepted,
+}
+
+/// The node's reachability, as shown to the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reachability {
+    /// Reachable directly at `addrs`.
+    Public {
+        /// Confirmed external addresses and where each came from.
+        addrs: Vec<(Multiaddr, Source)>,
+    },
+    /// Not reachable directly; reachable through these relays (maybe none yet).
+    Private {
+        /// Relays holding an accepted reservation.
+        relays: Vec<PeerId>,
+    },
+    /// Nothing learned yet (no address detection, no configured address).
+    Unknown,
+}
+
+/// The policy state machine.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    features: Features,
+    confirmed: BTreeMap<Multiaddr, Source>,
+    configured: BTreeSet<Multiaddr>,
+    public_since: Option<u64>,
+    upnp: Upnp,
+    upnp_backoff: u64,
+    relays: BTreeSet<PeerId>,
+    reservations: BTreeMap<PeerId, Reservation>,
+    refused: BTreeMap<PeerId, (u64, u64)>,
+    punched: BTreeMap<PeerId, bool>,
+}
+
+impl Policy {
+    /// A policy with these features; `configured` are announce addresses the owner typed in
+    /// (taken as confirmed).
+    pub fn new(features: Features, configured: &[Multiaddr], now: u64) -> Self {
+        let confirmed: BTreeMap<_, _> = configured
+            .iter()
+            .map(|a| (a.clone(), Source::Configured))
+            .collect();
+        Self {
+            features,
+            public_since: (!confirmed.is_empty()).then_some(now),
+            confirmed,
+            configured: configured.iter().cloned().collect(),
+            upnp: if features.upnp { Upnp::Idle } else { Upnp::Off },
+            upnp_backoff: FIRST_BACKOFF_MS,
+            relays: BTreeSet::new(),
+            reservations: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            punched: BTreeMap::new(),
+        }
+    }
+
+    /// The features in force.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Takes one thing learned.
+    pub fn on(&mut self, event: Event, now: u64) {
+        match event {
+            Event::Confirmed(addr) => {
+                let source = if self.configured.contains(&addr) {
+                    Source::Configured
+                } else if self.upnp_external().any(|a| a == &addr) {
+                    Source::Upnp
+                } else {
+                    Source::Autonat
+                };
+                if is_relayed(&addr) {
+                    return;
+                }
+                self.confirmed.insert(addr, source);
+                self.public_since.get_or_insert(now);
+            }
+            Event::Expired(addr) => {
+                if self.configured.contains(&addr) {
+                    return;
+                }
+                self.confirmed.remove(&addr);
+                if self.confirmed.is_empty() {
+                    self.public_since = None;
+                }
+            }
+            Event::UpnpMapped { external, lease_ms } => {
+                if self.features.upnp {
+                    self.upnp_backoff = FIRST_BACKOFF_MS;
+                    let renew_at = if lease_ms == 0 {
+                        u64::MAX
+                    } else {
+                        now + lease_ms / 2
+                    };
+                    for a in &external {
+                        if let Some(s) = self.confirmed.get_mut(a) {
+                            *s = Source::Upnp;
+                        }
+                    }
+                    self.upnp = Upnp::Mapped { external, renew_at };
+                }
+            }
+            Event::UpnpFailed(reason) => {
+                if self.features.upnp {
+                    self.upnp = Upnp::Failed {
+                        reason,
+                        retry_at: now + self.upnp_backoff,
+                    };
+                    self.upnp_backoff = (self.upnp_backoff * 2).min(MAX_BACKOFF_MS);
+                }
+            }
+            Event::RelayAvailable(peer) => {
+                self.relays.insert(peer);
+            }
+            Event::RelayGone(peer) => {
+                self.relays.remove(&peer);
+                self.reservations.remove(&peer);
+            }
+            Event::ReservationAccepted(peer) => {
+                // Only answers to our own requests count (a late renewal of a released
+                // reservation does not bring it back).
+                if let Some(r) = self.reservations.get_mut(&peer) {
+                    self.refused.remove(&peer);
+                    *r = Reservation::Accepted;
+                }
+            }
+            Event::ReservationFailed(peer, _) => {
+                self.reservations.remove(&peer);
+                let backoff = self
+                    .refused
+                    .get(&peer)
+                    .map_or(FIRST_BACKOFF_MS, |(_, b)| (b * 2).min(MAX_BACKOFF_MS));
+                self.refused.insert(peer, (now + backoff, backoff));
+            }
+            Event::ReservationClosed(peer) => {
+                self.reservations.remove(&peer);
+            }
+            Event::HolePunch { peer, ok } => {
+                self.punched.insert(peer, ok);
+            }
+        }
+    }
+
+    fn upnp_external(&self) -> impl Iterator<Item = &Multiaddr> {
+        match &self.upnp {
+            Upnp::Mapped { external, .. } => external.as_slice(),
+            _ => &[],
+        }
+        .iter()
+    }
+
+    /// Whether a confirmed external address exists.
+    pub fn is_public(&self) -> bool {
+        !self.confirmed.is_empty()
+    }
+
+    /// What to do now. Call after every event and on a timer.
+    pub fn poll(&mut self, now: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        let upnp_due = match &self.upnp {
+            Upnp::Idle => true,
+            Upnp::Mapped { renew_at, .. } => now >= *renew_at,
+            Upnp::Failed { retry_at, .. } => now >= *retry_at,
+            Upnp::Off | Upnp::Trying => false,
+        };
+        if upnp_due {
+            if let Upnp::Mapped { renew_at, .. } = &mut self.upnp {
+                // Stay "mapped" while renewing; a failed renewal reports UpnpFailed.
+                *renew_at = u64::MAX;
+            } else {
+                self.upnp = Upnp::Trying;
+            }
+            out.push(Action::MapPorts);
+        }
+        self.refused.retain(|_, (until, _)| *until > now);
+        let public_long_enough = self
+            .public_since
+            .is_some_and(|t| now.saturating_sub(t) >= RELEASE_AFTER_PUBLIC_MS);
+        if public_long_enough || !self.features.relay_client {
+            for peer in std::mem::take(&mut self.reservations).into_keys() {
+                out.push(Action::Release(peer));
+            }
+            return out;
+        }
+        if self.is_public() {
+            return out;
+        }
+        let wanted = WANTED_RELAYS.saturating_sub(self.reservations.len());
+        let picks: Vec<PeerId> = self
+            .relays
+            .iter()
+            .filter(|p| !self.reservations.contains_key(p) && !self.refused.contains_key(p))
+            .take(wanted)
+            .copied()
+            .collect();
+        for peer in picks {
+            self.reservations.insert(peer, Reservation::Requesting);
+            out.push(Action::Reserve(peer));
+        }
+        out
+    }
+
+    /// The reachability as it stands.
+    pub fn reachability(&self) -> Reachability {
+        if self.is_public() {
+            return Reachability::Public {
+                addrs: self
+                    .confirmed
+                    .iter()
+                    .map(|(a, s)| (a.clone(), *s))
+                    .collect(),
+            };
+        }
+        if !self.features.detect_addresses && !self.features.relay_client {
+            return Reachability::Unknown;
+        }
+        Reachability::Private {
+            relays: self.accepted_relays(),
+        }
+    }
+
+    /// Relays holding an accepted reservation.
+    pub fn accepted_relays(&self) -> Vec<PeerId> {
+        self.reservations
+            .iter()
+            .filter(|(_, r)| **r == Reservation::Accepted)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The reservations (requested and accepted).
+    pub fn reservations(&self) -> &BTreeMap<PeerId, Reservation> {
+        &self.reservations
+    }
+
+    /// The UPnP state.
+    pub fn upnp(&self) -> &Upnp {
+        &self.upnp
+    }
+
+    /// Hole punches that ended in a direct connection, and all that finished.
+    pub fn hole_punches(&self) -> (usize, usize) {
+        (
+            self.punched.values().filter(|ok| **ok).count(),
+            self.punched.len(),
+        )
+    }
+
+    /// One line for `kith status`: how the node is reachable and how it got there. `name`
+    /// turns a peer id into what the user calls it.
+    pub fn explain(&self, name: &dyn Fn(&PeerId) -> String) -> String {
+        let mut text = match self.reachability() {
+            Reachability::Public { addrs } => {
+                let upnp = addrs.iter().find(|(_, s)| *s == Source::Upnp);
+                match upnp {
+                    Some((a, _)) => {
+                        format!("public (UPnP mapping {} on the router)", host_port(a))
+                    }
+                    None => {
+                        let list: Vec<String> = addrs.iter().map(|(a, _)| host_port(a)).collect();
+                        let how = if addrs.iter().all(|(_, s)| *s == Source::Configured) {
+                            "configured"
+                        } else {
+                            "confirmed by AutoNAT"
+                        };
+                        format!("public at {} ({how})", list.join(", "))
+                    }
+                }
+            }
+            Reachability::Private { relays } if relays.is_empty() => {
+                let waiting = if self.reservations.is_empty() {
+                    if self.features.relay_client {
+                        "no relay available yet"
+                    } else {
+                        "relays switched off"
+                    }
+                } else {
+                    "reserving a relay"
+                };
+                format!("behind NAT, {waiting}")
+            }
+            Reachability::Private { relays } => {
+                let names: Vec<String> = relays.iter().map(name).collect();
+                format!("behind NAT, relayed via {}", names.join(" and "))
+            }
+            Reachability::Unknown => "configured addresses only (sysadmin mode)".to_owned(),
+        };
+        let (ok, all) = self.hole_punches();
+        if all > 0 {
+            text.push_str(&format!(", direct to {ok} of {all} peers by hole punching"));
+        }
+        if let Upnp::Failed { reason, .. } = &self.upnp
+            && !self.is_public()
+        {
+            text.push_str(&format!("; UPnP: {reason}"));
+        }
+        text
+    }
+}
+
+/// Whether an address goes through a relay (`/p2p-circuit`).
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+}
+
+/// `203.0.113.7:41000` (or `[::1]:41000`) for an IP + TCP/UDP multiaddr; the multiaddr otherwise.
+pub fn host_port(addr: &Multiaddr) -> String {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(a.to_string()),
+            Protocol::Ip6(a) => ip = Some(format!("[{a}]")),
+            Protocol::Tcp(p) | Protocol::Udp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    match (ip, port) {
+        (Some(ip), Some(port)) => format!("{ip}:{port}"),
+        _ => addr.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    fn peers(n: u8) -> Vec<PeerId> {
+        (0..n)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[0] = i;
+                libp2p::identity::Keypair::ed25519_from_bytes(seed)
+                    .unwrap()
+                    .public()
+                    .to_peer_id()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unreachable_node_reserves_two_relays_and_explains_it() {
+        let mut p = Policy::new(Features::default(), &[], 0);
+        assert_eq!(p.poll(0), vec![Action::MapPorts]);
+        let r = peers(3);
+        for x in &r {
+            p.on(Event::RelayAvailable(*x), 10);
+        }
+        let acts = p.poll(10);
+        assert_eq!(acts.len(), WANTED_RELAYS);
+        assert!(acts.iter().all(|a| matches!(a, Action::Reserve(_))));
+        assert!(p.poll(11).is_empty(), "no second request while waiting");
+        p.on(Event::UpnpFailed("no gateway found".into()), 12);
+        for a in acts {
+            if let Action::Reserve(x) = a {
+                p.on(Event::ReservationAccepted(x), 20);
+            }
+        }
+        let text = p.explain(&|x| format!("n{}", r.iter().position(|y| y == x).unwrap()));
+        assert!(text.starts_with("behind NAT, relayed via n"), "{text}");
+        assert!(text.contains("UPnP: no gateway found"), "{text}");
+    }
+
+    #[test]
+    fn refused_relay_is_skipped_then_retried_after_backoff() {
+        let mut p = Policy::new(
+            Features {
+                upnp: false,
+                ..Features::default()
+            },
+            &[],
+            0,
+        );
+        let r = peers(1);
+        p.on(Event::RelayAvailable(r[0]), 0);
+        assert_eq!(p.poll(0), vec![Action::Reserve(r[0])]);
+        p.on(Event::ReservationFailed(r[0], "denied".into()), 5);
+        assert!(p.poll(6).is_empty());
+        assert_eq!(p.poll(5 + FIRST_BACKOFF_MS), vec![Action::Reserve(r[0])]);
+    }
+
+    #[test]
+    fn upnp_mapping_counts_only_once_confirmed_and_is_renewed() {
+        let mut p = Policy::new(Features::default(), &[], 0);
+        assert_eq!(p.poll(0), vec![Action::MapPorts]);
+        let ext = addr("/ip4/11.0.0.11/tcp/4002");
+        p.on(
+            Event::UpnpMapped {
+                external: vec![ext.clone()],
+                lease_ms: 3_600_000,
+            },
+            100,
+        );
+        assert!(!p.is_public(), "a mapping alone is not reachability");
+        p.on(Event::Confirmed(ext.clone()), 200);
+        assert!(p.is_public());
+        assert_eq!(
+            p.explain(&|x| x.to_string()),
+            "public (UPnP mapping 11.0.0.11:4002 on the router)"
+        );
+        assert!(p.poll(1_000).is_empty());
+        assert_eq!(p.poll(100 + 1_800_000), vec![Action::MapPorts]);
+        assert!(matches!(p.upnp(), Upnp::Mapped { .. }));
+    }
+
+    #[test]
+    fn public_node_releases_reservations_after_a_while() {
+        let mut p = Policy::new(
+            Features {
+                upnp: false,
+                ..Features::default()
+            },
+            &[],
+            0,
+        );
+        let r = peers(2);
+        p.on(Event::RelayAvailable(r[0]), 0);
+        assert_eq!(p.poll(0), vec![Action::Reserve(r[0])]);
+        p.on(Event::ReservationAccepted(r[0]), 1);
+        p.on(Event::Confirmed(addr("/ip4/198.51.100.1/tcp/1")), 1000);
+        assert!(p.poll(1001).is_empty());
+        assert_eq!(
+            p.poll(1000 + RELEASE_AFTER_PUBLIC_MS),
+            vec![Action::Release(r[0])]
+        );
+        assert!(p.reservations().is_empty());
+    }
+
+    #[test]
+    fn sysadmin_mode_does_nothing_by_itself() {
+        let cfg = addr("/ip4/198.51.100.7/tcp/41000");
+        let mut p = Policy::new(Features::sysadmin(), std::slice::from_ref(&cfg), 0);
+        for x in peers(3) {
+            p.on(Event::RelayAvailable(x), 0);
+        }
+        assert!(p.poll(0).is_empty());
+        assert!(p.poll(10 * MAX_BACKOFF_MS).is_empty());
+        assert_eq!(
+            p.explain(&|x| x.to_string()),
+            "public at 198.51.100.7:41000 (configured)"
+        );
+        let mut q = Policy::new(Features::sysadmin(), &[], 0);
+        assert_eq!(q.reachability(), Reachability::Unknown);
+        assert!(q.poll(0).is_empty());
+    }
+
+    #[test]
+    fn relayed_addresses_never_make_a_node_public() {
+        let mut p = Policy::new(Features::default(), &[], 0);
+        let r = peers(1)[0];
+        p.on(
+            Event::Confirmed(addr(&format!("/ip4/11.0.0.1/tcp/4001/p2p/{r}/p2p-circuit"))),
+            0,
+        );
+        assert!(!p.is_public());
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        let peer = (0u8..5).prop_map(|i| peers(5)[i as usize]);
+        let a = (0u8..3).prop_map(|i| addr(&format!("/ip4/203.0.113.{i}/tcp/1")));
+        prop_oneof![
+            a.clone().prop_map(Event::Confirmed),
+            a.clone().prop_map(Event::Expired),
+            a.prop_map(|a| Event::UpnpMapped {
+                external: vec![a],
+                lease_ms: 60_000
+            }),
+            Just(Event::UpnpFailed("x".into())),
+            peer.clone().prop_map(Event::RelayAvailable),
+            peer.clone().prop_map(Event::RelayGone),
+            peer.clone().prop_map(Event::ReservationAccepted),
+            peer.clone()
+                .prop_map(|p| Event::ReservationFailed(p, "no".into())),
+            peer.clone().prop_map(Event::ReservationClosed),
+            (peer, any::<bool>()).prop_map(|(peer, ok)| Event::HolePunch { peer, ok }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_more_than_wanted_relays_and_never_an_unknown_one(
+            events in proptest::collection::vec((event(), 0u64..100_000), 0..60),
+            relay_client in any::<bool>(),
+        ) {
+            let features = Features { relay_client, ..Features::default() };
+            let mut p = Policy::new(features, &[], 0);
+            let mut now = 0;
+            for (ev, dt) in events {
+                now += dt;
+                p.on(ev, now);
+                for a in p.poll(now) {
+                    if let Action::Reserve(x) = a {
+                        prop_assert!(relay_client);
+                        prop_assert!(p.relays.contains(&x));
+                        prop_assert!(!p.is_public());
+                    }
+                }
+                prop_assert!(p.reservations().len() <= WANTED_RELAYS);
+                let _ = p.explain(&|x| x.to_string());
+            }
+        }
+    }
+}
