@@ -8,6 +8,8 @@
 //!   fallback external port and removal on shutdown.
 //! - [`candidates`]: a small libp2p behaviour that feeds UPnP-mapped addresses to AutoNAT as
 //!   candidates, so only confirmed mappings are announced.
+//! - [`relay_server`]: libp2p's relay server behind two corrections (direct addresses only
+//!   count as reachability; relayed connections are kept from it, see the module docs).
 //! - [`relay_config`]: relay server limits sized for storage traffic (the libp2p defaults of
 //!   2 minutes and 128 KiB per circuit would cut every transfer), member-only.
 //!
@@ -16,6 +18,7 @@
 
 pub mod candidates;
 pub mod policy;
+pub mod relay_server;
 pub mod upnp;
 
 pub use policy::{Action, Event, Features, Policy, Reachability, Source};

@@ -29,8 +29,11 @@ use libp2p::{Multiaddr, PeerId};
 pub const WANTED_RELAYS: usize = 2;
 /// How long a node stays public before it lets its relay reservations go.
 pub const RELEASE_AFTER_PUBLIC_MS: u64 = 30_000;
-/// First retry delay after a failed UPnP attempt or a refused reservation.
+/// First retry delay after a failed UPnP attempt.
 pub const FIRST_BACKOFF_MS: u64 = 30_000;
+/// First retry delay after a refused reservation (short: a relay refuses a node that is
+/// still joining the grid, and accepts it a moment later).
+pub const FIRST_RESERVE_BACKOFF_MS: u64 = 1_000;
 /// Longest retry delay.
 pub const MAX_BACKOFF_MS: u64 = 30 * 60_000;
 
@@ -228,6 +231,11 @@ impl Policy {
 
     /// Takes one thing learned.
     pub fn on(&mut self, event: Event, now: u64) {
+        let event = match event {
+            Event::Confirmed(a) => Event::Confirmed(without_peer(a)),
+            Event::Expired(a) => Event::Expired(without_peer(a)),
+            e => e,
+        };
         match event {
             Event::Confirmed(addr) => {
                 let source = if self.configured.contains(&addr) {
@@ -297,7 +305,9 @@ impl Policy {
                 let backoff = self
                     .refused
                     .get(&peer)
-                    .map_or(FIRST_BACKOFF_MS, |(_, b)| (b * 2).min(MAX_BACKOFF_MS));
+                    .map_or(FIRST_RESERVE_BACKOFF_MS, |(_, b)| {
+                        (b * 2).min(MAX_BACKOFF_MS)
+                    });
                 self.refused.insert(peer, (now + backoff, backoff));
             }
             Event::ReservationClosed(peer) => {
@@ -340,7 +350,6 @@ impl Policy {
             }
             out.push(Action::MapPorts);
         }
-        self.refused.retain(|_, (until, _)| *until > now);
         let public_long_enough = self
             .public_since
             .is_some_and(|t| now.saturating_sub(t) >= RELEASE_AFTER_PUBLIC_MS);
@@ -357,7 +366,10 @@ impl Policy {
         let picks: Vec<PeerId> = self
             .relays
             .iter()
-            .filter(|p| !self.reservations.contains_key(p) && !self.refused.contains_key(p))
+            .filter(|p| {
+                !self.reservations.contains_key(p)
+                    && self.refused.get(p).is_none_or(|(until, _)| *until <= now)
+            })
             .take(wanted)
             .copied()
             .collect();
@@ -425,7 +437,9 @@ impl Policy {
                         format!("public (UPnP mapping {} on the router)", host_port(a))
                     }
                     None => {
-                        let list: Vec<String> = addrs.iter().map(|(a, _)| host_port(a)).collect();
+                        let mut list: Vec<String> =
+                            addrs.iter().map(|(a, _)| host_port(a)).collect();
+                        list.dedup();
                         let how = if addrs.iter().all(|(_, s)| *s == Source::Configured) {
                             "configured"
                         } else {
@@ -464,6 +478,17 @@ impl Policy {
         }
         text
     }
+}
+
+/// `addr` without a trailing `/p2p/<peer>`.
+pub fn without_peer(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(
+        addr.iter().last(),
+        Some(libp2p::multiaddr::Protocol::P2p(_))
+    ) {
+        addr.pop();
+    }
+    addr
 }
 
 /// Whether an address goes through a relay (`/p2p-circuit`).
@@ -551,7 +576,18 @@ mod tests {
         assert_eq!(p.poll(0), vec![Action::Reserve(r[0])]);
         p.on(Event::ReservationFailed(r[0], "denied".into()), 5);
         assert!(p.poll(6).is_empty());
-        assert_eq!(p.poll(5 + FIRST_BACKOFF_MS), vec![Action::Reserve(r[0])]);
+        assert_eq!(
+            p.poll(5 + FIRST_RESERVE_BACKOFF_MS),
+            vec![Action::Reserve(r[0])]
+        );
+        // A second refusal waits twice as long.
+        let t = 5 + FIRST_RESERVE_BACKOFF_MS;
+        p.on(Event::ReservationFailed(r[0], "denied".into()), t);
+        assert!(p.poll(t + FIRST_RESERVE_BACKOFF_MS).is_empty());
+        assert_eq!(
+            p.poll(t + 2 * FIRST_RESERVE_BACKOFF_MS),
+            vec![Action::Reserve(r[0])]
+        );
     }
 
     #[test]
@@ -617,6 +653,27 @@ mod tests {
         let mut q = Policy::new(Features::sysadmin(), &[], 0);
         assert_eq!(q.reachability(), Reachability::Unknown);
         assert!(q.poll(0).is_empty());
+    }
+
+    #[test]
+    fn tcp_and_quic_on_one_port_are_one_address_and_peer_suffixes_are_ignored() {
+        let me = peers(1)[0];
+        let mut p = Policy::new(Features::default(), &[], 0);
+        p.on(Event::Confirmed(addr("/ip4/11.0.0.1/tcp/4002")), 0);
+        p.on(
+            Event::Confirmed(addr(&format!("/ip4/11.0.0.1/udp/4002/quic-v1/p2p/{me}"))),
+            0,
+        );
+        assert_eq!(
+            p.explain(&|x| x.to_string()),
+            "public at 11.0.0.1:4002 (confirmed by AutoNAT)"
+        );
+        p.on(
+            Event::Expired(addr(&format!("/ip4/11.0.0.1/udp/4002/quic-v1/p2p/{me}"))),
+            1,
+        );
+        p.on(Event::Expired(addr("/ip4/11.0.0.1/tcp/4002")), 1);
+        assert!(!p.is_public());
     }
 
     #[test]

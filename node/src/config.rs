@@ -33,6 +33,18 @@
 //!
 //! [api]
 //! listen = "127.0.0.1:41235"  # local HTTP API and control panel; loopback only
+//!
+//! [nat]                   # how a home node becomes reachable by itself
+//! sysadmin = false        # true: only the addresses above, nothing automatic
+//! detect_addresses = true # observed addresses (identify) confirmed by members (AutoNAT v2)
+//! upnp = true             # map the listen ports on the router (UPnP IGD v1/v2)
+//! relay_client = true     # unreachable: keep reservations on two members' relays
+//! relay_server = true     # reachable: relay for members (never for others)
+//! hole_punching = true    # upgrade relayed connections to direct ones (DCUtR)
+//! relay_max_circuits = 32
+//! relay_max_circuit_bytes = "16GiB"
+//! relay_max_circuit_minutes = 60
+//! relay_circuits_per_minute = 30
 //! ```
 
 use std::{fmt, net::SocketAddr, str::FromStr};
@@ -102,6 +114,53 @@ pub struct RawConfig {
     pub encoding: RawEncoding,
     /// Local HTTP API and control panel.
     pub api: RawApi,
+    /// Automatic connectivity (NAT traversal) and the relay service.
+    pub nat: RawNat,
+}
+
+/// `[nat]`: what the node does by itself to become reachable. `sysadmin = true` switches every
+/// automatic behaviour off; each can also be switched off alone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawNat {
+    /// Only configured listen/announce addresses: no detection, UPnP, relays or hole punching.
+    pub sysadmin: bool,
+    /// Learn observed addresses (identify) and confirm them with other members (AutoNAT v2).
+    pub detect_addresses: bool,
+    /// Map the listen ports on the router (UPnP IGD).
+    pub upnp: bool,
+    /// When not reachable, keep reservations on two members' relays.
+    pub relay_client: bool,
+    /// When reachable, relay for members.
+    pub relay_server: bool,
+    /// Upgrade relayed connections to direct ones (DCUtR, TCP and QUIC).
+    pub hole_punching: bool,
+    /// Circuits this node relays at once.
+    pub relay_max_circuits: usize,
+    /// Most bytes one relayed circuit may carry.
+    pub relay_max_circuit_bytes: ByteSize,
+    /// Longest a relayed circuit may last, in minutes.
+    pub relay_max_circuit_minutes: u32,
+    /// New circuits one member may open through this node per minute.
+    pub relay_circuits_per_minute: u32,
+}
+
+impl Default for RawNat {
+    fn default() -> Self {
+        let limits = kith_nat::RelayLimits::default();
+        Self {
+            sysadmin: false,
+            detect_addresses: true,
+            upnp: true,
+            relay_client: true,
+            relay_server: true,
+            hole_punching: true,
+            relay_max_circuits: limits.max_circuits,
+            relay_max_circuit_bytes: ByteSize(limits.max_circuit_bytes),
+            relay_max_circuit_minutes: (limits.max_circuit_duration.as_secs() / 60) as u32,
+            relay_circuits_per_minute: limits.circuits_per_minute,
+        }
+    }
 }
 
 /// `[network]`.
@@ -293,6 +352,10 @@ pub struct Config {
     pub convergent: bool,
     /// Local API socket address (loopback).
     pub api_listen: SocketAddr,
+    /// Automatic connectivity features in force.
+    pub nat: kith_nat::Features,
+    /// Relay service limits.
+    pub relay_limits: kith_nat::RelayLimits,
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -361,6 +424,39 @@ impl TryFrom<RawConfig> for Config {
                 "the control panel only binds loopback addresses (127.0.0.1 or ::1)",
             ));
         }
+        let n = &raw.nat;
+        let nat = if n.sysadmin {
+            kith_nat::Features::sysadmin()
+        } else {
+            kith_nat::Features {
+                detect_addresses: n.detect_addresses,
+                upnp: n.upnp,
+                relay_client: n.relay_client,
+                relay_server: n.relay_server,
+                hole_punching: n.hole_punching,
+            }
+        };
+        if nat.hole_punching && !nat.relay_client {
+            return Err(bad(
+                "nat.hole_punching",
+                "hole punching upgrades relayed connections: it needs nat.relay_client = true",
+            ));
+        }
+        if n.relay_max_circuit_minutes == 0 || n.relay_max_circuit_bytes.0 < 1 << 20 {
+            return Err(bad(
+                "nat.relay_max_circuit_bytes",
+                "relayed circuits need at least 1 minute and 1MiB to carry storage traffic",
+            ));
+        }
+        let relay_limits = kith_nat::RelayLimits {
+            max_circuits: n.relay_max_circuits,
+            max_circuit_bytes: n.relay_max_circuit_bytes.0,
+            max_circuit_duration: std::time::Duration::from_secs(
+                u64::from(n.relay_max_circuit_minutes) * 60,
+            ),
+            circuits_per_minute: n.relay_circuits_per_minute,
+            ..kith_nat::RelayLimits::default()
+        };
         if raw.storage.lease_days == 0 {
             return Err(bad("storage.lease_days", "must be at least 1"));
         }
@@ -377,6 +473,8 @@ impl TryFrom<RawConfig> for Config {
             encoding,
             convergent: raw.encoding.convergent,
             api_listen,
+            nat,
+            relay_limits,
         })
     }
 }

@@ -469,10 +469,11 @@ fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
                 _ => false,
             })
         })
+        // Only a trailing `/p2p/<self>` goes: a relayed address keeps its relay's `/p2p/`.
         .map(|a| {
-            a.iter()
-                .filter(|p| !matches!(p, Protocol::P2p(_)))
-                .collect::<Multiaddr>()
+            kith_transports::split_peer_id(a)
+                .map(|(_, rest)| rest)
+                .unwrap_or_else(|| a.clone())
         })
         .collect()
 }
@@ -1051,10 +1052,17 @@ impl Task {
 
     fn my_addrs(&self) -> Vec<Multiaddr> {
         let st = self.net.state();
+        // Confirmed external addresses first (configured, AutoNAT-confirmed, UPnP, relayed),
+        // then the listen addresses (useful on the same LAN).
         let mut all: Vec<Multiaddr> = self.profile.announce.clone();
+        all.extend(st.external_addrs.iter().cloned());
         all.extend(st.listen_addrs.iter().cloned());
-        let mut out = dialable(&all);
-        out.dedup();
+        let mut out: Vec<Multiaddr> = Vec::new();
+        for a in dialable(&all) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
         out.truncate(kith_gossip::membership::MAX_ADDRS);
         out
     }

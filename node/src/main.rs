@@ -247,6 +247,13 @@ struct InitArgs {
     /// Local API / panel address (loopback) [default: 127.0.0.1 and a free port].
     #[arg(long)]
     api_listen: Option<String>,
+    /// Sysadmin mode: only the configured listen/announce addresses; no address detection,
+    /// UPnP, relays or hole punching.
+    #[arg(long)]
+    sysadmin: bool,
+    /// Do not map ports on the router (UPnP).
+    #[arg(long)]
+    no_upnp: bool,
 }
 
 impl InitArgs {
@@ -274,6 +281,8 @@ impl InitArgs {
         if let Some(a) = self.api_listen {
             raw.api.listen = a;
         }
+        raw.nat.sysadmin = self.sysadmin;
+        raw.nat.upnp = !self.no_upnp;
         raw
     }
 }
@@ -757,6 +766,7 @@ fn print_status(s: &serde_json::Value) {
         str_of(&s["grid"]),
         s["members"].as_u64().unwrap_or(0)
     );
+    println!("reach     {}", str_of(&s["reachability"]));
     for a in s["addrs"].as_array().into_iter().flatten() {
         println!("address   {}", str_of(a));
     }
@@ -780,8 +790,10 @@ fn print_status(s: &serde_json::Value) {
             .map(|r| format!("{r:.1} ms"))
             .unwrap_or_default();
         println!(
-            "  {}  {}  {}{}",
+            "  {:<12} {}  {:<12}  {}  {}{}",
+            p["nickname"].as_str().unwrap_or("-"),
             str_of(&p["peer_id"]),
+            str_of(&p["path"]),
             p["addrs"]
                 .as_array()
                 .and_then(|a| a.first())

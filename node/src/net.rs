@@ -7,8 +7,15 @@
 //! - Outbound requests ([`NetHandle::request`]) resolve a oneshot when the response (or the
 //!   failure) arrives.
 //! - Static peers are dialed at start and redialed with capped exponential backoff.
-//! - What the rest of the node reads (listen addresses, connected peers, which of them offer
-//!   storage, round-trip times) is published on a `watch` channel ([`NetState`]).
+//! - What the rest of the node reads (listen addresses, confirmed external addresses, connected
+//!   peers with the path in use and round-trip times, reachability) is published on a `watch`
+//!   channel ([`NetState`]).
+//! - Connectivity (the connectivity issue): AutoNAT v2 client and server confirm observed and
+//!   UPnP-mapped addresses, the relay client keeps reservations on members' relays when the
+//!   node is not reachable, the relay server (members only, storage-sized limits) serves when
+//!   it is, and DCUtR upgrades relayed connections to direct ones. What to try next is decided
+//!   by [`kith_nat::Policy`]; this actor only carries out its actions and feeds it events.
+//!   Every advertised address of a peer is dialed in parallel; the first to connect wins.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -17,10 +24,19 @@ use std::{
 };
 
 use futures::StreamExt;
+use kith_nat::{Policy, policy::is_relayed, upnp};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, identify, ping,
+    Multiaddr, PeerId, Swarm, autonat,
+    core::{ConnectedPoint, transport::ListenerId},
+    dcutr, identify,
+    multiaddr::Protocol,
+    ping, relay,
     request_response::{self, OutboundRequestId, ProtocolSupport},
-    swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
+    swarm::{
+        ConnectionId, NetworkBehaviour, SwarmEvent,
+        behaviour::toggle::Toggle,
+        dial_opts::{DialOpts, PeerCondition},
+    },
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -33,9 +49,36 @@ use crate::{
 /// How long a storage request may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How a peer is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Path {
+    /// A direct connection (either side dialed the other's address).
+    Direct,
+    /// A direct connection that came in through this node's UPnP mapping.
+    Upnp,
+    /// A direct connection made by hole punching (DCUtR).
+    HolePunched,
+    /// Through a member's relay.
+    Relayed,
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Direct => "direct",
+            Path::Upnp => "UPnP",
+            Path::HolePunched => "hole-punched",
+            Path::Relayed => "relayed",
+        })
+    }
+}
+
 /// What a peer connection looks like from here.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PeerState {
+    /// The best path of the open connections.
+    pub path: Path,
     /// Remote addresses of the open connections.
     pub addrs: Vec<Multiaddr>,
     /// Whether the peer offers storage (from identify).
@@ -54,8 +97,32 @@ pub struct PeerState {
 pub struct NetState {
     /// Addresses the swarm listens on.
     pub listen_addrs: Vec<Multiaddr>,
+    /// Confirmed external addresses (configured, AutoNAT-confirmed, UPnP, relayed), the ones to
+    /// announce before the listen addresses.
+    pub external_addrs: Vec<Multiaddr>,
     /// Connected peers.
     pub peers: BTreeMap<PeerId, PeerState>,
+    /// Reachability and the automatic connectivity features.
+    pub nat: NatState,
+}
+
+/// Reachability: the policy's view plus what the IO around it holds.
+#[derive(Clone, Debug, Default)]
+pub struct NatState {
+    /// The policy (for its state and its explanation).
+    pub policy: Option<Policy>,
+    /// UPnP mappings in place.
+    pub upnp: Vec<upnp::Mapping>,
+    /// The router's IGD service, once found.
+    pub upnp_service: Option<String>,
+    /// Whether this node's relay service is on (it is reachable and relaying is allowed).
+    pub relay_service: bool,
+    /// Reservations held by members on this node's relay.
+    pub relay_reservations: usize,
+    /// Circuits relayed through this node now.
+    pub relay_circuits: usize,
+    /// Reservation or circuit requests refused (non-members, limits).
+    pub relay_refused: u64,
 }
 
 impl NetState {
@@ -134,21 +201,37 @@ enum Command {
     Forget {
         peer: PeerId,
     },
+    CloseRelayed {
+        peer: PeerId,
+    },
+    DialRelayed {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     Shutdown,
 }
 
 /// Cloneable handle to the network actor.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NetHandle {
     local: PeerId,
     cmd: mpsc::Sender<Command>,
     state: watch::Receiver<NetState>,
     book: AddressBook,
+    members: kith_nat::MemberCheck,
 }
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Command")
+    }
+}
+
+impl std::fmt::Debug for NetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetHandle")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
     }
 }
 
@@ -201,6 +284,11 @@ impl NetHandle {
             .insert(peer, addrs);
     }
 
+    /// Sets who may use this node's relay (grid members). Until set, nobody may.
+    pub fn set_relay_members(&self, check: Arc<dyn Fn(&PeerId) -> bool + Send + Sync>) {
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = Some(check);
+    }
+
     /// Sends one gossip message (fire and forget: gossip repairs losses).
     pub fn send_gossip(&self, peer: PeerId, msg: Vec<u8>) {
         if self.cmd.try_send(Command::Gossip { peer, msg }).is_err() {
@@ -241,6 +329,60 @@ struct Behaviour {
     storage: request_response::Behaviour<protocol::Codec>,
     gossip: request_response::Behaviour<BytesCodec>,
     join: request_response::Behaviour<BytesCodec>,
+    relay_client: Toggle<relay::client::Behaviour>,
+    relay: Toggle<kith_nat::relay_server::Behaviour>,
+    dcutr: Toggle<dcutr::Behaviour>,
+    autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    autonat_server: autonat::v2::server::Behaviour,
+    candidates: kith_nat::candidates::Behaviour,
+}
+
+/// Connectivity settings for [`spawn`].
+#[derive(Clone, Debug)]
+pub struct NatOptions {
+    /// Which automatic behaviours are on.
+    pub features: kith_nat::Features,
+    /// Relay service limits.
+    pub relay_limits: kith_nat::RelayLimits,
+    /// Configured announce addresses (taken as confirmed).
+    pub announce: Vec<Multiaddr>,
+    /// Label of UPnP mappings in the router's table.
+    pub upnp_description: String,
+}
+
+impl Default for NatOptions {
+    fn default() -> Self {
+        Self {
+            features: kith_nat::Features::default(),
+            relay_limits: kith_nat::RelayLimits::default(),
+            announce: Vec::new(),
+            upnp_description: "kith".into(),
+        }
+    }
+}
+
+/// One open connection.
+struct Conn {
+    peer: PeerId,
+    relayed: bool,
+    punched: bool,
+    inbound: bool,
+    remote: Multiaddr,
+}
+
+/// How long direct addresses have to connect before relayed ones are dialed too.
+const RELAYED_DIAL_DELAY: Duration = Duration::from_millis(300);
+
+/// How long a relayed connection stays open after a direct one to the same peer appeared.
+const RELAYED_GRACE: Duration = Duration::from_secs(5);
+
+fn rank(p: Path) -> u8 {
+    match p {
+        Path::Relayed => 0,
+        Path::Direct => 1,
+        Path::Upnp => 2,
+        Path::HolePunched => 3,
+    }
 }
 
 struct Redial {
@@ -255,6 +397,7 @@ pub fn spawn(
     transports: &kith_transports::Config,
     listen: &[Multiaddr],
     server: StorageServer,
+    nat: NatOptions,
 ) -> Result<
     (
         NetHandle,
@@ -264,7 +407,21 @@ pub fn spawn(
     NetError,
 > {
     let local = keypair.public().to_peer_id();
-    let transport = kith_transports::build_transport(keypair, transports)?;
+    let features = nat.features;
+    let members: kith_nat::MemberCheck = Arc::default();
+    let mut transport = kith_transports::build_transport(keypair, transports)?;
+    let relay_client = if features.relay_client {
+        let (relay_transport, behaviour) = relay::client::new(local);
+        transport = kith_transports::relayed::with_relay(
+            keypair,
+            transport,
+            relay_transport,
+            transports.handshake_timeout,
+        )?;
+        Some(behaviour)
+    } else {
+        None
+    };
     let support = if server.store().is_some() {
         ProtocolSupport::Full
     } else {
@@ -300,6 +457,33 @@ pub fn spawn(
             [(protocol::JOIN_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
         ),
+        relay_client: relay_client.into(),
+        relay: features
+            .relay_server
+            .then(|| {
+                // On once a direct external address is confirmed (configured, AutoNAT, UPnP).
+                kith_nat::relay_server::Behaviour::new(relay::Behaviour::new(
+                    local,
+                    kith_nat::relay_config(nat.relay_limits, members.clone()),
+                ))
+            })
+            .into(),
+        dcutr: features
+            .hole_punching
+            .then(|| dcutr::Behaviour::new(local))
+            .into(),
+        autonat_client: features
+            .detect_addresses
+            .then(|| {
+                autonat::v2::client::Behaviour::new(
+                    rand_autonat::make_rng::<rand_autonat::rngs::StdRng>(),
+                    autonat::v2::client::Config::default()
+                        .with_probe_interval(Duration::from_secs(2)),
+                )
+            })
+            .into(),
+        autonat_server: autonat::v2::server::Behaviour::default(),
+        candidates: kith_nat::candidates::Behaviour::default(),
     };
     let mut swarm = Swarm::new(
         transport,
@@ -307,8 +491,16 @@ pub fn spawn(
         local,
         libp2p::swarm::Config::with_tokio_executor()
             // Members keep their connections: storage requests flow both ways at any time.
-            .with_idle_connection_timeout(Duration::from_secs(24 * 3600)),
+            .with_idle_connection_timeout(Duration::from_secs(24 * 3600))
+            // Every advertised address of a peer is dialed at once; the first to connect wins.
+            .with_dial_concurrency_factor(
+                std::num::NonZeroU8::new(kith_gossip::membership::MAX_ADDRS as u8)
+                    .unwrap_or(std::num::NonZeroU8::MIN),
+            ),
     );
+    for addr in &nat.announce {
+        swarm.add_external_address(addr.clone());
+    }
     for addr in listen {
         swarm
             .listen_on(addr.clone())
@@ -319,7 +511,26 @@ pub fn spawn(
     let (answer_tx, answer_rx) = mpsc::channel(256);
     let (events_tx, events_rx) = mpsc::channel(4096);
     let book: AddressBook = Arc::default();
+    let (upnp_tx, upnp_rx) = mpsc::channel(4);
+    let mappable_listeners = listen
+        .iter()
+        .filter(|a| !upnp::Port::from_listen_addrs([*a]).is_empty())
+        .count()
+        .max(1);
     let actor = Actor {
+        mappable_listeners,
+        members: members.clone(),
+        policy: Policy::new(features, &nat.announce, 0),
+        started: Instant::now(),
+        mapper: Arc::new(tokio::sync::Mutex::new(upnp::Mapper::new(
+            upnp::DEFAULT_LEASE,
+            &nat.upnp_description,
+        ))),
+        upnp_tx,
+        reservations: HashMap::new(),
+        conns: HashMap::new(),
+        dialing: HashMap::new(),
+        relay_offers: std::collections::HashSet::new(),
         events: events_tx,
         book: book.clone(),
         joins: HashMap::new(),
@@ -332,13 +543,14 @@ pub fn spawn(
         redial: BTreeMap::new(),
         answers_tx: answer_tx,
     };
-    let task = tokio::spawn(actor.run(cmd_rx, answer_rx));
+    let task = tokio::spawn(actor.run(cmd_rx, answer_rx, upnp_rx));
     Ok((
         NetHandle {
             local,
             cmd: cmd_tx,
             state: state_rx,
             book,
+            members,
         },
         events_rx,
         task,
@@ -372,7 +584,23 @@ enum Answer {
     Join(request_response::ResponseChannel<Vec<u8>>, Vec<u8>),
 }
 
+type UpnpResult = Result<(Vec<upnp::Mapping>, Option<String>), upnp::UpnpError>;
+
 struct Actor {
+    /// Configured listeners whose ports UPnP maps (IPv4 TCP or QUIC, not loopback).
+    mappable_listeners: usize,
+    members: kith_nat::MemberCheck,
+    policy: Policy,
+    started: Instant,
+    mapper: Arc<tokio::sync::Mutex<upnp::Mapper>>,
+    upnp_tx: mpsc::Sender<UpnpResult>,
+    /// Relay reservations: listener → relay.
+    reservations: HashMap<ListenerId, PeerId>,
+    conns: HashMap<ConnectionId, Conn>,
+    /// Addresses of dials under way (ours, see `ensure_dial`).
+    dialing: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Connected peers offering the relay protocol over a direct connection.
+    relay_offers: std::collections::HashSet<PeerId>,
     events: mpsc::Sender<NetEvent>,
     book: AddressBook,
     joins: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RpcError>>>,
@@ -387,7 +615,12 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, mut cmds: mpsc::Receiver<Command>, mut answers: mpsc::Receiver<Answer>) {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Command>,
+        mut answers: mpsc::Receiver<Answer>,
+        mut upnp_results: mpsc::Receiver<UpnpResult>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
@@ -404,10 +637,23 @@ impl Actor {
                     Some(Command::Shutdown) | None => break,
                     Some(cmd) => self.on_command(cmd),
                 },
-                _ = tick.tick() => self.redial_due(),
-                Some(event) = self.swarm.next() => self.on_event(event),
+                Some(result) = upnp_results.recv() => self.on_upnp(result),
+                _ = tick.tick() => {
+                    self.redial_due();
+                    self.run_policy();
+                }
+                Some(event) = self.swarm.next() => {
+                    let nat = self.on_event(event);
+                    if nat {
+                        self.run_policy();
+                    }
+                }
             }
         }
+        // Mappings go when the node goes (a crash leaves them to expire with their lease).
+        self.mapper.lock().await.unmap_all().await;
+        // The member check holds the grid, which holds this actor's handle: break the cycle.
+        *self.members.write().unwrap_or_else(|e| e.into_inner()) = None;
         for (_, Pending { peer, reply, .. }) in self.pending.drain() {
             let _ = reply.send(Err(RpcError::Failed {
                 peer,
@@ -429,6 +675,58 @@ impl Actor {
             .unwrap_or_default()
     }
 
+    /// Dials `peer` at every address known now, unless connected or a dial that covers them
+    /// is under way. An older dial (say, to addresses from the peer's first record, which may
+    /// only be its LAN addresses) does not hold up a newer one: requests wait for whichever
+    /// connects first.
+    ///
+    /// Direct addresses are dialed first; relayed ones [`RELAYED_DIAL_DELAY`] later if no
+    /// connection exists by then (a direct path, when there is one, is not beaten to the line
+    /// by a relay and then left to hole punching).
+    fn ensure_dial(&mut self, peer: PeerId) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let addrs = self.addresses(&peer);
+        let covered = self
+            .dialing
+            .get(&peer)
+            .is_some_and(|d| addrs.iter().all(|a| d.contains(a)));
+        if addrs.is_empty() || covered {
+            return;
+        }
+        self.dialing.insert(peer, addrs.clone());
+        let (relayed, direct): (Vec<Multiaddr>, Vec<Multiaddr>) =
+            addrs.into_iter().partition(is_relayed);
+        if direct.is_empty() {
+            self.dial_addresses(peer, relayed);
+            return;
+        }
+        self.dial_addresses(peer, direct);
+        if !relayed.is_empty() {
+            let cmds = self.retry_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RELAYED_DIAL_DELAY).await;
+                let _ = cmds
+                    .send(Command::DialRelayed {
+                        peer,
+                        addrs: relayed,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    fn dial_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Disconnected)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dialing a member failed");
+        }
+    }
+
     fn send_storage(
         &mut self,
         peer: PeerId,
@@ -436,6 +734,7 @@ impl Actor {
         reply: oneshot::Sender<Result<Response, RpcError>>,
         may_retry: bool,
     ) {
+        self.ensure_dial(peer);
         let addrs = self.addresses(&peer);
         let retry = (may_retry && !self.swarm.is_connected(&peer)).then(|| req.clone());
         let id = self
@@ -453,6 +752,7 @@ impl Actor {
             }
             Command::Retry { peer, req, reply } => self.send_storage(peer, req, reply, false),
             Command::Gossip { peer, msg } => {
+                self.ensure_dial(peer);
                 let addrs = self.addresses(&peer);
                 self.swarm
                     .behaviour_mut()
@@ -460,6 +760,7 @@ impl Actor {
                     .send_request_with_addresses(&peer, msg, addrs);
             }
             Command::Join { peer, msg, reply } => {
+                self.ensure_dial(peer);
                 let addrs = self.addresses(&peer);
                 let id = self
                     .swarm
@@ -468,15 +769,7 @@ impl Actor {
                     .send_request_with_addresses(&peer, msg, addrs);
                 self.joins.insert(id, reply);
             }
-            Command::Connect { peer } => {
-                let addrs = self.addresses(&peer);
-                if !self.swarm.is_connected(&peer) && !addrs.is_empty() {
-                    let opts = DialOpts::peer_id(peer).addresses(addrs).build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        tracing::debug!(%peer, error = %e, "dialing a member failed");
-                    }
-                }
-            }
+            Command::Connect { peer } => self.ensure_dial(peer),
             Command::Dial { peer, keep, reply } => {
                 self.book
                     .lock()
@@ -503,6 +796,25 @@ impl Actor {
             Command::Forget { peer } => {
                 self.redial.remove(&peer);
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::DialRelayed { peer, addrs } => {
+                if !self.swarm.is_connected(&peer) {
+                    self.dial_addresses(peer, addrs);
+                }
+            }
+            Command::CloseRelayed { peer } => {
+                let direct = self.conns.values().any(|c| c.peer == peer && !c.relayed);
+                if direct {
+                    let relayed: Vec<ConnectionId> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, c)| c.peer == peer && c.relayed)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in relayed {
+                        self.swarm.close_connection(id);
+                    }
+                }
             }
             Command::Shutdown => {}
         }
@@ -542,20 +854,73 @@ impl Actor {
         }
     }
 
-    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    /// Handles one swarm event; returns whether the reachability policy should run.
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> bool {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
+                if self.reservations.contains_key(&listener_id) || is_relayed(&address) {
+                    tracing::info!(%address, "reachable through a relay");
+                    return true;
+                }
                 tracing::info!(%address, "listening");
                 self.state.send_modify(|s| s.listen_addrs.push(address));
+                return true;
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.state
                     .send_modify(|s| s.listen_addrs.retain(|a| a != &address));
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(relay) = self.reservations.remove(&listener_id) {
+                    let ev = match reason {
+                        Ok(()) => kith_nat::Event::ReservationClosed(relay),
+                        Err(e) => {
+                            tracing::info!(%relay, error = %e, "relay reservation failed");
+                            kith_nat::Event::ReservationFailed(relay, e.to_string())
+                        }
+                    };
+                    self.policy.on(ev, self.now_ms());
+                    return true;
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.policy
+                    .on(kith_nat::Event::Confirmed(address), self.now_ms());
+                return true;
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.policy
+                    .on(kith_nat::Event::Expired(address), self.now_ms());
+                return true;
+            }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.dialing.remove(&peer_id);
+                self.conns.insert(
+                    connection_id,
+                    Conn {
+                        peer: peer_id,
+                        relayed: endpoint.is_relayed(),
+                        punched: false,
+                        inbound: matches!(endpoint, ConnectedPoint::Listener { .. }),
+                        remote: endpoint.get_remote_address().clone(),
+                    },
+                );
+                let path = self.path(&peer_id);
                 if let Some(r) = self.redial.get_mut(&peer_id) {
                     r.backoff = Duration::from_secs(1);
                 }
@@ -568,6 +933,7 @@ impl Actor {
                 }
                 self.state.send_modify(|s| {
                     let st = s.peers.entry(peer_id).or_insert(PeerState {
+                        path,
                         addrs: Vec::new(),
                         storage: false,
                         agent: None,
@@ -575,6 +941,7 @@ impl Actor {
                         connections: 0,
                     });
                     st.connections += 1;
+                    st.path = path;
                     if !st.addrs.contains(&addr) {
                         st.addrs.push(addr);
                     }
@@ -584,17 +951,26 @@ impl Actor {
                 peer_id,
                 endpoint,
                 num_established,
+                connection_id,
                 ..
             } => {
+                self.conns.remove(&connection_id);
+                let path = self.path(&peer_id);
                 let addr = endpoint.get_remote_address().clone();
                 self.state.send_modify(|s| {
                     if num_established == 0 {
                         s.peers.remove(&peer_id);
                     } else if let Some(st) = s.peers.get_mut(&peer_id) {
                         st.connections = num_established as usize;
+                        st.path = path;
                         st.addrs.retain(|a| a != &addr);
                     }
                 });
+                let direct_left = self.conns.values().any(|c| c.peer == peer_id && !c.relayed);
+                if !direct_left && self.relay_offers.remove(&peer_id) {
+                    self.policy
+                        .on(kith_nat::Event::RelayGone(peer_id), self.now_ms());
+                }
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, "disconnected");
                     let _ = self.events.try_send(NetEvent::Disconnected(peer_id));
@@ -607,20 +983,98 @@ impl Actor {
                 error,
                 ..
             } if !self.swarm.is_connected(&peer) => {
+                self.dialing.remove(&peer);
                 self.dial_failed(peer, error.to_string());
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
-                ..
+                connection_id,
             })) => {
                 let storage = info.protocols.contains(&protocol::PROTOCOL);
+                let direct = self.conns.get(&connection_id).is_some_and(|c| !c.relayed);
+                let offers_relay = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+                let nat = if direct && offers_relay && self.relay_offers.insert(peer_id) {
+                    self.policy
+                        .on(kith_nat::Event::RelayAvailable(peer_id), self.now_ms());
+                    true
+                } else if direct && !offers_relay && self.relay_offers.remove(&peer_id) {
+                    self.policy
+                        .on(kith_nat::Event::RelayGone(peer_id), self.now_ms());
+                    true
+                } else {
+                    false
+                };
                 self.state.send_modify(|s| {
                     if let Some(st) = s.peers.get_mut(&peer_id) {
                         st.storage = storage;
                         st.agent = Some(info.agent_version.chars().take(64).collect());
                     }
                 });
+                return nat;
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                },
+            )) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+                self.policy.on(
+                    kith_nat::Event::ReservationAccepted(relay_peer_id),
+                    self.now_ms(),
+                );
+                return true;
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => {
+                let ok = match result {
+                    Ok(id) => {
+                        tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection");
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.punched = true;
+                        }
+                        let path = self.path(&remote_peer_id);
+                        self.state.send_if_modified(|s| {
+                            s.peers.get_mut(&remote_peer_id).is_some_and(|st| {
+                                st.path = path;
+                                true
+                            })
+                        });
+                        // Storage goes over the direct connection; the relayed one is closed
+                        // once requests already on it have had time to finish.
+                        let cmds = self.retry_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(RELAYED_GRACE).await;
+                            let _ = cmds
+                                .send(Command::CloseRelayed {
+                                    peer: remote_peer_id,
+                                })
+                                .await;
+                        });
+                        true
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed");
+                        false
+                    }
+                };
+                self.policy.on(
+                    kith_nat::Event::HolePunch {
+                        peer: remote_peer_id,
+                        ok,
+                    },
+                    self.now_ms(),
+                );
+                return true;
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => {
+                self.on_relay_server(ev);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -640,6 +1094,192 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(ev)) => self.on_gossip(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Join(ev)) => self.on_join(ev),
             _ => {}
+        }
+        false
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The best path among the open connections to `peer`.
+    fn path(&self, peer: &PeerId) -> Path {
+        let upnp = matches!(self.policy.upnp(), kith_nat::policy::Upnp::Mapped { .. })
+            && self.policy.is_public();
+        let mut best = Path::Relayed;
+        for c in self.conns.values().filter(|c| c.peer == *peer) {
+            let p = match c {
+                Conn { relayed: true, .. } => Path::Relayed,
+                Conn { punched: true, .. } => Path::HolePunched,
+                Conn { inbound: true, .. } if upnp => Path::Upnp,
+                _ => Path::Direct,
+            };
+            if rank(p) > rank(best) {
+                best = p;
+            }
+        }
+        best
+    }
+
+    fn on_relay_server(&mut self, ev: relay::Event) {
+        match ev {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                tracing::debug!(peer = %src_peer_id, "relaying for a member");
+            }
+            relay::Event::ReservationReqDenied { src_peer_id, .. }
+            | relay::Event::CircuitReqDenied { src_peer_id, .. } => {
+                tracing::info!(peer = %src_peer_id, "relay request refused (not a member, or over a limit)");
+                self.state.send_modify(|s| s.nat.relay_refused += 1);
+            }
+            relay::Event::StatusChanged { status } => {
+                let on = status == relay::Status::Enable;
+                tracing::info!(on, "relay service for members");
+                self.state.send_modify(|s| s.nat.relay_service = on);
+            }
+            relay::Event::CircuitReqAccepted { .. } => {
+                self.state.send_modify(|s| s.nat.relay_circuits += 1);
+            }
+            relay::Event::CircuitClosed { .. } => {
+                self.state
+                    .send_modify(|s| s.nat.relay_circuits = s.nat.relay_circuits.saturating_sub(1));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_upnp(&mut self, result: UpnpResult) {
+        let now = self.now_ms();
+        match result {
+            Ok((mappings, service)) => {
+                let local = *self.swarm.local_peer_id();
+                for m in &mappings {
+                    tracing::info!(internal = %m.internal, external = %m.external, "UPnP mapping in place");
+                    // AutoNAT tests each candidate once and never again; the router's external
+                    // address may have been tested (and failed) as an observed address before
+                    // the mapping existed. The `/p2p/<self>` form is the same address under a
+                    // key AutoNAT has not seen, so the mapping gets a test of its own.
+                    self.swarm
+                        .behaviour_mut()
+                        .candidates
+                        .add(kith_transports::with_peer_id(&m.multiaddr(), local));
+                }
+                let lease_ms = mappings
+                    .iter()
+                    .map(|m| u64::from(m.lease_secs) * 1000)
+                    .min()
+                    .unwrap_or(0);
+                self.policy.on(
+                    kith_nat::Event::UpnpMapped {
+                        external: mappings.iter().map(upnp::Mapping::multiaddr).collect(),
+                        lease_ms,
+                    },
+                    now,
+                );
+                self.state.send_modify(|s| {
+                    s.nat.upnp = mappings;
+                    s.nat.upnp_service = service;
+                });
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "no UPnP mapping");
+                self.policy
+                    .on(kith_nat::Event::UpnpFailed(e.to_string()), now);
+                self.state.send_modify(|s| s.nat.upnp.clear());
+            }
+        }
+        self.run_policy();
+    }
+
+    /// Carries out what the reachability policy wants and publishes the result.
+    fn run_policy(&mut self) {
+        // Wait for every listen port worth mapping (they arrive one event at a time), or 2 s.
+        let listening = upnp::Port::from_listen_addrs(&self.state.borrow().listen_addrs).len()
+            >= self.mappable_listeners;
+        if listening || self.started.elapsed() > Duration::from_secs(2) {
+            for action in self.policy.poll(self.now_ms()) {
+                match action {
+                    kith_nat::Action::MapPorts => {
+                        let ports =
+                            upnp::Port::from_listen_addrs(&self.state.borrow().listen_addrs);
+                        let (mapper, tx) = (self.mapper.clone(), self.upnp_tx.clone());
+                        tokio::spawn(async move {
+                            let mut m = mapper.lock().await;
+                            let r = if ports.is_empty() {
+                                Err(upnp::UpnpError::Request(
+                                    "no IPv4 TCP or QUIC listen port to map".into(),
+                                ))
+                            } else {
+                                m.map(&ports).await
+                            };
+                            let _ = tx
+                                .send(r.map(|v| (v, m.service().map(str::to_owned))))
+                                .await;
+                        });
+                    }
+                    kith_nat::Action::Reserve(relay) => self.reserve(relay),
+                    kith_nat::Action::Release(relay) => {
+                        let ids: Vec<ListenerId> = self
+                            .reservations
+                            .iter()
+                            .filter(|(_, p)| **p == relay)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        for id in ids {
+                            self.swarm.remove_listener(id);
+                        }
+                    }
+                }
+            }
+        }
+        let external: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        let policy = self.policy.clone();
+        self.state.send_if_modified(|s| {
+            let changed = s.external_addrs != external
+                || s.nat.policy.as_ref().map(|p| p.explain(&|p| p.to_string()))
+                    != Some(policy.explain(&|p| p.to_string()));
+            s.external_addrs = external;
+            s.nat.policy = Some(policy);
+            changed
+        });
+    }
+
+    fn reserve(&mut self, relay: PeerId) {
+        // The relay's address as we reach it: an address we dialed it on, else one from its
+        // record that is publicly routable, else any.
+        let dialed = self
+            .conns
+            .values()
+            .find(|c| c.peer == relay && !c.inbound && !c.relayed)
+            .map(|c| c.remote.clone());
+        let book = self.addresses(&relay);
+        let global = book.iter().find(|a| {
+            !is_relayed(a)
+                && a.iter().any(|p| match p {
+                    Protocol::Ip4(ip) => upnp::is_global(ip.into()),
+                    Protocol::Ip6(ip) => upnp::is_global(ip.into()),
+                    _ => false,
+                })
+        });
+        let Some(addr) = dialed
+            .or_else(|| global.cloned())
+            .or_else(|| book.iter().find(|a| !is_relayed(a)).cloned())
+        else {
+            self.policy.on(
+                kith_nat::Event::ReservationFailed(relay, "no address known for the relay".into()),
+                self.now_ms(),
+            );
+            return;
+        };
+        let addr = kith_transports::with_peer_id(&addr, relay).with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(addr.clone()) {
+            Ok(id) => {
+                tracing::info!(%relay, %addr, "reserving a relay slot");
+                self.reservations.insert(id, relay);
+            }
+            Err(e) => self.policy.on(
+                kith_nat::Event::ReservationFailed(relay, e.to_string()),
+                self.now_ms(),
+            ),
         }
     }
 

@@ -152,8 +152,18 @@ impl Node {
             memory: opts.memory_transport || uses(|p| matches!(p, Protocol::Memory(_))),
             ..kith_transports::Config::default()
         };
-        let (net, events, net_task) =
-            net::spawn(&keypair, &transports, &config.listen, server.clone())?;
+        let (net, events, net_task) = net::spawn(
+            &keypair,
+            &transports,
+            &config.listen,
+            server.clone(),
+            net::NatOptions {
+                features: config.nat,
+                relay_limits: config.relay_limits,
+                announce: config.announce.clone(),
+                upnp_description: format!("kith {}", config.nickname),
+            },
+        )?;
         let _ = std::fs::create_dir_all(dir.tmp());
         let membership = {
             let db = db.clone();
@@ -191,6 +201,10 @@ impl Node {
         let (grid, grid_task) =
             GridHandle::spawn(membership, db.clone(), net.clone(), events, profile);
         let peer_id = keypair.public().to_peer_id();
+        {
+            let grid = grid.clone();
+            net.set_relay_members(Arc::new(move |p: &PeerId| grid.is_member(p)));
+        }
         let statics: Arc<Mutex<BTreeSet<PeerId>>> = Arc::default();
         if config.accept_from == crate::config::AcceptFrom::Members {
             let (grid, statics) = (grid.clone(), statics.clone());
@@ -371,6 +385,40 @@ pub struct Status {
     pub grid: String,
     /// Members known, this node included.
     pub members: usize,
+    /// How this node is reachable and how it got there, in one line.
+    pub reachability: String,
+    /// The automatic connectivity state behind that line.
+    pub nat: NatStatus,
+}
+
+/// Connectivity state (`kith status`, the panel's overview, `/api/v1/status`).
+#[derive(Clone, Debug, Serialize)]
+pub struct NatStatus {
+    /// `public`, `private` or `unknown` (sysadmin mode without confirmed addresses).
+    pub kind: &'static str,
+    /// Confirmed external addresses with where each came from (`configured`, `autonat`,
+    /// `upnp`), relayed ones excluded.
+    pub external: Vec<(String, kith_nat::Source)>,
+    /// Relayed addresses this node announces.
+    pub relayed: Vec<String>,
+    /// Relays holding this node's reservations (`accepted` or `requesting`).
+    pub reservations: Vec<(String, &'static str)>,
+    /// UPnP: `off`, `idle`, `trying`, `mapped` or `failed: <why>`.
+    pub upnp: String,
+    /// UPnP mappings in place (`internal -> external`).
+    pub upnp_mappings: Vec<String>,
+    /// The router's IGD service (`WANIPConnection:1` or `:2`).
+    pub upnp_service: Option<String>,
+    /// Hole punches that ended direct, of all that finished.
+    pub hole_punched: (usize, usize),
+    /// Whether this node relays for members now.
+    pub relay_service: bool,
+    /// Circuits relayed through this node now.
+    pub relay_circuits: usize,
+    /// Relay requests refused (non-members, limits).
+    pub relay_refused: u64,
+    /// The features in force.
+    pub features: kith_nat::Features,
 }
 
 /// One connected peer.
@@ -386,6 +434,10 @@ pub struct PeerStatus {
     pub agent: Option<String>,
     /// Round-trip time.
     pub rtt_ms: Option<f64>,
+    /// The path in use: `direct`, `UPnP`, `hole-punched` or `relayed`.
+    pub path: String,
+    /// The peer's nickname, when it is a member.
+    pub nickname: Option<String>,
     /// A static peer (`kith peer add`).
     pub static_peer: bool,
 }
@@ -447,12 +499,14 @@ impl NodeHandle {
     /// ones, each with `/p2p/<peer id>`.
     pub fn addrs(&self) -> Vec<Multiaddr> {
         let mut out: Vec<Multiaddr> = Vec::new();
+        let net = self.inner.net.state();
         for a in self
             .inner
             .config
             .announce
             .iter()
-            .chain(self.inner.net.state().listen_addrs.iter())
+            .chain(net.external_addrs.iter())
+            .chain(net.listen_addrs.iter())
         {
             let a = kith_transports::with_peer_id(a, self.inner.peer_id);
             if !out.contains(&a) {
@@ -737,7 +791,28 @@ impl NodeHandle {
                 }),
             None => None,
         };
+        let names: std::collections::HashMap<PeerId, String> = {
+            let g = self.inner.grid.state();
+            g.registry()
+                .records()
+                .filter_map(|r| Some((grid::peer_of(&r.body.peer)?, r.body.nickname.clone())))
+                .collect()
+        };
+        let name = |p: &PeerId| {
+            names.get(p).cloned().unwrap_or_else(|| {
+                let s = p.to_string();
+                format!("{}…", &s[..s.len().min(12)])
+            })
+        };
+        let nat = self.nat_status(&net, &name);
         Status {
+            reachability: net
+                .nat
+                .policy
+                .as_ref()
+                .map(|p| p.explain(&name))
+                .unwrap_or_default(),
+            nat,
             peer_id: self.inner.peer_id.to_string(),
             nickname: self.inner.config.nickname.clone(),
             dir: self.inner.dir.root().display().to_string(),
@@ -752,6 +827,8 @@ impl NodeHandle {
                     storage: s.storage,
                     agent: s.agent.clone(),
                     rtt_ms: s.rtt_ms,
+                    path: s.path.to_string(),
+                    nickname: names.get(p).cloned(),
                     static_peer: statics.contains(p),
                 })
                 .collect(),
@@ -761,6 +838,61 @@ impl NodeHandle {
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
             members,
+        }
+    }
+
+    fn nat_status(&self, net: &NetState, name: &dyn Fn(&PeerId) -> String) -> NatStatus {
+        use kith_nat::{Reachability, policy::Upnp};
+        let policy = net.nat.policy.clone().unwrap_or_else(|| {
+            kith_nat::Policy::new(self.inner.config.nat, &self.inner.config.announce, 0)
+        });
+        let (kind, external) = match policy.reachability() {
+            Reachability::Public { addrs } => (
+                "public",
+                addrs.iter().map(|(a, s)| (a.to_string(), *s)).collect(),
+            ),
+            Reachability::Private { .. } => ("private", Vec::new()),
+            Reachability::Unknown => ("unknown", Vec::new()),
+        };
+        NatStatus {
+            kind,
+            external,
+            relayed: net
+                .external_addrs
+                .iter()
+                .filter(|a| kith_nat::policy::is_relayed(a))
+                .map(ToString::to_string)
+                .collect(),
+            reservations: policy
+                .reservations()
+                .iter()
+                .map(|(p, r)| {
+                    let state = match r {
+                        kith_nat::policy::Reservation::Accepted => "accepted",
+                        kith_nat::policy::Reservation::Requesting => "requesting",
+                    };
+                    (name(p), state)
+                })
+                .collect(),
+            upnp: match policy.upnp() {
+                Upnp::Off => "off".into(),
+                Upnp::Idle => "idle".into(),
+                Upnp::Trying => "trying".into(),
+                Upnp::Mapped { .. } => "mapped".into(),
+                Upnp::Failed { reason, .. } => format!("failed: {reason}"),
+            },
+            upnp_mappings: net
+                .nat
+                .upnp
+                .iter()
+                .map(|m| format!("{} -> {}", m.internal, m.external))
+                .collect(),
+            upnp_service: net.nat.upnp_service.clone(),
+            hole_punched: policy.hole_punches(),
+            relay_service: net.nat.relay_service,
+            relay_circuits: net.nat.relay_circuits,
+            relay_refused: net.nat.relay_refused,
+            features: policy.features(),
         }
     }
 

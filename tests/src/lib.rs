@@ -5,7 +5,9 @@
 //! founds it, node i joins with an invitation from node (i-1)/2 (chains, not all invited by
 //! the founder), and everyone learns of everyone by gossip. The
 //! `kith-test-node` binary runs the real daemon in a child process for tests that must kill a
-//! node with SIGKILL.
+//! node with SIGKILL. [`natlab`] runs nodes inside a NAT lab of network namespaces.
+
+pub mod natlab;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -18,6 +18,7 @@
 //! boxed, authenticated, multiplexed transport a `libp2p::Swarm` is built on.
 
 pub mod identity;
+pub mod relayed;
 
 use std::time::Duration;
 

@@ -1,0 +1,120 @@
+#!/bin/bash
+# Two homes behind two Linux NAT routers and a public segment, built from network
+# namespaces, veth pairs, a bridge and nftables (after ../shared/recipes/nat-lab.sh).
+# Nothing is connected to the host's uplink: every address below exists only inside the
+# namespaces this script creates.
+#
+#   [h1 192.168.1.10] --lan-- [r1 NAT (+ miniupnpd)] --wan 11.0.0.11 --+
+#                                                                    [inet br0 11.0.0.1]
+#   [h2 192.168.2.10] --lan-- [r2 NAT]               --wan 11.0.0.12 --+
+#
+# 11.0.0.0/24 stands in for the internet because miniupnpd and UPnP clients refuse a
+# private WAN address; it never leaves these namespaces.
+#
+# usage: nat-lab.sh up R1MODE R2MODE [upnp] | down
+#   MODE: moderate = Linux masquerade (endpoint-independent mapping, port-dependent filtering)
+#         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
+#   upnp: run a real miniupnpd (nftables backend, secure mode) on r1
+# Namespace names get the prefix $NATLAB_PREFIX (default "kl-") so the lab never touches
+# namespaces it did not make; files go to $NATLAB_DIR (default /tmp/kith-natlab).
+set -euo pipefail
+P=${NATLAB_PREFIX:-kl-}
+LAB=${NATLAB_DIR:-/tmp/kith-natlab}
+NS="${P}inet ${P}r1 ${P}r2 ${P}h1 ${P}h2"
+
+down() {
+  for n in $NS; do ip netns pids "$n" 2>/dev/null | xargs -r kill 2>/dev/null || true; done
+  for n in $NS; do ip netns del "$n" 2>/dev/null || true; done
+  rm -f "$LAB/upnp.leases"
+}
+
+router() { # router NAME MODE
+  local r=$1 mode=$2 flag=""
+  [ "$mode" = strict ] && flag=" random"
+  # The layout miniupnpd's nftables backend expects (chains miniupnpd, prerouting_miniupnpd,
+  # postrouting_miniupnpd in table inet filter); harmless where no miniupnpd runs.
+  ip netns exec "$r" nft -f - <<NFT
+table inet filter {
+  chain forward {
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    iifname "lan" oifname "wan" accept
+    jump miniupnpd
+  }
+  chain miniupnpd { }
+  chain prerouting {
+    type nat hook prerouting priority -100; policy accept;
+    jump prerouting_miniupnpd
+  }
+  chain postrouting {
+    type nat hook postrouting priority 100; policy accept;
+    jump postrouting_miniupnpd
+    oifname "wan" masquerade$flag
+  }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+}
+table inet wanfw {
+  chain input { type filter hook input priority 0; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" ct state new drop
+  }
+}
+NFT
+}
+
+up() {
+  local m1=$1 m2=$2 upnp=${3:-}
+  mkdir -p "$LAB"
+  for n in $NS; do ip netns add "$n"; ip -n "$n" link set lo up; done
+  ip -n "${P}inet" link add br0 type bridge
+  ip -n "${P}inet" link set br0 up
+  ip -n "${P}inet" addr add 11.0.0.1/24 dev br0
+  local i=0
+  for r in r1 r2; do
+    i=$((i+1))
+    local rn="${P}$r" hn="${P}h$i"
+    ip link add wan netns "$rn" type veth peer name "p-$r" netns "${P}inet"
+    ip -n "${P}inet" link set "p-$r" master br0 up
+    ip -n "$rn" addr add "11.0.0.1$i/24" dev wan
+    ip -n "$rn" link set wan up
+    ip link add lan netns "$rn" type veth peer name eth0 netns "$hn"
+    ip -n "$rn" addr add "192.168.$i.1/24" dev lan
+    ip -n "$rn" link set lan up
+    ip -n "$hn" addr add "192.168.$i.10/24" dev eth0
+    ip -n "$hn" link set eth0 up
+    ip -n "$hn" route add default via "192.168.$i.1"
+    ip netns exec "$rn" sysctl -qw net.ipv4.ip_forward=1
+  done
+  router "${P}r1" "$m1"
+  router "${P}r2" "$m2"
+  if [ "$upnp" = upnp ]; then
+    cat > "$LAB/miniupnpd.conf" <<CONF
+ext_ifname=wan
+listening_ip=lan
+http_port=5000
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+system_uptime=yes
+uuid=$(cat /proc/sys/kernel/random/uuid)
+lease_file=$LAB/upnp.leases
+allow 1024-65535 192.168.1.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+CONF
+    : > "$LAB/upnp.leases"
+    ip netns exec "${P}r1" miniupnpd -d -f "$LAB/miniupnpd.conf" -P "$LAB/miniupnpd.pid" \
+      > "$LAB/miniupnpd.log" 2>&1 &
+    # Ready when its HTTP port answers.
+    for _ in $(seq 50); do
+      ip netns exec "${P}r1" bash -c 'exec 3<>/dev/tcp/192.168.1.1/5000' 2>/dev/null && break
+      sleep 0.1
+    done
+  fi
+}
+
+case "${1:-}" in
+  up) down; up "${2:-moderate}" "${3:-moderate}" "${4:-}" ;;
+  down) down ;;
+  *) echo "usage: $0 up R1MODE R2MODE [upnp] | down"; exit 2 ;;
+esac

@@ -1,0 +1,248 @@
+//! The NAT lab: real Linux NAT routers in network namespaces (nftables masquerade, a real
+//! miniupnpd), built by `tests/scripts/nat-lab.sh`, and kith nodes running inside them.
+//!
+//! Nodes run in this process: each on its own thread that first moves into its namespace
+//! (`setns`, per thread) and then builds the node's Tokio runtime, so every socket the node
+//! opens (libp2p listeners and dials, UPnP's SSDP and SOAP) lives in that namespace. The test
+//! drives the node through its [`NodeHandle`] like the other end-to-end tests do.
+//!
+//! The lab needs root, `ip`, `nft` and `miniupnpd`. [`Lab::available`] installs the Debian
+//! packages when they are missing and it runs as root; otherwise it says why the test skips,
+//! and with `CI=true` it fails instead of skipping.
+
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use kith_node::{Node, NodeHandle, StartOptions, nodedir::NodeDir};
+
+/// How a lab router translates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    /// Linux masquerade: endpoint-independent mapping, port-dependent filtering.
+    Moderate,
+    /// `masquerade random`: endpoint-dependent mapping (a "symmetric" NAT).
+    Strict,
+}
+
+impl Nat {
+    fn arg(self) -> &'static str {
+        match self {
+            Nat::Moderate => "moderate",
+            Nat::Strict => "strict",
+        }
+    }
+}
+
+/// The namespaces of the lab.
+pub mod ns {
+    /// The public segment (11.0.0.1 on the bridge).
+    pub const INET: &str = "kl-inet";
+    /// Home 1 (192.168.1.10 behind router 1, 11.0.0.11, which may run miniupnpd).
+    pub const H1: &str = "kl-h1";
+    /// Home 2 (192.168.2.10 behind router 2, 11.0.0.12).
+    pub const H2: &str = "kl-h2";
+}
+
+/// Where the lab keeps miniupnpd's config, log and lease file.
+pub const LAB_DIR: &str = "/tmp/kith-natlab";
+
+static LAB_LOCK: Mutex<()> = Mutex::new(());
+
+/// A running lab; torn down on drop. One lab at a time (the namespace names are fixed).
+pub struct Lab {
+    _lock: MutexGuard<'static, ()>,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nat-lab.sh")
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl Lab {
+    /// Whether the lab can run here; installs missing Debian packages when root. Prints why
+    /// not and returns `false` (the caller skips), except with `CI=true`, where it panics.
+    pub fn available() -> bool {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        let skip = |why: String| {
+            assert!(
+                !ci,
+                "the NAT lab must run in CI (CI=true) but cannot: {why}"
+            );
+            eprintln!("skipping the NAT lab test: {why}");
+            false
+        };
+        if !rustix::process::geteuid().is_root() {
+            return skip("it needs root (network namespaces, nftables, miniupnpd)".into());
+        }
+        let missing: Vec<&str> = [
+            ("ip", "iproute2"),
+            ("nft", "nftables"),
+            ("miniupnpd", "miniupnpd-nftables"),
+        ]
+        .iter()
+        .filter(|(tool, _)| !have(tool))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+        if !missing.is_empty() {
+            let ok = Command::new("apt-get")
+                .args(["install", "-y", "-q"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return skip(format!("could not install {}", missing.join(", ")));
+            }
+        }
+        if Command::new("ip")
+            .args(["netns", "add", "kl-probe"])
+            .status()
+            .map_or(true, |s| !s.success())
+        {
+            return skip("cannot create network namespaces here".into());
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", "kl-probe"])
+            .status();
+        true
+    }
+
+    /// Builds the lab: router 1 and 2 translating as `r1` and `r2`, with a real miniupnpd on
+    /// router 1 when `upnp`.
+    pub fn up(r1: Nat, r2: Nat, upnp: bool) -> Lab {
+        let lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).args(["up", r1.arg(), r2.arg()]);
+        if upnp {
+            cmd.arg("upnp");
+        }
+        let out = cmd
+            .env("NATLAB_DIR", LAB_DIR)
+            .output()
+            .expect("run nat-lab.sh");
+        assert!(
+            out.status.success(),
+            "nat-lab.sh up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Lab { _lock: lock }
+    }
+
+    /// miniupnpd's lease file (one `PROTO:EXT:INT_IP:INT_PORT:...` line per mapping).
+    pub fn upnp_leases(&self) -> String {
+        std::fs::read_to_string(Path::new(LAB_DIR).join("upnp.leases")).unwrap_or_default()
+    }
+
+    /// miniupnpd's debug log.
+    pub fn miniupnpd_log(&self) -> String {
+        std::fs::read_to_string(Path::new(LAB_DIR).join("miniupnpd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("down")
+            .env("NATLAB_DIR", LAB_DIR)
+            .output();
+    }
+}
+
+/// A kith node running inside a network namespace, on its own thread and runtime.
+pub struct NsNode {
+    handle: NodeHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsNode {
+    /// Starts the node of `dir` inside namespace `ns`.
+    pub async fn start(ns: &str, dir: NodeDir) -> anyhow::Result<NsNode> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let path = format!("/var/run/netns/{ns}");
+        let thread = std::thread::Builder::new()
+            .name(format!("node-{ns}"))
+            .spawn(move || {
+                let enter = || -> anyhow::Result<tokio::runtime::Runtime> {
+                    let f = std::fs::File::open(&path)?;
+                    rustix::thread::move_into_link_name_space(
+                        f.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )?;
+                    Ok(tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()?)
+                };
+                let rt = match enter() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Node::start(dir, StartOptions::default()).await {
+                        Ok(node) => {
+                            let _ = ready_tx.send(Ok(node.handle()));
+                            let _ = stop_rx.await;
+                            node.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.into()));
+                        }
+                    }
+                });
+            })?;
+        let handle = ready_rx.await??;
+        Ok(NsNode {
+            handle,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The node.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the node cleanly (closing connections, removing UPnP mappings) and waits.
+    pub async fn stop(mut self) {
+        self.stop_now().await;
+    }
+
+    async fn stop_now(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::task::spawn_blocking(move || t.join()),
+            )
+            .await;
+        }
+    }
+}
+
+impl Drop for NsNode {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Connectivity between homes behind real NAT routers (the NAT lab, see `kith_tests::natlab`),
+//! and the relay's member-only rule on loopback.
+//!
+//! Every lab case runs three real nodes: a public relay/introducer `R` on the public segment
+//! (11.0.0.1, configured announce address, no storage), a home `A` that stores and a home `B`
+//! that does not. A and B join R's grid by invitation; A puts a file (its only share lands on
+//! A itself), B gets it, so the bytes cross the A–B path. Each case asserts the path kind it
+//! ends on (direct, UPnP, hole-punched, relayed) and prints its timings.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use kith_node::{
+    NodeHandle,
+    caps::ReadCap,
+    client::PutOptions,
+    config::{ByteSize, RawConfig},
+    nodedir::NodeDir,
+};
+use kith_tests::{
+    natlab::{Lab, Nat, NsNode, ns},
+    random_bytes, until,
+};
+
+const BOUND: Duration = Duration::from_secs(60);
+
+/// Node config for the lab: TCP and QUIC on `port` on every interface.
+fn lab_config(nick: &str, port: u16, storage: bool, upnp: bool) -> RawConfig {
+    let mut raw = RawConfig {
+        nickname: nick.into(),
+        ..RawConfig::default()
+    };
+    raw.network.listen = vec![
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+    ];
+    raw.storage.enabled = storage;
+    raw.storage.reserved = ByteSize(0);
+    raw.storage.capacity = ByteSize(1 << 30);
+    raw.encoding.shares_needed = 1;
+    raw.encoding.shares_happy = 1;
+    raw.encoding.shares_total = 1;
+    raw.nat.upnp = upnp;
+    raw
+}
+
+fn path_to(from: &NodeHandle, to: &NodeHandle) -> Option<String> {
+    from.net()
+        .peers
+        .get(&to.peer_id())
+        .map(|p| p.path.to_string())
+}
+
+async fn put(node: &NodeHandle, data: &[u8]) -> ReadCap {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    std::fs::write(&path, data).unwrap();
+    let opts = PutOptions {
+        params: node.config().encoding,
+        convergent: false,
+        key: None,
+    };
+    let res = node.put_file(&path, &opts, &|_| {}).await.expect("put");
+    assert_eq!(
+        res.placement.values().next().map(String::as_str),
+        Some(node.peer_id().to_string().as_str()),
+        "A's only share lands on A"
+    );
+    res.cap.parse().unwrap()
+}
+
+async fn get(node: &NodeHandle, cap: &ReadCap, from: &NodeHandle) -> Vec<u8> {
+    let mut out = Vec::new();
+    let report = node.get(cap, &mut out).await.expect("get");
+    assert_eq!(report.servers_used, vec![from.peer_id().to_string()]);
+    out
+}
+
+struct Case {
+    name: &'static str,
+    r1: Nat,
+    r2: Nat,
+    /// miniupnpd on router 1.
+    router_upnp: bool,
+    /// Where A runs (the public segment for the "open" case, else home 1).
+    a_ns: &'static str,
+    /// Whether A's node may use UPnP.
+    a_upnp: bool,
+    /// The path A–B must end on, seen from B and from A.
+    expect_b: &'static [&'static str],
+    expect_a: &'static [&'static str],
+    /// How A must end up describing its reachability (a prefix of `kith status`'s line).
+    a_reach: &'static str,
+    /// Bytes A puts and B gets.
+    size: usize,
+}
+
+struct Outcome {
+    /// From the homes' start until B knows an address of A's that works from outside.
+    reachable: Duration,
+    /// From the homes' start to B's first byte from A.
+    first_byte: Duration,
+    /// From the first connection to the final path.
+    settled: Duration,
+    path: String,
+    throughput_mib_s: f64,
+}
+
+async fn run_case(c: &Case) -> Option<Outcome> {
+    if !Lab::available() {
+        return None;
+    }
+    // `RUST_LOG=kith=debug` shows what the nodes decide.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let lab = Lab::up(c.r1, c.r2, c.router_upnp);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+
+    let mut r = lab_config("relay", 4001, false, false);
+    r.network.announce = vec![
+        "/ip4/11.0.0.1/tcp/4001".into(),
+        "/ip4/11.0.0.1/udp/4001/quic-v1".into(),
+    ];
+    dir("r").init(r).unwrap();
+    dir("a")
+        .init(lab_config("alice", 4002, true, c.a_upnp))
+        .unwrap();
+    dir("b").init(lab_config("bob", 4002, false, true)).unwrap();
+    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
+    let start = Instant::now();
+    let an = NsNode::start(c.a_ns, dir("a")).await.expect("start A");
+    let bn = NsNode::start(ns::H2, dir("b")).await.expect("start B");
+    let (rh, ah, bh) = (rn.handle(), an.handle(), bn.handle());
+    for h in [&ah, &bh] {
+        let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
+        h.join(&code).await.expect("join through R");
+    }
+    bh.wait_for_storage_servers(1, BOUND)
+        .await
+        .expect("B learns A");
+    // A is reachable from outside once its record (as B has it) carries a public or a relayed
+    // address.
+    let a_id = ah.peer_id().to_string();
+    until(
+        &format!(
+            "{}: B to learn an address of A's that works from outside",
+            c.name
+        ),
+        BOUND,
+        async || {
+            let info = bh.grid_info().await;
+            info.members.iter().any(|m| {
+                m.peer_id == a_id
+                    && m.addrs
+                        .iter()
+                        .any(|a| a.contains("/p2p-circuit") || a.starts_with("/ip4/11.0.0."))
+            })
+        },
+    )
+    .await;
+    let reachable = start.elapsed();
+
+    // A knows how it is reachable (the hole-punch part of its line needs a connection).
+    let a_reach = c.a_reach.split(", direct").next().unwrap_or(c.a_reach);
+    until(
+        &format!("{}: A to say it is {a_reach:?}", c.name),
+        BOUND,
+        async || ah.status().await.reachability.starts_with(a_reach),
+    )
+    .await;
+    // The first byte: a 256 KiB file over whatever path exists first.
+    let small = random_bytes(256 << 10, 7);
+    let cap = put(&ah, &small).await;
+    let t_get = Instant::now();
+    assert!(
+        get(&bh, &cap, &ah).await == small,
+        "{}: bytes differ",
+        c.name
+    );
+    eprintln!(
+        "{}: put done {:.2} s after start, first get took {:.2} s",
+        c.name,
+        (t_get - start).as_secs_f64(),
+        t_get.elapsed().as_secs_f64()
+    );
+    let first_byte = start.elapsed();
+    let connected = Instant::now();
+
+    until(
+        &format!("{}: B's path to A to become {:?}", c.name, c.expect_b),
+        BOUND,
+        async || path_to(&bh, &ah).is_some_and(|p| c.expect_b.contains(&p.as_str())),
+    )
+    .await;
+    until(
+        &format!("{}: A's path to B to become {:?}", c.name, c.expect_a),
+        BOUND,
+        async || path_to(&ah, &bh).is_some_and(|p| c.expect_a.contains(&p.as_str())),
+    )
+    .await;
+    let settled = connected.elapsed();
+    until(
+        &format!("{}: A to say it is {:?}", c.name, c.a_reach),
+        BOUND,
+        async || ah.status().await.reachability.starts_with(c.a_reach),
+    )
+    .await;
+    let upnp_mapped = c.router_upnp && c.a_upnp;
+    if upnp_mapped {
+        // The mappings are in miniupnpd's table while A runs, and A announces them.
+        let leases = lab.upnp_leases();
+        for proto in ["TCP", "UDP"] {
+            let line = format!("{proto}:4002:192.168.1.10:4002:");
+            assert!(
+                leases.contains(&line),
+                "{line} not in the lease file:\n{leases}"
+            );
+        }
+        let st = ah.status().await;
+        assert!(
+            st.nat
+                .external
+                .iter()
+                .any(|(a, s)| a == "/ip4/11.0.0.11/tcp/4002" && *s == kith_nat::Source::Upnp),
+            "A announces its confirmed mapping: {:?}",
+            st.nat.external
+        );
+    } else if c.router_upnp {
+        assert_eq!(
+            lab.upnp_leases().trim(),
+            "",
+            "A's node asked for no mapping"
+        );
+    }
+    let path = path_to(&bh, &ah).unwrap();
+    // Storage uses the settled path: relayed connections close once a direct one exists.
+    until(
+        &format!("{}: only the settled path left", c.name),
+        BOUND,
+        async || {
+            bh.net().peers.get(&ah.peer_id()).is_some_and(|p| {
+                let relayed = p.addrs.iter().filter(|a| kith_nat::policy::is_relayed(a));
+                path == "relayed" || relayed.count() == 0
+            })
+        },
+    )
+    .await;
+
+    let data = random_bytes(c.size, 8);
+    let cap = put(&ah, &data).await;
+    let t = Instant::now();
+    assert!(
+        get(&bh, &cap, &ah).await == data,
+        "{}: bytes differ",
+        c.name
+    );
+    let throughput_mib_s = c.size as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
+    assert_eq!(
+        path_to(&bh, &ah).as_deref(),
+        Some(path.as_str()),
+        "{}: the path held through the transfer",
+        c.name
+    );
+    println!(
+        "{}: path {path} (A sees {}), A reachable {:.2} s and first byte {:.2} s after start, settled {:.2} s later, {:.1} MiB/s; A: {}; B: {}",
+        c.name,
+        path_to(&ah, &bh).unwrap_or_default(),
+        reachable.as_secs_f64(),
+        first_byte.as_secs_f64(),
+        settled.as_secs_f64(),
+        throughput_mib_s,
+        ah.status().await.reachability,
+        bh.status().await.reachability,
+    );
+    bn.stop().await;
+    an.stop().await;
+    if upnp_mapped {
+        // A clean stop removes the mappings.
+        let leases = lab.upnp_leases();
+        assert!(
+            !leases.contains("192.168.1.10"),
+            "mappings left after A stopped:\n{leases}"
+        );
+    }
+    rn.stop().await;
+    drop(lab);
+    Some(Outcome {
+        reachable,
+        first_byte,
+        settled,
+        path,
+        throughput_mib_s,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_x_moderate_connects_directly() {
+    let c = Case {
+        name: "open x moderate",
+        r1: Nat::Moderate,
+        r2: Nat::Moderate,
+        router_upnp: false,
+        a_ns: ns::INET,
+        a_upnp: false,
+        expect_b: &["direct"],
+        expect_a: &["direct"],
+        a_reach: "public at 11.0.0.1:4002 (confirmed by AutoNAT)",
+        size: 4 << 20,
+    };
+    if let Some(o) = run_case(&c).await {
+        assert_eq!(o.path, "direct");
+        let _ = (o.reachable, o.first_byte, o.settled, o.throughput_mib_s);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderate_x_moderate_hole_punches() {
+    let c = Case {
+        name: "moderate x moderate",
+        r1: Nat::Moderate,
+        r2: Nat::Moderate,
+        router_upnp: false,
+        a_ns: ns::H1,
+        a_upnp: true,
+        expect_b: &["hole-punched"],
+        expect_a: &["hole-punched"],
+        a_reach: "behind NAT, relayed via relay, direct to 1 of 1 peers by hole punching",
+        size: 4 << 20,
+    };
+    run_case(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upnp_off_behind_a_upnp_router_hole_punches_instead() {
+    let c = Case {
+        name: "moderate+UPnP router, node's UPnP off x moderate",
+        r1: Nat::Moderate,
+        r2: Nat::Moderate,
+        router_upnp: true,
+        a_ns: ns::H1,
+        a_upnp: false,
+        expect_b: &["hole-punched"],
+        expect_a: &["hole-punched"],
+        a_reach: "behind NAT, relayed via relay, direct to 1 of 1 peers by hole punching",
+        size: 4 << 20,
+    };
+    run_case(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upnp_x_strict_connects_through_the_mapping() {
+    let c = Case {
+        name: "moderate+UPnP x strict",
+        r1: Nat::Moderate,
+        r2: Nat::Strict,
+        router_upnp: true,
+        a_ns: ns::H1,
+        a_upnp: true,
+        expect_b: &["direct"],
+        expect_a: &["UPnP"],
+        a_reach: "public (UPnP mapping 11.0.0.11:4002 on the router)",
+        size: 4 << 20,
+    };
+    run_case(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_x_strict_stays_relayed_and_carries_64_mib() {
+    let c = Case {
+        name: "strict x strict",
+        r1: Nat::Strict,
+        r2: Nat::Strict,
+        router_upnp: false,
+        a_ns: ns::H1,
+        a_upnp: true,
+        expect_b: &["relayed"],
+        expect_a: &["relayed"],
+        a_reach: "behind NAT, relayed via relay",
+        size: 64 << 20,
+    };
+    run_case(&c).await;
+}
