@@ -235,7 +235,13 @@ impl Mapper {
                 Ok(()) => return Ok((wanted, lease)),
                 Err(AddPortError::OnlyPermanentLeasesSupported) if lease != 0 => lease = 0,
                 Err(AddPortError::ActionNotAuthorized) => return Err(UpnpError::Refused(port)),
-                Err(AddPortError::PortInUse | AddPortError::SamePortValuesRequired) => break,
+                // 718 ConflictInMappingEntry, 724 SamePortValuesRequired and 729
+                // ConflictWithOtherMechanisms (the router itself uses the port): try another.
+                Err(
+                    AddPortError::PortInUse
+                    | AddPortError::SamePortValuesRequired
+                    | AddPortError::RequestError(igd_next::RequestError::ErrorCode(729, _)),
+                ) => break,
                 Err(e) => return Err(UpnpError::Request(e.to_string())),
             }
         }

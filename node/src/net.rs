@@ -117,12 +117,12 @@ pub struct NatState {
     pub upnp_service: Option<String>,
     /// Whether this node's relay service is on (it is reachable and relaying is allowed).
     pub relay_service: bool,
-    /// Reservations held by members on this node's relay.
-    pub relay_reservations: usize,
+    /// Members holding a reservation on this node's relay.
+    pub relay_reservations: std::collections::BTreeSet<PeerId>,
     /// Circuits relayed through this node now.
     pub relay_circuits: usize,
-    /// Reservation or circuit requests refused (non-members, limits).
-    pub relay_refused: u64,
+    /// Reservation or circuit requests refused (non-members, limits), per requester.
+    pub relay_refused: BTreeMap<PeerId, u64>,
 }
 
 impl NetState {
@@ -1123,13 +1123,28 @@ impl Actor {
 
     fn on_relay_server(&mut self, ev: relay::Event) {
         match ev {
-            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
-                tracing::debug!(peer = %src_peer_id, "relaying for a member");
+            relay::Event::ReservationReqAccepted {
+                src_peer_id,
+                renewed,
+            } => {
+                if !renewed {
+                    tracing::debug!(peer = %src_peer_id, "relaying for a member");
+                }
+                self.state.send_modify(|s| {
+                    s.nat.relay_reservations.insert(src_peer_id);
+                });
+            }
+            // libp2p reports "closed" for every closed connection of a peer it tracks.
+            relay::Event::ReservationClosed { src_peer_id }
+            | relay::Event::ReservationTimedOut { src_peer_id } => {
+                self.state
+                    .send_if_modified(|s| s.nat.relay_reservations.remove(&src_peer_id));
             }
             relay::Event::ReservationReqDenied { src_peer_id, .. }
             | relay::Event::CircuitReqDenied { src_peer_id, .. } => {
                 tracing::info!(peer = %src_peer_id, "relay request refused (not a member, or over a limit)");
-                self.state.send_modify(|s| s.nat.relay_refused += 1);
+                self.state
+                    .send_modify(|s| *s.nat.relay_refused.entry(src_peer_id).or_default() += 1);
             }
             relay::Event::StatusChanged { status } => {
                 let on = status == relay::Status::Enable;

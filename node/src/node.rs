@@ -413,10 +413,12 @@ pub struct NatStatus {
     pub hole_punched: (usize, usize),
     /// Whether this node relays for members now.
     pub relay_service: bool,
+    /// Members holding a reservation on this node's relay now.
+    pub relay_clients: Vec<String>,
     /// Circuits relayed through this node now.
     pub relay_circuits: usize,
-    /// Relay requests refused (non-members, limits).
-    pub relay_refused: u64,
+    /// Relay requests refused (non-members, limits), per requester.
+    pub relay_refused: Vec<(String, u64)>,
     /// The features in force.
     pub features: kith_nat::Features,
 }
@@ -890,8 +892,14 @@ impl NodeHandle {
             upnp_service: net.nat.upnp_service.clone(),
             hole_punched: policy.hole_punches(),
             relay_service: net.nat.relay_service,
+            relay_clients: net.nat.relay_reservations.iter().map(name).collect(),
             relay_circuits: net.nat.relay_circuits,
-            relay_refused: net.nat.relay_refused,
+            relay_refused: net
+                .nat
+                .relay_refused
+                .iter()
+                .map(|(p, n)| (name(p), *n))
+                .collect(),
             features: policy.features(),
         }
     }

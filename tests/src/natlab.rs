@@ -44,6 +44,8 @@ pub mod ns {
     pub const INET: &str = "kl-inet";
     /// Home 1 (192.168.1.10 behind router 1, 11.0.0.11, which may run miniupnpd).
     pub const H1: &str = "kl-h1";
+    /// Router 1 (may run miniupnpd).
+    pub const R1: &str = "kl-r1";
     /// Home 2 (192.168.2.10 behind router 2, 11.0.0.12).
     pub const H2: &str = "kl-h2";
 }
@@ -144,6 +146,31 @@ impl Lab {
         std::fs::read_to_string(Path::new(LAB_DIR).join("upnp.leases")).unwrap_or_default()
     }
 
+    /// A manual port forward on router 1 (what a sysadmin sets up by hand): TCP `port` on
+    /// its WAN address goes to home 1's `port`.
+    pub fn forward_tcp(&self, port: u16) {
+        let rules = format!(
+            "add rule inet filter prerouting iifname \"wan\" tcp dport {port} dnat ip to 192.168.1.10:{port}\n\
+             add rule inet filter forward iifname \"wan\" ip daddr 192.168.1.10 tcp dport {port} accept\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", "kl-r1", "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("write rules");
+        assert!(
+            child.wait().expect("nft").success(),
+            "nft refused the forward"
+        );
+    }
+
     /// miniupnpd's debug log.
     pub fn miniupnpd_log(&self) -> String {
         std::fs::read_to_string(Path::new(LAB_DIR).join("miniupnpd.log")).unwrap_or_default()
@@ -158,6 +185,23 @@ impl Drop for Lab {
             .env("NATLAB_DIR", LAB_DIR)
             .output();
     }
+}
+
+/// Runs `f` on a thread inside namespace `ns` (sockets it opens live there) and returns what
+/// it returns.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open the namespace");
+        rustix::thread::move_into_link_name_space(
+            file.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .expect("setns");
+        f()
+    })
+    .join()
+    .expect("the thread in the namespace panicked")
 }
 
 /// A kith node running inside a network namespace, on its own thread and runtime.

@@ -19,7 +19,7 @@ use kith_node::{
     nodedir::NodeDir,
 };
 use kith_tests::{
-    natlab::{Lab, Nat, NsNode, ns},
+    natlab::{self, Lab, Nat, NsNode, ns},
     random_bytes, until,
 };
 
@@ -92,8 +92,32 @@ struct Case {
     expect_a: &'static [&'static str],
     /// How A must end up describing its reachability (a prefix of `kith status`'s line).
     a_reach: &'static str,
+    /// A's listen port.
+    a_port: u16,
+    /// What A's UPnP must end up with.
+    upnp: Upnp,
     /// Bytes A puts and B gets.
     size: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upnp {
+    /// No miniupnpd, or A's UPnP off: no mapping for A in the lease file.
+    None,
+    /// A maps its TCP and UDP ports one to one.
+    Mapped,
+    /// Another host holds A's TCP port on the router: A's TCP mapping moves to another port.
+    Moved,
+    /// The router's permission rules refuse A's port.
+    Refused,
+}
+
+/// Takes TCP 4002 on router 1 itself (a service on the router), so the router answers A's
+/// request for that external port with a conflict.
+fn squat_tcp_4002() -> std::net::TcpListener {
+    natlab::in_ns(natlab::ns::R1, || {
+        std::net::TcpListener::bind("0.0.0.0:4002").expect("bind 4002 on the router")
+    })
 }
 
 struct Outcome {
@@ -117,6 +141,7 @@ async fn run_case(c: &Case) -> Option<Outcome> {
         .with_test_writer()
         .try_init();
     let lab = Lab::up(c.r1, c.r2, c.router_upnp);
+    let _squatter = (c.upnp == Upnp::Moved).then(squat_tcp_4002);
     let tmp = tempfile::tempdir().unwrap();
     let dir = |n: &str| NodeDir::new(tmp.path().join(n));
 
@@ -127,7 +152,7 @@ async fn run_case(c: &Case) -> Option<Outcome> {
     ];
     dir("r").init(r).unwrap();
     dir("a")
-        .init(lab_config("alice", 4002, true, c.a_upnp))
+        .init(lab_config("alice", c.a_port, true, c.a_upnp))
         .unwrap();
     dir("b").init(lab_config("bob", 4002, false, true)).unwrap();
     let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
@@ -209,31 +234,44 @@ async fn run_case(c: &Case) -> Option<Outcome> {
         async || ah.status().await.reachability.starts_with(c.a_reach),
     )
     .await;
-    let upnp_mapped = c.router_upnp && c.a_upnp;
-    if upnp_mapped {
-        // The mappings are in miniupnpd's table while A runs, and A announces them.
-        let leases = lab.upnp_leases();
-        for proto in ["TCP", "UDP"] {
-            let line = format!("{proto}:4002:192.168.1.10:4002:");
+    let port = c.a_port;
+    let leases = lab.upnp_leases();
+    let st = ah.status().await;
+    let mine = |l: &str| l.contains(&format!(":192.168.1.10:{port}:"));
+    match c.upnp {
+        Upnp::None | Upnp::Refused => {
+            assert!(!leases.lines().any(mine), "no mapping for A:\n{leases}")
+        }
+        Upnp::Mapped | Upnp::Moved => {
+            // The mappings are in miniupnpd's table while A runs, and A announces them once
+            // AutoNAT confirmed them.
+            let udp = format!("UDP:{port}:192.168.1.10:{port}:");
             assert!(
-                leases.contains(&line),
-                "{line} not in the lease file:\n{leases}"
+                leases.contains(&udp),
+                "{udp} not in the lease file:\n{leases}"
+            );
+            let tcp = leases
+                .lines()
+                .find(|l| l.starts_with("TCP:") && mine(l))
+                .unwrap_or_else(|| panic!("no TCP mapping for A:\n{leases}"));
+            let ext: u16 = tcp.split(':').nth(1).unwrap().parse().unwrap();
+            assert_eq!(ext == port, c.upnp == Upnp::Mapped, "TCP mapping {tcp}");
+            let want = format!("/ip4/11.0.0.11/tcp/{ext}");
+            assert!(
+                st.nat
+                    .external
+                    .iter()
+                    .any(|(a, s)| *a == want && *s == kith_nat::Source::Upnp),
+                "A announces {want} from UPnP: {:?}",
+                st.nat.external
             );
         }
-        let st = ah.status().await;
+    }
+    if c.upnp == Upnp::Refused {
         assert!(
-            st.nat
-                .external
-                .iter()
-                .any(|(a, s)| a == "/ip4/11.0.0.11/tcp/4002" && *s == kith_nat::Source::Upnp),
-            "A announces its confirmed mapping: {:?}",
-            st.nat.external
-        );
-    } else if c.router_upnp {
-        assert_eq!(
-            lab.upnp_leases().trim(),
-            "",
-            "A's node asked for no mapping"
+            st.nat.upnp.starts_with("failed: the router refused"),
+            "A's UPnP state: {}",
+            st.nat.upnp
         );
     }
     let path = path_to(&bh, &ah).unwrap();
@@ -278,11 +316,11 @@ async fn run_case(c: &Case) -> Option<Outcome> {
     );
     bn.stop().await;
     an.stop().await;
-    if upnp_mapped {
-        // A clean stop removes the mappings.
+    if matches!(c.upnp, Upnp::Mapped | Upnp::Moved) {
+        // A clean stop removes A's mappings.
         let leases = lab.upnp_leases();
         assert!(
-            !leases.contains("192.168.1.10"),
+            !leases.lines().any(mine),
             "mappings left after A stopped:\n{leases}"
         );
     }
@@ -309,6 +347,8 @@ async fn open_x_moderate_connects_directly() {
         expect_b: &["direct"],
         expect_a: &["direct"],
         a_reach: "public at 11.0.0.1:4002 (confirmed by AutoNAT)",
+        a_port: 4002,
+        upnp: Upnp::None,
         size: 4 << 20,
     };
     if let Some(o) = run_case(&c).await {
@@ -329,6 +369,8 @@ async fn moderate_x_moderate_hole_punches() {
         expect_b: &["hole-punched"],
         expect_a: &["hole-punched"],
         a_reach: "behind NAT, relayed via relay, direct to 1 of 1 peers by hole punching",
+        a_port: 4002,
+        upnp: Upnp::None,
         size: 4 << 20,
     };
     run_case(&c).await;
@@ -346,6 +388,8 @@ async fn upnp_off_behind_a_upnp_router_hole_punches_instead() {
         expect_b: &["hole-punched"],
         expect_a: &["hole-punched"],
         a_reach: "behind NAT, relayed via relay, direct to 1 of 1 peers by hole punching",
+        a_port: 4002,
+        upnp: Upnp::None,
         size: 4 << 20,
     };
     run_case(&c).await;
@@ -363,6 +407,8 @@ async fn upnp_x_strict_connects_through_the_mapping() {
         expect_b: &["direct"],
         expect_a: &["UPnP"],
         a_reach: "public (UPnP mapping 11.0.0.11:4002 on the router)",
+        a_port: 4002,
+        upnp: Upnp::Mapped,
         size: 4 << 20,
     };
     run_case(&c).await;
@@ -380,7 +426,213 @@ async fn strict_x_strict_stays_relayed_and_carries_64_mib() {
         expect_b: &["relayed"],
         expect_a: &["relayed"],
         a_reach: "behind NAT, relayed via relay",
+        a_port: 4002,
+        upnp: Upnp::None,
         size: 64 << 20,
     };
     run_case(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upnp_port_taken_falls_back_to_another_external_port() {
+    let c = Case {
+        name: "moderate+UPnP (TCP 4002 taken) x strict",
+        r1: Nat::Moderate,
+        r2: Nat::Strict,
+        router_upnp: true,
+        a_ns: ns::H1,
+        a_upnp: true,
+        expect_b: &["direct"],
+        expect_a: &["UPnP"],
+        a_reach: "public (UPnP mapping 11.0.0.11:",
+        a_port: 4002,
+        upnp: Upnp::Moved,
+        size: 1 << 20,
+    };
+    run_case(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upnp_refused_by_the_router_falls_back_to_relay_and_hole_punching() {
+    // miniupnpd's rules allow internal ports 1024-65535 only: port 1000 is refused.
+    let c = Case {
+        name: "moderate+UPnP (refused) x moderate",
+        r1: Nat::Moderate,
+        r2: Nat::Moderate,
+        router_upnp: true,
+        a_ns: ns::H1,
+        a_upnp: true,
+        expect_b: &["hole-punched"],
+        expect_a: &["hole-punched"],
+        a_reach: "behind NAT, relayed via relay, direct to 1 of 1 peers by hole punching",
+        a_port: 1000,
+        upnp: Upnp::Refused,
+        size: 1 << 20,
+    };
+    run_case(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sysadmin_mode_sends_no_upnp_request_reserves_no_relay_and_announces_only_its_config() {
+    if !Lab::available() {
+        return;
+    }
+    let lab = Lab::up(Nat::Moderate, Nat::Moderate, true);
+    // The sysadmin forwarded TCP 4002 on the router by hand and wrote both addresses down.
+    lab.forward_tcp(4002);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    let mut r = lab_config("relay", 4001, false, false);
+    r.network.announce = vec!["/ip4/11.0.0.1/tcp/4001".into()];
+    dir("r").init(r).unwrap();
+    let mut a = lab_config("alice", 4002, true, true);
+    a.nat.sysadmin = true;
+    a.network.listen = vec!["/ip4/192.168.1.10/tcp/4002".into()];
+    a.network.announce = vec!["/ip4/11.0.0.11/tcp/4002".into()];
+    dir("a").init(a).unwrap();
+    dir("b").init(lab_config("bob", 4002, false, true)).unwrap();
+    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
+    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let bn = NsNode::start(ns::H2, dir("b")).await.expect("start B");
+    let (rh, ah, bh) = (rn.handle(), an.handle(), bn.handle());
+    for h in [&ah, &bh] {
+        let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
+        h.join(&code).await.expect("join through R");
+    }
+    bh.wait_for_storage_servers(1, BOUND)
+        .await
+        .expect("B learns A");
+    // B reaches A through the hand-made forward.
+    let data = random_bytes(1 << 20, 9);
+    let cap = put(&ah, &data).await;
+    assert!(get(&bh, &cap, &ah).await == data);
+    assert_eq!(path_to(&bh, &ah).as_deref(), Some("direct"));
+
+    // By the time B (automatic) holds a reservation on R and A has R's identify (which
+    // offers the relay), an automatic A would have asked for one too.
+    until("B's reservation on R", BOUND, async || {
+        bh.status()
+            .await
+            .nat
+            .reservations
+            .iter()
+            .any(|(n, s)| n == "relay" && *s == "accepted")
+    })
+    .await;
+    until("A to know R's protocols", BOUND, async || {
+        ah.net()
+            .peers
+            .get(&rh.peer_id())
+            .is_some_and(|p| p.agent.is_some())
+    })
+    .await;
+    let a = ah.status().await;
+    assert_eq!(a.reachability, "public at 11.0.0.11:4002 (configured)");
+    assert!(a.nat.reservations.is_empty(), "{:?}", a.nat.reservations);
+    assert_eq!(a.nat.upnp, "off");
+    assert!(!a.nat.relay_service, "sysadmin mode offers no relay");
+    let r = rh.status().await;
+    assert_eq!(r.nat.relay_clients, vec!["bob"], "only B reserved on R");
+    assert!(
+        r.nat.relay_refused.iter().all(|(n, _)| n != "alice"),
+        "A never asked: {:?}",
+        r.nat.relay_refused
+    );
+    // Only the configured addresses, in A's record as B has it.
+    let a_id = ah.peer_id().to_string();
+    let info = bh.grid_info().await;
+    let rec = info.members.iter().find(|m| m.peer_id == a_id).unwrap();
+    assert_eq!(
+        rec.addrs,
+        vec!["/ip4/11.0.0.11/tcp/4002", "/ip4/192.168.1.10/tcp/4002"]
+    );
+    // No SSDP search or SOAP request ever came from A's host.
+    let log = lab.miniupnpd_log();
+    assert!(
+        !log.lines().any(|l| l.contains("192.168.1.10")),
+        "miniupnpd heard from A:\n{log}"
+    );
+    assert!(!lab.upnp_leases().contains("192.168.1.10"));
+    bn.stop().await;
+    an.stop().await;
+    rn.stop().await;
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_serves_members_and_refuses_everyone_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    let loopback = |nick: &str, port: u16| {
+        let mut raw = RawConfig {
+            nickname: nick.into(),
+            ..RawConfig::default()
+        };
+        raw.network.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
+        raw.storage.enabled = false;
+        raw.nat.upnp = false;
+        raw
+    };
+    let port = free_port();
+    let mut r = loopback("relay", port);
+    r.network.announce = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
+    let (_, r_peer) = dir("r").init(r).unwrap();
+    dir("m").init(loopback("member", 0)).unwrap();
+    let mut x = loopback("stranger", 0);
+    // Not a member: it only knows the relay's address.
+    x.network.peers = vec![format!("/ip4/127.0.0.1/tcp/{port}/p2p/{r_peer}")];
+    dir("x").init(x).unwrap();
+    let start = |d| kith_node::Node::start(d, kith_node::StartOptions::default());
+    let rn = start(dir("r")).await.unwrap();
+    let mn = start(dir("m")).await.unwrap();
+    let xn = start(dir("x")).await.unwrap();
+    let (rh, mh, xh) = (rn.handle(), mn.handle(), xn.handle());
+    let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
+    mh.join(&code).await.unwrap();
+
+    until("the member's reservation", BOUND, async || {
+        mh.status()
+            .await
+            .nat
+            .reservations
+            .iter()
+            .any(|(n, s)| n == "relay" && *s == "accepted")
+    })
+    .await;
+    // The stranger is no member: the relay knows no nickname for it.
+    let stranger = xh.peer_id().to_string();
+    until("the relay to refuse the stranger", BOUND, async || {
+        rh.status()
+            .await
+            .nat
+            .relay_refused
+            .iter()
+            .any(|(n, _)| stranger.starts_with(n.trim_end_matches('…')))
+    })
+    .await;
+    let r = rh.status().await;
+    assert!(r.nat.relay_service);
+    assert_eq!(r.nat.relay_clients, vec!["member"], "the member only");
+    let x = xh.status().await;
+    assert!(
+        x.nat.reservations.iter().all(|(_, s)| *s != "accepted"),
+        "{:?}",
+        x.nat.reservations
+    );
+    assert!(
+        x.reachability.starts_with("behind NAT"),
+        "{}",
+        x.reachability
+    );
+    xn.shutdown().await;
+    mn.shutdown().await;
+    rn.shutdown().await;
 }
