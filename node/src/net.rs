@@ -204,6 +204,11 @@ enum Command {
     CloseRelayed {
         peer: PeerId,
     },
+    RetryJoin {
+        peer: PeerId,
+        msg: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, RpcError>>,
+    },
     DialRelayed {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
@@ -584,6 +589,8 @@ enum Answer {
     Join(request_response::ResponseChannel<Vec<u8>>, Vec<u8>),
 }
 
+type JoinReply = oneshot::Sender<Result<Vec<u8>, RpcError>>;
+
 type UpnpResult = Result<(Vec<upnp::Mapping>, Option<String>), upnp::UpnpError>;
 
 struct Actor {
@@ -603,7 +610,8 @@ struct Actor {
     relay_offers: std::collections::HashSet<PeerId>,
     events: mpsc::Sender<NetEvent>,
     book: AddressBook,
-    joins: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, RpcError>>>,
+    /// Join requests waiting for answers (with the request, kept for one retry).
+    joins: HashMap<OutboundRequestId, (JoinReply, Option<Vec<u8>>)>,
     swarm: Swarm<Behaviour>,
     server: StorageServer,
     state: watch::Sender<NetState>,
@@ -727,6 +735,18 @@ impl Actor {
         }
     }
 
+    fn send_join(&mut self, peer: PeerId, msg: Vec<u8>, reply: JoinReply, may_retry: bool) {
+        self.ensure_dial(peer);
+        let addrs = self.addresses(&peer);
+        let retry = may_retry.then(|| msg.clone());
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .join
+            .send_request_with_addresses(&peer, msg, addrs);
+        self.joins.insert(id, (reply, retry));
+    }
+
     fn send_storage(
         &mut self,
         peer: PeerId,
@@ -759,16 +779,8 @@ impl Actor {
                     .gossip
                     .send_request_with_addresses(&peer, msg, addrs);
             }
-            Command::Join { peer, msg, reply } => {
-                self.ensure_dial(peer);
-                let addrs = self.addresses(&peer);
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .join
-                    .send_request_with_addresses(&peer, msg, addrs);
-                self.joins.insert(id, reply);
-            }
+            Command::Join { peer, msg, reply } => self.send_join(peer, msg, reply, true),
+            Command::RetryJoin { peer, msg, reply } => self.send_join(peer, msg, reply, false),
             Command::Connect { peer } => self.ensure_dial(peer),
             Command::Dial { peer, keep, reply } => {
                 self.book
@@ -1429,7 +1441,7 @@ impl Actor {
                     },
                 ..
             } => {
-                if let Some(reply) = self.joins.remove(&request_id) {
+                if let Some((reply, _)) = self.joins.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -1439,12 +1451,25 @@ impl Actor {
                 error,
                 ..
             } => {
-                if let Some(reply) = self.joins.remove(&request_id) {
-                    let _ = reply.send(Err(RpcError::Failed {
-                        peer,
-                        reason: error.to_string(),
-                    }));
+                let Some((reply, retry)) = self.joins.remove(&request_id) else {
+                    return;
+                };
+                // Like storage requests: a dial that lost a race (two dials from one reused
+                // port, a simultaneous open) gets one more try a moment later.
+                if let (Some(msg), request_response::OutboundFailure::DialFailure) = (retry, &error)
+                {
+                    tracing::debug!(%peer, "dial failed; retrying the join request once");
+                    let cmds = self.retry_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = cmds.send(Command::RetryJoin { peer, msg, reply }).await;
+                    });
+                    return;
                 }
+                let _ = reply.send(Err(RpcError::Failed {
+                    peer,
+                    reason: error.to_string(),
+                }));
             }
             _ => {}
         }
