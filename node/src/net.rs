@@ -204,6 +204,9 @@ enum Command {
     CloseRelayed {
         peer: PeerId,
     },
+    Repunch {
+        peer: PeerId,
+    },
     RetryJoin {
         peer: PeerId,
         msg: Vec<u8>,
@@ -375,6 +378,11 @@ struct Conn {
     remote: Multiaddr,
 }
 
+/// Extra hole-punch rounds after DCUtR's own three attempts failed, and the first delay
+/// (doubling).
+const PUNCH_ROUNDS: u32 = 3;
+const PUNCH_RETRY: Duration = Duration::from_secs(2);
+
 /// How long direct addresses have to connect before relayed ones are dialed too.
 const RELAYED_DIAL_DELAY: Duration = Duration::from_millis(300);
 
@@ -535,6 +543,8 @@ pub fn spawn(
         reservations: HashMap::new(),
         conns: HashMap::new(),
         dialing: HashMap::new(),
+        punch_rounds: HashMap::new(),
+        redial_after_close: std::collections::HashSet::new(),
         relay_offers: std::collections::HashSet::new(),
         events: events_tx,
         book: book.clone(),
@@ -604,6 +614,10 @@ struct Actor {
     /// Relay reservations: listener → relay.
     reservations: HashMap<ListenerId, PeerId>,
     conns: HashMap<ConnectionId, Conn>,
+    /// Hole-punch rounds that failed per peer (reset by a success).
+    punch_rounds: HashMap<PeerId, u32>,
+    /// Peers to redial once their (relayed) connections closed, for another punch.
+    redial_after_close: std::collections::HashSet<PeerId>,
     /// Addresses of dials under way (ours, see `ensure_dial`).
     dialing: HashMap<PeerId, Vec<Multiaddr>>,
     /// Connected peers offering the relay protocol over a direct connection.
@@ -814,6 +828,24 @@ impl Actor {
                     self.dial_addresses(peer, addrs);
                 }
             }
+            Command::Repunch { peer } => {
+                let relayed: Vec<ConnectionId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.peer == peer && c.relayed)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let direct = self.conns.values().any(|c| c.peer == peer && !c.relayed);
+                let busy = self.pending.values().any(|p| p.peer == peer);
+                if !direct && !busy && !relayed.is_empty() {
+                    // Closing the relayed connections makes the next request (or the redial
+                    // below) open a fresh one, which DCUtR punches again.
+                    for id in relayed {
+                        self.swarm.close_connection(id);
+                    }
+                    self.redial_after_close.insert(peer);
+                }
+            }
             Command::CloseRelayed { peer } => {
                 let direct = self.conns.values().any(|c| c.peer == peer && !c.relayed);
                 if direct {
@@ -983,6 +1015,9 @@ impl Actor {
                     self.policy
                         .on(kith_nat::Event::RelayGone(peer_id), self.now_ms());
                 }
+                if num_established == 0 && self.redial_after_close.remove(&peer_id) {
+                    self.ensure_dial(peer_id);
+                }
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, "disconnected");
                     let _ = self.events.try_send(NetEvent::Disconnected(peer_id));
@@ -1047,6 +1082,7 @@ impl Actor {
             })) => {
                 let ok = match result {
                     Ok(id) => {
+                        self.punch_rounds.remove(&remote_peer_id);
                         tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection");
                         if let Some(c) = self.conns.get_mut(&id) {
                             c.punched = true;
@@ -1072,7 +1108,26 @@ impl Actor {
                         true
                     }
                     Err(e) => {
-                        tracing::info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed");
+                        // DCUtR tries three times on one relayed connection. A punch that
+                        // missed (timing on a loaded machine, a router slow to map) gets new
+                        // relayed connections, so new rounds, a bounded number of times.
+                        let round = self.punch_rounds.entry(remote_peer_id).or_insert(0);
+                        *round += 1;
+                        let round = *round;
+                        if round <= PUNCH_ROUNDS {
+                            tracing::info!(peer = %remote_peer_id, error = %e, round, "hole punch failed; another round soon");
+                            let cmds = self.retry_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(PUNCH_RETRY * 2u32.pow(round - 1)).await;
+                                let _ = cmds
+                                    .send(Command::Repunch {
+                                        peer: remote_peer_id,
+                                    })
+                                    .await;
+                            });
+                        } else {
+                            tracing::info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed");
+                        }
                         false
                     }
                 };

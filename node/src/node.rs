@@ -1072,13 +1072,54 @@ impl NodeHandle {
             "Grid members known (this node included).",
             &[(String::new(), status.members as f64)],
         );
+        let by_path: Vec<(String, f64)> = ["direct", "UPnP", "hole-punched", "relayed"]
+            .iter()
+            .map(|path| {
+                let n = status
+                    .connected_peers
+                    .iter()
+                    .filter(|p| p.path == *path)
+                    .count();
+                (format!("{{path=\"{path}\"}}"), n as f64)
+            })
+            .collect();
+        gauge("kith_connections", "Connected peers by path.", &by_path);
         gauge(
-            "kith_connections",
-            "Connected peers by path.",
+            "kith_reachable_public",
+            "1 when a direct external address is confirmed (configured, AutoNAT, UPnP).",
             &[(
-                "{path=\"direct\"}".into(),
-                status.connected_peers.len() as f64,
+                String::new(),
+                f64::from(u8::from(status.nat.kind == "public")),
             )],
+        );
+        gauge(
+            "kith_relay_reservations",
+            "Relays holding a reservation for this node (accepted).",
+            &[(
+                String::new(),
+                status
+                    .nat
+                    .reservations
+                    .iter()
+                    .filter(|(_, s)| *s == "accepted")
+                    .count() as f64,
+            )],
+        );
+        gauge(
+            "kith_relay_clients",
+            "Members holding a reservation on this node's relay.",
+            &[(String::new(), status.nat.relay_clients.len() as f64)],
+        );
+        gauge(
+            "kith_hole_punches",
+            "Peers whose last hole punch ended direct / that were punched at all.",
+            &[
+                (
+                    "{result=\"direct\"}".into(),
+                    status.nat.hole_punched.0 as f64,
+                ),
+                ("{result=\"any\"}".into(), status.nat.hole_punched.1 as f64),
+            ],
         );
         let (up, down) = self.transferred();
         gauge(

@@ -11,10 +11,11 @@
 # 11.0.0.0/24 stands in for the internet because miniupnpd and UPnP clients refuse a
 # private WAN address; it never leaves these namespaces.
 #
-# usage: nat-lab.sh up R1MODE R2MODE [upnp] | down
+# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1] | down
 #   MODE: moderate = Linux masquerade (endpoint-independent mapping, port-dependent filtering)
 #         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
-#   upnp: run a real miniupnpd (nftables backend, secure mode) on r1
+#   upnp: run a real miniupnpd (nftables backend, secure mode) on r1, speaking IGDv2;
+#   upnp1: the same, forced to describe itself as IGDv1 (WANIPConnection:1)
 # Namespace names get the prefix $NATLAB_PREFIX (default "kl-") so the lab never touches
 # namespaces it did not make; files go to $NATLAB_DIR (default /tmp/kith-natlab).
 set -euo pipefail
@@ -88,7 +89,7 @@ up() {
   done
   router "${P}r1" "$m1"
   router "${P}r2" "$m2"
-  if [ "$upnp" = upnp ]; then
+  if [ "$upnp" = upnp ] || [ "$upnp" = upnp1 ]; then
     cat > "$LAB/miniupnpd.conf" <<CONF
 ext_ifname=wan
 listening_ip=lan
@@ -99,6 +100,7 @@ secure_mode=yes
 system_uptime=yes
 uuid=$(cat /proc/sys/kernel/random/uuid)
 lease_file=$LAB/upnp.leases
+force_igd_desc_v1=$([ "$upnp" = upnp1 ] && echo yes || echo no)
 allow 1024-65535 192.168.1.0/24 1024-65535
 deny 0-65535 0.0.0.0/0 0-65535
 CONF
@@ -116,5 +118,5 @@ CONF
 case "${1:-}" in
   up) down; up "${2:-moderate}" "${3:-moderate}" "${4:-}" ;;
   down) down ;;
-  *) echo "usage: $0 up R1MODE R2MODE [upnp] | down"; exit 2 ;;
+  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | down"; exit 2 ;;
 esac

@@ -38,6 +38,17 @@ impl Nat {
     }
 }
 
+/// Whether router 1 runs a miniupnpd, and which IGD version it speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Igd {
+    /// No UPnP on the router.
+    None,
+    /// miniupnpd forced to IGDv1 (`WANIPConnection:1`).
+    V1,
+    /// miniupnpd as Debian ships it (IGDv2, `WANIPConnection:2`).
+    V2,
+}
+
 /// The namespaces of the lab.
 pub mod ns {
     /// The public segment (11.0.0.1 on the bridge).
@@ -71,63 +82,76 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Root, the tools (installed when missing), and network namespaces that can be made.
+fn check_and_install() -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("it needs root (network namespaces, nftables, miniupnpd)".into());
+    }
+    let missing: Vec<&str> = [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("miniupnpd", "miniupnpd-nftables"),
+    ]
+    .iter()
+    .filter(|(tool, _)| !have(tool))
+    .map(|(_, pkg)| *pkg)
+    .collect();
+    if !missing.is_empty() {
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!("could not install {}", missing.join(", ")));
+        }
+    }
+    let probe = format!("kl-probe-{}", std::process::id());
+    if Command::new("ip")
+        .args(["netns", "add", &probe])
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        return Err("cannot create network namespaces here".into());
+    }
+    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+    Ok(())
+}
+
 impl Lab {
     /// Whether the lab can run here; installs missing Debian packages when root. Prints why
     /// not and returns `false` (the caller skips), except with `CI=true`, where it panics.
     pub fn available() -> bool {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        let skip = |why: String| {
-            assert!(
-                !ci,
-                "the NAT lab must run in CI (CI=true) but cannot: {why}"
-            );
-            eprintln!("skipping the NAT lab test: {why}");
-            false
-        };
-        if !rustix::process::geteuid().is_root() {
-            return skip("it needs root (network namespaces, nftables, miniupnpd)".into());
-        }
-        let missing: Vec<&str> = [
-            ("ip", "iproute2"),
-            ("nft", "nftables"),
-            ("miniupnpd", "miniupnpd-nftables"),
-        ]
-        .iter()
-        .filter(|(tool, _)| !have(tool))
-        .map(|(_, pkg)| *pkg)
-        .collect();
-        if !missing.is_empty() {
-            let ok = Command::new("apt-get")
-                .args(["install", "-y", "-q"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return skip(format!("could not install {}", missing.join(", ")));
+        static CHECK: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        match CHECK.get_or_init(check_and_install) {
+            Ok(()) => true,
+            Err(why) => {
+                let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+                assert!(
+                    !ci,
+                    "the NAT lab must run in CI (CI=true) but cannot: {why}"
+                );
+                eprintln!("skipping the NAT lab test: {why}");
+                false
             }
         }
-        if Command::new("ip")
-            .args(["netns", "add", "kl-probe"])
-            .status()
-            .map_or(true, |s| !s.success())
-        {
-            return skip("cannot create network namespaces here".into());
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", "kl-probe"])
-            .status();
-        true
     }
 
-    /// Builds the lab: router 1 and 2 translating as `r1` and `r2`, with a real miniupnpd on
-    /// router 1 when `upnp`.
-    pub fn up(r1: Nat, r2: Nat, upnp: bool) -> Lab {
+    /// Builds the lab: router 1 and 2 translating as `r1` and `r2`, router 1 running a real
+    /// miniupnpd as `igd` says.
+    pub fn up(r1: Nat, r2: Nat, igd: Igd) -> Lab {
         let lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut cmd = Command::new("bash");
         cmd.arg(script()).args(["up", r1.arg(), r2.arg()]);
-        if upnp {
-            cmd.arg("upnp");
+        match igd {
+            Igd::None => {}
+            Igd::V1 => {
+                cmd.arg("upnp1");
+            }
+            Igd::V2 => {
+                cmd.arg("upnp");
+            }
         }
         let out = cmd
             .env("NATLAB_DIR", LAB_DIR)

@@ -19,7 +19,7 @@ use kith_node::{
     nodedir::NodeDir,
 };
 use kith_tests::{
-    natlab::{self, Lab, Nat, NsNode, ns},
+    natlab::{self, Igd, Lab, Nat, NsNode, ns},
     random_bytes, until,
 };
 
@@ -82,7 +82,7 @@ struct Case {
     r1: Nat,
     r2: Nat,
     /// miniupnpd on router 1.
-    router_upnp: bool,
+    router_upnp: Igd,
     /// Where A runs (the public segment for the "open" case, else home 1).
     a_ns: &'static str,
     /// Whether A's node may use UPnP.
@@ -256,6 +256,11 @@ async fn run_case(c: &Case) -> Option<Outcome> {
                 .unwrap_or_else(|| panic!("no TCP mapping for A:\n{leases}"));
             let ext: u16 = tcp.split(':').nth(1).unwrap().parse().unwrap();
             assert_eq!(ext == port, c.upnp == Upnp::Mapped, "TCP mapping {tcp}");
+            let service = match c.router_upnp {
+                Igd::V1 => "WANIPConnection:1",
+                _ => "WANIPConnection:2",
+            };
+            assert_eq!(st.nat.upnp_service.as_deref(), Some(service));
             let want = format!("/ip4/11.0.0.11/tcp/{ext}");
             assert!(
                 st.nat
@@ -341,7 +346,7 @@ async fn open_x_moderate_connects_directly() {
         name: "open x moderate",
         r1: Nat::Moderate,
         r2: Nat::Moderate,
-        router_upnp: false,
+        router_upnp: Igd::None,
         a_ns: ns::INET,
         a_upnp: false,
         expect_b: &["direct"],
@@ -363,7 +368,7 @@ async fn moderate_x_moderate_hole_punches() {
         name: "moderate x moderate",
         r1: Nat::Moderate,
         r2: Nat::Moderate,
-        router_upnp: false,
+        router_upnp: Igd::None,
         a_ns: ns::H1,
         a_upnp: true,
         expect_b: &["hole-punched"],
@@ -382,7 +387,7 @@ async fn upnp_off_behind_a_upnp_router_hole_punches_instead() {
         name: "moderate+UPnP router, node's UPnP off x moderate",
         r1: Nat::Moderate,
         r2: Nat::Moderate,
-        router_upnp: true,
+        router_upnp: Igd::V2,
         a_ns: ns::H1,
         a_upnp: false,
         expect_b: &["hole-punched"],
@@ -398,10 +403,10 @@ async fn upnp_off_behind_a_upnp_router_hole_punches_instead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upnp_x_strict_connects_through_the_mapping() {
     let c = Case {
-        name: "moderate+UPnP x strict",
+        name: "moderate+UPnP (IGDv1) x strict",
         r1: Nat::Moderate,
         r2: Nat::Strict,
-        router_upnp: true,
+        router_upnp: Igd::V1,
         a_ns: ns::H1,
         a_upnp: true,
         expect_b: &["direct"],
@@ -420,7 +425,7 @@ async fn strict_x_strict_stays_relayed_and_carries_64_mib() {
         name: "strict x strict",
         r1: Nat::Strict,
         r2: Nat::Strict,
-        router_upnp: false,
+        router_upnp: Igd::None,
         a_ns: ns::H1,
         a_upnp: true,
         expect_b: &["relayed"],
@@ -439,7 +444,7 @@ async fn upnp_port_taken_falls_back_to_another_external_port() {
         name: "moderate+UPnP (TCP 4002 taken) x strict",
         r1: Nat::Moderate,
         r2: Nat::Strict,
-        router_upnp: true,
+        router_upnp: Igd::V2,
         a_ns: ns::H1,
         a_upnp: true,
         expect_b: &["direct"],
@@ -459,7 +464,7 @@ async fn upnp_refused_by_the_router_falls_back_to_relay_and_hole_punching() {
         name: "moderate+UPnP (refused) x moderate",
         r1: Nat::Moderate,
         r2: Nat::Moderate,
-        router_upnp: true,
+        router_upnp: Igd::V2,
         a_ns: ns::H1,
         a_upnp: true,
         expect_b: &["hole-punched"],
@@ -477,7 +482,7 @@ async fn sysadmin_mode_sends_no_upnp_request_reserves_no_relay_and_announces_onl
     if !Lab::available() {
         return;
     }
-    let lab = Lab::up(Nat::Moderate, Nat::Moderate, true);
+    let lab = Lab::up(Nat::Moderate, Nat::Moderate, Igd::V2);
     // The sysadmin forwarded TCP 4002 on the router by hand and wrote both addresses down.
     lab.forward_tcp(4002);
     let tmp = tempfile::tempdir().unwrap();
