@@ -478,6 +478,23 @@ fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
         .collect()
 }
 
+/// Addresses worth telling others: loopback ones only when there is nothing else (a node on a
+/// real network announcing 127.0.0.1 sends peers to themselves, or to whatever else listens
+/// on that port on their host).
+pub(crate) fn announceable(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    let loopback = |a: &Multiaddr| {
+        a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_loopback(),
+            Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    if addrs.iter().all(loopback) {
+        return addrs;
+    }
+    addrs.into_iter().filter(|a| !loopback(a)).collect()
+}
+
 fn record_addrs(r: &NodeRecord) -> Vec<Multiaddr> {
     r.body
         .addrs
@@ -1058,7 +1075,7 @@ impl Task {
         all.extend(st.external_addrs.iter().cloned());
         all.extend(st.listen_addrs.iter().cloned());
         let mut out: Vec<Multiaddr> = Vec::new();
-        for a in dialable(&all) {
+        for a in announceable(dialable(&all)) {
             if !out.contains(&a) {
                 out.push(a);
             }

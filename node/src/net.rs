@@ -373,7 +373,6 @@ impl Default for NatOptions {
 struct Conn {
     peer: PeerId,
     relayed: bool,
-    punched: bool,
     inbound: bool,
     remote: Multiaddr,
 }
@@ -382,6 +381,14 @@ struct Conn {
 /// (doubling).
 const PUNCH_ROUNDS: u32 = 3;
 const PUNCH_RETRY: Duration = Duration::from_secs(2);
+
+fn is_global_addr(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => upnp::is_global(ip.into()),
+        Protocol::Ip6(ip) => upnp::is_global(ip.into()),
+        _ => false,
+    })
+}
 
 /// How long direct addresses have to connect before relayed ones are dialed too.
 const RELAYED_DIAL_DELAY: Duration = Duration::from_millis(300);
@@ -544,6 +551,7 @@ pub fn spawn(
         conns: HashMap::new(),
         dialing: HashMap::new(),
         punch_rounds: HashMap::new(),
+        punched: std::collections::HashSet::new(),
         redial_after_close: std::collections::HashSet::new(),
         relay_offers: std::collections::HashSet::new(),
         events: events_tx,
@@ -614,6 +622,8 @@ struct Actor {
     /// Relay reservations: listener → relay.
     reservations: HashMap<ListenerId, PeerId>,
     conns: HashMap<ConnectionId, Conn>,
+    /// Peers reached by a successful hole punch (until they disconnect).
+    punched: std::collections::HashSet<PeerId>,
     /// Hole-punch rounds that failed per peer (reset by a success).
     punch_rounds: HashMap<PeerId, u32>,
     /// Peers to redial once their (relayed) connections closed, for another punch.
@@ -959,7 +969,6 @@ impl Actor {
                     Conn {
                         peer: peer_id,
                         relayed: endpoint.is_relayed(),
-                        punched: false,
                         inbound: matches!(endpoint, ConnectedPoint::Listener { .. }),
                         remote: endpoint.get_remote_address().clone(),
                     },
@@ -1014,6 +1023,9 @@ impl Actor {
                 if !direct_left && self.relay_offers.remove(&peer_id) {
                     self.policy
                         .on(kith_nat::Event::RelayGone(peer_id), self.now_ms());
+                }
+                if num_established == 0 {
+                    self.punched.remove(&peer_id);
                 }
                 if num_established == 0 && self.redial_after_close.remove(&peer_id) {
                     self.ensure_dial(peer_id);
@@ -1084,9 +1096,11 @@ impl Actor {
                     Ok(id) => {
                         self.punch_rounds.remove(&remote_peer_id);
                         tracing::info!(peer = %remote_peer_id, "hole punch succeeded: direct connection");
-                        if let Some(c) = self.conns.get_mut(&id) {
-                            c.punched = true;
-                        }
+                        tracing::debug!(peer = %remote_peer_id, connection = ?id, "punched");
+                        // Per peer, not per connection: a punch can end in more than one
+                        // direct connection (TCP and QUIC both meet), and either may be the
+                        // one that stays.
+                        self.punched.insert(remote_peer_id);
                         let path = self.path(&remote_peer_id);
                         self.state.send_if_modified(|s| {
                             s.peers.get_mut(&remote_peer_id).is_some_and(|st| {
@@ -1177,7 +1191,7 @@ impl Actor {
         for c in self.conns.values().filter(|c| c.peer == *peer) {
             let p = match c {
                 Conn { relayed: true, .. } => Path::Relayed,
-                Conn { punched: true, .. } => Path::HolePunched,
+                _ if self.punched.contains(peer) => Path::HolePunched,
                 Conn { inbound: true, .. } if upnp => Path::Upnp,
                 _ => Path::Direct,
             };
@@ -1334,14 +1348,7 @@ impl Actor {
             .find(|c| c.peer == relay && !c.inbound && !c.relayed)
             .map(|c| c.remote.clone());
         let book = self.addresses(&relay);
-        let global = book.iter().find(|a| {
-            !is_relayed(a)
-                && a.iter().any(|p| match p {
-                    Protocol::Ip4(ip) => upnp::is_global(ip.into()),
-                    Protocol::Ip6(ip) => upnp::is_global(ip.into()),
-                    _ => false,
-                })
-        });
+        let global = book.iter().find(|a| !is_relayed(a) && is_global_addr(a));
         let Some(addr) = dialed
             .or_else(|| global.cloned())
             .or_else(|| book.iter().find(|a| !is_relayed(a)).cloned())
@@ -1357,11 +1364,47 @@ impl Actor {
             Ok(id) => {
                 tracing::info!(%relay, %addr, "reserving a relay slot");
                 self.reservations.insert(id, relay);
+                self.observe_both_transports(relay);
             }
             Err(e) => self.policy.on(
                 kith_nat::Event::ReservationFailed(relay, e.to_string()),
                 self.now_ms(),
             ),
+        }
+    }
+
+    /// Hole punching dials the addresses the *other* side observed for itself, and a node only
+    /// learns an observed address per transport it used: a node that reached the relay over
+    /// TCP alone offers TCP candidates while its peer, which happened to win the race over
+    /// QUIC, offers QUIC ones, and the punch never meets (seen in the NAT lab). So a node
+    /// behind NAT keeps a connection to its relay over each transport.
+    fn observe_both_transports(&mut self, relay: PeerId) {
+        let is_quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::QuicV1));
+        let open: Vec<bool> = self
+            .conns
+            .values()
+            .filter(|c| c.peer == relay && !c.relayed)
+            .map(|c| is_quic(&c.remote))
+            .collect();
+        let book = self.addresses(&relay);
+        for quic in [false, true] {
+            if open.contains(&quic) {
+                continue;
+            }
+            let Some(addr) = book
+                .iter()
+                .find(|a| !is_relayed(a) && is_quic(a) == quic && is_global_addr(a))
+                .or_else(|| book.iter().find(|a| !is_relayed(a) && is_quic(a) == quic))
+            else {
+                continue;
+            };
+            let opts = DialOpts::peer_id(relay)
+                .condition(PeerCondition::Always)
+                .addresses(vec![addr.clone()])
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%relay, error = %e, "second transport to the relay");
+            }
         }
     }
 

@@ -515,7 +515,7 @@ impl NodeHandle {
                 out.push(a);
             }
         }
-        out
+        grid::announceable(out)
     }
 
     /// Candidate storage servers: grid members whose records offer storage (connections open

@@ -632,11 +632,6 @@ async fn relay_serves_members_and_refuses_everyone_else() {
         "{:?}",
         x.nat.reservations
     );
-    assert!(
-        x.reachability.starts_with("behind NAT"),
-        "{}",
-        x.reachability
-    );
     xn.shutdown().await;
     mn.shutdown().await;
     rn.shutdown().await;
