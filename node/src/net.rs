@@ -839,35 +839,16 @@ impl Actor {
                 }
             }
             Command::Repunch { peer } => {
-                let relayed: Vec<ConnectionId> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.peer == peer && c.relayed)
-                    .map(|(id, _)| *id)
-                    .collect();
-                let direct = self.conns.values().any(|c| c.peer == peer && !c.relayed);
                 let busy = self.pending.values().any(|p| p.peer == peer);
-                if !direct && !busy && !relayed.is_empty() {
-                    // Closing the relayed connections makes the next request (or the redial
-                    // below) open a fresh one, which DCUtR punches again.
-                    for id in relayed {
-                        self.swarm.close_connection(id);
-                    }
+                // Closing the relayed connections makes the redial (once they are gone) open
+                // a fresh one, which DCUtR punches again.
+                if !self.has_direct(&peer) && !busy && self.close_relayed(&peer) {
                     self.redial_after_close.insert(peer);
                 }
             }
             Command::CloseRelayed { peer } => {
-                let direct = self.conns.values().any(|c| c.peer == peer && !c.relayed);
-                if direct {
-                    let relayed: Vec<ConnectionId> = self
-                        .conns
-                        .iter()
-                        .filter(|(_, c)| c.peer == peer && c.relayed)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in relayed {
-                        self.swarm.close_connection(id);
-                    }
+                if self.has_direct(&peer) {
+                    self.close_relayed(&peer);
                 }
             }
             Command::Shutdown => {}
@@ -1177,6 +1158,24 @@ impl Actor {
             _ => {}
         }
         false
+    }
+
+    fn has_direct(&self, peer: &PeerId) -> bool {
+        self.conns.values().any(|c| c.peer == *peer && !c.relayed)
+    }
+
+    /// Closes the relayed connections to `peer`; whether there were any.
+    fn close_relayed(&mut self, peer: &PeerId) -> bool {
+        let relayed: Vec<ConnectionId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer == *peer && c.relayed)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &relayed {
+            self.swarm.close_connection(*id);
+        }
+        !relayed.is_empty()
     }
 
     fn now_ms(&self) -> u64 {

@@ -112,6 +112,26 @@ enum Upnp {
     Refused,
 }
 
+impl Case {
+    /// A in home 1, B in home 2, no UPnP anywhere, 4 MiB; cases override what they test.
+    fn homes(name: &'static str, r1: Nat, r2: Nat) -> Case {
+        Case {
+            name,
+            r1,
+            r2,
+            router_upnp: Igd::None,
+            a_ns: ns::H1,
+            a_upnp: true,
+            expect_b: &["hole-punched"],
+            expect_a: &["hole-punched"],
+            a_reach: "behind NAT, relayed via relay, direct to 1 of 1 peers by hole punching",
+            a_port: 4002,
+            upnp: Upnp::None,
+            size: 4 << 20,
+        }
+    }
+}
+
 /// Takes TCP 4002 on router 1 itself (a service on the router), so the router answers A's
 /// request for that external port with a conflict.
 fn squat_tcp_4002() -> std::net::TcpListener {
@@ -343,18 +363,12 @@ async fn run_case(c: &Case) -> Option<Outcome> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_x_moderate_connects_directly() {
     let c = Case {
-        name: "open x moderate",
-        r1: Nat::Moderate,
-        r2: Nat::Moderate,
-        router_upnp: Igd::None,
         a_ns: ns::INET,
         a_upnp: false,
         expect_b: &["direct"],
         expect_a: &["direct"],
         a_reach: "public at 11.0.0.1:4002 (confirmed by AutoNAT)",
-        a_port: 4002,
-        upnp: Upnp::None,
-        size: 4 << 20,
+        ..Case::homes("open x moderate", Nat::Moderate, Nat::Moderate)
     };
     if let Some(o) = run_case(&c).await {
         assert_eq!(o.path, "direct");
@@ -364,38 +378,20 @@ async fn open_x_moderate_connects_directly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moderate_x_moderate_hole_punches() {
-    let c = Case {
-        name: "moderate x moderate",
-        r1: Nat::Moderate,
-        r2: Nat::Moderate,
-        router_upnp: Igd::None,
-        a_ns: ns::H1,
-        a_upnp: true,
-        expect_b: &["hole-punched"],
-        expect_a: &["hole-punched"],
-        a_reach: "behind NAT, relayed via relay, direct to 1 of 1 peers by hole punching",
-        a_port: 4002,
-        upnp: Upnp::None,
-        size: 4 << 20,
-    };
+    let c = Case::homes("moderate x moderate", Nat::Moderate, Nat::Moderate);
     run_case(&c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upnp_off_behind_a_upnp_router_hole_punches_instead() {
     let c = Case {
-        name: "moderate+UPnP router, node's UPnP off x moderate",
-        r1: Nat::Moderate,
-        r2: Nat::Moderate,
         router_upnp: Igd::V2,
-        a_ns: ns::H1,
         a_upnp: false,
-        expect_b: &["hole-punched"],
-        expect_a: &["hole-punched"],
-        a_reach: "behind NAT, relayed via relay, direct to 1 of 1 peers by hole punching",
-        a_port: 4002,
-        upnp: Upnp::None,
-        size: 4 << 20,
+        ..Case::homes(
+            "moderate+UPnP router, node's UPnP off x moderate",
+            Nat::Moderate,
+            Nat::Moderate,
+        )
     };
     run_case(&c).await;
 }
@@ -403,18 +399,12 @@ async fn upnp_off_behind_a_upnp_router_hole_punches_instead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upnp_x_strict_connects_through_the_mapping() {
     let c = Case {
-        name: "moderate+UPnP (IGDv1) x strict",
-        r1: Nat::Moderate,
-        r2: Nat::Strict,
         router_upnp: Igd::V1,
-        a_ns: ns::H1,
-        a_upnp: true,
         expect_b: &["direct"],
         expect_a: &["UPnP"],
         a_reach: "public (UPnP mapping 11.0.0.11:4002 on the router)",
-        a_port: 4002,
         upnp: Upnp::Mapped,
-        size: 4 << 20,
+        ..Case::homes("moderate+UPnP (IGDv1) x strict", Nat::Moderate, Nat::Strict)
     };
     run_case(&c).await;
 }
@@ -422,18 +412,11 @@ async fn upnp_x_strict_connects_through_the_mapping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_x_strict_stays_relayed_and_carries_64_mib() {
     let c = Case {
-        name: "strict x strict",
-        r1: Nat::Strict,
-        r2: Nat::Strict,
-        router_upnp: Igd::None,
-        a_ns: ns::H1,
-        a_upnp: true,
         expect_b: &["relayed"],
         expect_a: &["relayed"],
         a_reach: "behind NAT, relayed via relay",
-        a_port: 4002,
-        upnp: Upnp::None,
         size: 64 << 20,
+        ..Case::homes("strict x strict", Nat::Strict, Nat::Strict)
     };
     run_case(&c).await;
 }
@@ -441,18 +424,17 @@ async fn strict_x_strict_stays_relayed_and_carries_64_mib() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upnp_port_taken_falls_back_to_another_external_port() {
     let c = Case {
-        name: "moderate+UPnP (TCP 4002 taken) x strict",
-        r1: Nat::Moderate,
-        r2: Nat::Strict,
         router_upnp: Igd::V2,
-        a_ns: ns::H1,
-        a_upnp: true,
         expect_b: &["direct"],
         expect_a: &["UPnP"],
         a_reach: "public (UPnP mapping 11.0.0.11:",
-        a_port: 4002,
         upnp: Upnp::Moved,
         size: 1 << 20,
+        ..Case::homes(
+            "moderate+UPnP (TCP 4002 taken) x strict",
+            Nat::Moderate,
+            Nat::Strict,
+        )
     };
     run_case(&c).await;
 }
@@ -461,18 +443,15 @@ async fn upnp_port_taken_falls_back_to_another_external_port() {
 async fn upnp_refused_by_the_router_falls_back_to_relay_and_hole_punching() {
     // miniupnpd's rules allow internal ports 1024-65535 only: port 1000 is refused.
     let c = Case {
-        name: "moderate+UPnP (refused) x moderate",
-        r1: Nat::Moderate,
-        r2: Nat::Moderate,
         router_upnp: Igd::V2,
-        a_ns: ns::H1,
-        a_upnp: true,
-        expect_b: &["hole-punched"],
-        expect_a: &["hole-punched"],
-        a_reach: "behind NAT, relayed via relay, direct to 1 of 1 peers by hole punching",
         a_port: 1000,
         upnp: Upnp::Refused,
         size: 1 << 20,
+        ..Case::homes(
+            "moderate+UPnP (refused) x moderate",
+            Nat::Moderate,
+            Nat::Moderate,
+        )
     };
     run_case(&c).await;
 }
