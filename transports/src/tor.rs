@@ -169,7 +169,7 @@ pub enum TorError {
     },
     /// An incoming onion-service stream could not be accepted.
     #[error("cannot accept an onion service stream: {0}")]
-    Accept(#[source] tor_hsservice::ClientError),
+    Accept(#[source] Box<tor_hsservice::ClientError>),
 }
 
 /// Arti's view of Tor, in a form `kith status` can print.
@@ -467,10 +467,11 @@ impl TorTransport {
     }
 
     fn stop_service_if_unused(&mut self) {
-        if self.listeners.is_empty() && self.service.take().is_some() {
-            if let Ok(mut g) = self.tor.inner.service.lock() {
-                *g = None;
-            }
+        if self.listeners.is_empty()
+            && self.service.take().is_some()
+            && let Ok(mut g) = self.tor.inner.service.lock()
+        {
+            *g = None;
         }
     }
 
@@ -625,7 +626,7 @@ impl Transport for TorTransport {
                             let upgrade: Self::ListenerUpgrade = Box::pin(async move {
                                 req.accept(Connected::new_empty())
                                     .await
-                                    .map_err(TorError::Accept)
+                                    .map_err(|e| TorError::Accept(Box::new(e)))
                             });
                             return Poll::Ready(TransportEvent::Incoming {
                                 listener_id: l.id,
