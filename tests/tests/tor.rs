@@ -1,7 +1,8 @@
 //! The Tor transport over a private Tor network on loopback ([`kith_tests::tornet`]): real
 //! libp2p swarms whose only transport is Tor (arti), one listening on an arti-hosted onion
 //! service, the other dialing its `/onion3` address; Noise authenticates the listener's node key
-//! on top, exactly as on TCP.
+//! on top, exactly as on TCP. Also: the onion address survives a restart, and a Tor-only node
+//! reaches a clearnet TCP peer through an exit.
 //!
 //! Skips (with a message) without `tor`/`tor-gencert` unless `CI=true`, where it fails. Every
 //! wait is a deadline on a swarm event. The first onion connection may fail while the service's
@@ -114,11 +115,16 @@ struct Behaviour {
     echo: request_response::Behaviour<EchoCodec>,
 }
 
+/// A Tor-only swarm.
 fn swarm(kp: &Keypair, tor: &Tor) -> Swarm<Behaviour> {
     let config = Config::tor_only(tor.clone());
     assert!(config.is_tor_only());
+    swarm_on(kp, &config)
+}
+
+fn swarm_on(kp: &Keypair, config: &Config) -> Swarm<Behaviour> {
     Swarm::new(
-        build_transport(kp, &config).unwrap(),
+        build_transport(kp, config).unwrap(),
         Behaviour {
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
             echo: request_response::Behaviour::new(
@@ -165,9 +171,14 @@ struct Server {
     task: JoinHandle<()>,
 }
 
+/// An echo server on the onion service of `tor`.
 async fn serve(kp: &Keypair, tor: &Tor) -> Server {
-    let mut swarm = swarm(kp, tor);
-    swarm.listen_on(onion_listen_addr(ONION_PORT)).unwrap();
+    serve_on(swarm(kp, tor), onion_listen_addr(ONION_PORT)).await
+}
+
+async fn serve_on(mut swarm: Swarm<Behaviour>, listen: Multiaddr) -> Server {
+    let peer = *swarm.local_peer_id();
+    swarm.listen_on(listen).unwrap();
     let (tx, mut rx) = mpsc::channel(4);
     let task = tokio::spawn(async move {
         loop {
@@ -191,13 +202,9 @@ async fn serve(kp: &Keypair, tor: &Tor) -> Server {
     });
     let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
         .await
-        .expect("no onion listen address within 60 s")
+        .expect("no listen address within 60 s")
         .unwrap();
-    Server {
-        addr,
-        peer: kp.public().to_peer_id(),
-        task,
-    }
+    Server { addr, peer, task }
 }
 
 impl Server {
@@ -381,4 +388,32 @@ async fn onion_address_survives_a_restart() {
         b"again"
     );
     second.stop().await;
+}
+
+/// A Tor-only node reaches a clearnet TCP peer through a Tor exit (the exit relays of the test
+/// network accept 127.0.0.1; the arti fragment allows local addresses). The TCP server sees a
+/// connection from the exit relay, never from the dialer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tor_only_swarm_reaches_a_tcp_peer_through_an_exit() {
+    let Some(net) = net() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (client_tor, _) = bootstrapped(&net, &tmp.path().join("client"), "exit client").await;
+    let tcp_only = Config {
+        quic: false,
+        ..Config::default()
+    };
+    let server = serve_on(
+        swarm_on(&Keypair::generate_ed25519(), &tcp_only),
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+    )
+    .await;
+    let mut client = swarm(&Keypair::generate_ed25519(), &client_tor);
+    let (took, attempts) = connect(&mut client, &server).await;
+    println!(
+        "{} reached through an exit in {took:.2?} ({attempts} attempt(s))",
+        server.addr
+    );
+    let data = kith_tests::random_bytes(MIB, 0xe817);
+    assert!(echo(&mut client, server.peer, data.clone()).await == data);
+    server.stop().await;
 }
