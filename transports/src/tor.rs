@@ -22,7 +22,8 @@
 //!
 //! # Anonymity hygiene (what this module guarantees, and what it leaves to the node)
 //! - **No local DNS.** Hostnames (`/dns*/…`) are handed to arti as names and resolved by the exit;
-//!   this module never calls the system resolver.
+//!   this module never calls the system resolver. (So never wrap the stack in libp2p's `dns`
+//!   transport: it would resolve `/dns` addresses locally before Tor sees them.)
 //! - **No clearnet sockets.** The only sockets opened are arti's own connections to Tor relays
 //!   (guards, directory caches). A *Tor-only* node ([`crate::Config::tor_only`]) has no TCP, QUIC
 //!   or memory transport, so nothing in the transport stack can reach the clearnet directly.
@@ -227,7 +228,12 @@ impl Tor {
     /// Creates the arti client without bootstrapping it (no network traffic yet). Bootstrap starts
     /// with [`Tor::bootstrap`], or by itself on the first dial or listen.
     ///
-    /// Must be called inside a Tokio runtime; arti spawns its tasks there.
+    /// One handle hosts one onion service ([`TorConfig::nickname`]): give it to one listening
+    /// transport. A second transport listening through the same handle fails to launch the
+    /// service while the first one runs.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime: arti spawns its tasks on the current one.
     pub fn create(config: &TorConfig) -> Result<Self, TorError> {
         let nickname = HsNickname::new(config.nickname.clone())?;
         let mut builder = match &config.arti_toml {
