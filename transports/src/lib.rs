@@ -237,12 +237,27 @@ mod tests {
             transport::{DialOpts, ListenerId, PortUse, TransportError},
         };
 
+        // A made-up network on a closed loopback port: even an accidental bootstrap would not
+        // leave this machine. (Creating the client sends nothing; this also checks that an arti
+        // TOML fragment of custom authorities and fallbacks is accepted.)
+        let fragment = r#"
+            [tor_network.authorities]
+            v3idents = ["0000000000000000000000000000000000000000"]
+            uploads = [["127.0.0.1:9"]]
+            downloads = [["127.0.0.1:9"]]
+            votes = [["127.0.0.1:9"]]
+            [tor_network]
+            fallback_caches = [{ rsa_identity = "0000000000000000000000000000000000000000",
+                ed_identity = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", orports = ["127.0.0.1:9"] }]
+        "#;
         let dir = tempfile::tempdir().unwrap();
         let tor = tor::Tor::create(&tor::TorConfig {
+            arti_toml: Some(fragment.to_owned()),
             trust_all_dir_permissions: true,
             ..tor::TorConfig::new(dir.path().join("state"), dir.path().join("cache"))
         })
         .unwrap();
+        assert!(!tor.status().ready);
         let cfg = Config::tor_only(tor);
         assert!(!cfg.tcp && !cfg.quic && !cfg.memory);
         assert!(cfg.is_tor_only());

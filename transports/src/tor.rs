@@ -696,6 +696,42 @@ mod tests {
     }
 
     #[test]
+    fn status_reads_well() {
+        let mut s = TorStatus {
+            percent: 42,
+            ready: false,
+            blocked: None,
+            onion_service: None,
+        };
+        assert_eq!(s.to_string(), "tor 42%, bootstrapping");
+        s.blocked = Some("can't reach a guard".into());
+        assert_eq!(s.to_string(), "tor 42%, blocked: can't reach a guard");
+        s = TorStatus {
+            percent: 100,
+            ready: true,
+            blocked: None,
+            onion_service: Some(OnionServiceState::Running),
+        };
+        assert_eq!(s.to_string(), "tor 100%, ok, onion service Running");
+    }
+
+    #[test]
+    fn bad_arti_toml_is_a_config_error() {
+        let dir = std::env::temp_dir().join("kith-tor-never-created");
+        let config = TorConfig {
+            arti_toml: Some("[tor_network\n".into()),
+            ..TorConfig::new(dir.join("state"), dir.join("cache"))
+        };
+        assert!(matches!(Tor::create(&config), Err(TorError::ConfigToml(_))));
+        let config = TorConfig {
+            nickname: "not a nickname!".into(),
+            ..TorConfig::new(dir.join("state"), dir.join("cache"))
+        };
+        assert!(matches!(Tor::create(&config), Err(TorError::Nickname(_))));
+        assert!(!dir.exists());
+    }
+
+    #[test]
     fn wildcard_is_all_a() {
         let a = onion_listen_addr(7000).to_string();
         assert_eq!(a, format!("/onion3/{}:7000", "a".repeat(56)));
