@@ -5,9 +5,11 @@
 //! founds it, node i joins with an invitation from node (i-1)/2 (chains, not all invited by
 //! the founder), and everyone learns of everyone by gossip. The
 //! `kith-test-node` binary runs the real daemon in a child process for tests that must kill a
-//! node with SIGKILL. [`natlab`] runs nodes inside a NAT lab of network namespaces.
+//! node with SIGKILL. [`natlab`] runs nodes inside a NAT lab of network namespaces;
+//! [`tornet`] runs a private Tor network on loopback for the Tor tests (`tests/tests/tor.rs`).
 
 pub mod natlab;
+pub mod tornet;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -5,10 +5,14 @@
 //! - **TCP** upgraded with Noise (XX handshake, ed25519 identity) and Yamux stream multiplexing;
 //! - **QUIC** (quinn + rustls with libp2p's TLS certificate binding the same ed25519 key);
 //! - an **in-memory** transport (`/memory/<port>` addresses) for tests that want real swarms
-//!   without sockets.
+//!   without sockets;
+//! - **Tor** (feature `tor`, on by default; module [`tor`]): dial `/onion3/…` through onion
+//!   services and `/ip4|ip6|dns/…/tcp/…` through exits, listen on an onion service hosted by
+//!   arti. Its streams get the same Noise + Yamux upgrade as TCP. A Tor-only node
+//!   ([`Config::tor_only`]) has no TCP, QUIC or memory transport at all.
 //!
-//! Tor (arti-client dial + onion-service listen) joins this stack in the Tor issue; nothing here
-//! pretends to support it yet.
+//! When Tor runs alongside TCP, TCP dials `/ip4|ip6/…/tcp/…` (clearnet, as without Tor) and Tor
+//! dials only what TCP can't: `/onion3/…` and `/dns…` names.
 //!
 //! The node's libp2p identity *is* its ed25519 node key ([`identity`]): the peer id other
 //! members see, the key that authenticates every connection (Noise / TLS) and, later, the key
@@ -19,6 +23,8 @@
 
 pub mod identity;
 pub mod relayed;
+#[cfg(feature = "tor")]
+pub mod tor;
 
 use std::time::Duration;
 
@@ -34,7 +40,7 @@ use libp2p::{
 pub use libp2p::{Multiaddr, identity::Keypair};
 
 /// Which transports a node runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// TCP + Noise + Yamux.
     pub tcp: bool,
@@ -42,6 +48,9 @@ pub struct Config {
     pub quic: bool,
     /// In-memory transport (`/memory/N` addresses), for tests.
     pub memory: bool,
+    /// Tor through this arti client: onion services and exits (see [`tor`]).
+    #[cfg(feature = "tor")]
+    pub tor: Option<tor::Tor>,
     /// How long a connection handshake (security + muxer negotiation) may take.
     pub handshake_timeout: Duration,
 }
@@ -52,8 +61,42 @@ impl Default for Config {
             tcp: true,
             quic: true,
             memory: false,
+            #[cfg(feature = "tor")]
+            tor: None,
             handshake_timeout: Duration::from_secs(20),
         }
+    }
+}
+
+impl Config {
+    /// Tor and nothing else: no TCP, QUIC or memory transport, so the node opens no clearnet
+    /// socket of its own (arti's connections to Tor relays are the only ones).
+    #[cfg(feature = "tor")]
+    pub fn tor_only(tor: tor::Tor) -> Self {
+        Self {
+            tcp: false,
+            quic: false,
+            memory: false,
+            tor: Some(tor),
+            ..Self::default()
+        }
+    }
+
+    /// True if every enabled transport goes through Tor (and at least one is enabled).
+    pub fn is_tor_only(&self) -> bool {
+        #[cfg(feature = "tor")]
+        let tor = self.tor.is_some();
+        #[cfg(not(feature = "tor"))]
+        let tor = false;
+        tor && !(self.tcp || self.quic || self.memory)
+    }
+
+    fn any_enabled(&self) -> bool {
+        #[cfg(feature = "tor")]
+        let tor = self.tor.is_some();
+        #[cfg(not(feature = "tor"))]
+        let tor = false;
+        tor || self.tcp || self.quic || self.memory
     }
 }
 
@@ -65,7 +108,7 @@ pub enum Error {
     #[error("cannot configure the Noise handshake from the node key: {0}")]
     Noise(#[from] noise::Error),
     /// Every transport was switched off.
-    #[error("no transport is enabled: enable at least one of tcp, quic or memory")]
+    #[error("no transport is enabled: enable at least one of tcp, quic, memory or tor")]
     NoTransport,
 }
 
@@ -89,7 +132,7 @@ fn optional(t: Option<BoxedTransport>) -> OptionalTransport<BoxedTransport> {
 
 /// Builds the transport stack selected by `config` for the node identified by `keypair`.
 pub fn build_transport(keypair: &Keypair, config: &Config) -> Result<BoxedTransport, Error> {
-    if !(config.tcp || config.quic || config.memory) {
+    if !config.any_enabled() {
         return Err(Error::NoTransport);
     }
     let noise = noise::Config::new(keypair)?;
@@ -116,8 +159,23 @@ pub fn build_transport(keypair: &Keypair, config: &Config) -> Result<BoxedTransp
             .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
             .boxed()
     });
+    #[cfg(feature = "tor")]
+    let tor = config.tor.as_ref().map(|t| {
+        tor::TorTransport::new(t.clone())
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise.clone())
+            .multiplex(yamux_config())
+            .timeout(t.connect_timeout().max(config.handshake_timeout))
+            .boxed()
+    });
+    #[cfg(not(feature = "tor"))]
+    let tor: Option<BoxedTransport> = None;
+    // Order matters for dialing: the first transport that supports an address gets it, so TCP
+    // (when enabled) keeps clearnet IP addresses and Tor gets onion addresses and names.
     let stream_transports = optional(tcp)
         .or_transport(optional(memory))
+        .map(|either, _| either.into_inner())
+        .or_transport(optional(tor))
         .map(|either, _| either.into_inner())
         .boxed();
     Ok(optional(quic)
@@ -160,6 +218,76 @@ mod tests {
             build_transport(&kp, &cfg),
             Err(Error::NoTransport)
         ));
+    }
+
+    #[test]
+    fn default_config_is_not_tor_only() {
+        let cfg = Config::default();
+        assert!(cfg.tcp && cfg.quic && !cfg.is_tor_only());
+        #[cfg(feature = "tor")]
+        assert!(cfg.tor.is_none());
+    }
+
+    /// A Tor-only config enables no clearnet transport, and the transport it builds refuses
+    /// every clearnet listen address and every non-Tor dial (UDP/QUIC, memory).
+    #[cfg(feature = "tor")]
+    #[tokio::test]
+    async fn tor_only_has_no_tcp_or_quic() {
+        use libp2p::core::{
+            Endpoint,
+            transport::{DialOpts, ListenerId, PortUse, TransportError},
+        };
+
+        // A made-up network on a closed loopback port: even an accidental bootstrap would not
+        // leave this machine. (Creating the client sends nothing; this also checks that an arti
+        // TOML fragment of custom authorities and fallbacks is accepted.)
+        let fragment = r#"
+            [tor_network.authorities]
+            v3idents = ["0000000000000000000000000000000000000000"]
+            uploads = [["127.0.0.1:9"]]
+            downloads = [["127.0.0.1:9"]]
+            votes = [["127.0.0.1:9"]]
+            [tor_network]
+            fallback_caches = [{ rsa_identity = "0000000000000000000000000000000000000000",
+                ed_identity = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", orports = ["127.0.0.1:9"] }]
+        "#;
+        let dir = tempfile::tempdir().unwrap();
+        let tor = tor::Tor::create(&tor::TorConfig {
+            arti_toml: Some(fragment.to_owned()),
+            trust_all_dir_permissions: true,
+            ..tor::TorConfig::new(dir.path().join("state"), dir.path().join("cache"))
+        })
+        .unwrap();
+        assert!(!tor.status().ready);
+        let cfg = Config::tor_only(tor);
+        assert!(!cfg.tcp && !cfg.quic && !cfg.memory);
+        assert!(cfg.is_tor_only());
+
+        let kp = Keypair::generate_ed25519();
+        let mut t = build_transport(&kp, &cfg).unwrap();
+        for a in [
+            "/ip4/127.0.0.1/tcp/0",
+            "/ip6/::1/tcp/0",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "/memory/0",
+        ] {
+            let r = t.listen_on(ListenerId::next(), a.parse().unwrap());
+            assert!(
+                matches!(r, Err(TransportError::MultiaddrNotSupported(_))),
+                "tor-only must not listen on {a}: {r:?}"
+            );
+        }
+        let opts = DialOpts {
+            role: Endpoint::Dialer,
+            port_use: PortUse::New,
+        };
+        for a in ["/ip4/127.0.0.1/udp/4001/quic-v1", "/memory/4001"] {
+            let r = t.dial(a.parse().unwrap(), opts).map(|_| ());
+            assert!(
+                matches!(r, Err(TransportError::MultiaddrNotSupported(_))),
+                "tor-only must not dial {a}: {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,424 @@
+//! The Tor transport over a private Tor network on loopback ([`kith_tests::tornet`]): real
+//! libp2p swarms whose only transport is Tor (arti), one listening on an arti-hosted onion
+//! service, the other dialing its `/onion3` address; Noise authenticates the listener's node key
+//! on top, exactly as on TCP. Also: the onion address survives a restart, and a Tor-only node
+//! reaches a clearnet TCP peer through an exit.
+//!
+//! Skips (with a message) without `tor`/`tor-gencert` unless `CI=true`, where it fails. Every
+//! wait is a deadline on a swarm event. The first onion connection may fail while the service's
+//! descriptor is still being uploaded to the HSDirs, so dials are retried until a deadline.
+//!
+//! Prints time to bootstrap, to connect, to first byte and the throughput of a 16 MiB echo.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::{
+    io,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use kith_tests::tornet::TorNet;
+use kith_transports::{
+    Config, Keypair, Multiaddr, build_transport,
+    tor::{Tor, onion_listen_addr},
+    with_peer_id,
+};
+use libp2p::{
+    PeerId, StreamProtocol, Swarm,
+    multiaddr::Protocol,
+    ping,
+    request_response::{self, ProtocolSupport},
+    swarm::{NetworkBehaviour, SwarmEvent},
+};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+/// First port of this binary's Tor network (authorities P.., relays P+100..).
+const BASE_PORT: u16 = 17_000;
+/// Virtual port of the onion service.
+const ONION_PORT: u16 = 4001;
+const MIB: usize = 1 << 20;
+/// How long a dial through a fresh onion service may keep failing before the test fails.
+/// (Usually the first dial works; on a network whose first consensus is seconds old, arti could
+/// not build onion-service circuits for up to a minute in one run.)
+const CONNECT_DEADLINE: Duration = Duration::from_secs(240);
+
+/// Length-prefixed byte requests, answered with the same bytes.
+#[derive(Clone, Default)]
+struct EchoCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > 32 * MIB {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
+    io.write_all(&u32::try_from(data.len()).unwrap().to_be_bytes())
+        .await?;
+    io.write_all(data).await?;
+    io.close().await
+}
+
+impl request_response::Codec for EchoCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()> {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()> {
+        write_frame(io, &res).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    ping: ping::Behaviour,
+    echo: request_response::Behaviour<EchoCodec>,
+}
+
+/// A Tor-only swarm.
+fn swarm(kp: &Keypair, tor: &Tor) -> Swarm<Behaviour> {
+    let config = Config::tor_only(tor.clone());
+    assert!(config.is_tor_only());
+    swarm_on(kp, &config)
+}
+
+fn swarm_on(kp: &Keypair, config: &Config) -> Swarm<Behaviour> {
+    Swarm::new(
+        build_transport(kp, config).unwrap(),
+        Behaviour {
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+            echo: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new("/kith-test/echo/1"),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(600)),
+            ),
+        },
+        kp.public().to_peer_id(),
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(120)),
+    )
+}
+
+/// Creates and bootstraps an arti client on `net` with its state under `root`, and waits until
+/// arti says it is ready for traffic (bootstrap returns once the directory is usable; readiness
+/// also needs a working guard connection). Prints and returns how long that took.
+async fn bootstrapped(net: &TorNet, root: &Path, who: &str) -> (Tor, Duration) {
+    let t0 = Instant::now();
+    let tor = Tor::create(&net.tor_config(root)).unwrap();
+    let mut events = tor.status_events();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        tor.bootstrap().await.unwrap();
+        while !tor.status().ready {
+            events.next().await.expect("status events ended");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{who}: not ready within 120 s: {}", tor.status()));
+    let took = t0.elapsed();
+    let status = tor.status();
+    println!("{who}: bootstrapped in {took:.2?} ({status})");
+    assert_eq!(status.percent, 100, "{who}: {status}");
+    assert!(status.blocked.is_none(), "{who}: {status}");
+    (tor, took)
+}
+
+/// An echo server on its own task: listens on the onion service, sends back every request.
+struct Server {
+    addr: Multiaddr,
+    peer: PeerId,
+    task: JoinHandle<()>,
+}
+
+/// An echo server on the onion service of `tor`.
+async fn serve(kp: &Keypair, tor: &Tor) -> Server {
+    serve_on(swarm(kp, tor), onion_listen_addr(ONION_PORT)).await
+}
+
+async fn serve_on(mut swarm: Swarm<Behaviour>, listen: Multiaddr) -> Server {
+    let peer = *swarm.local_peer_id();
+    swarm.listen_on(listen).unwrap();
+    let (tx, mut rx) = mpsc::channel(4);
+    let task = tokio::spawn(async move {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    let _ = tx.send(address).await;
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Echo(request_response::Event::Message {
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                })) => {
+                    let _ = swarm.behaviour_mut().echo.send_response(channel, request);
+                }
+                SwarmEvent::ListenerClosed { reason, .. } => panic!("listener closed: {reason:?}"),
+                _ => {}
+            }
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("no listen address within 60 s")
+        .unwrap();
+    Server { addr, peer, task }
+}
+
+impl Server {
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Dials `server` until a connection is up (the first tries may fail while the descriptor is
+/// being published). Returns the time from the first dial and the number of attempts.
+async fn connect(client: &mut Swarm<Behaviour>, server: &Server) -> (Duration, u32) {
+    let addr = with_peer_id(&server.addr, server.peer);
+    let t0 = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        client.dial(addr.clone()).unwrap();
+        let outcome = tokio::time::timeout_at((t0 + CONNECT_DEADLINE).into(), async {
+            loop {
+                match client.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished {
+                        peer_id, endpoint, ..
+                    } if peer_id == server.peer => {
+                        return Ok(endpoint);
+                    }
+                    SwarmEvent::OutgoingConnectionError { error, .. } => return Err(error),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no connection to {addr} within {CONNECT_DEADLINE:?}"));
+        match outcome {
+            Ok(endpoint) => {
+                assert_eq!(endpoint.get_remote_address(), &addr);
+                return (t0.elapsed(), attempts);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                // arti nests the same cause several times: the innermost one says it all
+                let cause = e.rsplit(": ").next().unwrap_or(&e);
+                println!(
+                    "dial attempt {attempts} after {:.1?} failed: {cause}",
+                    t0.elapsed()
+                );
+                assert!(
+                    t0.elapsed() < CONNECT_DEADLINE,
+                    "cannot connect to {addr}: {e}"
+                );
+                // a pause before redialing the same onion service, not a wait for a condition
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// Sends `data` to the echo server and waits for it to come back.
+async fn echo(client: &mut Swarm<Behaviour>, server: PeerId, data: Vec<u8>) -> Vec<u8> {
+    let id = client.behaviour_mut().echo.send_request(&server, data);
+    tokio::time::timeout(Duration::from_secs(600), async {
+        loop {
+            let ev = match client.select_next_some().await {
+                SwarmEvent::Behaviour(BehaviourEvent::Echo(ev)) => ev,
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                    result: Ok(rtt),
+                    ..
+                })) => {
+                    println!("  ping rtt {rtt:.1?}");
+                    continue;
+                }
+                _ => continue,
+            };
+            match ev {
+                request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                } if request_id == id => return response,
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                } if request_id == id => panic!("echo failed: {error}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("no echo within 600 s")
+}
+
+fn net() -> Option<Arc<TorNet>> {
+    let net = TorNet::shared(BASE_PORT).unwrap()?;
+    println!(
+        "private Tor network up in {:.1?} ({})",
+        net.startup,
+        net.dir().display()
+    );
+    Some(net)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onion_service_carries_16_mib_between_tor_only_swarms() {
+    let Some(net) = net() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (server_tor, _) = bootstrapped(&net, &tmp.path().join("server"), "server").await;
+    let (client_tor, _) = bootstrapped(&net, &tmp.path().join("client"), "client").await;
+
+    let server = serve(&Keypair::generate_ed25519(), &server_tor).await;
+    let onion = server.addr.iter().next();
+    assert!(
+        matches!(onion, Some(Protocol::Onion3(ref a)) if a.port() == ONION_PORT),
+        "listen address {} is not /onion3/…:{ONION_PORT}",
+        server.addr
+    );
+    assert_ne!(
+        server.addr,
+        onion_listen_addr(ONION_PORT),
+        "not the wildcard"
+    );
+    println!("server listens on {}", server.addr);
+
+    let mut client = swarm(&Keypair::generate_ed25519(), &client_tor);
+    let t0 = Instant::now();
+    let (connected, attempts) = connect(&mut client, &server).await;
+    let first = echo(&mut client, server.peer, vec![7]).await;
+    let first_byte = t0.elapsed();
+    assert_eq!(first, vec![7]);
+    println!(
+        "connected in {connected:.2?} ({attempts} attempt(s)); first echoed byte after {first_byte:.2?}"
+    );
+
+    let data = kith_tests::random_bytes(16 * MIB, 0x70e);
+    let t1 = Instant::now();
+    let back = echo(&mut client, server.peer, data.clone()).await;
+    let took = t1.elapsed();
+    assert!(back == data, "16 MiB came back different");
+    // The server reads the whole request before it answers: 16 MiB go out, then 16 MiB come
+    // back, one direction at a time.
+    println!(
+        "16 MiB echoed in {took:.2?}: {:.2} MiB/s (32 MiB moved, one direction at a time)",
+        32.0 / took.as_secs_f64()
+    );
+    println!(
+        "server tor status: {}; client tor status: {}",
+        server_tor.status(),
+        client_tor.status()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onion_address_survives_a_restart() {
+    let Some(net) = net() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let server_root = tmp.path().join("server");
+    let server_key = Keypair::generate_ed25519();
+    let (client_tor, _) = bootstrapped(&net, &tmp.path().join("client"), "client").await;
+    let mut client = swarm(&Keypair::generate_ed25519(), &client_tor);
+
+    let (tor, _) = bootstrapped(&net, &server_root, "server (first run)").await;
+    let first = serve(&server_key, &tor).await;
+    let (took, attempts) = connect(&mut client, &first).await;
+    println!(
+        "first run: {} reached in {took:.2?} ({attempts} attempt(s))",
+        first.addr
+    );
+    let addr = first.addr.clone();
+    first.stop().await;
+    drop(tor);
+
+    let (tor, _) = bootstrapped(&net, &server_root, "server (second run)").await;
+    let second = serve(&server_key, &tor).await;
+    assert_eq!(second.addr, addr, "same state dir, same onion address");
+    let (took, attempts) = connect(&mut client, &second).await;
+    println!(
+        "second run: {} reached in {took:.2?} ({attempts} attempt(s))",
+        second.addr
+    );
+    assert_eq!(
+        echo(&mut client, second.peer, b"again".to_vec()).await,
+        b"again"
+    );
+    second.stop().await;
+}
+
+/// A Tor-only node reaches a clearnet TCP peer through a Tor exit (the exit relays of the test
+/// network accept 127.0.0.1; the arti fragment allows local addresses). The TCP server sees a
+/// connection from the exit relay, never from the dialer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tor_only_swarm_reaches_a_tcp_peer_through_an_exit() {
+    let Some(net) = net() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (client_tor, _) = bootstrapped(&net, &tmp.path().join("client"), "exit client").await;
+    let tcp_only = Config {
+        quic: false,
+        ..Config::default()
+    };
+    let server = serve_on(
+        swarm_on(&Keypair::generate_ed25519(), &tcp_only),
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+    )
+    .await;
+    let mut client = swarm(&Keypair::generate_ed25519(), &client_tor);
+    let (took, attempts) = connect(&mut client, &server).await;
+    println!(
+        "{} reached through an exit in {took:.2?} ({attempts} attempt(s))",
+        server.addr
+    );
+    let data = kith_tests::random_bytes(MIB, 0xe817);
+    assert!(echo(&mut client, server.peer, data.clone()).await == data);
+    server.stop().await;
+}
