@@ -45,9 +45,13 @@ pub struct RelayLimits {
     pub max_circuit_duration: Duration,
     /// Most bytes one circuit may carry (each direction).
     pub max_circuit_bytes: u64,
-    /// New circuits a single member may open per minute (bounds the relay's bandwidth use
-    /// together with `max_circuit_bytes`).
+    /// New circuits a single member may open per minute.
     pub circuits_per_minute: u32,
+    /// The node's relay bandwidth cap: most bytes all circuits together may carry per hour
+    /// (0 = no cap). Each new circuit books its `max_circuit_bytes` (libp2p's relay cannot
+    /// meter bytes as they flow, so the cap books the most a circuit may carry); a circuit
+    /// that would overrun the hour's budget is refused.
+    pub max_bytes_per_hour: u64,
 }
 
 impl Default for RelayLimits {
@@ -58,6 +62,7 @@ impl Default for RelayLimits {
             max_circuit_duration: Duration::from_secs(3600),
             max_circuit_bytes: 16 << 30,
             circuits_per_minute: 30,
+            max_bytes_per_hour: 0,
         }
     }
 }
@@ -73,6 +78,9 @@ pub fn relay_config(limits: RelayLimits, members: MemberCheck) -> relay::Config 
             .is_some_and(|f| f(peer))
     };
     let for_circuits = allowed.clone();
+    let mut budget = Budget::new(limits.max_bytes_per_hour, 3600);
+    let started = std::time::Instant::now();
+    let cost = limits.max_circuit_bytes;
     let per_minute = NonZeroU32::new(limits.circuits_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
     let mut cfg = relay::Config {
         max_reservations: limits.max_reservations,
@@ -92,5 +100,73 @@ pub fn relay_config(limits: RelayLimits, members: MemberCheck) -> relay::Config 
         .push(Box::new(move |peer: PeerId, _: &libp2p::Multiaddr, _| {
             for_circuits(&peer)
         }));
-    cfg.circuit_src_per_peer(per_minute, Duration::from_secs(60))
+    let mut cfg = cfg.circuit_src_per_peer(per_minute, Duration::from_secs(60));
+    // Last, so that only circuits every other check let through book bytes.
+    cfg.circuit_src_rate_limiters
+        .push(Box::new(move |_: PeerId, _: &libp2p::Multiaddr, _| {
+            budget.try_take(started.elapsed().as_secs(), cost)
+        }));
+    cfg
+}
+
+/// A byte budget over a sliding window (sans-IO: the caller passes the time in seconds).
+#[derive(Clone, Debug)]
+pub struct Budget {
+    limit: u64,
+    window: u64,
+    booked: std::collections::VecDeque<(u64, u64)>,
+    total: u64,
+}
+
+impl Budget {
+    /// At most `limit` bytes per `window` seconds; `limit = 0` means no cap.
+    pub fn new(limit: u64, window: u64) -> Self {
+        Self {
+            limit,
+            window,
+            booked: std::collections::VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    /// Books `cost` bytes at time `now` if the window has room for them.
+    pub fn try_take(&mut self, now: u64, cost: u64) -> bool {
+        if self.limit == 0 {
+            return true;
+        }
+        while let Some(&(t, c)) = self.booked.front() {
+            if now.saturating_sub(t) < self.window {
+                break;
+            }
+            self.total -= c;
+            self.booked.pop_front();
+        }
+        if self.total.saturating_add(cost) > self.limit {
+            return false;
+        }
+        self.total += cost;
+        self.booked.push_back((now, cost));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_caps_bytes_per_window_and_frees_them_as_it_slides() {
+        let mut b = Budget::new(3 << 30, 3600);
+        assert!(b.try_take(0, 1 << 30));
+        assert!(b.try_take(10, 1 << 30));
+        assert!(b.try_take(20, 1 << 30));
+        assert!(!b.try_take(30, 1 << 30), "the hour's budget is spent");
+        assert!(
+            b.try_take(3600, 1 << 30),
+            "the first booking left the window"
+        );
+        assert!(!b.try_take(3605, 1 << 30));
+        let mut open = Budget::new(0, 3600);
+        assert!((0..1000).all(|t| open.try_take(t, u64::MAX)));
+    }
 }

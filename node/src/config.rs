@@ -45,6 +45,7 @@
 //! relay_max_circuit_bytes = "16GiB"
 //! relay_max_circuit_minutes = 60
 //! relay_circuits_per_minute = 30
+//! relay_max_bytes_per_hour = "0"  # the relay's bandwidth cap (0 = none); circuits book their max
 //! ```
 
 use std::{fmt, net::SocketAddr, str::FromStr};
@@ -143,6 +144,9 @@ pub struct RawNat {
     pub relay_max_circuit_minutes: u32,
     /// New circuits one member may open through this node per minute.
     pub relay_circuits_per_minute: u32,
+    /// The relay's bandwidth cap: most bytes all circuits together may carry per hour
+    /// (`"0"` = no cap). Each circuit books `relay_max_circuit_bytes` when it opens.
+    pub relay_max_bytes_per_hour: ByteSize,
 }
 
 impl Default for RawNat {
@@ -159,6 +163,7 @@ impl Default for RawNat {
             relay_max_circuit_bytes: ByteSize(limits.max_circuit_bytes),
             relay_max_circuit_minutes: (limits.max_circuit_duration.as_secs() / 60) as u32,
             relay_circuits_per_minute: limits.circuits_per_minute,
+            relay_max_bytes_per_hour: ByteSize(limits.max_bytes_per_hour),
         }
     }
 }
@@ -442,6 +447,14 @@ impl TryFrom<RawConfig> for Config {
                 "hole punching upgrades relayed connections: it needs nat.relay_client = true",
             ));
         }
+        if n.relay_max_bytes_per_hour.0 != 0
+            && n.relay_max_bytes_per_hour.0 < n.relay_max_circuit_bytes.0
+        {
+            return Err(bad(
+                "nat.relay_max_bytes_per_hour",
+                "must be 0 (no cap) or at least nat.relay_max_circuit_bytes (one circuit)",
+            ));
+        }
         if n.relay_max_circuit_minutes == 0 || n.relay_max_circuit_bytes.0 < 1 << 20 {
             return Err(bad(
                 "nat.relay_max_circuit_bytes",
@@ -455,6 +468,7 @@ impl TryFrom<RawConfig> for Config {
                 u64::from(n.relay_max_circuit_minutes) * 60,
             ),
             circuits_per_minute: n.relay_circuits_per_minute,
+            max_bytes_per_hour: n.relay_max_bytes_per_hour.0,
             ..kith_nat::RelayLimits::default()
         };
         if raw.storage.lease_days == 0 {

@@ -552,6 +552,7 @@ pub fn spawn(
         dialing: HashMap::new(),
         punch_rounds: HashMap::new(),
         punched: std::collections::HashSet::new(),
+        serving: HashMap::new(),
         redial_after_close: std::collections::HashSet::new(),
         relay_offers: std::collections::HashSet::new(),
         events: events_tx,
@@ -622,6 +623,8 @@ struct Actor {
     /// Relay reservations: listener → relay.
     reservations: HashMap<ListenerId, PeerId>,
     conns: HashMap<ConnectionId, Conn>,
+    /// Inbound storage requests being answered, per peer.
+    serving: HashMap<PeerId, usize>,
     /// Peers reached by a successful hole punch (until they disconnect).
     punched: std::collections::HashSet<PeerId>,
     /// Hole-punch rounds that failed per peer (reset by a success).
@@ -736,16 +739,13 @@ impl Actor {
         }
         self.dial_addresses(peer, direct);
         if !relayed.is_empty() {
-            let cmds = self.retry_tx.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(RELAYED_DIAL_DELAY).await;
-                let _ = cmds
-                    .send(Command::DialRelayed {
-                        peer,
-                        addrs: relayed,
-                    })
-                    .await;
-            });
+            self.later(
+                RELAYED_DIAL_DELAY,
+                Command::DialRelayed {
+                    peer,
+                    addrs: relayed,
+                },
+            );
         }
     }
 
@@ -839,16 +839,27 @@ impl Actor {
                 }
             }
             Command::Repunch { peer } => {
-                let busy = self.pending.values().any(|p| p.peer == peer);
+                if self.has_direct(&peer) {
+                    return;
+                }
+                if self.busy(&peer) {
+                    // Requests in either direction would be cut: try again when they are done.
+                    self.later(Duration::from_secs(1), Command::Repunch { peer });
+                    return;
+                }
                 // Closing the relayed connections makes the redial (once they are gone) open
                 // a fresh one, which DCUtR punches again.
-                if !self.has_direct(&peer) && !busy && self.close_relayed(&peer) {
+                if self.close_relayed(&peer) {
                     self.redial_after_close.insert(peer);
                 }
             }
             Command::CloseRelayed { peer } => {
                 if self.has_direct(&peer) {
-                    self.close_relayed(&peer);
+                    if self.busy(&peer) {
+                        self.later(Duration::from_secs(1), Command::CloseRelayed { peer });
+                    } else {
+                        self.close_relayed(&peer);
+                    }
                 }
             }
             Command::Shutdown => {}
@@ -1091,15 +1102,12 @@ impl Actor {
                         });
                         // Storage goes over the direct connection; the relayed one is closed
                         // once requests already on it have had time to finish.
-                        let cmds = self.retry_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(RELAYED_GRACE).await;
-                            let _ = cmds
-                                .send(Command::CloseRelayed {
-                                    peer: remote_peer_id,
-                                })
-                                .await;
-                        });
+                        self.later(
+                            RELAYED_GRACE,
+                            Command::CloseRelayed {
+                                peer: remote_peer_id,
+                            },
+                        );
                         true
                     }
                     Err(e) => {
@@ -1111,15 +1119,12 @@ impl Actor {
                         let round = *round;
                         if round <= PUNCH_ROUNDS {
                             tracing::info!(peer = %remote_peer_id, error = %e, round, "hole punch failed; another round soon");
-                            let cmds = self.retry_tx.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(PUNCH_RETRY * 2u32.pow(round - 1)).await;
-                                let _ = cmds
-                                    .send(Command::Repunch {
-                                        peer: remote_peer_id,
-                                    })
-                                    .await;
-                            });
+                            self.later(
+                                PUNCH_RETRY * 2u32.pow(round - 1),
+                                Command::Repunch {
+                                    peer: remote_peer_id,
+                                },
+                            );
                         } else {
                             tracing::info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying relayed");
                         }
@@ -1158,6 +1163,30 @@ impl Actor {
             _ => {}
         }
         false
+    }
+
+    /// Whether storage requests to or from `peer` are in flight.
+    fn busy(&self, peer: &PeerId) -> bool {
+        self.pending.values().any(|p| p.peer == *peer)
+            || self.serving.get(peer).is_some_and(|n| *n > 0)
+    }
+
+    fn served(&mut self, peer: PeerId) {
+        if let Some(n) = self.serving.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.serving.remove(&peer);
+            }
+        }
+    }
+
+    /// Sends `cmd` to this actor after `delay`.
+    fn later(&self, delay: Duration, cmd: Command) {
+        let cmds = self.retry_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = cmds.send(cmd).await;
+        });
     }
 
     fn has_direct(&self, peer: &PeerId) -> bool {
@@ -1417,6 +1446,7 @@ impl Actor {
                     },
                 ..
             } => {
+                *self.serving.entry(peer).or_default() += 1;
                 let server = self.server.clone();
                 let answers = self.answers_tx.clone();
                 tokio::spawn(async move {
@@ -1470,8 +1500,9 @@ impl Actor {
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound storage stream failed");
+                self.served(peer);
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { peer, .. } => self.served(peer),
         }
     }
 
@@ -1556,11 +1587,10 @@ impl Actor {
                 if let (Some(msg), request_response::OutboundFailure::DialFailure) = (retry, &error)
                 {
                     tracing::debug!(%peer, "dial failed; retrying the join request once");
-                    let cmds = self.retry_tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        let _ = cmds.send(Command::RetryJoin { peer, msg, reply }).await;
-                    });
+                    self.later(
+                        Duration::from_millis(200),
+                        Command::RetryJoin { peer, msg, reply },
+                    );
                     return;
                 }
                 let _ = reply.send(Err(RpcError::Failed {
