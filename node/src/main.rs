@@ -254,6 +254,19 @@ struct InitArgs {
     /// Do not map ports on the router (UPnP).
     #[arg(long)]
     no_upnp: bool,
+    /// Anonymous node: Tor only (an onion service, dials through Tor), no clearnet listen
+    /// address, sysadmin NAT mode. Refuses any setting that could reveal the IP address.
+    #[arg(long, conflicts_with_all = ["listen", "tor"])]
+    tor_only: bool,
+    /// Also run an onion service and dial onion addresses through Tor (clearnet stays on).
+    #[arg(long)]
+    tor: bool,
+    /// Virtual port of the onion service [default: 41800].
+    #[arg(long)]
+    tor_port: Option<u16>,
+    /// Extra arti configuration file (TOML), e.g. for a private Tor network.
+    #[arg(long)]
+    arti_config: Option<std::path::PathBuf>,
 }
 
 impl InitArgs {
@@ -283,6 +296,16 @@ impl InitArgs {
         }
         raw.nat.sysadmin = self.sysadmin;
         raw.nat.upnp = !self.no_upnp;
+        if self.tor {
+            raw.tor.mode = kith_node::config::TorMode::Both;
+        }
+        if self.tor_only {
+            raw.tor.mode = kith_node::config::TorMode::Only;
+            raw.nat.sysadmin = true;
+            raw.network.listen.clear();
+        }
+        raw.tor.port = self.tor_port.unwrap_or(raw.tor.port);
+        raw.tor.arti_config = self.arti_config;
         raw
     }
 }
