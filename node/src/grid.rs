@@ -459,6 +459,13 @@ fn flush(db: &redb::Database, m: &mut Membership) -> Result<(), GridError> {
     tx.commit().map_err(db_e)
 }
 
+/// An `/onion3/…` address.
+pub fn is_onion(a: &Multiaddr) -> bool {
+    matches!(a.iter().next(), Some(Protocol::Onion3(_)))
+}
+
+/// Addresses others can dial: no unspecified IPs, no wildcard onion listen address (onion
+/// addresses are kept: peers with Tor dial them), no trailing `/p2p/<self>`.
 fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
     addrs
         .iter()
@@ -466,6 +473,7 @@ fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
             !a.iter().any(|p| match p {
                 Protocol::Ip4(ip) => ip.is_unspecified(),
                 Protocol::Ip6(ip) => ip.is_unspecified(),
+                Protocol::Onion3(o) => o.hash().iter().all(|b| *b == 0),
                 _ => false,
             })
         })
@@ -489,7 +497,9 @@ pub(crate) fn announceable(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
             _ => false,
         })
     };
-    if addrs.iter().all(loopback) {
+    // An onion address is no reason to hide the loopback ones: on one machine (tests) they
+    // are the clearnet path.
+    if addrs.iter().all(|a| loopback(a) || is_onion(a)) {
         return addrs;
     }
     addrs.into_iter().filter(|a| !loopback(a)).collect()
@@ -1103,7 +1113,7 @@ impl Task {
                 expires: now / 1000 + RECORD_TTL.as_secs(),
                 nickname: self.profile.nickname.chars().take(64).collect(),
                 addrs: addrs.iter().map(|a| ByteBuf::from(a.to_vec())).collect(),
-                onion: None,
+                onion: addrs.iter().find(|a| is_onion(a)).map(ToString::to_string),
                 roles: if self.profile.storage {
                     ROLE_STORAGE
                 } else {
