@@ -464,6 +464,16 @@ pub fn is_onion(a: &Multiaddr) -> bool {
     matches!(a.iter().next(), Some(Protocol::Onion3(_)))
 }
 
+/// An `/onion3/…` address, with or without a trailing `/p2p/<peer>`, and nothing else.
+pub fn is_onion_with_peer(a: &Multiaddr) -> bool {
+    let mut it = a.iter();
+    matches!(it.next(), Some(Protocol::Onion3(_)))
+        && matches!(
+            (it.next(), it.next()),
+            (None | Some(Protocol::P2p(_)), None)
+        )
+}
+
 /// Addresses others can dial: no unspecified IPs, no wildcard onion listen address (onion
 /// addresses are kept: peers with Tor dial them), no trailing `/p2p/<self>`.
 fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
