@@ -655,7 +655,9 @@ async fn tor_only_nodes_form_a_grid_and_move_files_with_a_dual_stack_node() {
     assert_eq!(server, c_id);
     assert!(get_over_tor(&bh, &cap_a).await == from_a);
 
-    // Restart b: same onion address, and it still gets files.
+    // Restart b: same onion address, and it still gets files. (A handle keeps the node's
+    // database open: drop it first.)
+    drop(bh);
     b.shutdown().await;
     let t1 = Instant::now();
     b = start_node(&b_dir).await;
