@@ -423,6 +423,69 @@ async fn tor_only_swarm_reaches_a_tcp_peer_through_an_exit() {
     server.stop().await;
 }
 
+/// The sockets of this process (every `/proc/self/fd` entry that is a socket, looked up in
+/// `/proc/self/net/{tcp,tcp6,udp,udp6}`) whose local or remote address is not loopback. A
+/// socket bound to no address yet (local `0.0.0.0:0`) and an unconnected one (remote all zero)
+/// are fine; a listener on every interface is not.
+fn non_loopback_sockets() -> Vec<String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    // "0100007F:1F90" (IPv4) or 32 hex digits (IPv6), each 32-bit word in host (little-endian)
+    // order, then ":port".
+    let parse = |s: &str| -> (IpAddr, u16) {
+        let (ip, port) = s.split_once(':').unwrap();
+        let port = u16::from_str_radix(port, 16).unwrap();
+        let words: Vec<[u8; 4]> = (0..ip.len() / 8)
+            .map(|i| {
+                u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16)
+                    .unwrap()
+                    .to_le_bytes()
+            })
+            .collect();
+        let ip = if words.len() == 1 {
+            IpAddr::V4(Ipv4Addr::from(words[0]))
+        } else {
+            let b: Vec<u8> = words.concat();
+            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap()))
+        };
+        (ip, port)
+    };
+    let loopback = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        v4 => v4.is_loopback(),
+    };
+    let mut bad = Vec::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/self/net/{table}")).unwrap();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || !inodes.contains(cols[9]) {
+                continue;
+            }
+            let (lip, lport) = parse(cols[1]);
+            let (rip, _) = parse(cols[2]);
+            let local_ok = loopback(lip) || (lip.is_unspecified() && lport == 0);
+            let remote_ok = loopback(rip) || rip.is_unspecified();
+            if !(local_ok && remote_ok) {
+                bad.push(format!("{table}: {} -> {}", cols[1], cols[2]));
+            }
+        }
+    }
+    bad
+}
+
 /// A kith node of `net`: `mode` both (loopback TCP and an onion service) or only (Tor alone),
 /// sysadmin NAT mode, encoding k = 1, happy = 1, n = 1, storage only when `storage`.
 fn init_tor_node(
@@ -592,7 +655,8 @@ async fn get_over_tor(node: &kith_node::NodeHandle, cap: &kith_node::caps::ReadC
 /// Three kith nodes over the private Tor network: `a` runs Tor alongside loopback TCP and
 /// founds the grid, `b` and `c` are Tor-only. `b` joins with `a`'s invitation, `c` with `b`'s
 /// (onion to onion). Only `c` stores, so every share crosses Tor: a file put on `b` is got by
-/// `a`, a file put on `a` is got by `b`. `b`'s onion address survives a restart.
+/// `a`, a file put on `a` is got by `b`. No socket of the process is off loopback. `b`'s onion
+/// address survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tor_only_nodes_form_a_grid_and_move_files_with_a_dual_stack_node() {
     use kith_node::config::TorMode;
@@ -654,6 +718,12 @@ async fn tor_only_nodes_form_a_grid_and_move_files_with_a_dual_stack_node() {
     let (cap_a, server) = put_over_tor(&ah, &from_a).await;
     assert_eq!(server, c_id);
     assert!(get_over_tor(&bh, &cap_a).await == from_a);
+
+    // No socket of this process (three nodes, three arti clients) left loopback: the Tor
+    // network is on 127.0.0.1, so anything else would be a leak.
+    let sockets = non_loopback_sockets();
+    assert!(sockets.is_empty(), "non-loopback sockets: {sockets:#?}");
+    println!("leak check: every socket of the process is on loopback");
 
     // Restart b: same onion address, and it still gets files. (A handle keeps the node's
     // database open: drop it first.)
