@@ -426,8 +426,8 @@ async fn tor_only_swarm_reaches_a_tcp_peer_through_an_exit() {
 /// The sockets of this process (every `/proc/self/fd` entry that is a socket, looked up in
 /// `/proc/self/net/{tcp,tcp6,udp,udp6}`) whose local or remote address is not loopback. A
 /// socket bound to no address yet (local `0.0.0.0:0`) and an unconnected one (remote all zero)
-/// are fine; a listener on every interface is not.
-fn non_loopback_sockets() -> Vec<String> {
+/// are fine; a listener on every interface is not. Also returns how many sockets were checked.
+fn non_loopback_sockets() -> (usize, Vec<String>) {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let inodes: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
@@ -467,6 +467,7 @@ fn non_loopback_sockets() -> Vec<String> {
         v4 => v4.is_loopback(),
     };
     let mut bad = Vec::new();
+    let mut checked = 0;
     for table in ["tcp", "tcp6", "udp", "udp6"] {
         let text = std::fs::read_to_string(format!("/proc/self/net/{table}")).unwrap();
         for line in text.lines().skip(1) {
@@ -474,6 +475,7 @@ fn non_loopback_sockets() -> Vec<String> {
             if cols.len() < 10 || !inodes.contains(cols[9]) {
                 continue;
             }
+            checked += 1;
             let (lip, lport) = parse(cols[1]);
             let (rip, _) = parse(cols[2]);
             let local_ok = loopback(lip) || (lip.is_unspecified() && lport == 0);
@@ -483,7 +485,7 @@ fn non_loopback_sockets() -> Vec<String> {
             }
         }
     }
-    bad
+    (checked, bad)
 }
 
 /// A kith node of `net`: `mode` both (loopback TCP and an onion service) or only (Tor alone),
@@ -721,9 +723,13 @@ async fn tor_only_nodes_form_a_grid_and_move_files_with_a_dual_stack_node() {
 
     // No socket of this process (three nodes, three arti clients) left loopback: the Tor
     // network is on 127.0.0.1, so anything else would be a leak.
-    let sockets = non_loopback_sockets();
+    let (checked, sockets) = non_loopback_sockets();
     assert!(sockets.is_empty(), "non-loopback sockets: {sockets:#?}");
-    println!("leak check: every socket of the process is on loopback");
+    assert!(
+        checked > 0,
+        "the leak check found no socket at all: it is broken"
+    );
+    println!("leak check: all {checked} sockets of the process are on loopback");
 
     // Restart b: same onion address, and it still gets files. (A handle keeps the node's
     // database open: drop it first.)
