@@ -711,13 +711,21 @@ impl Actor {
         }
     }
 
+    /// Where `peer` can be reached. A Tor-only node dials a peer's onion addresses alone when
+    /// it has any: end to end inside Tor, no exit sees the connection (clearnet addresses,
+    /// reached through an exit, are for peers without an onion service).
     fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        self.book
+        let all = self
+            .book
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.tor_only && all.iter().any(crate::grid::is_onion) {
+            return all.into_iter().filter(crate::grid::is_onion).collect();
+        }
+        all
     }
 
     /// Dials `peer` at every address known now, unless connected or a dial that covers them

@@ -689,17 +689,23 @@ async fn tor_only_nodes_form_a_grid_and_move_files_with_a_dual_stack_node() {
     }
 
     join_over_tor(&ah, &bh).await;
-    // b dials every address of a's invitation through Tor (loopback TCP via an exit, and the
-    // onion service); say which one won.
-    println!(
-        "b reaches a over {:?}",
-        bh.net().peers.get(&ah.peer_id()).map(|p| p.addrs.clone())
-    );
     join_over_tor(&bh, &ch).await;
-    println!(
-        "c reaches b over {:?}",
-        ch.net().peers.get(&bh.peer_id()).map(|p| p.addrs.clone())
-    );
+    // A Tor-only node dials the onion address of a peer that has one, not its clearnet
+    // addresses through an exit.
+    for (from, to) in [(&bh, &ah), (&ch, &bh)] {
+        let addrs = from.net().peers.get(&to.peer_id()).map(|p| p.addrs.clone());
+        println!(
+            "{} reaches {} over {addrs:?}",
+            from.config().nickname,
+            to.config().nickname
+        );
+        assert!(
+            addrs.is_some_and(|a| !a.is_empty() && a.iter().all(kith_node::grid::is_onion)),
+            "{} -> {}",
+            from.config().nickname,
+            to.config().nickname
+        );
+    }
     for h in [&ah, &bh, &ch] {
         h.wait_for_members(3, CONNECT_DEADLINE).await.unwrap();
         h.wait_for_storage_servers(1, CONNECT_DEADLINE)
