@@ -383,6 +383,14 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             for a in &config.listen {
                 println!("  will listen on {a}");
             }
+            if config.tor.mode != kith_node::config::TorMode::Off {
+                println!(
+                    "  tor mode {}: will listen on an onion service, port {} (its address is fixed by the key under {}/tor/state)",
+                    config.tor.mode,
+                    config.tor.port,
+                    dir.root().display()
+                );
+            }
             println!("start it with: kith --dir {} run", dir.root().display());
             Ok(())
         }

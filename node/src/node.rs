@@ -1,6 +1,13 @@
 //! The composition root: [`Node::start`] opens the node dir (config, key, redb, share store),
 //! starts the network actor, dials static peers, and hands out a cloneable [`NodeHandle`] that
 //! the CLI's local API, the tests and the benchmark all go through.
+//!
+//! Tor (`[tor]` in `kith.toml`): with `mode = "both"` or `"only"` the node creates an arti
+//! client (state and the onion-service key under `<dir>/tor/state`, so the onion address is
+//! stable; cache under `<dir>/tor/cache`), bootstraps it in the background and listens on its
+//! onion service (`tor.port`). `only` runs the Tor transport alone (no TCP/QUIC socket) and the
+//! network actor without AutoNAT, relays, hole punching or UPnP; the onion address is the only
+//! address in the node's record. [`NodeHandle::tor_status`] is the `tor` line of `kith status`.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
