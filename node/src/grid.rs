@@ -1198,3 +1198,41 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ma(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    const ONION: &str = "/onion3/vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd:4001";
+
+    #[test]
+    fn onion_addresses_are_dialable_and_announceable() {
+        let wildcard = kith_transports::tor::onion_listen_addr(4001);
+        let got = dialable(&[ma(ONION), wildcard, ma("/ip4/0.0.0.0/tcp/1")]);
+        assert_eq!(
+            got,
+            vec![ma(ONION)],
+            "the wildcard onion listen address is not dialable"
+        );
+        // loopback stays next to an onion address (tests on one machine)...
+        let lo = ma("/ip4/127.0.0.1/tcp/1");
+        assert_eq!(
+            announceable(vec![lo.clone(), ma(ONION)]),
+            vec![lo.clone(), ma(ONION)]
+        );
+        // ...and goes when a real address exists; the onion address always stays
+        let public = ma("/ip4/192.0.2.1/tcp/1");
+        assert_eq!(
+            announceable(vec![lo, ma(ONION), public.clone()]),
+            vec![ma(ONION), public]
+        );
+        assert!(is_onion(&ma(ONION)) && !is_onion(&ma("/ip4/192.0.2.1/tcp/1")));
+        let with_peer = kith_transports::with_peer_id(&ma(ONION), PeerId::random());
+        assert!(is_onion_with_peer(&with_peer));
+        assert!(!is_onion_with_peer(&ma(&format!("{ONION}/p2p-circuit"))));
+    }
+}
