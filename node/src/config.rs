@@ -46,9 +46,19 @@
 //! relay_max_circuit_minutes = 60
 //! relay_circuits_per_minute = 30
 //! relay_max_bytes_per_hour = "0"  # the relay's bandwidth cap (0 = none); circuits book their max
+//!
+//! [tor]                   # Tor through arti (onion service + exits)
+//! mode = "off"            # "off"; "both": clearnet and an onion service; "only": Tor only
+//! port = 41800            # the onion service's virtual port
+//! # arti_config = "/path/to/extra-arti.toml"  # extra arti TOML (e.g. a private Tor network)
 //! ```
+//!
+//! `mode = "only"` is the anonymous node (Tahoe's `reveal-IP-address = false`): validation
+//! refuses every setting that could reveal the node's IP address (clearnet listen addresses,
+//! announce addresses that are not `/onion3`, static peers with IP addresses, UPnP, relays,
+//! hole punching, address detection), naming the field.
 
-use std::{fmt, net::SocketAddr, str::FromStr};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
@@ -117,6 +127,67 @@ pub struct RawConfig {
     pub api: RawApi,
     /// Automatic connectivity (NAT traversal) and the relay service.
     pub nat: RawNat,
+    /// Tor (onion service and exits through arti).
+    pub tor: RawTor,
+}
+
+/// How a node uses Tor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TorMode {
+    /// No Tor.
+    #[default]
+    Off,
+    /// Clearnet transports plus an onion service; onion addresses are dialed through Tor.
+    Both,
+    /// Tor and nothing else: no clearnet socket, no clearnet address anywhere.
+    Only,
+}
+
+impl fmt::Display for TorMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TorMode::Off => "off",
+            TorMode::Both => "both",
+            TorMode::Only => "only",
+        })
+    }
+}
+
+/// Default virtual port of the onion service.
+pub const DEFAULT_ONION_PORT: u16 = 41800;
+
+/// `[tor]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTor {
+    /// `off`, `both` or `only`.
+    pub mode: TorMode,
+    /// Virtual port of the onion service.
+    pub port: u16,
+    /// Extra arti configuration (TOML file in arti's syntax), e.g. a private Tor network.
+    pub arti_config: Option<PathBuf>,
+}
+
+impl Default for RawTor {
+    fn default() -> Self {
+        Self {
+            mode: TorMode::Off,
+            port: DEFAULT_ONION_PORT,
+            arti_config: None,
+        }
+    }
+}
+
+/// The validated `[tor]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TorSettings {
+    /// How Tor is used.
+    pub mode: TorMode,
+    /// Virtual port of the onion service.
+    pub port: u16,
+    /// Extra arti TOML file.
+    pub arti_config: Option<PathBuf>,
 }
 
 /// `[nat]`: what the node does by itself to become reachable. `sysadmin = true` switches every
@@ -361,6 +432,61 @@ pub struct Config {
     pub nat: kith_nat::Features,
     /// Relay service limits.
     pub relay_limits: kith_nat::RelayLimits,
+    /// Tor.
+    pub tor: TorSettings,
+}
+
+fn is_onion(a: &Multiaddr) -> bool {
+    matches!(a.iter().next(), Some(Protocol::Onion3(_)))
+}
+
+fn has_ip(a: &Multiaddr) -> bool {
+    a.iter()
+        .any(|p| matches!(p, Protocol::Ip4(_) | Protocol::Ip6(_)))
+}
+
+/// `tor.mode = "only"`: refuses whatever could reveal the node's IP address.
+fn check_tor_only(
+    listen: &[Multiaddr],
+    announce: &[Multiaddr],
+    peers: &[StaticPeer],
+    nat: &kith_nat::Features,
+) -> Result<(), ConfigError> {
+    const WHY: &str = "with tor.mode = \"only\" it would reveal this node's IP address";
+    if let Some(a) = listen.first() {
+        return Err(bad(
+            "network.listen",
+            format!(
+                "{a}: {WHY}; a Tor-only node listens on its onion service only (tor.port), so leave network.listen empty"
+            ),
+        ));
+    }
+    if let Some(a) = announce.iter().find(|a| !is_onion(a)) {
+        return Err(bad(
+            "network.announce",
+            format!("{a} is not an /onion3 address: {WHY}"),
+        ));
+    }
+    if let Some(p) = peers.iter().find(|p| has_ip(&p.addr)) {
+        return Err(bad(
+            "network.peers",
+            format!("{p} has an IP address: {WHY} (use its /onion3 address)"),
+        ));
+    }
+    let on: [(&'static str, bool); 5] = [
+        ("nat.detect_addresses", nat.detect_addresses),
+        ("nat.upnp", nat.upnp),
+        ("nat.relay_client", nat.relay_client),
+        ("nat.relay_server", nat.relay_server),
+        ("nat.hole_punching", nat.hole_punching),
+    ];
+    if let Some((field, _)) = on.iter().find(|(_, on)| *on) {
+        return Err(bad(
+            field,
+            format!("must be off: {WHY} (set nat.sysadmin = true)"),
+        ));
+    }
+    Ok(())
 }
 
 impl TryFrom<RawConfig> for Config {
@@ -441,6 +567,17 @@ impl TryFrom<RawConfig> for Config {
                 hole_punching: n.hole_punching,
             }
         };
+        let tor = TorSettings {
+            mode: raw.tor.mode,
+            port: raw.tor.port,
+            arti_config: raw.tor.arti_config,
+        };
+        if tor.mode != TorMode::Off && tor.port == 0 {
+            return Err(bad("tor.port", "the onion service needs a port (1-65535)"));
+        }
+        if tor.mode == TorMode::Only {
+            check_tor_only(&listen, &announce, &peers, &nat)?;
+        }
         if nat.hole_punching && !nat.relay_client {
             return Err(bad(
                 "nat.hole_punching",
@@ -474,6 +611,7 @@ impl TryFrom<RawConfig> for Config {
         if raw.storage.lease_days == 0 {
             return Err(bad("storage.lease_days", "must be at least 1"));
         }
+
         Ok(Config {
             nickname: raw.nickname,
             listen,
@@ -489,6 +627,7 @@ impl TryFrom<RawConfig> for Config {
             api_listen,
             nat,
             relay_limits,
+            tor,
         })
     }
 }
@@ -537,5 +676,116 @@ mod tests {
         raw.network.peers = vec!["/ip4/127.0.0.1/tcp/1".into()];
         assert_eq!(Config::try_from(raw).unwrap_err().field, "network.peers");
         assert!(toml::from_str::<RawConfig>("bogus = 1").is_err());
+    }
+
+    /// What `kith init --tor-only` writes.
+    fn tor_only() -> RawConfig {
+        let mut raw = RawConfig::default();
+        raw.tor.mode = TorMode::Only;
+        raw.nat.sysadmin = true;
+        raw.network.listen.clear();
+        raw
+    }
+
+    const ONION: &str = "/onion3/vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd:41800";
+
+    #[test]
+    fn tor_section_parses_and_defaults_to_off() {
+        let cfg = Config::try_from(RawConfig::default()).unwrap();
+        assert_eq!(cfg.tor.mode, TorMode::Off);
+        assert_eq!(cfg.tor.port, DEFAULT_ONION_PORT);
+        let raw: RawConfig =
+            toml::from_str("[tor]\nmode = \"both\"\nport = 4001\narti_config = \"/x/arti.toml\"\n")
+                .unwrap();
+        let cfg = Config::try_from(raw).unwrap();
+        assert_eq!(cfg.tor.mode, TorMode::Both);
+        assert_eq!(cfg.tor.port, 4001);
+        assert_eq!(cfg.tor.arti_config, Some(PathBuf::from("/x/arti.toml")));
+        assert!(toml::from_str::<RawConfig>("[tor]\nmode = \"sometimes\"").is_err());
+        assert!(toml::from_str::<RawConfig>("[tor]\nbogus = 1").is_err());
+        let mut raw = RawConfig::default();
+        raw.tor.mode = TorMode::Both;
+        raw.tor.port = 0;
+        assert_eq!(Config::try_from(raw).unwrap_err().field, "tor.port");
+    }
+
+    #[test]
+    fn tor_only_config_is_valid_and_round_trips() {
+        let mut raw = tor_only();
+        raw.network.announce = vec![ONION.into()];
+        raw.network.peers = vec![format!("{ONION}/p2p/{}", PeerId::random())];
+        let text = toml::to_string(&raw).unwrap();
+        let cfg = Config::try_from(toml::from_str::<RawConfig>(&text).unwrap()).unwrap();
+        assert_eq!(cfg.tor.mode, TorMode::Only);
+        assert!(cfg.listen.is_empty());
+        assert_eq!(cfg.nat, kith_nat::Features::sysadmin());
+    }
+
+    #[test]
+    fn tor_only_refuses_every_leak_naming_the_field() {
+        let refused = |edit: &dyn Fn(&mut RawConfig)| {
+            let mut raw = tor_only();
+            edit(&mut raw);
+            let err = Config::try_from(raw).unwrap_err();
+            assert!(err.to_string().contains("tor.mode"), "{err}");
+            err.field
+        };
+        for listen in [
+            "/ip4/0.0.0.0/tcp/41000",
+            "/ip4/127.0.0.1/udp/41000/quic-v1",
+            "/ip6/::/tcp/0",
+        ] {
+            assert_eq!(
+                refused(&|r| r.network.listen = vec![listen.into()]),
+                "network.listen",
+                "{listen}"
+            );
+        }
+        for announce in ["/ip4/192.0.2.1/tcp/41000", "/dns4/example.org/tcp/41000"] {
+            assert_eq!(
+                refused(&|r| r.network.announce = vec![ONION.into(), announce.into()]),
+                "network.announce",
+                "{announce}"
+            );
+        }
+        let peer = PeerId::random();
+        for addr in ["/ip4/192.0.2.7/tcp/41000", "/ip6/2001:db8::1/udp/1/quic-v1"] {
+            assert_eq!(
+                refused(&|r| r.network.peers = vec![format!("{addr}/p2p/{peer}")]),
+                "network.peers",
+                "{addr}"
+            );
+        }
+        type Edit = fn(&mut RawNat);
+        let nat: [(&str, Edit); 5] = [
+            ("nat.detect_addresses", |n| n.detect_addresses = true),
+            ("nat.upnp", |n| n.upnp = true),
+            ("nat.relay_client", |n| n.relay_client = true),
+            ("nat.relay_server", |n| n.relay_server = true),
+            ("nat.hole_punching", |n| {
+                n.relay_client = false;
+                n.hole_punching = true;
+            }),
+        ];
+        for (field, on) in nat {
+            let got = refused(&|r| {
+                r.nat = RawNat {
+                    sysadmin: false,
+                    detect_addresses: false,
+                    upnp: false,
+                    relay_client: false,
+                    relay_server: false,
+                    hole_punching: false,
+                    ..RawNat::default()
+                };
+                on(&mut r.nat);
+            });
+            assert_eq!(got, field);
+        }
+        // the NAT defaults (everything on) are refused too
+        assert_eq!(
+            refused(&|r| r.nat = RawNat::default()),
+            "nat.detect_addresses"
+        );
     }
 }

@@ -459,6 +459,23 @@ fn flush(db: &redb::Database, m: &mut Membership) -> Result<(), GridError> {
     tx.commit().map_err(db_e)
 }
 
+/// An `/onion3/…` address.
+pub fn is_onion(a: &Multiaddr) -> bool {
+    matches!(a.iter().next(), Some(Protocol::Onion3(_)))
+}
+
+/// An `/onion3/…` address, with or without a trailing `/p2p/<peer>`, and nothing else.
+pub fn is_onion_with_peer(a: &Multiaddr) -> bool {
+    let mut it = a.iter();
+    matches!(it.next(), Some(Protocol::Onion3(_)))
+        && matches!(
+            (it.next(), it.next()),
+            (None | Some(Protocol::P2p(_)), None)
+        )
+}
+
+/// Addresses others can dial: no unspecified IPs, no wildcard onion listen address (onion
+/// addresses are kept: peers with Tor dial them), no trailing `/p2p/<self>`.
 fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
     addrs
         .iter()
@@ -466,6 +483,7 @@ fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
             !a.iter().any(|p| match p {
                 Protocol::Ip4(ip) => ip.is_unspecified(),
                 Protocol::Ip6(ip) => ip.is_unspecified(),
+                Protocol::Onion3(o) => o.hash().iter().all(|b| *b == 0),
                 _ => false,
             })
         })
@@ -489,7 +507,9 @@ pub(crate) fn announceable(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
             _ => false,
         })
     };
-    if addrs.iter().all(loopback) {
+    // An onion address is no reason to hide the loopback ones: on one machine (tests) they
+    // are the clearnet path.
+    if addrs.iter().all(|a| loopback(a) || is_onion(a)) {
         return addrs;
     }
     addrs.into_iter().filter(|a| !loopback(a)).collect()
@@ -1103,7 +1123,7 @@ impl Task {
                 expires: now / 1000 + RECORD_TTL.as_secs(),
                 nickname: self.profile.nickname.chars().take(64).collect(),
                 addrs: addrs.iter().map(|a| ByteBuf::from(a.to_vec())).collect(),
-                onion: None,
+                onion: addrs.iter().find(|a| is_onion(a)).map(ToString::to_string),
                 roles: if self.profile.storage {
                     ROLE_STORAGE
                 } else {
@@ -1176,5 +1196,43 @@ impl Task {
         for (p, m) in sends {
             self.net.send_gossip(p, m.encode());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ma(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    const ONION: &str = "/onion3/vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd:4001";
+
+    #[test]
+    fn onion_addresses_are_dialable_and_announceable() {
+        let wildcard = kith_transports::tor::onion_listen_addr(4001);
+        let got = dialable(&[ma(ONION), wildcard, ma("/ip4/0.0.0.0/tcp/1")]);
+        assert_eq!(
+            got,
+            vec![ma(ONION)],
+            "the wildcard onion listen address is not dialable"
+        );
+        // loopback stays next to an onion address (tests on one machine)...
+        let lo = ma("/ip4/127.0.0.1/tcp/1");
+        assert_eq!(
+            announceable(vec![lo.clone(), ma(ONION)]),
+            vec![lo.clone(), ma(ONION)]
+        );
+        // ...and goes when a real address exists; the onion address always stays
+        let public = ma("/ip4/192.0.2.1/tcp/1");
+        assert_eq!(
+            announceable(vec![lo, ma(ONION), public.clone()]),
+            vec![ma(ONION), public]
+        );
+        assert!(is_onion(&ma(ONION)) && !is_onion(&ma("/ip4/192.0.2.1/tcp/1")));
+        let with_peer = kith_transports::with_peer_id(&ma(ONION), PeerId::random());
+        assert!(is_onion_with_peer(&with_peer));
+        assert!(!is_onion_with_peer(&ma(&format!("{ONION}/p2p-circuit"))));
     }
 }

@@ -254,6 +254,19 @@ struct InitArgs {
     /// Do not map ports on the router (UPnP).
     #[arg(long)]
     no_upnp: bool,
+    /// Anonymous node: Tor only (an onion service, dials through Tor), no clearnet listen
+    /// address, sysadmin NAT mode. Refuses any setting that could reveal the IP address.
+    #[arg(long, conflicts_with_all = ["listen", "tor"])]
+    tor_only: bool,
+    /// Also run an onion service and dial onion addresses through Tor (clearnet stays on).
+    #[arg(long)]
+    tor: bool,
+    /// Virtual port of the onion service [default: 41800].
+    #[arg(long)]
+    tor_port: Option<u16>,
+    /// Extra arti configuration file (TOML), e.g. for a private Tor network.
+    #[arg(long)]
+    arti_config: Option<std::path::PathBuf>,
 }
 
 impl InitArgs {
@@ -283,6 +296,16 @@ impl InitArgs {
         }
         raw.nat.sysadmin = self.sysadmin;
         raw.nat.upnp = !self.no_upnp;
+        if self.tor {
+            raw.tor.mode = kith_node::config::TorMode::Both;
+        }
+        if self.tor_only {
+            raw.tor.mode = kith_node::config::TorMode::Only;
+            raw.nat.sysadmin = true;
+            raw.network.listen.clear();
+        }
+        raw.tor.port = self.tor_port.unwrap_or(raw.tor.port);
+        raw.tor.arti_config = self.arti_config;
         raw
     }
 }
@@ -359,6 +382,14 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("peer id: {peer}");
             for a in &config.listen {
                 println!("  will listen on {a}");
+            }
+            if config.tor.mode != kith_node::config::TorMode::Off {
+                println!(
+                    "  tor mode {}: will listen on an onion service, port {} (its address is fixed by the key under {}/tor/state)",
+                    config.tor.mode,
+                    config.tor.port,
+                    dir.root().display()
+                );
             }
             println!("start it with: kith --dir {} run", dir.root().display());
             Ok(())
@@ -767,6 +798,25 @@ fn print_status(s: &serde_json::Value) {
         s["members"].as_u64().unwrap_or(0)
     );
     println!("reach     {}", str_of(&s["reachability"]));
+    if let Some(t) = s["tor"].as_object() {
+        let state = match (t.get("blocked").and_then(|b| b.as_str()), t.get("ready")) {
+            (Some(why), _) => format!("blocked: {why}"),
+            (None, Some(serde_json::Value::Bool(true))) => "ok".to_owned(),
+            _ => "bootstrapping".to_owned(),
+        };
+        println!(
+            "tor       {} mode, {}% {state}, onion {}{}",
+            t.get("mode").and_then(|m| m.as_str()).unwrap_or("?"),
+            t.get("percent").and_then(|p| p.as_u64()).unwrap_or(0),
+            t.get("onion")
+                .and_then(|o| o.as_str())
+                .unwrap_or("(not listening yet)"),
+            t.get("onion_service")
+                .and_then(|o| o.as_str())
+                .map(|o| format!(" (service {o})"))
+                .unwrap_or_default(),
+        );
+    }
     for a in s["addrs"].as_array().into_iter().flatten() {
         println!("address   {}", str_of(a));
     }

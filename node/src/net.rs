@@ -341,7 +341,7 @@ struct Behaviour {
     relay: Toggle<kith_nat::relay_server::Behaviour>,
     dcutr: Toggle<dcutr::Behaviour>,
     autonat_client: Toggle<autonat::v2::client::Behaviour>,
-    autonat_server: autonat::v2::server::Behaviour,
+    autonat_server: Toggle<autonat::v2::server::Behaviour>,
     candidates: kith_nat::candidates::Behaviour,
 }
 
@@ -356,6 +356,11 @@ pub struct NatOptions {
     pub announce: Vec<Multiaddr>,
     /// Label of UPnP mappings in the router's table.
     pub upnp_description: String,
+    /// Tor-only node: no AutoNAT server (it would dial clearnet addresses on request), and
+    /// nothing but `/onion3` addresses is ever taken as this node's external address
+    /// (identify's observed addresses over Tor are meaningless and must not be announced).
+    /// Pair with [`kith_nat::Features::sysadmin`].
+    pub tor_only: bool,
 }
 
 impl Default for NatOptions {
@@ -365,6 +370,7 @@ impl Default for NatOptions {
             relay_limits: kith_nat::RelayLimits::default(),
             announce: Vec::new(),
             upnp_description: "kith".into(),
+            tor_only: false,
         }
     }
 }
@@ -502,7 +508,9 @@ pub fn spawn(
                 )
             })
             .into(),
-        autonat_server: autonat::v2::server::Behaviour::default(),
+        autonat_server: (!nat.tor_only)
+            .then(autonat::v2::server::Behaviour::default)
+            .into(),
         candidates: kith_nat::candidates::Behaviour::default(),
     };
     let mut swarm = Swarm::new(
@@ -519,7 +527,9 @@ pub fn spawn(
             ),
     );
     for addr in &nat.announce {
-        swarm.add_external_address(addr.clone());
+        if !nat.tor_only || crate::grid::is_onion(addr) {
+            swarm.add_external_address(addr.clone());
+        }
     }
     for addr in listen {
         swarm
@@ -538,6 +548,7 @@ pub fn spawn(
         .count()
         .max(1);
     let actor = Actor {
+        tor_only: nat.tor_only,
         mappable_listeners,
         members: members.clone(),
         policy: Policy::new(features, &nat.announce, 0),
@@ -613,6 +624,8 @@ type JoinReply = oneshot::Sender<Result<Vec<u8>, RpcError>>;
 type UpnpResult = Result<(Vec<upnp::Mapping>, Option<String>), upnp::UpnpError>;
 
 struct Actor {
+    /// Tor-only: only `/onion3` external addresses.
+    tor_only: bool,
     /// Configured listeners whose ports UPnP maps (IPv4 TCP or QUIC, not loopback).
     mappable_listeners: usize,
     members: kith_nat::MemberCheck,
@@ -701,13 +714,21 @@ impl Actor {
         }
     }
 
+    /// Where `peer` can be reached. A Tor-only node dials a peer's onion addresses alone when
+    /// it has any: end to end inside Tor, no exit sees the connection (clearnet addresses,
+    /// reached through an exit, are for peers without an onion service).
     fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
-        self.book
+        let all = self
+            .book
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(peer)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.tor_only && all.iter().any(crate::grid::is_onion) {
+            return all.into_iter().filter(crate::grid::is_onion).collect();
+        }
+        all
     }
 
     /// Dials `peer` at every address known now, unless connected or a dial that covers them
@@ -935,6 +956,12 @@ impl Actor {
                     self.policy.on(ev, self.now_ms());
                     return true;
                 }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address }
+                if self.tor_only && !crate::grid::is_onion(&address) =>
+            {
+                tracing::warn!(%address, "tor-only: not taking a clearnet external address");
+                self.swarm.remove_external_address(&address);
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
@@ -1355,7 +1382,12 @@ impl Actor {
                 }
             }
         }
-        let external: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        let external: Vec<Multiaddr> = self
+            .swarm
+            .external_addresses()
+            .filter(|a| !self.tor_only || crate::grid::is_onion(a))
+            .cloned()
+            .collect();
         let policy = self.policy.clone();
         self.state.send_if_modified(|s| {
             let changed = s.external_addrs != external

@@ -1,6 +1,13 @@
 //! The composition root: [`Node::start`] opens the node dir (config, key, redb, share store),
 //! starts the network actor, dials static peers, and hands out a cloneable [`NodeHandle`] that
 //! the CLI's local API, the tests and the benchmark all go through.
+//!
+//! Tor (`[tor]` in `kith.toml`): with `mode = "both"` or `"only"` the node creates an arti
+//! client (state and the onion-service key under `<dir>/tor/state`, so the onion address is
+//! stable; cache under `<dir>/tor/cache`), bootstraps it in the background and listens on its
+//! onion service (`tor.port`). `only` runs the Tor transport alone (no TCP/QUIC socket) and the
+//! network actor without AutoNAT, relays, hole punching or UPnP; the onion address is the only
+//! address in the node's record. [`NodeHandle::tor_status`] is the `tor` line of `kith status`.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -17,7 +24,7 @@ use tokio::io::AsyncWrite;
 use crate::{
     caps::ReadCap,
     client::{self, DownloadError, DownloadReport, PutOptions, PutResult, UploadError},
-    config::{Config, StaticPeer},
+    config::{Config, StaticPeer, TorMode},
     friends::{FriendError, Friends, FriendsInfo, PolicyInfo},
     grid::{self, GridError, GridHandle, GridInfo, InviteInfo},
     maintenance::{self, CollectorStatus, RenewReport},
@@ -58,6 +65,18 @@ pub enum NodeError {
     /// The grid state could not be loaded.
     #[error(transparent)]
     Grid(#[from] GridError),
+    /// Tor (arti) could not be set up.
+    #[error("tor: {0}")]
+    Tor(#[from] kith_transports::tor::TorError),
+    /// `tor.arti_config` could not be read.
+    #[error("cannot read tor.arti_config {path}: {source}")]
+    ArtiConfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn db_err(path: &Path) -> impl Fn(String) -> NodeError + '_ {
@@ -81,6 +100,44 @@ pub struct Node {
 pub struct StartOptions {
     /// Enable the in-memory transport in addition to what the listen addresses need.
     pub memory_transport: bool,
+    /// Skip arti's permission checks on the node's Tor dirs (tests under a shared `/tmp`).
+    pub tor_trust_dirs: bool,
+}
+
+/// Creates the node's arti client (state and onion key under `<dir>/tor/state`, directory cache
+/// under `<dir>/tor/cache`) and starts bootstrapping it in the background: the node starts at
+/// once, `kith status` shows the progress.
+fn start_tor(
+    dir: &NodeDir,
+    settings: &crate::config::TorSettings,
+    trust_dirs: bool,
+) -> Result<kith_transports::tor::Tor, NodeError> {
+    let root = dir.root().join("tor");
+    let arti_toml = match &settings.arti_config {
+        Some(path) => {
+            Some(
+                std::fs::read_to_string(path).map_err(|source| NodeError::ArtiConfig {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+    let tor = kith_transports::tor::Tor::create(&kith_transports::tor::TorConfig {
+        arti_toml,
+        trust_all_dir_permissions: trust_dirs,
+        ..kith_transports::tor::TorConfig::new(root.join("state"), root.join("cache"))
+    })?;
+    let t = tor.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match t.bootstrap().await {
+            Ok(()) => tracing::info!(took = ?started.elapsed(), "tor bootstrapped"),
+            Err(e) => tracing::warn!(error = %e, "tor bootstrap failed; arti keeps trying on use"),
+        }
+    });
+    Ok(tor)
 }
 
 #[derive(Debug)]
@@ -91,6 +148,7 @@ struct Inner {
     convergence: [u8; 32],
     server: StorageServer,
     net: NetHandle,
+    tor: Option<kith_transports::tor::Tor>,
     grid: GridHandle,
     friends: Friends,
     statics: Arc<Mutex<BTreeSet<PeerId>>>,
@@ -146,22 +204,38 @@ impl Node {
         let server = StorageServer::new(store, config.lease_secs);
         let uses =
             |f: fn(&Protocol<'_>) -> bool| config.listen.iter().any(|a| a.iter().any(|p| f(&p)));
-        let transports = kith_transports::Config {
-            tcp: true,
-            quic: true,
-            memory: opts.memory_transport || uses(|p| matches!(p, Protocol::Memory(_))),
-            ..kith_transports::Config::default()
+        let tor_mode = config.tor.mode;
+        let tor = match tor_mode {
+            TorMode::Off => None,
+            TorMode::Both | TorMode::Only => {
+                Some(start_tor(&dir, &config.tor, opts.tor_trust_dirs)?)
+            }
         };
+        let mut listen = config.listen.clone();
+        let transports = match &tor {
+            Some(t) if tor_mode == TorMode::Only => kith_transports::Config::tor_only(t.clone()),
+            _ => kith_transports::Config {
+                tcp: true,
+                quic: true,
+                memory: opts.memory_transport || uses(|p| matches!(p, Protocol::Memory(_))),
+                tor: tor.clone(),
+                ..kith_transports::Config::default()
+            },
+        };
+        if tor.is_some() {
+            listen.push(kith_transports::tor::onion_listen_addr(config.tor.port));
+        }
         let (net, events, net_task) = net::spawn(
             &keypair,
             &transports,
-            &config.listen,
+            &listen,
             server.clone(),
             net::NatOptions {
                 features: config.nat,
                 relay_limits: config.relay_limits,
                 announce: config.announce.clone(),
                 upnp_description: format!("kith {}", config.nickname),
+                tor_only: transports.is_tor_only(),
             },
         )?;
         let _ = std::fs::create_dir_all(dir.tmp());
@@ -233,6 +307,7 @@ impl Node {
                 convergence,
                 server,
                 net,
+                tor,
                 grid,
                 statics,
                 db,
@@ -389,6 +464,25 @@ pub struct Status {
     pub reachability: String,
     /// The automatic connectivity state behind that line.
     pub nat: NatStatus,
+    /// Tor (absent when `tor.mode = "off"`).
+    pub tor: Option<TorInfo>,
+}
+
+/// Tor as `kith status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TorInfo {
+    /// `both` or `only`.
+    pub mode: String,
+    /// Arti's bootstrap progress, 0..=100.
+    pub percent: u8,
+    /// Arti can build circuits.
+    pub ready: bool,
+    /// Why arti is stuck, if it is.
+    pub blocked: Option<String>,
+    /// The onion service's state (arti's estimate), once it runs.
+    pub onion_service: Option<String>,
+    /// This node's onion address (`/onion3/…:<port>`), once listening.
+    pub onion: Option<String>,
 }
 
 /// Connectivity state (`kith status`, the panel's overview, `/api/v1/status`).
@@ -807,7 +901,9 @@ impl NodeHandle {
             })
         };
         let nat = self.nat_status(&net, &name);
+        let tor = self.tor_status();
         Status {
+            tor,
             reachability: net
                 .nat
                 .policy
@@ -841,6 +937,30 @@ impl NodeHandle {
                 .unwrap_or_default(),
             members,
         }
+    }
+
+    /// Tor's state (`None` when Tor is off).
+    pub fn tor_status(&self) -> Option<TorInfo> {
+        let tor = self.inner.tor.as_ref()?;
+        let st = tor.status();
+        Some(TorInfo {
+            mode: self.inner.config.tor.mode.to_string(),
+            percent: st.percent,
+            ready: st.ready,
+            blocked: st.blocked,
+            onion_service: st.onion_service.map(|s| format!("{s:?}")),
+            onion: self.onion_addr().map(|a| a.to_string()),
+        })
+    }
+
+    /// This node's onion address, once its onion service listens.
+    pub fn onion_addr(&self) -> Option<Multiaddr> {
+        self.inner
+            .net
+            .state()
+            .listen_addrs
+            .into_iter()
+            .find(grid::is_onion)
     }
 
     fn nat_status(&self, net: &NetState, name: &dyn Fn(&PeerId) -> String) -> NatStatus {

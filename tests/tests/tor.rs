@@ -422,3 +422,342 @@ async fn tor_only_swarm_reaches_a_tcp_peer_through_an_exit() {
     assert!(echo(&mut client, server.peer, data.clone()).await == data);
     server.stop().await;
 }
+
+/// The sockets of this process (every `/proc/self/fd` entry that is a socket, looked up in
+/// `/proc/self/net/{tcp,tcp6,udp,udp6}`) whose local or remote address is not loopback. A
+/// socket bound to no address yet (local `0.0.0.0:0`) and an unconnected one (remote all zero)
+/// are fine; a listener on every interface is not. Also returns how many sockets were checked.
+fn non_loopback_sockets() -> (usize, Vec<String>) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    // "0100007F:1F90" (IPv4) or 32 hex digits (IPv6), each 32-bit word in host (little-endian)
+    // order, then ":port".
+    let parse = |s: &str| -> (IpAddr, u16) {
+        let (ip, port) = s.split_once(':').unwrap();
+        let port = u16::from_str_radix(port, 16).unwrap();
+        let words: Vec<[u8; 4]> = (0..ip.len() / 8)
+            .map(|i| {
+                u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16)
+                    .unwrap()
+                    .to_le_bytes()
+            })
+            .collect();
+        let ip = if words.len() == 1 {
+            IpAddr::V4(Ipv4Addr::from(words[0]))
+        } else {
+            let b: Vec<u8> = words.concat();
+            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap()))
+        };
+        (ip, port)
+    };
+    let loopback = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        v4 => v4.is_loopback(),
+    };
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/self/net/{table}")).unwrap();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || !inodes.contains(cols[9]) {
+                continue;
+            }
+            checked += 1;
+            let (lip, lport) = parse(cols[1]);
+            let (rip, _) = parse(cols[2]);
+            let local_ok = loopback(lip) || (lip.is_unspecified() && lport == 0);
+            let remote_ok = loopback(rip) || rip.is_unspecified();
+            if !(local_ok && remote_ok) {
+                bad.push(format!("{table}: {} -> {}", cols[1], cols[2]));
+            }
+        }
+    }
+    (checked, bad)
+}
+
+/// A kith node of `net`: `mode` both (loopback TCP and an onion service) or only (Tor alone),
+/// sysadmin NAT mode, encoding k = 1, happy = 1, n = 1, storage only when `storage`.
+fn init_tor_node(
+    net: &TorNet,
+    root: &Path,
+    name: &str,
+    mode: kith_node::config::TorMode,
+    storage: bool,
+) -> kith_node::nodedir::NodeDir {
+    use kith_node::config::{ByteSize, RawConfig, TorMode};
+    let arti = root.join(format!("{name}-arti.toml"));
+    std::fs::write(&arti, net.arti_toml()).unwrap();
+    let mut raw = RawConfig {
+        nickname: name.into(),
+        ..RawConfig::default()
+    };
+    raw.network.listen = match mode {
+        TorMode::Only => Vec::new(),
+        _ => vec!["/ip4/127.0.0.1/tcp/0".into()],
+    };
+    raw.nat.sysadmin = true;
+    raw.tor.mode = mode;
+    raw.tor.port = ONION_PORT;
+    raw.tor.arti_config = Some(arti);
+    raw.encoding.shares_needed = 1;
+    raw.encoding.shares_happy = 1;
+    raw.encoding.shares_total = 1;
+    raw.storage.enabled = storage;
+    raw.storage.capacity = ByteSize(1 << 30);
+    raw.storage.reserved = ByteSize(0);
+    let dir = kith_node::nodedir::NodeDir::new(root.join(name));
+    dir.init(raw).unwrap();
+    dir
+}
+
+async fn start_node(dir: &kith_node::nodedir::NodeDir) -> kith_node::Node {
+    kith_node::Node::start(
+        dir.clone(),
+        kith_node::StartOptions {
+            tor_trust_dirs: true,
+            ..kith_node::StartOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until `node`'s arti is ready and its onion service listens; returns the onion address.
+async fn onion_ready(node: &kith_node::NodeHandle, t0: Instant) -> Multiaddr {
+    let name = node.config().nickname.clone();
+    kith_tests::until(
+        &format!("{name}: tor ready and an onion address"),
+        Duration::from_secs(180),
+        async || {
+            node.tor_status()
+                .is_some_and(|t| t.ready && t.onion.is_some())
+        },
+    )
+    .await;
+    let t = node.tor_status().unwrap();
+    println!(
+        "{name}: tor {}% ready after {:.2?}, onion {}",
+        t.percent,
+        t0.elapsed(),
+        t.onion.as_deref().unwrap_or("-")
+    );
+    node.onion_addr().unwrap()
+}
+
+/// `joiner` joins with an invitation from `inviter`, retried until [`CONNECT_DEADLINE`] (the
+/// first onion connection may fail while the descriptor is being published).
+async fn join_over_tor(inviter: &kith_node::NodeHandle, joiner: &kith_node::NodeHandle) {
+    let t0 = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let code = inviter
+            .invite(Duration::from_secs(600), 1)
+            .await
+            .unwrap()
+            .code;
+        match joiner.join(&code).await {
+            Ok(n) => {
+                println!(
+                    "{} joined via {} in {:.2?} ({attempts} attempt(s)), {n} members known",
+                    joiner.config().nickname,
+                    inviter.config().nickname,
+                    t0.elapsed()
+                );
+                return;
+            }
+            Err(e) => {
+                println!(
+                    "{} joining via {}: attempt {attempts} after {:.1?} failed: {e}",
+                    joiner.config().nickname,
+                    inviter.config().nickname,
+                    t0.elapsed()
+                );
+                assert!(t0.elapsed() < CONNECT_DEADLINE, "cannot join: {e}");
+                // a pause before asking again, not a wait for a condition
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// Puts `data` from `node` (retried while Tor connections come up); returns the read cap and
+/// the server that got the only share.
+async fn put_over_tor(
+    node: &kith_node::NodeHandle,
+    data: &[u8],
+) -> (kith_node::caps::ReadCap, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    std::fs::write(&path, data).unwrap();
+    let opts = kith_node::client::PutOptions {
+        params: node.config().encoding,
+        convergent: false,
+        key: None,
+    };
+    let t0 = Instant::now();
+    loop {
+        match node.put_file(&path, &opts, &|_| {}).await {
+            Ok(res) => {
+                println!(
+                    "{}: put {} bytes in {:.2?}",
+                    node.config().nickname,
+                    data.len(),
+                    t0.elapsed()
+                );
+                let server = res.placement.values().next().cloned().unwrap();
+                return (res.cap.parse().unwrap(), server);
+            }
+            Err(e) => {
+                println!("{}: put failed, retrying: {e}", node.config().nickname);
+                assert!(t0.elapsed() < CONNECT_DEADLINE, "put failed: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+async fn get_over_tor(node: &kith_node::NodeHandle, cap: &kith_node::caps::ReadCap) -> Vec<u8> {
+    let t0 = Instant::now();
+    loop {
+        let mut out = Vec::new();
+        match node.get(cap, &mut out).await {
+            Ok(report) => {
+                println!(
+                    "{}: got {} bytes in {:.2?} from {:?}",
+                    node.config().nickname,
+                    out.len(),
+                    t0.elapsed(),
+                    report.servers_used
+                );
+                return out;
+            }
+            Err(e) => {
+                println!("{}: get failed, retrying: {e}", node.config().nickname);
+                assert!(t0.elapsed() < CONNECT_DEADLINE, "get failed: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// Three kith nodes over the private Tor network: `a` runs Tor alongside loopback TCP and
+/// founds the grid, `b` and `c` are Tor-only. `b` joins with `a`'s invitation, `c` with `b`'s
+/// (onion to onion). Only `c` stores, so every share crosses Tor: a file put on `b` is got by
+/// `a`, a file put on `a` is got by `b`. No socket of the process is off loopback. `b`'s onion
+/// address survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tor_only_nodes_form_a_grid_and_move_files_with_a_dual_stack_node() {
+    use kith_node::config::TorMode;
+    let Some(net) = net() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a_dir = init_tor_node(&net, tmp.path(), "a", TorMode::Both, false);
+    let b_dir = init_tor_node(&net, tmp.path(), "b", TorMode::Only, false);
+    let c_dir = init_tor_node(&net, tmp.path(), "c", TorMode::Only, true);
+    let t0 = Instant::now();
+    let a = start_node(&a_dir).await;
+    let mut b = start_node(&b_dir).await;
+    let c = start_node(&c_dir).await;
+    let (ah, bh, ch) = (a.handle(), b.handle(), c.handle());
+    onion_ready(&ah, t0).await;
+    let b_onion = onion_ready(&bh, t0).await;
+    onion_ready(&ch, t0).await;
+
+    // Tor-only nodes announce their onion address and nothing else.
+    for h in [&bh, &ch] {
+        let addrs = h.addrs();
+        assert!(
+            !addrs.is_empty() && addrs.iter().all(kith_node::grid::is_onion_with_peer),
+            "{}: {addrs:?}",
+            h.config().nickname
+        );
+        let st = h.status().await;
+        assert!(st.nat.external.is_empty(), "{:?}", st.nat.external);
+    }
+
+    join_over_tor(&ah, &bh).await;
+    join_over_tor(&bh, &ch).await;
+    // A Tor-only node dials the onion address of a peer that has one, not its clearnet
+    // addresses through an exit.
+    for (from, to) in [(&bh, &ah), (&ch, &bh)] {
+        let addrs = from.net().peers.get(&to.peer_id()).map(|p| p.addrs.clone());
+        println!(
+            "{} reaches {} over {addrs:?}",
+            from.config().nickname,
+            to.config().nickname
+        );
+        assert!(
+            addrs.is_some_and(|a| !a.is_empty() && a.iter().all(kith_node::grid::is_onion)),
+            "{} -> {}",
+            from.config().nickname,
+            to.config().nickname
+        );
+    }
+    for h in [&ah, &bh, &ch] {
+        h.wait_for_members(3, CONNECT_DEADLINE).await.unwrap();
+        h.wait_for_storage_servers(1, CONNECT_DEADLINE)
+            .await
+            .unwrap();
+    }
+    // What a member record says about a Tor-only member: its onion address only.
+    let info = ah.grid_info().await;
+    let b_rec = info
+        .members
+        .iter()
+        .find(|m| m.peer_id == bh.peer_id().to_string())
+        .unwrap();
+    assert_eq!(b_rec.onion.as_deref(), Some(b_onion.to_string().as_str()));
+    assert!(
+        b_rec.addrs.iter().all(|a| a.starts_with("/onion3/")),
+        "{:?}",
+        b_rec.addrs
+    );
+
+    let c_id = ch.peer_id().to_string();
+    let from_b = kith_tests::random_bytes(256 << 10, 0xb0b);
+    let (cap_b, server) = put_over_tor(&bh, &from_b).await;
+    assert_eq!(server, c_id);
+    assert!(get_over_tor(&ah, &cap_b).await == from_b);
+
+    let from_a = kith_tests::random_bytes(256 << 10, 0xa11ce);
+    let (cap_a, server) = put_over_tor(&ah, &from_a).await;
+    assert_eq!(server, c_id);
+    assert!(get_over_tor(&bh, &cap_a).await == from_a);
+
+    // No socket of this process (three nodes, three arti clients) left loopback: the Tor
+    // network is on 127.0.0.1, so anything else would be a leak.
+    let (checked, sockets) = non_loopback_sockets();
+    assert!(sockets.is_empty(), "non-loopback sockets: {sockets:#?}");
+    assert!(
+        checked > 0,
+        "the leak check found no socket at all: it is broken"
+    );
+    println!("leak check: all {checked} sockets of the process are on loopback");
+
+    // Restart b: same onion address, and it still gets files. (A handle keeps the node's
+    // database open: drop it first.)
+    drop(bh);
+    b.shutdown().await;
+    let t1 = Instant::now();
+    b = start_node(&b_dir).await;
+    let bh = b.handle();
+    assert_eq!(onion_ready(&bh, t1).await, b_onion, "same onion address");
+    assert!(get_over_tor(&bh, &cap_b).await == from_b);
+
+    b.shutdown().await;
+    c.shutdown().await;
+    a.shutdown().await;
+}
