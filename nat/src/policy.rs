@@ -188,7 +188,7 @@ pub enum Reachability {
 }
 
 /// The policy state machine.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     features: Features,
     confirmed: BTreeMap<Multiaddr, Source>,

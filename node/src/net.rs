@@ -1390,9 +1390,7 @@ impl Actor {
             .collect();
         let policy = self.policy.clone();
         self.state.send_if_modified(|s| {
-            let changed = s.external_addrs != external
-                || s.nat.policy.as_ref().map(|p| p.explain(&|p| p.to_string()))
-                    != Some(policy.explain(&|p| p.to_string()));
+            let changed = s.external_addrs != external || s.nat.policy.as_ref() != Some(&policy);
             s.external_addrs = external;
             s.nat.policy = Some(policy);
             changed

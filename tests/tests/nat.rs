@@ -140,20 +140,10 @@ fn squat_tcp_4002() -> std::net::TcpListener {
     })
 }
 
-struct Outcome {
-    /// From the homes' start until B knows an address of A's that works from outside.
-    reachable: Duration,
-    /// From the homes' start to B's first byte from A.
-    first_byte: Duration,
-    /// From the first connection to the final path.
-    settled: Duration,
-    path: String,
-    throughput_mib_s: f64,
-}
-
-async fn run_case(c: &Case) -> Option<Outcome> {
+/// Runs a case (or skips it, saying why, where the lab cannot run); the timings go to stdout.
+async fn run_case(c: &Case) {
     if !Lab::available() {
-        return None;
+        return;
     }
     // `RUST_LOG=kith=debug` shows what the nodes decide.
     let _ = tracing_subscriber::fmt()
@@ -351,13 +341,6 @@ async fn run_case(c: &Case) -> Option<Outcome> {
     }
     rn.stop().await;
     drop(lab);
-    Some(Outcome {
-        reachable,
-        first_byte,
-        settled,
-        path,
-        throughput_mib_s,
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,10 +353,7 @@ async fn open_x_moderate_connects_directly() {
         a_reach: "public at 11.0.0.1:4002 (confirmed by AutoNAT)",
         ..Case::homes("open x moderate", Nat::Moderate, Nat::Moderate)
     };
-    if let Some(o) = run_case(&c).await {
-        assert_eq!(o.path, "direct");
-        let _ = (o.reachable, o.first_byte, o.settled, o.throughput_mib_s);
-    }
+    run_case(&c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,19 @@ async fn steps(grid: &Grid, api: &Api, c: &Client, downloads: &Path) {
     // Overview and members.
     wait_text(c, "#ov-peer-id", "this node's peer id", |t| t == me).await;
     wait_text(c, "#ov-members", "3 members", |t| t == "3").await;
+    // How the node is reachable, and the path to each connected peer (loopback: direct, or
+    // relayed until a direct connection exists).
+    wait_text(c, "#ov-reach", "the reachability line", |t| {
+        t.starts_with("public at 127.0.0.1:") || t.starts_with("behind NAT")
+    })
+    .await;
+    wait_text(
+        c,
+        "#connections-table td[data-field='path']",
+        "a connection's path",
+        |t| ["direct", "relayed"].contains(&t),
+    )
+    .await;
     until("three member rows", async || {
         count(c, "#members-table tbody tr[data-peer]").await == 3
     })

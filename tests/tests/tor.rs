@@ -13,13 +13,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::{
-    io,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
+use kith_node::protocol::BytesCodec;
 use kith_tests::tornet::TorNet;
 use kith_transports::{
     Config, Keypair, Multiaddr, build_transport,
@@ -45,76 +45,10 @@ const MIB: usize = 1 << 20;
 /// not build onion-service circuits for up to a minute in one run.)
 const CONNECT_DEADLINE: Duration = Duration::from_secs(240);
 
-/// Length-prefixed byte requests, answered with the same bytes.
-#[derive(Clone, Default)]
-struct EchoCodec;
-
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > 32 * MIB {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "frame too large",
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
-    io.write_all(&u32::try_from(data.len()).unwrap().to_be_bytes())
-        .await?;
-    io.write_all(data).await?;
-    io.close().await
-}
-
-impl request_response::Codec for EchoCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        read_frame(io).await
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        read_frame(io).await
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()> {
-        write_frame(io, &req).await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> io::Result<()> {
-        write_frame(io, &res).await
-    }
-}
-
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     ping: ping::Behaviour,
-    echo: request_response::Behaviour<EchoCodec>,
+    echo: request_response::Behaviour<BytesCodec>,
 }
 
 /// A Tor-only swarm.
@@ -129,7 +63,12 @@ fn swarm_on(kp: &Keypair, config: &Config) -> Swarm<Behaviour> {
         build_transport(kp, config).unwrap(),
         Behaviour {
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
-            echo: request_response::Behaviour::new(
+            // Bytes echoed back: the node's own bounded byte codec (gossip and joins use it).
+            echo: request_response::Behaviour::with_codec(
+                BytesCodec {
+                    max_request: 32 * MIB,
+                    max_response: 32 * MIB,
+                },
                 [(
                     StreamProtocol::new("/kith-test/echo/1"),
                     ProtocolSupport::Full,
