@@ -14,6 +14,7 @@
 //! - `GET /api/v1/files/{cap}` — body is the file (streamed); header `x-kith-report` names the
 //!   report at `GET /api/v1/reports/{id}` (servers used, bad shares, error if it broke off)
 //! - `POST /api/v1/shutdown` — stops the daemon cleanly
+//! - directories, paths, aliases, mutable files and deep-check: see `api_fs`
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -39,22 +40,22 @@ use crate::{
 };
 
 #[derive(Clone)]
-struct ApiState {
-    node: NodeHandle,
+pub(crate) struct ApiState {
+    pub(crate) node: NodeHandle,
     token: Arc<String>,
     shutdown: tokio::sync::mpsc::Sender<()>,
 }
 
 /// An error body: `{"error": "…"}` with a status code.
 #[derive(Debug, Serialize)]
-struct ApiError {
+pub(crate) struct ApiError {
     error: String,
     #[serde(skip)]
     status: StatusCode,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         Self {
             error: error.into(),
             status,
@@ -97,6 +98,7 @@ pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<(
         .route("/files/{cap}", get(get_file))
         .route("/reports/{id}", get(report))
         .route("/shutdown", post(shutdown))
+        .merge(crate::api_fs::routes())
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     let metrics = Router::new()
         .route("/metrics", get(metrics))
@@ -514,6 +516,9 @@ struct PutQuery {
     needed: Option<u8>,
     happy: Option<u8>,
     total: Option<u8>,
+    /// Where to link the file (`alias:path`); a writable mutable file there is updated in
+    /// place instead (a new version under the same cap).
+    path: Option<String>,
 }
 
 async fn put(
@@ -592,6 +597,43 @@ async fn put_inner(
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     }
     let spool_ms = spool_start.elapsed().as_millis() as u64;
+    let target = match q.path.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => {
+            Some(crate::fs::parse_target(st.node.database(), p).map_err(crate::api_fs::fs_err)?)
+        }
+        None => None,
+    };
+    if let Some(t) = &target
+        && let Some(slot) = crate::fs::existing_mutable(&st.node, t)
+            .await
+            .map_err(crate::api_fs::fs_err)?
+    {
+        let size = std::fs::metadata(&spool_path).map_or(0, |m| m.len());
+        if size > crate::mutable::MAX_MUTABLE_SIZE as u64 {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} is a mutable file, which holds at most {} bytes",
+                    t.display(),
+                    crate::mutable::MAX_MUTABLE_SIZE
+                ),
+            ));
+        }
+        let content = tokio::fs::read(&spool_path)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let m = crate::slot::map(&st.node, &slot).await;
+        let v = crate::slot::publish(&st.node, &slot, &content, &m)
+            .await
+            .map_err(|e| crate::api_fs::fs_err(e.into()))?;
+        return Ok(Json(serde_json::json!({
+            "cap": crate::caps::Cap::Ssk(slot).to_string(),
+            "size": size,
+            "updated": true,
+            "seqnum": v.seqnum,
+            "path": t.display(),
+        })));
+    }
     let opts = PutOptions {
         params,
         convergent,
@@ -609,6 +651,19 @@ async fn put_inner(
     let mut json = serde_json::to_value(&result)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     json["timings"]["receive_ms"] = spool_ms.into();
+    if let Some(t) = &target {
+        let cap: crate::caps::Cap =
+            result
+                .cap
+                .parse()
+                .map_err(|e: crate::caps::CapParseError| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                })?;
+        crate::fs::link(&st.node, t, &cap, Some(result.size), true)
+            .await
+            .map_err(crate::api_fs::fs_err)?;
+        json["path"] = t.display().into();
+    }
     Ok(Json(json))
 }
 
@@ -616,6 +671,23 @@ async fn get_file(
     State(st): State<ApiState>,
     Path(cap): Path<String>,
 ) -> Result<Response, ApiError> {
+    // Mutable files are small: read whole, sent in one body.
+    if let Ok(crate::caps::Cap::Ssk(s)) = cap.trim().parse::<crate::caps::Cap>() {
+        if s.dir {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "this cap names a directory: list it with `kith ls`",
+            ));
+        }
+        let (content, _) = crate::slot::read(&st.node, &s)
+            .await
+            .map_err(|e| crate::api_fs::fs_err(e.into()))?;
+        return Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            content,
+        )
+            .into_response());
+    }
     let cap = parse_read_cap(&cap).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let (writer, reader) = tokio::io::duplex(1 << 20);
     let node = st.node.clone();

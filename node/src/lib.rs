@@ -9,6 +9,8 @@
 //! - [`caps`]: read / verify / LIT capabilities and their text forms;
 //! - [`codec`]: convergent AES-256-CTR, segmenting, Reed-Solomon, block and share Merkle trees,
 //!   the URI extension block (UEB), share metadata, verification;
+//! - [`mutable`]: mutable slots (RSA-signed versions, write enablers, newest-version choice);
+//! - [`dirnode`]: directory tables (read-only views hide children's write caps);
 //! - [`placement`]: permuted ring and servers of happiness;
 //! - [`protocol`]: the storage protocol's messages and bounded wire codec.
 //!
@@ -17,6 +19,9 @@
 //! - [`server`]: the storage server answering protocol requests;
 //! - [`net`]: the libp2p swarm actor (identify, ping, storage request-response);
 //! - [`client`]: uploader and downloader;
+//! - [`fs`]: directories and paths (`alias:a/b`): list, link, unlink, rename, mkdir, put;
+//! - [`aliases`]: local names for caps;
+//! - [`slot`]: mutable files on the grid (map, read, test-and-set publish, modify);
 //! - [`friends`]: the accounting ledger joined with the members: usage both ways, grants, policy;
 //! - [`grid`]: membership (invitations, certificates, records, expulsions) and the gossip task;
 //! - [`maintenance`]: lease renewal of uploads and the storage server's garbage collector;
@@ -24,22 +29,29 @@
 //! - [`api`], [`daemon`]: the local HTTP API and `kith run`;
 //! - [`config`], [`nodedir`]: `kith.toml` and the node directory.
 
+pub mod aliases;
 pub mod api;
+mod api_fs;
 pub mod caps;
 pub mod client;
 pub mod codec;
 pub mod config;
 pub mod daemon;
+pub mod deepcheck;
+pub mod dirnode;
 pub mod friends;
+pub mod fs;
 pub mod grid;
 pub mod hash;
 pub mod maintenance;
+pub mod mutable;
 pub mod net;
 pub mod node;
 pub mod nodedir;
 pub mod placement;
 pub mod protocol;
 pub mod server;
+pub mod slot;
 pub mod storage;
 
 pub use node::{Node, NodeHandle, StartOptions};

@@ -38,7 +38,10 @@ Exit codes:
   0  success
   1  the command failed (the message says why)
   2  bad usage (unknown flag, missing argument)
-  3  no kith daemon is running for this node dir (start one with `kith run`)";
+  3  no kith daemon is running for this node dir (start one with `kith run`)
+  4  check / deep-check: something is unhealthy (after repair, when --repair was given)
+  5  uncoordinated write: another writer changed the mutable file at the same time; nothing
+     of yours was written — run the command again";
 
 /// kith: a peer-to-peer friendnet storage node.
 #[derive(Parser, Debug)]
@@ -68,11 +71,18 @@ enum Command {
     /// Manage static peers (dialed at start and kept connected).
     #[command(subcommand)]
     Peer(PeerCommand),
-    /// Upload a file (or stdin with `-`); prints its read cap as the last line.
+    /// Upload a file (or stdin with `-`); prints its cap as the last line. With a
+    /// destination (`alias:path`) it is linked there; a mutable file already there is
+    /// updated in place (new version, same cap).
     Put {
         /// File to upload, or `-` for stdin.
         #[arg(default_value = "-")]
         file: PathBuf,
+        /// Where to link it: `alias:dir/name` or `<dircap>/name`.
+        dest: Option<String>,
+        /// Make (or update) a mutable file (at most 4 MiB) instead of an immutable one.
+        #[arg(long)]
+        mutable: bool,
         /// Encrypt with a random key instead of the convergent one.
         #[arg(long)]
         random_key: bool,
@@ -89,9 +99,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Download a file by its read cap.
+    /// Download a file by its cap or path (`alias:path`).
     Get {
-        /// The read cap (kith:chk:… or kith:lit:…).
+        /// The read cap (kith:chk:…, kith:lit:…, kith:ssk:…) or a path like home:notes.txt.
         cap: String,
         /// Output file [default: stdout].
         #[arg(short, long)]
@@ -166,8 +176,108 @@ enum Command {
     Policy(PolicyCommand),
     /// Print the control panel URL.
     Panel,
+    /// Create a directory; prints its write cap. With a path, links it there (parents too).
+    Mkdir {
+        /// Where: `alias:path` [default: unlinked, just print the cap].
+        path: Option<String>,
+    },
+    /// Local names for caps (kept in the node dir): `home:` in paths.
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// List a directory (or show one file).
+    Ls {
+        /// `alias:path`, `alias:` or a directory cap.
+        path: String,
+        /// Long listing: kind, size, modification time, cap.
+        #[arg(short, long)]
+        long: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy local files to the grid (`-r` for directories: one progress bar, each directory
+    /// linked in one write).
+    Cp {
+        /// Copy directories recursively.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Local file or directory.
+        src: PathBuf,
+        /// Destination `alias:path`.
+        dest: String,
+        /// Print JSON (every file's cap).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rename or move an entry (within or between writable directories).
+    Mv {
+        /// From `alias:path`.
+        from: String,
+        /// To `alias:path`.
+        to: String,
+    },
+    /// Unlink an entry from its directory (the file stays on the grid until its leases
+    /// expire).
+    Rm {
+        /// `alias:path`.
+        path: String,
+    },
+    /// Link a cap, or what a path names, at another path.
+    Ln {
+        /// A cap, or `alias:path`.
+        from: String,
+        /// Where to link it: `alias:path`.
+        to: String,
+        /// Replace an existing entry.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Print the next weaker cap, offline: write -> read -> verify.
+    Attenuate {
+        /// A cap.
+        cap: String,
+    },
+    /// Check every file and directory under a path; --repair fixes what is unhealthy.
+    DeepCheck {
+        /// `alias:path` or a directory cap.
+        path: String,
+        /// Fetch and verify every block of immutable files.
+        #[arg(long)]
+        verify: bool,
+        /// Repair what is unhealthy.
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the running daemon.
     Stop,
+}
+
+#[derive(Subcommand, Debug)]
+enum AliasCommand {
+    /// Name a cap.
+    Add {
+        /// The name (letters, digits, '-', '_', '.').
+        name: String,
+        /// The cap (usually a directory's write cap from `kith mkdir`).
+        cap: String,
+        /// Replace an existing alias.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List aliases (their caps are secrets: this prints them).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget an alias (the directory stays on the grid).
+    Rm {
+        /// The name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -332,6 +442,151 @@ fn default_nickname() -> String {
         .unwrap_or_default()
 }
 
+/// Check found something unhealthy: exit code 4.
+#[derive(Debug)]
+struct Unhealthy;
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not healthy (see above)")
+    }
+}
+
+impl std::error::Error for Unhealthy {}
+
+/// Percent-encodes a query value.
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn print_entry(e: &serde_json::Value, name: &str, long: bool) {
+    let kind = e["kind"].as_str().unwrap_or_default();
+    let shown = if kind == "dir" {
+        format!("{name}/")
+    } else {
+        name.to_owned()
+    };
+    if !long {
+        println!("{shown}");
+        return;
+    }
+    let size = e["size"].as_u64().map_or("-".to_owned(), |s| s.to_string());
+    let mtime = e["mtime"].as_u64().unwrap_or(0);
+    println!(
+        "{kind:7} {}{size:>12} {mtime:>10} {shown}  {}",
+        if e["writable"].as_bool() == Some(true) {
+            "rw "
+        } else {
+            "ro "
+        },
+        e["cap"].as_str().unwrap_or_default()
+    );
+}
+
+/// `kith cp`: uploads files (immutable) and links them; directories are created on the way and
+/// each directory's entries are linked in one write.
+async fn cp(
+    api: &Api,
+    src: &std::path::Path,
+    dest: &str,
+    recursive: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+    if meta.is_file() {
+        let v = api
+            .put_file(src, &format!("path={}", urlencode(dest)))
+            .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{}", v["cap"].as_str().unwrap_or_default());
+        }
+        return Ok(());
+    }
+    if !recursive {
+        bail!("{} is a directory: use cp -r", src.display());
+    }
+    // Walk first: total size for one progress bar, then upload directory by directory.
+    let mut dirs: Vec<(PathBuf, String)> =
+        vec![(src.to_owned(), dest.trim_end_matches('/').to_owned())];
+    let mut files: Vec<(PathBuf, String, u64)> = Vec::new();
+    let mut i = 0;
+    while i < dirs.len() {
+        let (d, remote) = dirs[i].clone();
+        let mut rd: Vec<_> = std::fs::read_dir(&d)
+            .with_context(|| format!("cannot read {}", d.display()))?
+            .collect::<Result<_, _>>()?;
+        rd.sort_by_key(std::fs::DirEntry::file_name);
+        for e in rd {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ft = e.file_type()?;
+            let sep = if remote.ends_with(':') { "" } else { "/" };
+            if ft.is_dir() {
+                dirs.push((e.path(), format!("{remote}{sep}{name}")));
+            } else if ft.is_file() {
+                files.push((e.path(), remote.clone(), e.metadata()?.len()));
+            } else {
+                eprintln!(
+                    "kith: skipping {} (not a regular file or directory)",
+                    e.path().display()
+                );
+            }
+        }
+        i += 1;
+    }
+    let total: u64 = files.iter().map(|f| f.2).sum();
+    let bar = progress_bar(total);
+    let mut by_dir: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+        dirs.iter().map(|(_, r)| (r.clone(), Vec::new())).collect();
+    let mut caps = Vec::new();
+    for (path, remote, size) in &files {
+        let v = api.put_file_quiet(path).await?;
+        let cap = v["cap"].as_str().unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(b) = &bar {
+            b.inc(*size);
+        }
+        caps.push(serde_json::json!({ "path": path.display().to_string(), "cap": cap }));
+        by_dir
+            .entry(remote.clone())
+            .or_default()
+            .push(serde_json::json!({ "name": name, "cap": cap, "size": size }));
+    }
+    // Parents before children: each link-many creates missing parents anyway.
+    for (remote, children) in by_dir {
+        api.post_json(
+            "/link-many",
+            &serde_json::json!({ "path": remote, "children": children, "replace": true }),
+        )
+        .await?;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&caps)?);
+    } else {
+        eprintln!(
+            "copied {} files ({total} bytes) in {} directories",
+            files.len(),
+            dirs.len()
+        );
+    }
+    Ok(())
+}
+
 /// "No daemon" is its own failure so it gets its own exit code.
 #[derive(Debug)]
 struct NoDaemon(String);
@@ -366,6 +621,10 @@ fn main() -> ExitCode {
             eprintln!("kith: {e:#}");
             if e.downcast_ref::<NoDaemon>().is_some() {
                 ExitCode::from(3)
+            } else if e.downcast_ref::<Unhealthy>().is_some() {
+                ExitCode::from(4)
+            } else if format!("{e:#}").contains("uncoordinated write") {
+                ExitCode::from(5)
             } else {
                 ExitCode::FAILURE
             }
@@ -469,6 +728,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Put {
             file,
+            dest,
+            mutable,
             random_key,
             shares_needed,
             shares_happy,
@@ -476,9 +737,26 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let api = Api::connect(&dir)?;
+            if mutable {
+                let mut url = "/mutable".to_owned();
+                if let Some(d) = &dest {
+                    url = format!("{url}?path={}", urlencode(d));
+                }
+                let v = api.post_body(&url, &file).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else if v["updated"].as_bool() == Some(true) {
+                    eprintln!("updated the mutable file in place");
+                }
+                println!("{}", v["cap"].as_str().unwrap_or_default());
+                return Ok(());
+            }
             let mut query = vec![];
             if random_key {
                 query.push("random_key=true".to_owned());
+            }
+            if let Some(d) = &dest {
+                query.push(format!("path={}", urlencode(d)));
             }
             for (k, v) in [
                 ("needed", shares_needed),
@@ -502,9 +780,186 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Get { cap, output } => {
-            kith_node::client::parse_read_cap(&cap).map_err(|e| anyhow!("{e}"))?;
             let api = Api::connect(&dir)?;
+            let cap = if cap.trim().starts_with("kith:") && !cap.contains('/') {
+                cap
+            } else {
+                let v = api
+                    .get(&format!("/resolve?path={}", urlencode(&cap)))
+                    .await?;
+                v["cap"].as_str().unwrap_or_default().to_owned()
+            };
+            let parsed: kith_node::caps::Cap = cap.trim().parse().map_err(|e| anyhow!("{e}"))?;
+            if parsed.is_dir() {
+                bail!("that is a directory: list it with `kith ls`");
+            }
+            if !parsed.can_read() {
+                bail!("that is a verify cap: it can check a file (`kith check`) but not read it");
+            }
             api.get_file(&cap, output).await
+        }
+        Command::Mkdir { path } => {
+            let api = Api::connect(&dir)?;
+            let v = api
+                .post_json("/mkdir", &serde_json::json!({ "path": path }))
+                .await?;
+            println!("{}", v["cap"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Alias(cmd) => {
+            let api = Api::connect(&dir)?;
+            match cmd {
+                AliasCommand::Add { name, cap, replace } => {
+                    let v = api
+                        .post_json(
+                            "/aliases",
+                            &serde_json::json!({ "name": name, "cap": cap, "replace": replace }),
+                        )
+                        .await?;
+                    println!(
+                        "alias {name}: -> {}",
+                        v["kind"].as_str().unwrap_or_default()
+                    );
+                }
+                AliasCommand::List { json } => {
+                    let v = api.get("/aliases").await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        for a in v.as_array().into_iter().flatten() {
+                            println!(
+                                "{}: {}",
+                                a["name"].as_str().unwrap_or_default(),
+                                a["cap"].as_str().unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+                AliasCommand::Rm { name } => {
+                    let v = api
+                        .delete(&format!("/aliases/{}", urlencode(&name)))
+                        .await?;
+                    if v["removed"].as_bool() != Some(true) {
+                        bail!("no alias {name:?}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Ls { path, long, json } => {
+            let api = Api::connect(&dir)?;
+            let v = api.get(&format!("/ls?path={}", urlencode(&path))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let Some(entries) = v["entries"].as_array() else {
+                print_entry(&v, v["path"].as_str().unwrap_or_default(), long);
+                return Ok(());
+            };
+            for e in entries {
+                print_entry(e, e["name"].as_str().unwrap_or_default(), long);
+            }
+            Ok(())
+        }
+        Command::Cp {
+            recursive,
+            src,
+            dest,
+            json,
+        } => {
+            let api = Api::connect(&dir)?;
+            cp(&api, &src, &dest, recursive, json).await
+        }
+        Command::Mv { from, to } => {
+            let api = Api::connect(&dir)?;
+            api.post_json("/mv", &serde_json::json!({ "from": from, "to": to }))
+                .await?;
+            Ok(())
+        }
+        Command::Rm { path } => {
+            let api = Api::connect(&dir)?;
+            api.post_json("/rm", &serde_json::json!({ "path": path }))
+                .await?;
+            Ok(())
+        }
+        Command::Ln { from, to, replace } => {
+            let api = Api::connect(&dir)?;
+            api.post_json(
+                "/ln",
+                &serde_json::json!({ "from": from, "to": to, "replace": replace }),
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Attenuate { cap } => {
+            let c: kith_node::caps::Cap = cap.trim().parse().map_err(|e| anyhow!("{e}"))?;
+            match c.attenuate() {
+                Some(weaker) => {
+                    println!("{weaker}");
+                    Ok(())
+                }
+                None => bail!(
+                    "nothing weaker: this is already a verify cap (or a literal file, which has none)"
+                ),
+            }
+        }
+        Command::DeepCheck {
+            path,
+            verify,
+            repair,
+            json,
+        } => {
+            let api = Api::connect(&dir)?;
+            let v = api
+                .post_json(
+                    "/deep-check",
+                    &serde_json::json!({ "path": path, "verify": verify, "repair": repair }),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for n in v["nodes"].as_array().into_iter().flatten() {
+                    if n["healthy"].as_bool() != Some(true) || n["repair"].is_string() {
+                        println!(
+                            "{:9} {}: {}{}",
+                            if n["healthy"].as_bool() == Some(true) {
+                                "healthy"
+                            } else {
+                                "UNHEALTHY"
+                            },
+                            n["path"].as_str().unwrap_or_default(),
+                            n["summary"].as_str().unwrap_or_default(),
+                            n["repair"]
+                                .as_str()
+                                .map(|r| format!(" — {r}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                for u in v["unreadable"].as_array().into_iter().flatten() {
+                    println!(
+                        "UNREADABLE {}: {}",
+                        u[0].as_str().unwrap_or_default(),
+                        u[1].as_str().unwrap_or_default()
+                    );
+                }
+                println!(
+                    "checked {} objects: {} healthy, {} unhealthy; repairs: {} attempted, {} successful",
+                    v["checked"],
+                    v["healthy"],
+                    v["unhealthy"],
+                    v["repairs_attempted"],
+                    v["repairs_successful"]
+                );
+            }
+            if v["unhealthy"].as_u64().unwrap_or(0) > 0
+                || !v["unreadable"].as_array().is_none_or(Vec::is_empty)
+            {
+                return Err(Unhealthy.into());
+            }
+            Ok(())
         }
         Command::Invite {
             expires,
@@ -993,10 +1448,52 @@ impl Api {
         Ok(self.check(r).await?.json().await?)
     }
 
+    /// POSTs a file's (or stdin's) bytes to `path` (small bodies: mutable files).
+    async fn post_body(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+    ) -> anyhow::Result<serde_json::Value> {
+        let body = if file.as_os_str() == "-" {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+            v
+        } else {
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+        };
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .body(body)
+            .send()
+            .await;
+        Ok(self.check(r).await?.json().await?)
+    }
+
+    /// Uploads a file without its own progress bar (cp -r has one for everything).
+    async fn put_file_quiet(&self, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("cannot open {}", file.display()))?;
+        let len = f.metadata().await?.len();
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
+        let r = self
+            .http
+            .post(self.url("/files"))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await;
+        Ok(self.check(r).await?.json().await?)
+    }
+
     async fn get_file(&self, cap: &str, output: Option<PathBuf>) -> anyhow::Result<()> {
         let size = kith_node::client::parse_read_cap(cap)
-            .map_err(|e| anyhow!("{e}"))?
-            .size();
+            .ok()
+            .map(|c| c.size());
         let r = self
             .http
             .get(self.url(&format!("/files/{}", cap.trim())))
@@ -1016,10 +1513,9 @@ impl Api {
             )),
             None => Box::new(std::io::stdout().lock()),
         };
-        let bar = if output.is_some() {
-            progress_bar(size)
-        } else {
-            None
+        let bar = match (output.is_some(), size) {
+            (true, Some(size)) => progress_bar(size),
+            _ => None,
         };
         let mut stream = resp.bytes_stream();
         let mut got = 0u64;
@@ -1053,7 +1549,9 @@ impl Api {
                 bail!("download failed after {got} bytes: {e}");
             }
         }
-        if got != size {
+        if let Some(size) = size
+            && got != size
+        {
             bail!("download broke off after {got} of {size} bytes");
         }
         Ok(())

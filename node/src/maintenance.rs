@@ -164,6 +164,11 @@ pub async fn renew(node: &NodeHandle, older_than: Duration) -> Result<RenewRepor
     tokio::task::spawn_blocking(move || put_uploads(&db, &rows))
         .await
         .map_err(|e| e.to_string())??;
+    // Mutable files and directories this node wrote.
+    let (files, renewed, failed) = crate::slot::renew(node, older_than).await?;
+    report.files += files;
+    report.renewed += renewed;
+    report.failed.extend(failed);
     Ok(report)
 }
 

@@ -335,10 +335,14 @@ impl Node {
         }
         {
             let db = handle.inner.db.clone();
-            tokio::task::spawn_blocking(move || maintenance::init(&db))
-                .await
-                .map_err(|e| NodeError::Peer(e.to_string()))?
-                .map_err(NodeError::Peer)?;
+            tokio::task::spawn_blocking(move || {
+                maintenance::init(&db)?;
+                crate::slot::init(&db)?;
+                crate::aliases::init(&db)
+            })
+            .await
+            .map_err(|e| NodeError::Peer(e.to_string()))?
+            .map_err(NodeError::Peer)?;
         }
         let upkeep = tokio::spawn(upkeep(handle.clone()));
         Ok(Node {

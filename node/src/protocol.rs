@@ -104,6 +104,35 @@ pub enum Request {
         /// The file.
         si: StorageIndex,
     },
+    /// Whole shares of a mutable slot (all held here when `shnums` is empty); the server may
+    /// leave some out to bound the answer and says which.
+    SlotRead {
+        /// The slot.
+        si: StorageIndex,
+        /// The shares wanted.
+        shnums: Vec<u8>,
+    },
+    /// Test-and-set write of mutable slot shares: all tests pass and every share is replaced,
+    /// or nothing changes.
+    SlotWrite {
+        /// The slot.
+        si: StorageIndex,
+        /// The slot's write enabler for this server.
+        write_enabler: ByteBuf,
+        /// The shares.
+        writes: Vec<SlotShareWrite>,
+    },
+}
+
+/// One share of a [`Request::SlotWrite`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotShareWrite {
+    /// The share.
+    pub shnum: u8,
+    /// The sequence number the writer expects stored (`None`: no share yet).
+    pub expect: Option<u64>,
+    /// The encoded share.
+    pub data: ByteBuf,
 }
 
 impl Request {
@@ -118,6 +147,8 @@ impl Request {
             Request::ReadMeta { .. } => "read-meta",
             Request::Read { .. } => "read",
             Request::AddLease { .. } => "add-lease",
+            Request::SlotRead { .. } => "slot-read",
+            Request::SlotWrite { .. } => "slot-write",
         }
     }
 }
@@ -143,6 +174,16 @@ pub enum Response {
     Bytes(ByteBuf),
     /// Answer to [`Request::AddLease`]: how many shares were renewed.
     Leased(u32),
+    /// Answer to [`Request::SlotRead`].
+    Slots {
+        /// (share number, encoded share).
+        shares: Vec<(u8, ByteBuf)>,
+        /// Shares held but left out of this answer (ask again for them).
+        more: Vec<u8>,
+    },
+    /// Answer to a [`Request::SlotWrite`] whose test failed: nothing was written; what is
+    /// stored now, (share number, sequence number).
+    SlotConflict(Vec<(u8, Option<u64>)>),
     /// The request was refused or failed.
     Error(ServerError),
 }
@@ -199,6 +240,8 @@ pub enum ErrorKind {
     Corrupt,
     /// Anything else on the server side (disk failure...): try again or elsewhere.
     Internal,
+    /// A slot write with the wrong write enabler: the writer does not hold the write cap.
+    BadWriteEnabler,
     /// An error kind this version does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -221,6 +264,7 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::TooLarge => "request too large",
             ErrorKind::Corrupt => "corrupt share",
             ErrorKind::Internal => "internal server error",
+            ErrorKind::BadWriteEnabler => "bad write enabler",
             ErrorKind::Unknown => "unknown error",
         };
         f.write_str(s)

@@ -13,7 +13,7 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     protocol::{ErrorKind, MAX_META, MAX_READ, Request, RequestFrame, Response, ServerError},
-    storage::{ShareStore, StoreError},
+    storage::{ShareStore, SlotOutcome, SlotWrite, StoreError},
 };
 
 /// Decides whether a peer may write (allocate, write, close, renew leases).
@@ -81,6 +81,7 @@ impl StorageServer {
                 | Request::Write { .. }
                 | Request::Close { .. }
                 | Request::AddLease { .. }
+                | Request::SlotWrite { .. }
         );
         if writes
             && let Some(policy) = self.policy.get()
@@ -97,6 +98,9 @@ impl StorageServer {
                 shnums, data_len, ..
             } => Some(data_len.saturating_mul(shnums.len() as u64)),
             Request::AddLease { .. } => Some(0),
+            Request::SlotWrite { writes, .. } => {
+                Some(writes.iter().map(|w| w.data.len() as u64).sum())
+            }
             _ => None,
         };
         if let Some(new_bytes) = new_bytes {
@@ -196,7 +200,12 @@ fn execute(
         }
         Request::List { si } => Response::Shares(store.list(&si)?),
         Request::ReadMeta { si, shnum } => {
-            Response::Bytes(ByteBuf::from(store.read_meta(&si, shnum)?))
+            let meta = store.read_meta(&si, shnum)?;
+            // A slot share's metadata is its write enabler: never shown.
+            if crate::storage::is_slot_meta(&meta) {
+                return Err(StoreError::NotFound { shnum });
+            }
+            Response::Bytes(ByteBuf::from(meta))
         }
         Request::Read {
             si,
@@ -216,6 +225,38 @@ fn execute(
             let n = store.add_lease(&si, owner, lease_expiry)?;
             Response::Leased(u32::try_from(n).unwrap_or(u32::MAX))
         }
+        Request::SlotRead { si, shnums } => {
+            let (shares, more) = store.slot_read(&si, &shnums, MAX_READ as usize)?;
+            Response::Slots {
+                shares: shares
+                    .into_iter()
+                    .map(|(sh, b)| (sh, ByteBuf::from(b)))
+                    .collect(),
+                more,
+            }
+        }
+        Request::SlotWrite {
+            si,
+            write_enabler,
+            writes,
+        } => {
+            let enabler: [u8; 32] = write_enabler
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::InvalidArgument("a write enabler has 32 bytes".into()))?;
+            let writes: Vec<SlotWrite> = writes
+                .into_iter()
+                .map(|w| SlotWrite {
+                    shnum: w.shnum,
+                    expect: w.expect,
+                    data: w.data.into_vec(),
+                })
+                .collect();
+            match store.slot_write(&si, owner, &enabler, &writes, lease_expiry)? {
+                SlotOutcome::Written => Response::Done,
+                SlotOutcome::Conflict(now) => Response::SlotConflict(now),
+            }
+        }
     })
 }
 
@@ -230,6 +271,8 @@ pub fn to_server_error(e: &StoreError) -> ServerError {
         StoreError::OutOfBounds { .. } => ErrorKind::OutOfBounds,
         StoreError::InvalidArgument(_) => ErrorKind::Malformed,
         StoreError::Corrupt { .. } => ErrorKind::Corrupt,
+        StoreError::BadWriteEnabler { .. } => ErrorKind::BadWriteEnabler,
+        StoreError::NotASlot { .. } => ErrorKind::Malformed,
         _ => ErrorKind::Internal,
     };
     // Internal errors may carry local paths; keep those on this node.

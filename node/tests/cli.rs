@@ -271,3 +271,148 @@ fn two_nodes_put_and_get_through_the_cli() {
     assert!(db.0.wait().unwrap().success(), "bob did not stop cleanly");
     assert!(!a.join("api.json").exists());
 }
+
+/// The issue's walk-through on one node (k=1, n=1: this node stores its own shares):
+/// directories, aliases, immutable and mutable puts, updates in place, ls (read-only views hide
+/// write caps), get by path, cp -r, mv, rm, ln, attenuate, deep-check and the exit codes.
+#[test]
+fn directories_aliases_and_mutable_files_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("n");
+    ok(
+        &d,
+        &[
+            "init",
+            "--nickname",
+            "solo",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--reserved",
+            "0",
+            "--shares-needed",
+            "1",
+            "--shares-happy",
+            "1",
+            "--shares-total",
+            "1",
+        ],
+    );
+    // attenuate works offline, without a daemon.
+    let _daemon = run(&d);
+    wait_for(&d.join("api.json"));
+
+    let dircap = ok(&d, &["mkdir"]).trim().to_owned();
+    assert!(dircap.starts_with("kith:dir:"), "{dircap}");
+    ok(&d, &["alias", "add", "home", &dircap]);
+    assert!(ok(&d, &["alias", "list"]).contains("home: kith:dir:"));
+
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("photos/2024")).unwrap();
+    std::fs::write(
+        src.join("notes.txt"),
+        "notes: a file bigger than a literal cap holds. ".repeat(10),
+    )
+    .unwrap();
+    std::fs::write(src.join("photos/a.jpg"), vec![7u8; 100_000]).unwrap();
+    std::fs::write(src.join("photos/2024/b.jpg"), vec![8u8; 3_000]).unwrap();
+
+    // Immutable put into a path; get it back by path.
+    let cap = ok(
+        &d,
+        &[
+            "put",
+            src.join("notes.txt").to_str().unwrap(),
+            "home:notes.txt",
+        ],
+    );
+    assert!(cap.trim().starts_with("kith:chk:"), "{cap}");
+    let out = tmp.path().join("n.txt");
+    ok(&d, &["get", "home:notes.txt", "-o", out.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(src.join("notes.txt")).unwrap()
+    );
+
+    // A mutable file, then a plain put over it updates it in place (same cap, new content).
+    let todo = tmp.path().join("todo.md");
+    std::fs::write(&todo, "- one").unwrap();
+    let mcap = ok(
+        &d,
+        &["put", "--mutable", todo.to_str().unwrap(), "home:todo.md"],
+    )
+    .trim()
+    .to_owned();
+    assert!(mcap.starts_with("kith:ssk:"), "{mcap}");
+    std::fs::write(&todo, "- one\n- two").unwrap();
+    let again = ok(&d, &["put", todo.to_str().unwrap(), "home:todo.md"])
+        .trim()
+        .to_owned();
+    assert_eq!(again, mcap, "updating keeps the cap");
+    assert_eq!(ok(&d, &["get", "home:todo.md"]), "- one\n- two");
+
+    // cp -r: the whole tree, then ls.
+    ok(
+        &d,
+        &[
+            "cp",
+            "-r",
+            src.join("photos").to_str().unwrap(),
+            "home:photos",
+        ],
+    );
+    assert_eq!(ok(&d, &["ls", "home:photos"]), "2024/\na.jpg\n");
+    assert_eq!(ok(&d, &["get", "home:photos/2024/b.jpg"]).len(), 3_000);
+    let long = ok(&d, &["ls", "-l", "home:"]);
+    assert!(
+        long.contains("100000") || long.contains("notes.txt"),
+        "{long}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["ls", "--json", "home:"])).unwrap();
+    let names: Vec<&str> = json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["notes.txt", "photos", "todo.md"]);
+
+    // A read-only view of the same directory shows no write caps.
+    let ro = ok(&d, &["attenuate", &dircap]).trim().to_owned();
+    assert!(ro.starts_with("kith:dir-ro:"), "{ro}");
+    let view: serde_json::Value = serde_json::from_str(&ok(&d, &["ls", "--json", &ro])).unwrap();
+    for e in view["entries"].as_array().unwrap() {
+        assert_eq!(e["writable"], false, "{e}");
+        assert!(
+            !e["cap"].as_str().unwrap().starts_with("kith:ssk:")
+                && !e["cap"].as_str().unwrap().starts_with("kith:dir:"),
+            "{e}"
+        );
+    }
+    // ...and cannot change anything.
+    ok(&d, &["alias", "add", "ro", &ro]);
+    let refused = kith(&d, &["rm", "ro:notes.txt"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("read-only"));
+    let verify = ok(&d, &["attenuate", &ro]).trim().to_owned();
+    assert!(verify.starts_with("kith:dir-verify:"));
+    assert_eq!(kith(&d, &["attenuate", &verify]).status.code(), Some(1));
+
+    // mv, ln, rm.
+    ok(&d, &["mv", "home:notes.txt", "home:photos/notes.txt"]);
+    ok(&d, &["ln", "home:photos/notes.txt", "home:again.txt"]);
+    ok(&d, &["rm", "home:todo.md"]);
+    assert_eq!(ok(&d, &["ls", "home:"]), "again.txt\nphotos/\n");
+    let missing = kith(&d, &["get", "home:todo.md"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such file"));
+
+    // deep-check over the tree: everything healthy, summary line, exit 0.
+    let dc = ok(&d, &["deep-check", "home:"]);
+    assert!(dc.contains("unhealthy"), "{dc}");
+    let dj: serde_json::Value =
+        serde_json::from_str(&ok(&d, &["deep-check", "--json", "home:"])).unwrap();
+    assert_eq!(dj["unhealthy"], 0, "{dj}");
+    assert!(dj["checked"].as_u64().unwrap() >= 6, "{dj}");
+    ok(&d, &["stop"]);
+}

@@ -136,6 +136,18 @@ pub enum StoreError {
     /// redb error.
     #[error("share index: {0}")]
     Db(#[from] redb::Error),
+    /// A slot write whose write enabler does not match the slot's.
+    #[error("share {shnum}: bad write enabler (this cap cannot write the slot)")]
+    BadWriteEnabler {
+        /// The share.
+        shnum: u8,
+    },
+    /// A mutable-slot operation on an immutable share.
+    #[error("share {shnum} is not a mutable slot share")]
+    NotASlot {
+        /// The share.
+        shnum: u8,
+    },
 }
 
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -293,6 +305,7 @@ struct Inner {
     inflight: Mutex<BTreeMap<([u8; 16], u8), InFlight>>,
     counter: AtomicU64,
     recovery: RecoveryReport,
+    slot_lock: Mutex<()>,
 }
 
 /// The share store (cheap to clone; blocking methods, run them off the async runtime).
@@ -405,6 +418,7 @@ impl ShareStore {
                 inflight: Mutex::new(BTreeMap::new()),
                 counter: AtomicU64::new(0),
                 recovery: RecoveryReport::default(),
+                slot_lock: Mutex::new(()),
             }),
         };
         let report = store.recover()?;
@@ -1272,6 +1286,9 @@ impl ShareStore {
         Ok(report)
     }
 }
+
+mod slots;
+pub use slots::{SlotOutcome, SlotRead, SlotWrite, is_slot_meta};
 
 #[cfg(test)]
 mod tests;

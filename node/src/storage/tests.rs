@@ -381,3 +381,117 @@ fn collector_removes_expired_and_revoked_leases_and_unleased_shares_with_their_a
     assert_eq!(store.usage().unwrap().share_count, 0);
     assert!(store.verify_consistency().unwrap().is_clean());
 }
+
+/// A fake encoded mutable share: the header the store peeks at, then filler.
+fn slot_share(seq: u64, len: usize) -> Vec<u8> {
+    let mut v = b"KMSH\x01".to_vec();
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.resize(len.max(13), seq as u8);
+    v
+}
+
+#[test]
+fn slot_writes_are_test_and_set_guarded_by_the_write_enabler_and_keep_accounting_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    let peer = || {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+            .to_bytes()
+    };
+    let (alice, bob) = (peer(), peer());
+    let (we, other_we) = ([1u8; 32], [2u8; 32]);
+    let w = |shnum, expect, seq, len| SlotWrite {
+        shnum,
+        expect,
+        data: slot_share(seq, len),
+    };
+    // Creating: expect "absent".
+    let r = store
+        .slot_write(
+            &si(9),
+            &alice,
+            &we,
+            &[w(0, None, 1, 500), w(1, None, 1, 500)],
+            4_000_000_000,
+        )
+        .unwrap();
+    assert_eq!(r, SlotOutcome::Written);
+    // A stale expectation changes nothing and says what is stored.
+    let r = store
+        .slot_write(
+            &si(9),
+            &alice,
+            &we,
+            &[w(0, Some(1), 2, 700), w(1, None, 2, 700)],
+            4_000_000_000,
+        )
+        .unwrap();
+    assert_eq!(r, SlotOutcome::Conflict(vec![(0, Some(1)), (1, Some(1))]));
+    let (got, more) = store.slot_read(&si(9), &[], 1 << 20).unwrap();
+    assert!(more.is_empty());
+    assert_eq!(got, vec![(0, slot_share(1, 500)), (1, slot_share(1, 500))]);
+    // Another enabler (someone without the write cap) is refused, whatever it expects.
+    let e = store
+        .slot_write(
+            &si(9),
+            &bob,
+            &other_we,
+            &[w(0, Some(1), 2, 100)],
+            4_000_000_000,
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::BadWriteEnabler { shnum: 0 }), "{e}");
+    // Bob, with the enabler, writes a larger version: both lease holders are charged the new
+    // size, and the store's own consistency check agrees.
+    store.add_lease(&si(9), &bob, 4_000_000_000).unwrap();
+    let r = store
+        .slot_write(
+            &si(9),
+            &bob,
+            &we,
+            &[w(0, Some(1), 2, 3000), w(1, Some(1), 2, 3000)],
+            4_000_000_000,
+        )
+        .unwrap();
+    assert_eq!(r, SlotOutcome::Written);
+    let report = store.verify_consistency().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let usage = store.usage().unwrap();
+    assert_eq!(usage.share_count, 2);
+    assert_eq!(usage.used_bytes, 2 * (3000 + 37));
+    // A budget smaller than two shares returns one and names the other.
+    let (got, more) = store.slot_read(&si(9), &[], 3500).unwrap();
+    assert_eq!((got.len(), more), (1, vec![1]));
+    // Immutable shares are not slots: a slot write over one is refused, and slot reads skip it.
+    put(&store, &si(4), 0, &alice, 100);
+    let e = store
+        .slot_write(&si(4), &alice, &we, &[w(0, None, 1, 100)], 4_000_000_000)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotASlot { .. }), "{e}");
+    assert!(store.slot_read(&si(4), &[], 1 << 20).unwrap().0.is_empty());
+    // Garbage that is not a mutable share is refused before anything is touched.
+    let e = store
+        .slot_write(
+            &si(5),
+            &alice,
+            &we,
+            &[SlotWrite {
+                shnum: 0,
+                expect: None,
+                data: vec![0; 40],
+            }],
+            1,
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::InvalidArgument(_)), "{e}");
+    // Reopening (crash recovery) keeps everything and finds it consistent.
+    drop(store);
+    let store = open(tmp.path(), 1 << 30, 0);
+    assert!(store.verify_consistency().unwrap().is_clean());
+    assert_eq!(
+        store.slot_read(&si(9), &[0], 1 << 20).unwrap().0,
+        vec![(0, slot_share(2, 3000))]
+    );
+}

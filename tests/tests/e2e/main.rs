@@ -8,4 +8,5 @@ mod audit;
 mod crash;
 mod gossip;
 mod grid;
+mod mutable;
 mod protocol;

@@ -1,0 +1,555 @@
+//! Directories and paths on the grid: what `kith mkdir/ls/put/get/ln/mv/rm/cp` and the panel's
+//! file browser do.
+//!
+//! A path is `alias:a/b/c` (the alias names a directory cap in the node dir, [`crate::aliases`])
+//! or `<cap>/a/b/c`. [`resolve`] walks it one directory table at a time. Every change to a
+//! directory is a read-modify-write of its slot ([`crate::slot::modify`]), retried when another
+//! writer got there first, so concurrent edits of different entries all land; a rename inside
+//! one directory is one write.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    caps::{Cap, ReadCap, SskCap},
+    client::DownloadError,
+    dirnode::{self, DirError, Entry, Meta, Table},
+    node::NodeHandle,
+    slot::{self, SlotError},
+};
+
+/// Why a path operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsError {
+    /// The path does not parse.
+    #[error("{0}")]
+    BadPath(String),
+    /// The alias is unknown.
+    #[error("no alias {0:?} (see `kith alias list`; add one with `kith alias add`)")]
+    NoAlias(String),
+    /// A path component is not a directory.
+    #[error("{0} is not a directory")]
+    NotADirectory(String),
+    /// Nothing at that path.
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    /// The directory or file cannot be changed with this cap.
+    #[error("{0} is read-only (it was reached through a read cap or is an immutable snapshot)")]
+    ReadOnly(String),
+    /// The directory table refused.
+    #[error(transparent)]
+    Dir(#[from] DirError),
+    /// The mutable file layer failed.
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// Downloading an immutable directory failed.
+    #[error("{0}")]
+    Download(String),
+    /// The node dir's database.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// A parsed path: the root cap, the name it was given, and the components below it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The root (an alias's cap or a cap given inline).
+    pub root: Cap,
+    /// How the user named the root (for messages: `home:` or the cap's kind).
+    pub root_name: String,
+    /// Components below the root.
+    pub path: Vec<String>,
+}
+
+impl Target {
+    /// `home:a/b` for messages (never prints a cap).
+    pub fn display(&self) -> String {
+        format!("{}{}", self.root_name, self.path.join("/"))
+    }
+
+    /// The parent and the last component, or `None` at the root.
+    pub fn split_last(&self) -> Option<(Target, String)> {
+        let (last, parent) = self.path.split_last()?;
+        Some((
+            Target {
+                root: self.root.clone(),
+                root_name: self.root_name.clone(),
+                path: parent.to_vec(),
+            },
+            last.clone(),
+        ))
+    }
+
+    /// This path with `name` appended.
+    pub fn join(&self, name: &str) -> Target {
+        let mut t = self.clone();
+        t.path.push(name.to_owned());
+        t
+    }
+}
+
+/// Parses `alias:a/b`, `alias:`, or `kith:…cap…/a/b`.
+pub fn parse_target(db: &redb::Database, spec: &str) -> Result<Target, FsError> {
+    let spec = spec.trim();
+    let (root, root_name, rest) = if spec.starts_with("kith:") {
+        let (cap, rest) = spec.split_once('/').unwrap_or((spec, ""));
+        let root: Cap = cap
+            .parse()
+            .map_err(|e: crate::caps::CapParseError| FsError::BadPath(e.to_string()))?;
+        let kind = if root.is_dir() { "<dircap>/" } else { "<cap>/" };
+        (root, kind.to_owned(), rest)
+    } else {
+        let (alias, rest) = spec.split_once(':').ok_or_else(|| {
+            FsError::BadPath(format!(
+                "{spec:?} is not a grid path: use alias:path (e.g. home:docs/a.txt) or a cap"
+            ))
+        })?;
+        let root = crate::aliases::get(db, alias)
+            .map_err(FsError::Local)?
+            .ok_or_else(|| FsError::NoAlias(alias.to_owned()))?;
+        (root, format!("{alias}:"), rest)
+    };
+    let mut path = Vec::new();
+    for c in rest.split('/').filter(|c| !c.is_empty()) {
+        dirnode::check_name(c)?;
+        path.push(c.to_owned());
+    }
+    Ok(Target {
+        root,
+        root_name,
+        path,
+    })
+}
+
+/// Largest immutable directory read into memory.
+const MAX_SNAPSHOT: u64 = crate::mutable::MAX_MUTABLE_SIZE as u64;
+
+/// Reads a directory's table (children's write caps only through a writable view).
+pub async fn read_dir(node: &NodeHandle, cap: &Cap, name: &str) -> Result<Table, FsError> {
+    match cap {
+        Cap::Ssk(s) if s.dir => {
+            let (content, _) = slot::read(node, s).await?;
+            Ok(dirnode::decode(&content, s.writekey())?)
+        }
+        Cap::ImmDir(r) => {
+            if r.size() > MAX_SNAPSHOT {
+                return Err(FsError::Dir(DirError::TooLarge(format!(
+                    "{} bytes",
+                    r.size()
+                ))));
+            }
+            let mut buf = Vec::new();
+            node.get(r, &mut buf)
+                .await
+                .map_err(|e: DownloadError| FsError::Download(e.to_string()))?;
+            Ok(dirnode::decode(&buf, None)?)
+        }
+        Cap::Ssk(_) | Cap::Verify(_) | Cap::ImmDirVerify(_) if cap.is_dir() => Err(
+            FsError::ReadOnly(format!("{name} (a verify cap cannot list a directory)")),
+        ),
+        _ => Err(FsError::NotADirectory(name.to_owned())),
+    }
+}
+
+/// The cap at a path.
+pub async fn resolve(node: &NodeHandle, t: &Target) -> Result<Cap, FsError> {
+    let mut cap = t.root.clone();
+    let mut here = t.root_name.clone();
+    for c in &t.path {
+        let table = read_dir(node, &cap, &here).await?;
+        here = format!(
+            "{here}{}{c}",
+            if here.ends_with(['/', ':']) { "" } else { "/" }
+        );
+        cap = table
+            .get(c)
+            .map(|e| e.cap.clone())
+            .ok_or_else(|| FsError::NotFound(here.clone()))?;
+    }
+    Ok(cap)
+}
+
+fn writable_dir(cap: &Cap, name: &str) -> Result<SskCap, FsError> {
+    match cap {
+        Cap::Ssk(s) if s.dir && s.writekey().is_some() => Ok(s.clone()),
+        c if c.is_dir() => Err(FsError::ReadOnly(name.to_owned())),
+        _ => Err(FsError::NotADirectory(name.to_owned())),
+    }
+}
+
+fn now() -> u64 {
+    crate::grid::now_ms() / 1000
+}
+
+/// Applies `f` to a writable directory's table (read-modify-write with retries).
+pub async fn modify_dir<F>(node: &NodeHandle, dir: &SskCap, mut f: F) -> Result<(), FsError>
+where
+    F: FnMut(&mut Table) -> Result<bool, FsError>,
+{
+    let wk = dir.writekey().copied();
+    slot::modify(node, dir, |content| -> Result<Option<Vec<u8>>, FsError> {
+        let mut table = dirnode::decode(content, wk.as_ref())?;
+        if !f(&mut table)? {
+            return Ok(None);
+        }
+        let mut rng = rand::rngs::OsRng;
+        Ok(Some(dirnode::encode(&table, wk.as_ref(), || {
+            let mut s = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rng, &mut s);
+            s
+        })?))
+    })
+    .await?;
+    Ok(())
+}
+
+/// The writable directory at `t`, creating missing directories on the way (`mkdir -p`).
+pub async fn ensure_dir(node: &NodeHandle, t: &Target) -> Result<SskCap, FsError> {
+    let mut cap = t.root.clone();
+    let mut here = t.root_name.clone();
+    for c in &t.path {
+        let table = read_dir(node, &cap, &here).await?;
+        let child_name = format!(
+            "{here}{}{c}",
+            if here.ends_with(['/', ':']) { "" } else { "/" }
+        );
+        cap = match table.get(c) {
+            Some(e) => e.cap.clone(),
+            None => {
+                let parent = writable_dir(&cap, &here)?;
+                let new = Cap::Ssk(empty_dir(node).await?);
+                let mut chosen = new.clone();
+                let name = c.clone();
+                modify_dir(node, &parent, |t| {
+                    // Someone else may have made it meanwhile: use theirs.
+                    if let Some(e) = t.get(&name) {
+                        chosen = e.cap.clone();
+                        return Ok(false);
+                    }
+                    chosen = new.clone();
+                    t.insert(
+                        name.clone(),
+                        Entry {
+                            cap: new.clone(),
+                            meta: Meta {
+                                size: None,
+                                ctime: now(),
+                                mtime: now(),
+                            },
+                        },
+                    );
+                    Ok(true)
+                })
+                .await?;
+                chosen
+            }
+        };
+        here = child_name;
+    }
+    writable_dir(&cap, &here)
+}
+
+/// A new empty directory (not linked anywhere).
+pub async fn empty_dir(node: &NodeHandle) -> Result<SskCap, FsError> {
+    let empty = dirnode::encode(&Table::new(), None, || [0; 16])?;
+    Ok(slot::create(node, true, &empty).await?)
+}
+
+/// Links `cap` at `t` (the parent directories are created when missing). Without `replace`,
+/// an existing entry is an error.
+pub async fn link(
+    node: &NodeHandle,
+    t: &Target,
+    cap: &Cap,
+    size: Option<u64>,
+    replace: bool,
+) -> Result<(), FsError> {
+    let (parent, name) = t.split_last().ok_or_else(|| {
+        FsError::BadPath(format!("{} is a root: name an entry below it", t.display()))
+    })?;
+    let dir = ensure_dir(node, &parent).await?;
+    let display = t.display();
+    modify_dir(node, &dir, |table| {
+        let ctime = match table.get(&name) {
+            Some(_) if !replace => return Err(FsError::Dir(DirError::Exists(display.clone()))),
+            Some(old) => old.meta.ctime,
+            None => now(),
+        };
+        table.insert(
+            name.clone(),
+            Entry {
+                cap: cap.clone(),
+                meta: Meta {
+                    size,
+                    ctime,
+                    mtime: now(),
+                },
+            },
+        );
+        Ok(true)
+    })
+    .await
+}
+
+/// Links many children into the directory at `t` in one write (what `cp -r` and large
+/// imports use). Existing names are replaced when `replace`.
+pub async fn link_many(
+    node: &NodeHandle,
+    t: &Target,
+    children: Vec<(String, Cap, Option<u64>)>,
+    replace: bool,
+) -> Result<(), FsError> {
+    for (name, _, _) in &children {
+        dirnode::check_name(name)?;
+    }
+    let dir = ensure_dir(node, t).await?;
+    modify_dir(node, &dir, |table| {
+        for (name, cap, size) in &children {
+            if table.contains_key(name) && !replace {
+                return Err(FsError::Dir(DirError::Exists(name.clone())));
+            }
+            table.insert(
+                name.clone(),
+                Entry {
+                    cap: cap.clone(),
+                    meta: Meta {
+                        size: *size,
+                        ctime: now(),
+                        mtime: now(),
+                    },
+                },
+            );
+        }
+        Ok(!children.is_empty())
+    })
+    .await
+}
+
+/// Removes the entry at `t`; returns the cap it held.
+pub async fn unlink(node: &NodeHandle, t: &Target) -> Result<Cap, FsError> {
+    let (parent, name) = t
+        .split_last()
+        .ok_or_else(|| FsError::BadPath(format!("cannot remove the root {}", t.display())))?;
+    let pcap = resolve(node, &parent).await?;
+    let dir = writable_dir(&pcap, &parent.display())?;
+    let mut removed = None;
+    let display = t.display();
+    modify_dir(node, &dir, |table| {
+        removed = Some(
+            table
+                .remove(&name)
+                .ok_or_else(|| FsError::NotFound(display.clone()))?
+                .cap,
+        );
+        Ok(true)
+    })
+    .await?;
+    removed.ok_or_else(|| FsError::NotFound(t.display()))
+}
+
+/// Moves the entry at `from` to `to` (one write when both are in the same directory). An
+/// existing file at `to` is replaced, an existing directory is not.
+pub async fn rename(node: &NodeHandle, from: &Target, to: &Target) -> Result<(), FsError> {
+    let (fparent, fname) = from
+        .split_last()
+        .ok_or_else(|| FsError::BadPath("cannot move a root".into()))?;
+    let (tparent, tname) = to
+        .split_last()
+        .ok_or_else(|| FsError::BadPath("the destination must name an entry".into()))?;
+    let fcap = resolve(node, &fparent).await?;
+    let fdir = writable_dir(&fcap, &fparent.display())?;
+    let tcap = resolve(node, &tparent).await?;
+    let tdir = writable_dir(&tcap, &tparent.display())?;
+    let (fdisp, tdisp) = (from.display(), to.display());
+    let check_dest = |table: &Table| -> Result<(), FsError> {
+        match table.get(&tname) {
+            Some(e) if e.cap.is_dir() => Err(FsError::Dir(DirError::Exists(tdisp.clone()))),
+            _ => Ok(()),
+        }
+    };
+    if fdir.storage_index() == tdir.storage_index() {
+        return modify_dir(node, &fdir, |table| {
+            if fname == tname {
+                return Ok(false);
+            }
+            check_dest(table)?;
+            let mut e = table
+                .remove(&fname)
+                .ok_or_else(|| FsError::NotFound(fdisp.clone()))?;
+            e.meta.mtime = now();
+            table.insert(tname.clone(), e);
+            Ok(true)
+        })
+        .await;
+    }
+    // Across directories: link at the destination, then unlink the source.
+    let entry = read_dir(node, &fcap, &fparent.display())
+        .await?
+        .remove(&fname)
+        .ok_or_else(|| FsError::NotFound(fdisp.clone()))?;
+    modify_dir(node, &tdir, |table| {
+        check_dest(table)?;
+        table.insert(tname.clone(), entry.clone());
+        Ok(true)
+    })
+    .await?;
+    modify_dir(node, &fdir, |table| Ok(table.remove(&fname).is_some())).await
+}
+
+/// One entry of a listing.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListEntry {
+    /// The name.
+    pub name: String,
+    /// `file`, `mutable` or `dir`.
+    pub kind: &'static str,
+    /// The strongest cap this view has (a write cap only through a writable directory).
+    pub cap: String,
+    /// The read-only cap.
+    pub ro_cap: String,
+    /// Whether the view can change the child.
+    pub writable: bool,
+    /// Size of immutable files.
+    pub size: Option<u64>,
+    /// Created, Unix seconds.
+    pub ctime: u64,
+    /// Last changed, Unix seconds.
+    pub mtime: u64,
+}
+
+/// What a cap names.
+pub fn kind(cap: &Cap) -> &'static str {
+    if cap.is_dir() {
+        "dir"
+    } else if cap.is_mutable() {
+        "mutable"
+    } else {
+        "file"
+    }
+}
+
+/// Entries of a directory, by name.
+pub fn entries(table: &Table) -> Vec<ListEntry> {
+    table
+        .iter()
+        .map(|(name, e)| ListEntry {
+            name: name.clone(),
+            kind: kind(&e.cap),
+            cap: e.cap.to_string(),
+            ro_cap: e.cap.read_only().to_string(),
+            writable: e.cap.is_writable(),
+            size: e.meta.size.or(match &e.cap {
+                Cap::Read(r) => Some(r.size()),
+                _ => None,
+            }),
+            ctime: e.meta.ctime,
+            mtime: e.meta.mtime,
+        })
+        .collect()
+}
+
+/// Reads a whole file (immutable or mutable) at a cap into memory (for small files and the
+/// mutable ones, which are at most 4 MiB; immutable files stream through `NodeHandle::get`).
+pub async fn read_mutable(node: &NodeHandle, cap: &Cap, name: &str) -> Result<Vec<u8>, FsError> {
+    match cap {
+        Cap::Ssk(s) if !s.dir => Ok(slot::read(node, s).await?.0),
+        _ => Err(FsError::BadPath(format!("{name} is not a mutable file"))),
+    }
+}
+
+/// Writes `content` as a mutable file at `t` (or unlinked, when `t` is `None`): updates the
+/// file in place (a new version, same cap) when one is there and writable, else creates one.
+/// Returns the cap and whether it was an update.
+pub async fn put_mutable(
+    node: &NodeHandle,
+    t: Option<&Target>,
+    content: Vec<u8>,
+) -> Result<(Cap, bool), FsError> {
+    if let Some(t) = t
+        && !t.path.is_empty()
+    {
+        match resolve(node, t).await {
+            Ok(Cap::Ssk(s)) if !s.dir && s.writekey().is_some() => {
+                let m = slot::map(node, &s).await;
+                slot::publish(node, &s, &content, &m).await?;
+                return Ok((Cap::Ssk(s), true));
+            }
+            Ok(c) if c.is_dir() => return Err(FsError::Dir(DirError::Exists(t.display()))),
+            Ok(Cap::Ssk(_)) => return Err(FsError::ReadOnly(t.display())),
+            Ok(_) | Err(FsError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let cap = Cap::Ssk(slot::create(node, false, &content).await?);
+    if let Some(t) = t {
+        link(node, t, &cap, None, true).await?;
+    }
+    Ok((cap, false))
+}
+
+/// Updates the immutable-or-mutable file at `t` with an uploaded immutable cap: a writable
+/// mutable file there gets the content as a new version instead (so `kith put` keeps updating
+/// a file made with `--mutable`). Returns whether it replaced a mutable file's content.
+pub async fn existing_mutable(node: &NodeHandle, t: &Target) -> Result<Option<SskCap>, FsError> {
+    if t.path.is_empty() {
+        return Ok(None);
+    }
+    match resolve(node, t).await {
+        Ok(Cap::Ssk(s)) if !s.dir && s.writekey().is_some() => Ok(Some(s)),
+        Ok(_) | Err(FsError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every node under `root` (itself included), depth first: (path, cap). Directories are
+/// read once each; a directory reached twice (a cycle or a shared subtree) is not walked
+/// again. Unreadable directories are reported in the second list.
+pub async fn walk(
+    node: &NodeHandle,
+    root: &Cap,
+    root_name: &str,
+) -> (Vec<(String, Cap)>, Vec<(String, String)>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack = vec![(root_name.to_owned(), root.clone())];
+    while let Some((path, cap)) = stack.pop() {
+        if cap.is_dir() {
+            let key = cap.read_only().to_string();
+            if !seen.insert(key) {
+                continue;
+            }
+            if cap.can_read() {
+                match read_dir(node, &cap, &path).await {
+                    Ok(t) => {
+                        let sep = if path.ends_with(['/', ':']) { "" } else { "/" };
+                        let children: BTreeMap<String, Entry> = t;
+                        for (name, e) in children.into_iter().rev() {
+                            stack.push((format!("{path}{sep}{name}"), e.cap));
+                        }
+                    }
+                    Err(e) => errors.push((path.clone(), e.to_string())),
+                }
+            }
+        }
+        out.push((path, cap));
+    }
+    (out, errors)
+}
+
+/// Reads a read cap of an immutable file or a LIT into memory, bounded.
+pub async fn read_small(node: &NodeHandle, cap: &ReadCap, max: u64) -> Result<Vec<u8>, FsError> {
+    if cap.size() > max {
+        return Err(FsError::Download(format!(
+            "{} bytes is more than {max}",
+            cap.size()
+        )));
+    }
+    let mut buf = Vec::new();
+    node.get(cap, &mut buf)
+        .await
+        .map_err(|e| FsError::Download(e.to_string()))?;
+    Ok(buf)
+}
