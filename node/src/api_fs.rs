@@ -10,8 +10,8 @@
 //! - `POST /mv {from, to}`, `POST /rm {path}`
 //! - `POST /mutable?path=` — body is the content (at most 4 MiB): updates the mutable file at
 //!   `path` in place or creates one -> `{cap, updated, size}`
-//! - `POST /check {cap | path, verify, repair}` for mutable files and directories, and
-//!   `POST /deep-check {path, verify, repair}` over a whole tree.
+//! - `POST /deep-check {path, verify, repair}` over a whole tree
+//! - `POST /snapshot {path, to?}` — an immutable copy of the tree -> `{cap}` (linked at `to`)
 
 use axum::{
     Json, Router,
@@ -43,6 +43,7 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/rm", post(rm))
         .route("/mutable", post(put_mutable))
         .route("/deep-check", post(deep_check))
+        .route("/snapshot", post(snapshot))
 }
 
 pub(crate) fn fs_err(e: FsError) -> ApiError {
@@ -331,4 +332,28 @@ async fn deep_check(
     Ok(Json(serde_json::to_value(report).map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     })?))
+}
+
+#[derive(Deserialize)]
+struct SnapshotBody {
+    path: String,
+    to: Option<String>,
+}
+
+async fn snapshot(
+    State(st): State<ApiState>,
+    Json(b): Json<SnapshotBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let t = target(&st, &b.path)?;
+    let root = fs::resolve(&st.node, &t).await.map_err(fs_err)?;
+    let cap = fs::snapshot(&st.node, &root, &t.display())
+        .await
+        .map_err(fs_err)?;
+    if let Some(to) = b.to.as_deref().filter(|p| !p.is_empty()) {
+        let to = target(&st, to)?;
+        fs::link(&st.node, &to, &cap, None, false)
+            .await
+            .map_err(fs_err)?;
+    }
+    Ok(Json(serde_json::json!({ "cap": cap.to_string() })))
 }

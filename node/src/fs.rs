@@ -553,3 +553,56 @@ pub async fn read_small(node: &NodeHandle, cap: &ReadCap, max: u64) -> Result<Ve
         .map_err(|e| FsError::Download(e.to_string()))?;
     Ok(buf)
 }
+
+/// An immutable snapshot of the tree at `cap`: every directory becomes an immutable directory
+/// (`kith:dir-imm:…`), every mutable file its current content as an immutable file, and
+/// immutable files stay as they are. Later changes to the tree do not change the snapshot.
+pub async fn snapshot(node: &NodeHandle, cap: &Cap, name: &str) -> Result<Cap, FsError> {
+    let table = read_dir(node, cap, name).await?;
+    let mut out = Table::new();
+    for (child, e) in table {
+        let path = format!(
+            "{name}{}{child}",
+            if name.ends_with(['/', ':']) { "" } else { "/" }
+        );
+        let frozen = match &e.cap {
+            c if c.is_dir() => Box::pin(snapshot(node, c, &path)).await?,
+            Cap::Ssk(_) => {
+                let content = read_mutable(node, &e.cap, &path).await?;
+                upload_bytes(node, &content).await?
+            }
+            other => other.read_only(),
+        };
+        out.insert(
+            child,
+            Entry {
+                cap: frozen,
+                meta: e.meta,
+            },
+        );
+    }
+    let bytes = dirnode::encode(&out, None, || [0; 16])?;
+    match upload_bytes(node, &bytes).await? {
+        Cap::Read(r) => Ok(Cap::ImmDir(r)),
+        other => Ok(other),
+    }
+}
+
+/// Uploads bytes as an immutable file (convergent, this node's encoding).
+pub async fn upload_bytes(node: &NodeHandle, bytes: &[u8]) -> Result<Cap, FsError> {
+    let tmp = tempfile::NamedTempFile::new_in(node.dir().tmp())
+        .map_err(|e| FsError::Local(e.to_string()))?;
+    std::fs::write(tmp.path(), bytes).map_err(|e| FsError::Local(e.to_string()))?;
+    let opts = crate::client::PutOptions {
+        params: node.config().encoding,
+        convergent: true,
+        key: None,
+    };
+    let r = node
+        .put_file(tmp.path(), &opts, &|_| {})
+        .await
+        .map_err(|e| FsError::Download(e.to_string()))?;
+    r.cap
+        .parse::<Cap>()
+        .map_err(|e| FsError::Local(e.to_string()))
+}

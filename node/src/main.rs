@@ -232,6 +232,14 @@ enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Freeze a directory tree: an immutable copy (mutable files by their current content);
+    /// prints its cap, links it at DEST if given.
+    Snapshot {
+        /// The directory: `alias:path` or a cap.
+        path: String,
+        /// Where to link the snapshot: `alias:path`.
+        dest: Option<String>,
+    },
     /// Print the next weaker cap, offline: write -> read -> verify.
     Attenuate {
         /// A cap.
@@ -890,6 +898,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 &serde_json::json!({ "from": from, "to": to, "replace": replace }),
             )
             .await?;
+            Ok(())
+        }
+        Command::Snapshot { path, dest } => {
+            let api = Api::connect(&dir)?;
+            let v = api
+                .post_json(
+                    "/snapshot",
+                    &serde_json::json!({ "path": path, "to": dest }),
+                )
+                .await?;
+            println!("{}", v["cap"].as_str().unwrap_or_default());
             Ok(())
         }
         Command::Attenuate { cap } => {

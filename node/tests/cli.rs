@@ -407,6 +407,28 @@ fn directories_aliases_and_mutable_files_through_the_cli() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such file"));
 
+    // A snapshot is immutable: later changes to the tree do not show in it.
+    let snap = ok(&d, &["snapshot", "home:", "home:snap"])
+        .trim()
+        .to_owned();
+    assert!(
+        snap.starts_with("kith:dir-imm:") || snap.starts_with("kith:dir-lit:"),
+        "{snap}"
+    );
+    ok(&d, &["rm", "home:again.txt"]);
+    assert_eq!(ok(&d, &["ls", &snap]), "again.txt\nphotos/\n");
+    assert_eq!(
+        ok(&d, &["ls", "home:snap/photos"]),
+        "2024/\na.jpg\nnotes.txt\n"
+    );
+    let frozen = kith(&d, &["put", todo.to_str().unwrap(), "home:snap/new.txt"]);
+    assert_eq!(frozen.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&frozen.stderr).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&frozen.stderr)
+    );
+
     // deep-check over the tree: everything healthy, summary line, exit 0.
     let dc = ok(&d, &["deep-check", "home:"]);
     assert!(dc.contains("unhealthy"), "{dc}");

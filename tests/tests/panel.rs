@@ -189,6 +189,8 @@ async fn steps(grid: &Grid, api: &Api, c: &Client, downloads: &Path) {
         eprintln!("GET /api/v1/operations is not available: operations not checked");
     }
 
+    directories(c, api, &file).await;
+
     // An API error shows in the message area.
     set_value(c, "#download-cap", "kith:chk:not-a-cap").await;
     click(c, "#download-button").await;
@@ -306,6 +308,69 @@ async fn steps(grid: &Grid, api: &Api, c: &Client, downloads: &Path) {
     })
     .await;
     wait_text(c, "#live", "a fresh status", |t| t.starts_with("live")).await;
+}
+
+/// Directory browsing from the page: a root directory with an alias, a folder, an upload into
+/// it, the listing (and its JSON twin), a deep-check, and back up.
+async fn directories(c: &Client, api: &Api, file: &Path) {
+    set_value(c, "#dir-root-name", "home").await;
+    click(c, "#dir-root-create").await;
+    wait_text(c, "#dir-where", "the new root directory open", |t| {
+        t == "home:"
+    })
+    .await;
+    assert!(find(c, "#dir-empty").await.is_displayed().await.unwrap());
+    let (code, aliases) = api.get("/aliases").await;
+    assert_eq!(code, 200);
+    assert_eq!(aliases[0]["name"], "home", "{aliases}");
+    assert!(aliases[0]["cap"].as_str().unwrap().starts_with("kith:dir:"));
+
+    set_value(c, "#dir-mkdir-name", "docs").await;
+    click(c, "#dir-mkdir").await;
+    until("the new folder in the listing", async || {
+        count(c, "#dir-table tr[data-name='docs'][data-kind='dir']").await == 1
+    })
+    .await;
+    click(c, "#dir-table tr[data-name='docs'] a").await;
+    wait_text(c, "#dir-where", "the folder open", |t| t == "home:docs").await;
+
+    // Upload into the open directory.
+    find(c, "#upload-file")
+        .await
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    click(c, "#upload-button").await;
+    let name = file.file_name().unwrap().to_str().unwrap();
+    until("the upload in the folder's listing", async || {
+        count(
+            c,
+            &format!("#dir-table tr[data-name='{name}'][data-kind='file']"),
+        )
+        .await
+            == 1
+    })
+    .await;
+    let (code, ls) = api.get("/ls?path=home%3Adocs").await;
+    assert_eq!(code, 200);
+    assert_eq!(ls["entries"][0]["name"], name, "{ls}");
+    assert!(
+        ls["entries"][0]["cap"]
+            .as_str()
+            .unwrap()
+            .starts_with("kith:chk:")
+    );
+
+    // Check the folder (deep): the folder and the file are healthy.
+    click(c, "#dir-check").await;
+    wait_text(c, "#dir-check-result", "the check's summary", |t| {
+        t.starts_with("checked 2: 2 healthy, 0 unhealthy")
+    })
+    .await;
+
+    // Back up to the root.
+    click(c, "#dir-table tr[data-up] a").await;
+    wait_text(c, "#dir-where", "the root open again", |t| t == "home:").await;
 }
 
 /// Grants `friend` 1 GiB and revokes it with the default grace, through the friends table.
