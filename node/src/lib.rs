@@ -10,6 +10,8 @@
 //! - [`codec`]: convergent AES-256-CTR, segmenting, Reed-Solomon, block and share Merkle trees,
 //!   the URI extension block (UEB), share metadata, verification;
 //! - [`placement`]: permuted ring and servers of happiness;
+//! - [`repair`]: the repair planner (where regenerated shares go) and the share regenerator
+//!   that rebuilds missing shares from the verify cap alone;
 //! - [`protocol`]: the storage protocol's messages and bounded wire codec.
 //!
 //! IO modules:
@@ -39,6 +41,7 @@ pub mod node;
 pub mod nodedir;
 pub mod placement;
 pub mod protocol;
+pub mod repair;
 pub mod server;
 pub mod storage;
 
