@@ -22,12 +22,14 @@
 //! - [`friends`]: the accounting ledger joined with the members: usage both ways, grants, policy;
 //! - [`grid`]: membership (invitations, certificates, records, expulsions) and the gossip task;
 //! - [`maintenance`]: lease renewal of uploads and the storage server's garbage collector;
+//! - [`checker`]: check / verify / repair of immutable files and the automatic repairer;
 //! - [`node`]: [`node::Node`] and the cloneable [`node::NodeHandle`];
 //! - [`api`], [`daemon`]: the local HTTP API and `kith run`;
 //! - [`config`], [`nodedir`]: `kith.toml` and the node directory.
 
 pub mod api;
 pub mod caps;
+pub mod checker;
 pub mod client;
 pub mod codec;
 pub mod config;
