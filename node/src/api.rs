@@ -14,6 +14,10 @@
 //! - `GET /api/v1/files/{cap}` — body is the file (streamed); header `x-kith-report` names the
 //!   report at `GET /api/v1/reports/{id}` (servers used, bad shares, error if it broke off)
 //! - `POST /api/v1/shutdown` — stops the daemon cleanly
+//! - `POST /api/v1/check {"cap": …, "verify": bool, "repair": bool}` — checks (verifies,
+//!   repairs) a file by its read or verify cap; returns the [`crate::checker::CheckReport`]
+//! - `GET /api/v1/repairer`, `POST /api/v1/repairer/run` — the automatic repairer's progress;
+//!   start a pass now
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -97,6 +101,10 @@ pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<(
         .route("/files/{cap}", get(get_file))
         .route("/reports/{id}", get(report))
         .route("/shutdown", post(shutdown))
+        // Check, verify and repair; the automatic repairer.
+        .route("/check", post(check))
+        .route("/repairer", get(repairer))
+        .route("/repairer/run", post(repairer_run))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     let metrics = Router::new()
         .route("/metrics", get(metrics))
@@ -681,6 +689,38 @@ async fn report(
 async fn shutdown(State(st): State<ApiState>) -> impl IntoResponse {
     let _ = st.shutdown.try_send(());
     Json(serde_json::json!({ "stopping": true }))
+}
+
+#[derive(Deserialize)]
+struct CheckBody {
+    /// A read cap or a verify cap.
+    cap: String,
+    #[serde(flatten)]
+    opts: crate::checker::CheckOptions,
+}
+
+async fn check(
+    State(st): State<ApiState>,
+    Json(body): Json<CheckBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let target: crate::checker::CheckTarget =
+        body.cap.parse().map_err(|e: crate::checker::CheckError| {
+            ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+        })?;
+    st.node
+        .check(&target, body.opts)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn repairer(State(st): State<ApiState>) -> impl IntoResponse {
+    Json(st.node.repairer().status())
+}
+
+async fn repairer_run(State(st): State<ApiState>) -> impl IntoResponse {
+    st.node.repairer().run_soon();
+    Json(st.node.repairer().status())
 }
 
 /// What a running daemon writes to `api.json` so the CLI can find it.

@@ -40,6 +40,25 @@ Exit codes:
   2  bad usage (unknown flag, missing argument)
   3  no kith daemon is running for this node dir (start one with `kith run`)";
 
+const CHECK_EXIT_CODES: &str = "\
+Exit codes:
+  0  healthy (or repaired to healthy)
+  1  the check could not run (the message says why)
+  2  unhealthy after the command (also clap's code for bad usage)
+  3  no kith daemon is running for this node dir";
+
+/// `kith check` found the file unhealthy: exit code 2.
+#[derive(Debug)]
+struct Unhealthy;
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the file is not healthy")
+    }
+}
+
+impl std::error::Error for Unhealthy {}
+
 /// kith: a peer-to-peer friendnet storage node.
 #[derive(Parser, Debug)]
 #[command(version, about, after_help = EXIT_CODES)]
@@ -54,7 +73,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a node dir (kith.toml, node key, secrets).
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Run the node in the foreground (creates the node dir with defaults if needed).
     Run,
     /// Print this node's dialable addresses with /p2p/<peer id>, one a line.
@@ -164,6 +183,24 @@ enum Command {
     /// Show or change the storage policy for friends.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check a file's shares (by read or verify cap); optionally verify every block and
+    /// repair it. Prints one summary line, e.g. `healthy: 10/10 shares on 10 servers (happy 10
+    /// >= 7)`.
+    #[command(after_help = CHECK_EXIT_CODES)]
+    Check {
+        /// Also download and check every block of every share (finds corrupt shares).
+        #[arg(long)]
+        verify: bool,
+        /// Repair an unhealthy file: regenerate missing or corrupt shares (from the verify cap
+        /// alone) and place them by servers of happiness.
+        #[arg(long)]
+        repair: bool,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The file's cap: kith:chk:…, kith:chk-verify:… or kith:lit:….
+        cap: String,
+    },
     /// Print the control panel URL.
     Panel,
     /// Stop the running daemon.
@@ -267,6 +304,15 @@ struct InitArgs {
     /// Extra arti configuration file (TOML), e.g. for a private Tor network.
     #[arg(long)]
     arti_config: Option<std::path::PathBuf>,
+    /// Do not run the automatic repairer.
+    #[arg(long)]
+    no_repair: bool,
+    /// Time between the automatic repairer's passes: 90s, 30m, 1h, 1d [default: 1h].
+    #[arg(long)]
+    repair_interval: Option<String>,
+    /// Pause between two files of a repairer pass [default: 1s].
+    #[arg(long)]
+    repair_pause: Option<String>,
 }
 
 impl InitArgs {
@@ -306,6 +352,13 @@ impl InitArgs {
         }
         raw.tor.port = self.tor_port.unwrap_or(raw.tor.port);
         raw.tor.arti_config = self.arti_config;
+        raw.repair.enabled = !self.no_repair;
+        if let Some(i) = self.repair_interval {
+            raw.repair.interval = i;
+        }
+        if let Some(p) = self.repair_pause {
+            raw.repair.pause = p;
+        }
         raw
     }
 }
@@ -366,6 +419,8 @@ fn main() -> ExitCode {
             eprintln!("kith: {e:#}");
             if e.downcast_ref::<NoDaemon>().is_some() {
                 ExitCode::from(3)
+            } else if e.downcast_ref::<Unhealthy>().is_some() {
+                ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
             }
@@ -377,7 +432,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let dir = NodeDir::new(cli.dir.unwrap_or_else(NodeDir::default_root));
     match cli.command {
         Command::Init(args) => {
-            let (config, peer) = dir.init(args.into_raw())?;
+            let (config, peer) = dir.init((*args).into_raw())?;
             println!("created node dir {}", dir.root().display());
             println!("peer id: {peer}");
             for a in &config.listen {
@@ -677,6 +732,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Check {
+            verify,
+            repair,
+            json,
+            cap,
+        } => check_command(&dir, &cap, verify, repair, json).await,
         Command::Panel => {
             let api = Api::connect(&dir)?;
             println!("{}/#token={}", api.info.url, api.token);
@@ -688,6 +749,55 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("stopping the daemon");
             Ok(())
         }
+    }
+}
+
+/// `kith check`: one summary line (or the JSON report); the problems on stderr.
+async fn check_command(
+    dir: &NodeDir,
+    cap: &str,
+    verify: bool,
+    repair: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    // Refuse a bad cap before asking the daemon (which parses it again).
+    let _: kith_node::checker::CheckTarget = cap.parse()?;
+    let api = Api::connect(dir)?;
+    let cap = cap.trim();
+    let v = api
+        .post_json(
+            "/check",
+            &serde_json::json!({ "cap": cap, "verify": verify, "repair": repair }),
+        )
+        .await?;
+    let report: kith_node::checker::CheckReport = serde_json::from_value(v.clone())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{}", report.summary());
+        for c in &report.corrupt {
+            let at = c
+                .segment
+                .map(|s| format!(" (segment {s})"))
+                .unwrap_or_default();
+            eprintln!(
+                "  corrupt: share {} on {}{at}: {}",
+                c.shnum, c.server, c.reason
+            );
+        }
+        for u in &report.unreachable {
+            eprintln!("  no answer: {}: {}", u.server, u.problem);
+        }
+        if let Some(r) = &report.repair {
+            for p in r.problems.iter().chain(r.notes.iter()) {
+                eprintln!("  repair: {p}");
+            }
+        }
+    }
+    if report.healthy_now() {
+        Ok(())
+    } else {
+        Err(Unhealthy.into())
     }
 }
 
