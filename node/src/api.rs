@@ -15,6 +15,10 @@
 //!   report at `GET /api/v1/reports/{id}` (servers used, bad shares, error if it broke off)
 //! - `POST /api/v1/shutdown` — stops the daemon cleanly
 //! - directories, paths, aliases, mutable files and deep-check: see `api_fs`
+//! - `POST /api/v1/check {"cap": …, "verify": bool, "repair": bool}` — checks (verifies,
+//!   repairs) a file by its read or verify cap; returns the [`crate::checker::CheckReport`]
+//! - `GET /api/v1/repairer`, `POST /api/v1/repairer/run` — the automatic repairer's progress;
+//!   start a pass now
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -99,6 +103,10 @@ pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<(
         .route("/reports/{id}", get(report))
         .route("/shutdown", post(shutdown))
         .merge(crate::api_fs::routes())
+        // Check, verify and repair; the automatic repairer.
+        .route("/check", post(check))
+        .route("/repairer", get(repairer))
+        .route("/repairer/run", post(repairer_run))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     let metrics = Router::new()
         .route("/metrics", get(metrics))
@@ -753,6 +761,38 @@ async fn report(
 async fn shutdown(State(st): State<ApiState>) -> impl IntoResponse {
     let _ = st.shutdown.try_send(());
     Json(serde_json::json!({ "stopping": true }))
+}
+
+#[derive(Deserialize)]
+struct CheckBody {
+    /// A read cap or a verify cap.
+    cap: String,
+    #[serde(flatten)]
+    opts: crate::checker::CheckOptions,
+}
+
+async fn check(
+    State(st): State<ApiState>,
+    Json(body): Json<CheckBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let target: crate::checker::CheckTarget =
+        body.cap.parse().map_err(|e: crate::checker::CheckError| {
+            ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+        })?;
+    st.node
+        .check(&target, body.opts)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn repairer(State(st): State<ApiState>) -> impl IntoResponse {
+    Json(st.node.repairer().status())
+}
+
+async fn repairer_run(State(st): State<ApiState>) -> impl IntoResponse {
+    st.node.repairer().run_soon();
+    Json(st.node.repairer().status())
 }
 
 /// What a running daemon writes to `api.json` so the CLI can find it.

@@ -319,6 +319,13 @@ struct CheckBody {
     verify: bool,
     #[serde(default)]
     repair: bool,
+    /// Walk the tree (default); `false` checks only what the path names.
+    #[serde(default = "yes")]
+    deep: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 async fn deep_check(
@@ -327,8 +334,11 @@ async fn deep_check(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let t = target(&st, &b.path)?;
     let root = fs::resolve(&st.node, &t).await.map_err(fs_err)?;
-    let report =
-        crate::deepcheck::deep_check(&st.node, &root, &t.display(), b.verify, b.repair).await;
+    let report = if b.deep {
+        crate::deepcheck::deep_check(&st.node, &root, &t.display(), b.verify, b.repair).await
+    } else {
+        crate::deepcheck::shallow(&st.node, &root, &t.display(), b.verify, b.repair).await
+    };
     Ok(Json(serde_json::to_value(report).map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     })?))

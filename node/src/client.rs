@@ -173,7 +173,7 @@ fn problems(bad: &[BadShare]) -> String {
     format!(" (bad: {})", list.join("; "))
 }
 
-fn rpc_error(resp: Result<Response, crate::net::RpcError>) -> Result<Response, String> {
+pub(crate) fn rpc_error(resp: Result<Response, crate::net::RpcError>) -> Result<Response, String> {
     match resp {
         Ok(Response::Error(ServerError { kind, message })) => Err(format!("{kind}: {message}")),
         Ok(r) => Ok(r),
@@ -181,7 +181,7 @@ fn rpc_error(resp: Result<Response, crate::net::RpcError>) -> Result<Response, S
     }
 }
 
-async fn list_shares(
+pub(crate) async fn list_shares(
     node: &NodeHandle,
     si: [u8; 16],
     servers: &[PeerId],
@@ -583,7 +583,7 @@ pub async fn upload(
     })
 }
 
-async fn abort_all(node: &NodeHandle, si: [u8; 16], to_write: &BTreeMap<u8, PeerId>) {
+pub(crate) async fn abort_all(node: &NodeHandle, si: [u8; 16], to_write: &BTreeMap<u8, PeerId>) {
     let aborts: FuturesUnordered<_> = to_write
         .iter()
         .map(|(&shnum, &s)| node.rpc(s, Request::Abort { si, shnum }))
@@ -591,13 +591,14 @@ async fn abort_all(node: &NodeHandle, si: [u8; 16], to_write: &BTreeMap<u8, Peer
     let _: Vec<_> = aborts.collect().await;
 }
 
-struct Writer {
-    tx: mpsc::Sender<(u8, u64, Vec<u8>)>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+/// One server's writer task: blocks `(shnum, offset, data)` in, a few writes in flight.
+pub(crate) struct Writer {
+    pub(crate) tx: mpsc::Sender<(u8, u64, Vec<u8>)>,
+    pub(crate) task: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 impl Writer {
-    fn spawn(node: NodeHandle, server: PeerId, si: [u8; 16]) -> Writer {
+    pub(crate) fn spawn(node: NodeHandle, server: PeerId, si: [u8; 16]) -> Writer {
         let (tx, mut rx) = mpsc::channel::<(u8, u64, Vec<u8>)>(WRITE_QUEUE);
         let task = tokio::spawn(async move {
             let mut inflight = FuturesUnordered::new();
@@ -836,7 +837,7 @@ impl Sources {
     }
 }
 
-async fn fetch_meta(
+pub(crate) async fn fetch_meta(
     node: &NodeHandle,
     server: PeerId,
     si: [u8; 16],
@@ -850,10 +851,10 @@ async fn fetch_meta(
     }
 }
 
-type Fetched = (u32, Vec<(u8, Vec<u8>)>, Vec<(PeerId, u8, String)>);
+pub(crate) type Fetched = (u32, Vec<(u8, Vec<u8>)>, Vec<(PeerId, u8, String)>);
 
 /// Fetches and verifies segment `seg`'s blocks from `plan`; returns good blocks and failures.
-async fn fetch_segment(
+pub(crate) async fn fetch_segment(
     node: NodeHandle,
     si: [u8; 16],
     ueb: Arc<UriExtension>,

@@ -47,6 +47,11 @@
 //! relay_circuits_per_minute = 30
 //! relay_max_bytes_per_hour = "0"  # the relay's bandwidth cap (0 = none); circuits book their max
 //!
+//! [repair]                # the automatic repairer (check + repair of this node's uploads)
+//! enabled = true
+//! interval = "1h"         # a pass over every file this often ("90s", "30m", "1h", "1d")
+//! pause = "1s"            # between two files of a pass (throttle)
+//!
 //! [tor]                   # Tor through arti (onion service + exits)
 //! mode = "off"            # "off"; "both": clearnet and an onion service; "only": Tor only
 //! port = 41800            # the onion service's virtual port
@@ -129,6 +134,60 @@ pub struct RawConfig {
     pub nat: RawNat,
     /// Tor (onion service and exits through arti).
     pub tor: RawTor,
+    /// The automatic repairer.
+    pub repair: RawRepair,
+}
+
+/// `[repair]`: the automatic repairer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRepair {
+    /// Run the automatic repairer.
+    pub enabled: bool,
+    /// Time between passes over every file (`"1h"`, `"30m"`, `"90s"`, `"500ms"`).
+    pub interval: String,
+    /// Pause between two files of a pass.
+    pub pause: String,
+}
+
+impl Default for RawRepair {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: "1h".into(),
+            pause: "1s".into(),
+        }
+    }
+}
+
+/// The validated `[repair]` section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepairSettings {
+    /// Run the automatic repairer.
+    pub enabled: bool,
+    /// Time between passes.
+    pub interval: std::time::Duration,
+    /// Pause between files.
+    pub pause: std::time::Duration,
+}
+
+/// Parses `"500ms"`, `"90s"`, `"30m"`, `"1h"`, `"7d"` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 90s, 30m, 1h or 7d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" | "" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_millis(n.saturating_mul(ms)))
 }
 
 /// How a node uses Tor.
@@ -434,6 +493,8 @@ pub struct Config {
     pub relay_limits: kith_nat::RelayLimits,
     /// Tor.
     pub tor: TorSettings,
+    /// The automatic repairer.
+    pub repair: RepairSettings,
 }
 
 fn is_onion(a: &Multiaddr) -> bool {
@@ -611,6 +672,15 @@ impl TryFrom<RawConfig> for Config {
         if raw.storage.lease_days == 0 {
             return Err(bad("storage.lease_days", "must be at least 1"));
         }
+        let repair = RepairSettings {
+            enabled: raw.repair.enabled,
+            interval: parse_duration(&raw.repair.interval)
+                .map_err(|e| bad("repair.interval", e))?,
+            pause: parse_duration(&raw.repair.pause).map_err(|e| bad("repair.pause", e))?,
+        };
+        if repair.interval < std::time::Duration::from_millis(100) {
+            return Err(bad("repair.interval", "must be at least 100ms"));
+        }
 
         Ok(Config {
             nickname: raw.nickname,
@@ -628,6 +698,7 @@ impl TryFrom<RawConfig> for Config {
             nat,
             relay_limits,
             tor,
+            repair,
         })
     }
 }
@@ -676,6 +747,37 @@ mod tests {
         raw.network.peers = vec!["/ip4/127.0.0.1/tcp/1".into()];
         assert_eq!(Config::try_from(raw).unwrap_err().field, "network.peers");
         assert!(toml::from_str::<RawConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn repair_section_parses_validates_and_defaults_to_hourly() {
+        let c = Config::try_from(RawConfig::default()).unwrap();
+        assert_eq!(
+            c.repair,
+            RepairSettings {
+                enabled: true,
+                interval: std::time::Duration::from_secs(3600),
+                pause: std::time::Duration::from_secs(1),
+            }
+        );
+        let raw: RawConfig =
+            toml::from_str("[repair]\nenabled = false\ninterval = \"500ms\"\npause = \"0s\"\n")
+                .unwrap();
+        let c = Config::try_from(raw).unwrap();
+        assert!(!c.repair.enabled);
+        assert_eq!(c.repair.interval, std::time::Duration::from_millis(500));
+        assert_eq!(c.repair.pause, std::time::Duration::ZERO);
+        for (interval, pause) in [("1 hour", "1s"), ("50ms", "1s"), ("1h", "x")] {
+            let mut raw = RawConfig::default();
+            raw.repair.interval = interval.into();
+            raw.repair.pause = pause.into();
+            let err = Config::try_from(raw).unwrap_err();
+            assert!(err.field.starts_with("repair."), "{err}");
+        }
+        assert_eq!(
+            parse_duration("7d"),
+            Ok(std::time::Duration::from_secs(7 * 86400))
+        );
     }
 
     /// What `kith init --tor-only` writes.

@@ -84,26 +84,70 @@ pub async fn check_one(
 }
 
 async fn immutable(
-    _node: &NodeHandle,
+    node: &NodeHandle,
     path: &str,
     cap: &Cap,
-    _verify: bool,
-    _repair: bool,
+    verify: bool,
+    repair: bool,
 ) -> NodeCheck {
-    let lit = matches!(
-        cap,
-        Cap::Read(crate::caps::ReadCap::Lit(_)) | Cap::ImmDir(crate::caps::ReadCap::Lit(_))
-    );
-    NodeCheck {
-        path: path.to_owned(),
-        kind: fs::kind(cap),
-        healthy: lit,
-        summary: if lit {
-            "literal (stored in the cap)".into()
-        } else {
-            "not checked".into()
+    let target = crate::checker::CheckTarget::from(cap);
+    let opts = crate::checker::CheckOptions { verify, repair };
+    match crate::checker::check(node, &target, opts).await {
+        Ok(r) => NodeCheck {
+            path: path.to_owned(),
+            kind: fs::kind(cap),
+            healthy: r.healthy_now(),
+            summary: r.summary(),
+            repair: r.repair.as_ref().map(|x| {
+                if r.healthy_now() {
+                    format!(
+                        "repaired: {} shares placed on {} servers",
+                        x.shares_placed.len(),
+                        x.servers
+                    )
+                } else {
+                    format!("repair incomplete: {}", x.problems.join("; "))
+                }
+            }),
         },
-        repair: None,
+        Err(e) => NodeCheck {
+            path: path.to_owned(),
+            kind: fs::kind(cap),
+            healthy: false,
+            summary: format!("check failed: {e}"),
+            repair: None,
+        },
+    }
+}
+
+/// Checks only `root` itself (what `kith check PATH` does), in the same report shape.
+pub async fn shallow(
+    node: &NodeHandle,
+    root: &Cap,
+    root_name: &str,
+    verify: bool,
+    repair: bool,
+) -> DeepCheck {
+    let mut report = DeepCheck::default();
+    report.add(check_one(node, root_name, root, verify, repair).await);
+    report
+}
+
+impl DeepCheck {
+    fn add(&mut self, c: NodeCheck) {
+        self.checked += 1;
+        if c.healthy {
+            self.healthy += 1;
+        } else {
+            self.unhealthy += 1;
+        }
+        if let Some(r) = &c.repair {
+            self.repairs_attempted += 1;
+            if c.healthy && r.starts_with("repaired") {
+                self.repairs_successful += 1;
+            }
+        }
+        self.nodes.push(c);
     }
 }
 
@@ -121,20 +165,7 @@ pub async fn deep_check(
         ..DeepCheck::default()
     };
     for (path, cap) in all {
-        let c = check_one(node, &path, &cap, verify, repair).await;
-        report.checked += 1;
-        if c.healthy {
-            report.healthy += 1;
-        } else {
-            report.unhealthy += 1;
-        }
-        if let Some(r) = &c.repair {
-            report.repairs_attempted += 1;
-            if c.healthy && r.starts_with("repaired") {
-                report.repairs_successful += 1;
-            }
-        }
-        report.nodes.push(c);
+        report.add(check_one(node, &path, &cap, verify, repair).await);
     }
     report
 }

@@ -12,6 +12,8 @@
 //! - [`mutable`]: mutable slots (RSA-signed versions, write enablers, newest-version choice);
 //! - [`dirnode`]: directory tables (read-only views hide children's write caps);
 //! - [`placement`]: permuted ring and servers of happiness;
+//! - [`repair`]: the repair planner (where regenerated shares go) and the share regenerator
+//!   that rebuilds missing shares from the verify cap alone;
 //! - [`protocol`]: the storage protocol's messages and bounded wire codec.
 //!
 //! IO modules:
@@ -25,6 +27,7 @@
 //! - [`friends`]: the accounting ledger joined with the members: usage both ways, grants, policy;
 //! - [`grid`]: membership (invitations, certificates, records, expulsions) and the gossip task;
 //! - [`maintenance`]: lease renewal of uploads and the storage server's garbage collector;
+//! - [`checker`]: check / verify / repair of immutable files and the automatic repairer;
 //! - [`node`]: [`node::Node`] and the cloneable [`node::NodeHandle`];
 //! - [`api`], [`daemon`]: the local HTTP API and `kith run`;
 //! - [`config`], [`nodedir`]: `kith.toml` and the node directory.
@@ -33,6 +36,7 @@ pub mod aliases;
 pub mod api;
 mod api_fs;
 pub mod caps;
+pub mod checker;
 pub mod client;
 pub mod codec;
 pub mod config;
@@ -50,6 +54,7 @@ pub mod node;
 pub mod nodedir;
 pub mod placement;
 pub mod protocol;
+pub mod repair;
 pub mod server;
 pub mod slot;
 pub mod storage;

@@ -43,6 +43,14 @@ Exit codes:
   5  uncoordinated write: another writer changed the mutable file at the same time; nothing
      of yours was written — run the command again";
 
+const CHECK_EXIT_CODES: &str = "\
+Exit codes:
+  0  healthy (or repaired to healthy)
+  1  the check could not run (the message says why)
+  2  bad usage
+  3  no kith daemon is running for this node dir
+  4  unhealthy after the command";
+
 /// kith: a peer-to-peer friendnet storage node.
 #[derive(Parser, Debug)]
 #[command(version, about, after_help = EXIT_CODES)]
@@ -57,7 +65,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a node dir (kith.toml, node key, secrets).
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Run the node in the foreground (creates the node dir with defaults if needed).
     Run,
     /// Print this node's dialable addresses with /p2p/<peer id>, one a line.
@@ -174,6 +182,25 @@ enum Command {
     /// Show or change the storage policy for friends.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check a file's shares (by read or verify cap); optionally verify every block and
+    /// repair it. Prints one summary line, e.g. `healthy: 10/10 shares on 10 servers (happy 10
+    /// >= 7)`.
+    #[command(after_help = CHECK_EXIT_CODES)]
+    Check {
+        /// Also download and check every block of every share (finds corrupt shares).
+        #[arg(long)]
+        verify: bool,
+        /// Repair an unhealthy file: regenerate missing or corrupt shares (from the verify cap
+        /// alone) and place them by servers of happiness.
+        #[arg(long)]
+        repair: bool,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The file's cap (kith:chk:…, kith:chk-verify:…, kith:lit:…), a mutable file's or
+        /// directory's cap, or a path (alias:path).
+        cap: String,
+    },
     /// Print the control panel URL.
     Panel,
     /// Create a directory; prints its write cap. With a path, links it there (parents too).
@@ -385,6 +412,15 @@ struct InitArgs {
     /// Extra arti configuration file (TOML), e.g. for a private Tor network.
     #[arg(long)]
     arti_config: Option<std::path::PathBuf>,
+    /// Do not run the automatic repairer.
+    #[arg(long)]
+    no_repair: bool,
+    /// Time between the automatic repairer's passes: 90s, 30m, 1h, 1d [default: 1h].
+    #[arg(long)]
+    repair_interval: Option<String>,
+    /// Pause between two files of a repairer pass [default: 1s].
+    #[arg(long)]
+    repair_pause: Option<String>,
 }
 
 impl InitArgs {
@@ -424,6 +460,13 @@ impl InitArgs {
         }
         raw.tor.port = self.tor_port.unwrap_or(raw.tor.port);
         raw.tor.arti_config = self.arti_config;
+        raw.repair.enabled = !self.no_repair;
+        if let Some(i) = self.repair_interval {
+            raw.repair.interval = i;
+        }
+        if let Some(p) = self.repair_pause {
+            raw.repair.pause = p;
+        }
         raw
     }
 }
@@ -450,7 +493,7 @@ fn default_nickname() -> String {
         .unwrap_or_default()
 }
 
-/// Check found something unhealthy: exit code 4.
+/// `check` / `deep-check` found something unhealthy: exit code 4.
 #[derive(Debug)]
 struct Unhealthy;
 
@@ -461,6 +504,53 @@ impl std::fmt::Display for Unhealthy {
 }
 
 impl std::error::Error for Unhealthy {}
+
+/// Prints a deep-check report; `Unhealthy` (exit 4) when anything is.
+fn print_deep_check(v: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for n in v["nodes"].as_array().into_iter().flatten() {
+            if n["healthy"].as_bool() != Some(true) || n["repair"].is_string() {
+                println!(
+                    "{:9} {}: {}{}",
+                    if n["healthy"].as_bool() == Some(true) {
+                        "healthy"
+                    } else {
+                        "UNHEALTHY"
+                    },
+                    n["path"].as_str().unwrap_or_default(),
+                    n["summary"].as_str().unwrap_or_default(),
+                    n["repair"]
+                        .as_str()
+                        .map(|r| format!(" — {r}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        for u in v["unreadable"].as_array().into_iter().flatten() {
+            println!(
+                "UNREADABLE {}: {}",
+                u[0].as_str().unwrap_or_default(),
+                u[1].as_str().unwrap_or_default()
+            );
+        }
+        println!(
+            "checked {} objects: {} healthy, {} unhealthy; repairs: {} attempted, {} successful",
+            v["checked"],
+            v["healthy"],
+            v["unhealthy"],
+            v["repairs_attempted"],
+            v["repairs_successful"]
+        );
+    }
+    if v["unhealthy"].as_u64().unwrap_or(0) > 0
+        || !v["unreadable"].as_array().is_none_or(Vec::is_empty)
+    {
+        return Err(Unhealthy.into());
+    }
+    Ok(())
+}
 
 /// Percent-encodes a query value.
 fn urlencode(s: &str) -> String {
@@ -644,7 +734,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let dir = NodeDir::new(cli.dir.unwrap_or_else(NodeDir::default_root));
     match cli.command {
         Command::Init(args) => {
-            let (config, peer) = dir.init(args.into_raw())?;
+            let (config, peer) = dir.init((*args).into_raw())?;
             println!("created node dir {}", dir.root().display());
             println!("peer id: {peer}");
             for a in &config.listen {
@@ -936,49 +1026,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     &serde_json::json!({ "path": path, "verify": verify, "repair": repair }),
                 )
                 .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                for n in v["nodes"].as_array().into_iter().flatten() {
-                    if n["healthy"].as_bool() != Some(true) || n["repair"].is_string() {
-                        println!(
-                            "{:9} {}: {}{}",
-                            if n["healthy"].as_bool() == Some(true) {
-                                "healthy"
-                            } else {
-                                "UNHEALTHY"
-                            },
-                            n["path"].as_str().unwrap_or_default(),
-                            n["summary"].as_str().unwrap_or_default(),
-                            n["repair"]
-                                .as_str()
-                                .map(|r| format!(" — {r}"))
-                                .unwrap_or_default()
-                        );
-                    }
-                }
-                for u in v["unreadable"].as_array().into_iter().flatten() {
-                    println!(
-                        "UNREADABLE {}: {}",
-                        u[0].as_str().unwrap_or_default(),
-                        u[1].as_str().unwrap_or_default()
-                    );
-                }
-                println!(
-                    "checked {} objects: {} healthy, {} unhealthy; repairs: {} attempted, {} successful",
-                    v["checked"],
-                    v["healthy"],
-                    v["unhealthy"],
-                    v["repairs_attempted"],
-                    v["repairs_successful"]
-                );
-            }
-            if v["unhealthy"].as_u64().unwrap_or(0) > 0
-                || !v["unreadable"].as_array().is_none_or(Vec::is_empty)
-            {
-                return Err(Unhealthy.into());
-            }
-            Ok(())
+            print_deep_check(&v, json)
         }
         Command::Invite {
             expires,
@@ -1151,6 +1199,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Check {
+            verify,
+            repair,
+            json,
+            cap,
+        } => check_command(&dir, &cap, verify, repair, json).await,
         Command::Panel => {
             let api = Api::connect(&dir)?;
             println!("{}/#token={}", api.info.url, api.token);
@@ -1162,6 +1216,73 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("stopping the daemon");
             Ok(())
         }
+    }
+}
+
+/// `kith check`: one summary line (or the JSON report); the problems on stderr.
+async fn check_command(
+    dir: &NodeDir,
+    cap: &str,
+    verify: bool,
+    repair: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let trimmed = cap.trim();
+    let immutable = trimmed.starts_with("kith:")
+        && !trimmed.contains('/')
+        && !matches!(
+            trimmed.parse::<kith_node::caps::Cap>(),
+            Ok(kith_node::caps::Cap::Ssk(_))
+        );
+    if !immutable {
+        // A path, a mutable file or a directory: one node, through the tree checker.
+        let api = Api::connect(dir)?;
+        let v = api
+            .post_json(
+                "/deep-check",
+                &serde_json::json!({ "path": trimmed, "verify": verify, "repair": repair, "deep": false }),
+            )
+            .await?;
+        return print_deep_check(&v, json);
+    }
+    // Refuse a bad cap before asking the daemon (which parses it again).
+    let _: kith_node::checker::CheckTarget = cap.parse()?;
+    let api = Api::connect(dir)?;
+    let cap = cap.trim();
+    let v = api
+        .post_json(
+            "/check",
+            &serde_json::json!({ "cap": cap, "verify": verify, "repair": repair }),
+        )
+        .await?;
+    let report: kith_node::checker::CheckReport = serde_json::from_value(v.clone())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{}", report.summary());
+        for c in &report.corrupt {
+            let at = c
+                .segment
+                .map(|s| format!(" (segment {s})"))
+                .unwrap_or_default();
+            eprintln!(
+                "  corrupt: share {} on {}{at}: {}",
+                c.shnum, c.server, c.reason
+            );
+        }
+        for u in &report.unreachable {
+            eprintln!("  no answer: {}: {}", u.server, u.problem);
+        }
+        if let Some(r) = &report.repair {
+            for p in r.problems.iter().chain(r.notes.iter()) {
+                eprintln!("  repair: {p}");
+            }
+        }
+    }
+    if report.healthy_now() {
+        Ok(())
+    } else {
+        Err(Unhealthy.into())
     }
 }
 

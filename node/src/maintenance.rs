@@ -125,6 +125,40 @@ pub fn record_upload(
     put_uploads(db, &[(cap.storage_index, row)])
 }
 
+/// The verify caps of every upload this node remembers (the automatic repairer's first root).
+pub fn uploaded_verify_caps(db: &redb::Database) -> Result<Vec<crate::caps::ChkVerifyCap>, String> {
+    Ok(load_uploads(db)?
+        .into_iter()
+        .map(|(si, row)| row.verify_cap(si))
+        .collect())
+}
+
+/// After a repair: replaces the remembered holdings of an upload of this node (so renewals and
+/// audits go to the servers that hold its shares now). Files this node did not upload are left
+/// out; returns whether the upload was known.
+pub fn update_holdings(
+    db: &redb::Database,
+    si: [u8; 16],
+    holdings: &std::collections::BTreeMap<PeerId, BTreeSet<u8>>,
+) -> Result<bool, String> {
+    let row = {
+        let tx = db.begin_read().map_err(|e| e.to_string())?;
+        let t = tx.open_table(UPLOADS).map_err(|e| e.to_string())?;
+        t.get(si.as_slice())
+            .map_err(|e| e.to_string())?
+            .and_then(|v| from_cbor::<UploadRow>(v.value()).ok())
+    };
+    let Some(mut row) = row else {
+        return Ok(false);
+    };
+    row.holdings = holdings
+        .iter()
+        .map(|(p, sh)| (p.to_string(), sh.iter().copied().collect()))
+        .collect();
+    put_uploads(db, &[(si, row)])?;
+    Ok(true)
+}
+
 /// What a renewal did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RenewReport {

@@ -93,6 +93,7 @@ pub struct Node {
     net_task: tokio::task::JoinHandle<()>,
     grid_task: tokio::task::JoinHandle<()>,
     upkeep: tokio::task::JoinHandle<()>,
+    repairer: tokio::task::JoinHandle<()>,
 }
 
 /// Options for [`Node::start`] beyond `kith.toml`.
@@ -156,6 +157,7 @@ struct Inner {
     reports: Mutex<VecDeque<(u64, DownloadReport)>>,
     ops: Mutex<VecDeque<Operation>>,
     collector: maintenance::SharedStatus,
+    repairer: crate::checker::Repairer,
     transferred: [std::sync::atomic::AtomicU64; 2],
     collect_now: tokio::sync::Notify,
     next_report: Mutex<u64>,
@@ -314,6 +316,7 @@ impl Node {
                 reports: Mutex::new(VecDeque::new()),
                 ops: Mutex::new(VecDeque::new()),
                 collector: maintenance::SharedStatus::default(),
+                repairer: crate::checker::Repairer::new(),
                 transferred: Default::default(),
                 collect_now: tokio::sync::Notify::new(),
                 next_report: Mutex::new(0),
@@ -345,11 +348,16 @@ impl Node {
             .map_err(NodeError::Peer)?;
         }
         let upkeep = tokio::spawn(upkeep(handle.clone()));
+        let repairer = tokio::spawn(crate::checker::run_repairer(
+            handle.clone(),
+            handle.inner.config.repair,
+        ));
         Ok(Node {
             handle,
             net_task,
             grid_task,
             upkeep,
+            repairer,
         })
     }
 
@@ -362,6 +370,8 @@ impl Node {
     pub async fn shutdown(self) {
         self.upkeep.abort();
         let _ = self.upkeep.await;
+        self.repairer.abort();
+        let _ = self.repairer.await;
         self.handle.inner.net.shutdown().await;
         let _ = self.net_task.await;
         // The gossip task ends when the network's event queue closes.
@@ -470,6 +480,8 @@ pub struct Status {
     pub nat: NatStatus,
     /// Tor (absent when `tor.mode = "off"`).
     pub tor: Option<TorInfo>,
+    /// The automatic repairer's progress.
+    pub repair: crate::checker::RepairerStatus,
 }
 
 /// Tor as `kith status` shows it.
@@ -907,6 +919,7 @@ impl NodeHandle {
         let nat = self.nat_status(&net, &name);
         let tor = self.tor_status();
         Status {
+            repair: self.inner.repairer.status(),
             tor,
             reachability: net
                 .nat
@@ -1046,6 +1059,25 @@ impl NodeHandle {
         out: &mut W,
     ) -> Result<DownloadReport, DownloadError> {
         client::download(self, cap, out).await
+    }
+
+    /// Checks (and with `opts`, verifies and repairs) the file `target`.
+    pub async fn check(
+        &self,
+        target: &crate::checker::CheckTarget,
+        opts: crate::checker::CheckOptions,
+    ) -> Result<crate::checker::CheckReport, crate::checker::CheckError> {
+        crate::checker::check(self, target, opts).await
+    }
+
+    /// The automatic repairer (its status, its roots, a pass now).
+    pub fn repairer(&self) -> &crate::checker::Repairer {
+        &self.inner.repairer
+    }
+
+    /// Adds a root of files for the automatic repairer to keep healthy.
+    pub fn add_repair_root(&self, root: Arc<dyn crate::checker::RepairRoot>) {
+        self.inner.repairer.add_root(root);
     }
 
     /// The node's database (share index, accounting, grid, uploads).
@@ -1332,6 +1364,41 @@ impl NodeHandle {
             "kith_collector_shares_removed_total",
             "Shares the collector deleted.",
             &[(String::new(), c.total.shares_removed as f64)],
+        );
+        let r = &status.repair;
+        for (name, help, v) in [
+            (
+                "kith_repair_passes_total",
+                "Automatic repairer passes completed.",
+                r.passes,
+            ),
+            (
+                "kith_repair_files_checked_total",
+                "Files the automatic repairer checked.",
+                r.total.files_checked,
+            ),
+            (
+                "kith_repair_unhealthy_total",
+                "Files the automatic repairer found unhealthy.",
+                r.total.unhealthy,
+            ),
+            (
+                "kith_repair_repaired_total",
+                "Files the automatic repairer repaired to health.",
+                r.total.repaired,
+            ),
+            (
+                "kith_repair_failed_total",
+                "Files the automatic repairer could not repair.",
+                r.total.failed,
+            ),
+        ] {
+            gauge(name, help, &[(String::new(), v as f64)]);
+        }
+        gauge(
+            "kith_repair_running",
+            "1 while a repairer pass runs.",
+            &[(String::new(), f64::from(u8::from(r.running)))],
         );
         m
     }

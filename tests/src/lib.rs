@@ -53,7 +53,18 @@ impl Grid {
     /// Initializes and starts `n` nodes, forms the grid by invitation chains and waits until
     /// each knows all `n` members and storage servers.
     pub async fn start(n: usize, listen: Listen, enc: Encoding) -> anyhow::Result<Grid> {
-        let grid = Self::start_unjoined(n, listen, enc).await?;
+        Self::start_with(n, listen, enc, |_, _| {}).await
+    }
+
+    /// [`start`](Self::start), with `configure(i, config)` applied to node `i`'s `kith.toml`
+    /// before it starts.
+    pub async fn start_with(
+        n: usize,
+        listen: Listen,
+        enc: Encoding,
+        configure: impl Fn(usize, &mut RawConfig),
+    ) -> anyhow::Result<Grid> {
+        let grid = Self::start_unjoined_with(n, listen, enc, configure).await?;
         for i in 1..n {
             grid.join(i, (i - 1) / 2).await?;
         }
@@ -91,6 +102,15 @@ impl Grid {
 
     /// Initializes and starts `n` nodes, each alone in a grid of its own.
     pub async fn start_unjoined(n: usize, listen: Listen, enc: Encoding) -> anyhow::Result<Grid> {
+        Self::start_unjoined_with(n, listen, enc, |_, _| {}).await
+    }
+
+    async fn start_unjoined_with(
+        n: usize,
+        listen: Listen,
+        enc: Encoding,
+        configure: impl Fn(usize, &mut RawConfig),
+    ) -> anyhow::Result<Grid> {
         let tmp = tempfile::tempdir()?;
         let mut dirs = Vec::new();
         for i in 0..n {
@@ -109,6 +129,7 @@ impl Grid {
             raw.storage.capacity = ByteSize(8 << 30);
             // Tests must not depend on how full the machine's disk is.
             raw.storage.reserved = ByteSize(0);
+            configure(i, &mut raw);
             dir.init(raw)?;
             dirs.push(dir);
         }

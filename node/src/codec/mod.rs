@@ -100,7 +100,8 @@ pub fn storage_index(key: &Key) -> [u8; 16] {
     si
 }
 
-fn block_hash(block: &[u8]) -> [u8; 32] {
+/// The hash of one block (a leaf of its share's block tree).
+pub fn block_hash(block: &[u8]) -> [u8; 32] {
     tagged_hash(BLOCK_TAG, &[block])
 }
 
@@ -523,6 +524,24 @@ pub fn decode_segment(
     segment: u32,
     blocks: Vec<(u8, Vec<u8>)>,
 ) -> Result<Vec<u8>, VerifyError> {
+    let mut crypttext = decode_crypttext(ueb, crypttext_hashes, segment, blocks)?;
+    apply_keystream(
+        key,
+        u64::from(segment) * u64::from(ueb.segment_size),
+        &mut crypttext,
+    );
+    Ok(crypttext)
+}
+
+/// Rebuilds segment `segment`'s crypttext from at least k verified blocks `(shnum, block)` and
+/// checks it against the verified `crypttext_hashes`, without decrypting: what a repairer
+/// holding only the verify cap can do.
+pub fn decode_crypttext(
+    ueb: &UriExtension,
+    crypttext_hashes: &[[u8; 32]],
+    segment: u32,
+    blocks: Vec<(u8, Vec<u8>)>,
+) -> Result<Vec<u8>, VerifyError> {
     let not_enough = |why: String| VerifyError::NotEnoughBlocks { segment, why };
     if segment >= ueb.num_segments {
         return Err(not_enough("no such segment".into()));
@@ -536,7 +555,7 @@ pub fn decode_segment(
         }
     }
     let len = ueb.segment_len(segment) as usize;
-    let mut crypttext = erasure
+    let crypttext = erasure
         .decode(slots, len)
         .map_err(|e| not_enough(e.to_string()))?;
     let want = crypttext_hashes
@@ -545,12 +564,30 @@ pub fn decode_segment(
     if tagged_hash(CRYPTTEXT_TAG, &[&crypttext]) != *want {
         return Err(VerifyError::CrypttextMismatch { segment });
     }
-    apply_keystream(
-        key,
-        u64::from(segment) * u64::from(ueb.segment_size),
-        &mut crypttext,
-    );
     Ok(crypttext)
+}
+
+/// A re-encoded segment: its n blocks and each block's hash.
+pub type Reencoded = (Vec<Vec<u8>>, Vec<[u8; 32]>);
+
+/// Erasure-codes segment `segment`'s crypttext (from [`decode_crypttext`]) back into its n
+/// blocks, exactly as the uploader did (the coding is deterministic), with each block's hash.
+pub fn reencode_crypttext(
+    ueb: &UriExtension,
+    segment: u32,
+    crypttext: &[u8],
+) -> Result<Reencoded, VerifyError> {
+    let not_enough = |why: String| VerifyError::NotEnoughBlocks { segment, why };
+    if segment >= ueb.num_segments || crypttext.len() as u64 != ueb.segment_len(segment) {
+        return Err(not_enough(format!(
+            "{} bytes of crypttext for segment {segment}",
+            crypttext.len()
+        )));
+    }
+    let erasure = Erasure::new(ueb.needed, ueb.total).map_err(|e| not_enough(e.to_string()))?;
+    let blocks = erasure.encode(crypttext);
+    let hashes = blocks.iter().map(|b| block_hash(b)).collect();
+    Ok((blocks, hashes))
 }
 
 #[cfg(test)]

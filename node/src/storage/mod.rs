@@ -1161,6 +1161,61 @@ impl ShareStore {
         Ok(shares.len())
     }
 
+    /// Deletes a stored share now, whoever holds leases on it: its row, its leases (uncharged
+    /// from their owners) and its usage in one transaction, then its file. For the owner of the
+    /// server (a share known to be corrupt, or one to drop by hand) and for tests that simulate
+    /// a server losing a share. Returns whether the share existed.
+    pub fn remove_share(&self, si: &[u8; 16], shnum: u8) -> Result<bool, StoreError> {
+        let tx = self.inner.db.begin_write().map_err(db)?;
+        let removed = {
+            let mut shares = tx.open_table(SHARES).map_err(db)?;
+            let mut leases = tx.open_table(LEASES).map_err(db)?;
+            let prefix = share_key(si, shnum);
+            let row = shares
+                .remove(prefix.as_slice())
+                .map_err(db)?
+                .and_then(|v| Row::decode(v.value()));
+            let mut gone = Vec::new();
+            for item in leases.range(prefix.as_slice()..).map_err(db)? {
+                let (k, v) = item.map_err(db)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                gone.push((k.value().to_vec(), v.value()));
+            }
+            for (k, expiry) in &gone {
+                leases.remove(k.as_slice()).map_err(db)?;
+                if let Some(row) = &row {
+                    account_lease(&tx, &k[17..], row.stored_bytes(), Some(*expiry), None)?;
+                }
+            }
+            if let Some(row) = &row {
+                let mut usage = tx.open_table(USAGE).map_err(db)?;
+                let used = usage
+                    .get("used_bytes")
+                    .map_err(db)?
+                    .map_or(0, |v| v.value());
+                let count = usage
+                    .get("share_count")
+                    .map_err(db)?
+                    .map_or(0, |v| v.value());
+                usage
+                    .insert("used_bytes", used.saturating_sub(row.stored_bytes()))
+                    .map_err(db)?;
+                usage
+                    .insert("share_count", count.saturating_sub(1))
+                    .map_err(db)?;
+            }
+            row.is_some()
+        };
+        tx.commit().map_err(db)?;
+        if removed {
+            let path = self.share_path(si, shnum);
+            fs::remove_file(&path).map_err(io_at(&path))?;
+        }
+        Ok(removed)
+    }
+
     /// Leases on a share: owner -> expiry.
     pub fn leases(&self, si: &[u8; 16], shnum: u8) -> Result<BTreeMap<Vec<u8>, u64>, StoreError> {
         let tx = self.inner.db.begin_read().map_err(db)?;

@@ -495,3 +495,24 @@ fn slot_writes_are_test_and_set_guarded_by_the_write_enabler_and_keep_accounting
         vec![(0, slot_share(2, 3000))]
     );
 }
+
+#[test]
+fn removing_a_share_drops_its_row_leases_usage_and_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    put(&store, &si(1), 0, b"a", 3000);
+    put(&store, &si(1), 1, b"a", 3000);
+    store.add_lease(&si(1), b"b", 200).unwrap();
+    assert!(store.remove_share(&si(1), 0).unwrap());
+    assert!(!store.remove_share(&si(1), 0).unwrap());
+    assert_eq!(store.list(&si(1)).unwrap(), vec![1]);
+    assert!(store.leases(&si(1), 0).unwrap().is_empty());
+    assert!(!store.share_path(&si(1), 0).exists());
+    assert!(matches!(
+        store.read_meta(&si(1), 0),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.usage().unwrap().share_count, 1);
+    let report = store.verify_consistency().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}

@@ -10,3 +10,4 @@ mod gossip;
 mod grid;
 mod mutable;
 mod protocol;
+mod repair;
