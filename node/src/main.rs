@@ -261,6 +261,10 @@ struct InitArgs {
     /// Also run an onion service and dial onion addresses through Tor (clearnet stays on).
     #[arg(long)]
     tor: bool,
+    /// No Tor at all: don't dial members' onion addresses through Tor (by default a clearnet
+    /// node starts arti on demand, at its first dial to a Tor-only member).
+    #[arg(long, conflicts_with_all = ["tor_only", "tor"])]
+    no_tor: bool,
     /// Virtual port of the onion service [default: 41800].
     #[arg(long)]
     tor_port: Option<u16>,
@@ -304,6 +308,7 @@ impl InitArgs {
             raw.nat.sysadmin = true;
             raw.network.listen.clear();
         }
+        raw.tor.dial_onions = !self.no_tor;
         raw.tor.port = self.tor_port.unwrap_or(raw.tor.port);
         raw.tor.arti_config = self.arti_config;
         raw

@@ -7,7 +7,10 @@
 //! stable; cache under `<dir>/tor/cache`), bootstraps it in the background and listens on its
 //! onion service (`tor.port`). `only` runs the Tor transport alone (no TCP/QUIC socket) and the
 //! network actor without AutoNAT, relays, hole punching or UPnP; the onion address is the only
-//! address in the node's record. [`NodeHandle::tor_status`] is the `tor` line of `kith status`.
+//! address in the node's record. With `mode = "off"` and `dial_onions` (the default) the node
+//! keeps an on-demand arti client (same dirs, created and bootstrapped at the first dial to an
+//! onion address, never listening, never used for clearnet addresses), so clearnet members reach
+//! Tor-only ones. [`NodeHandle::tor_status`] is the `tor` line of `kith status`.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -104,13 +107,15 @@ pub struct StartOptions {
     pub tor_trust_dirs: bool,
 }
 
-/// Creates the node's arti client (state and onion key under `<dir>/tor/state`, directory cache
-/// under `<dir>/tor/cache`) and starts bootstrapping it in the background: the node starts at
-/// once, `kith status` shows the progress.
+/// The node's arti client (state and onion key under `<dir>/tor/state`, directory cache under
+/// `<dir>/tor/cache`). With `eager` it is created now and bootstraps in the background: the node
+/// starts at once, `kith status` shows the progress. Without, it is created and bootstrapped
+/// only when the first onion address is dialed (`tor.mode = "off"`).
 fn start_tor(
     dir: &NodeDir,
     settings: &crate::config::TorSettings,
     trust_dirs: bool,
+    eager: bool,
 ) -> Result<kith_transports::tor::Tor, NodeError> {
     let root = dir.root().join("tor");
     let arti_toml = match &settings.arti_config {
@@ -124,11 +129,15 @@ fn start_tor(
         }
         None => None,
     };
-    let tor = kith_transports::tor::Tor::create(&kith_transports::tor::TorConfig {
+    let config = kith_transports::tor::TorConfig {
         arti_toml,
         trust_all_dir_permissions: trust_dirs,
         ..kith_transports::tor::TorConfig::new(root.join("state"), root.join("cache"))
-    })?;
+    };
+    if !eager {
+        return Ok(kith_transports::tor::Tor::on_demand(&config)?);
+    }
+    let tor = kith_transports::tor::Tor::create(&config)?;
     let t = tor.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
@@ -205,10 +214,11 @@ impl Node {
         let uses =
             |f: fn(&Protocol<'_>) -> bool| config.listen.iter().any(|a| a.iter().any(|p| f(&p)));
         let tor_mode = config.tor.mode;
-        let tor = match tor_mode {
-            TorMode::Off => None,
-            TorMode::Both | TorMode::Only => {
-                Some(start_tor(&dir, &config.tor, opts.tor_trust_dirs)?)
+        let tor = match (tor_mode, config.tor.dial_onions) {
+            (TorMode::Off, false) => None,
+            (TorMode::Off, true) => Some(start_tor(&dir, &config.tor, opts.tor_trust_dirs, false)?),
+            (TorMode::Both | TorMode::Only, _) => {
+                Some(start_tor(&dir, &config.tor, opts.tor_trust_dirs, true)?)
             }
         };
         let mut listen = config.listen.clone();
@@ -219,10 +229,14 @@ impl Node {
                 quic: true,
                 memory: opts.memory_transport || uses(|p| matches!(p, Protocol::Memory(_))),
                 tor: tor.clone(),
+                tor_scope: match tor_mode {
+                    TorMode::Off => kith_transports::tor::Scope::OnionDialOnly,
+                    TorMode::Both | TorMode::Only => kith_transports::tor::Scope::Full,
+                },
                 ..kith_transports::Config::default()
             },
         };
-        if tor.is_some() {
+        if tor_mode != TorMode::Off {
             listen.push(kith_transports::tor::onion_listen_addr(config.tor.port));
         }
         let (net, events, net_task) = net::spawn(
@@ -236,6 +250,7 @@ impl Node {
                 announce: config.announce.clone(),
                 upnp_description: format!("kith {}", config.nickname),
                 tor_only: transports.is_tor_only(),
+                onions_on_demand: tor_mode == TorMode::Off,
             },
         )?;
         let _ = std::fs::create_dir_all(dir.tmp());
