@@ -340,7 +340,8 @@ struct Behaviour {
     relay_client: Toggle<relay::client::Behaviour>,
     relay: Toggle<kith_nat::relay_server::Behaviour>,
     dcutr: Toggle<dcutr::Behaviour>,
-    autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    /// Never hears of onion candidates (identify's "observed" wildcard onion address over Tor).
+    autonat_client: Toggle<kith_nat::candidates::Testable<autonat::v2::client::Behaviour>>,
     autonat_server: Toggle<autonat::v2::server::Behaviour>,
     candidates: kith_nat::candidates::Behaviour,
 }
@@ -524,11 +525,11 @@ pub fn spawn(
         autonat_client: features
             .detect_addresses
             .then(|| {
-                autonat::v2::client::Behaviour::new(
+                kith_nat::candidates::Testable::new(autonat::v2::client::Behaviour::new(
                     rand_autonat::make_rng::<rand_autonat::rngs::StdRng>(),
                     autonat::v2::client::Config::default()
                         .with_probe_interval(Duration::from_secs(2)),
-                )
+                ))
             })
             .into(),
         autonat_server: (!nat.tor_only)
