@@ -39,6 +39,7 @@ pub mod node;
 pub mod nodedir;
 pub mod placement;
 pub mod protocol;
+pub mod redact;
 pub mod server;
 pub mod storage;
 

@@ -353,10 +353,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kith_node=info"));
+    // A Tor-only node never logs an IP address (no colours then: they would hide boundaries).
+    let redact = matches!(&cli.command, Command::Init(a) if a.tor_only)
+        || kith_node::redact::wanted(&NodeDir::new(
+            cli.dir.clone().unwrap_or_else(NodeDir::default_root),
+        ));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !redact)
+        .with_writer(kith_node::redact::MakeRedacting::new(std::io::stderr, redact))
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -368,7 +373,11 @@ fn main() -> ExitCode {
     match rt.block_on(real_main(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kith: {e:#}");
+            let msg = format!("kith: {e:#}");
+            match redact {
+                true => eprintln!("{}", kith_node::redact::redact(&msg)),
+                false => eprintln!("{msg}"),
+            }
             if e.downcast_ref::<NoDaemon>().is_some() {
                 ExitCode::from(3)
             } else {
