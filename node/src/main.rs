@@ -812,24 +812,8 @@ fn print_status(s: &serde_json::Value) {
         s["members"].as_u64().unwrap_or(0)
     );
     println!("reach     {}", str_of(&s["reachability"]));
-    if let Some(t) = s["tor"].as_object() {
-        let state = match (t.get("blocked").and_then(|b| b.as_str()), t.get("ready")) {
-            (Some(why), _) => format!("blocked: {why}"),
-            (None, Some(serde_json::Value::Bool(true))) => "ok".to_owned(),
-            _ => "bootstrapping".to_owned(),
-        };
-        println!(
-            "tor       {} mode, {}% {state}, onion {}{}",
-            t.get("mode").and_then(|m| m.as_str()).unwrap_or("?"),
-            t.get("percent").and_then(|p| p.as_u64()).unwrap_or(0),
-            t.get("onion")
-                .and_then(|o| o.as_str())
-                .unwrap_or("(not listening yet)"),
-            t.get("onion_service")
-                .and_then(|o| o.as_str())
-                .map(|o| format!(" (service {o})"))
-                .unwrap_or_default(),
-        );
+    if let Ok(t) = serde_json::from_value::<kith_node::node::TorInfo>(s["tor"].clone()) {
+        println!("tor       {}", t.line());
     }
     for a in s["addrs"].as_array().into_iter().flatten() {
         println!("address   {}", str_of(a));
