@@ -555,7 +555,11 @@ impl TorInfo {
                 Some(true) => "reachable",
                 _ => "not known reachable",
             };
-            out.push_str(&format!(" ({service}, {reach}, {} inbound)", self.inbound));
+            // Arti's estimate can say "failing" while peers get in: both are shown.
+            out.push_str(&format!(
+                " ({reach}: {} inbound; arti: {service})",
+                self.inbound
+            ));
             if let Some(p) = &self.onion_problem {
                 out.push_str(&format!(" problem: {p}"));
             }
@@ -1516,7 +1520,7 @@ mod tests {
         assert_eq!(
             service.line(),
             format!(
-                "only mode, bootstrap 100% ok, onion {onion} (published, reachable, 3 inbound), streams 0 ok / 0 failed"
+                "only mode, bootstrap 100% ok, onion {onion} (reachable: 3 inbound; arti: published), streams 0 ok / 0 failed"
             )
         );
         let stuck = TorInfo {
@@ -1529,7 +1533,7 @@ mod tests {
         };
         assert_eq!(
             stuck.line(),
-            "both mode, bootstrap 40% blocked: can't reach a guard, onion (not listening yet) (not launched, not known reachable, 0 inbound), streams 0 ok / 0 failed"
+            "both mode, bootstrap 40% blocked: can't reach a guard, onion (not listening yet) (not known reachable: 0 inbound; arti: not launched), streams 0 ok / 0 failed"
         );
         // What the CLI does: the API's JSON back into the struct (missing fields default).
         let json = serde_json::to_value(&service).unwrap();
