@@ -172,7 +172,10 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Testable<B> {
         self.inner.on_connection_handler_event(peer, id, event);
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         self.inner.poll(cx)
     }
 }

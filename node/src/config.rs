@@ -716,7 +716,10 @@ mod tests {
     fn tor_section_parses_and_defaults_to_off() {
         let cfg = Config::try_from(RawConfig::default()).unwrap();
         assert_eq!(cfg.tor.mode, TorMode::Off);
-        assert!(cfg.tor.dial_onions, "a clearnet node reaches Tor-only members by default");
+        assert!(
+            cfg.tor.dial_onions,
+            "a clearnet node reaches Tor-only members by default"
+        );
         assert_eq!(cfg.tor.port, DEFAULT_ONION_PORT);
         let raw: RawConfig = toml::from_str("[tor]\ndial_onions = false\n").unwrap();
         let cfg = Config::try_from(raw).unwrap();

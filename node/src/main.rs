@@ -361,7 +361,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && !redact)
-        .with_writer(kith_node::redact::MakeRedacting::new(std::io::stderr, redact))
+        .with_writer(kith_node::redact::MakeRedacting::new(
+            std::io::stderr,
+            redact,
+        ))
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -26,8 +26,7 @@ pub const REDACTED: &str = "[redacted]";
 /// Whether the node in `dir` wants redacted logs: its configuration says `tor.mode = "only"`.
 /// A missing or unreadable configuration gives `false` (no Tor-only node runs from it).
 pub fn wanted(dir: &NodeDir) -> bool {
-    dir.load_config()
-        .is_ok_and(|c| c.tor.mode == TorMode::Only)
+    dir.load_config().is_ok_and(|c| c.tor.mode == TorMode::Only)
 }
 
 /// `text` with every IP address literal and `/ip4|ip6|ip6zone/` multiaddr value replaced by
@@ -267,7 +266,10 @@ mod tests {
                 "[/ip6/::1/udp/9/quic-v1, /ip4/127.0.0.1/tcp/1]",
                 "[/ip6/[redacted]/udp/9/quic-v1, /ip4/[redacted]/tcp/1]",
             ),
-            ("/ip6zone/eth0/ip6/fe80::1", "/ip6zone/[redacted]/ip6/[redacted]"),
+            (
+                "/ip6zone/eth0/ip6/fe80::1",
+                "/ip6zone/[redacted]/ip6/[redacted]",
+            ),
             ("leading 010.001.000.001 zeros", "leading [redacted] zeros"),
             ("prefix 2001:db8:: routed", "prefix [redacted] routed"),
             ("ends 2001:db8::.", "ends [redacted]."),

@@ -743,9 +743,8 @@ impl Transport for TorTransport {
                 }
                 Err(e) => {
                     h.dials_failed.fetch_add(1, Ordering::Relaxed);
-                    *h.last_dial_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                    *h.last_dial_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(e.to_string());
                 }
             }
             result
