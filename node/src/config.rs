@@ -54,6 +54,7 @@
 //!
 //! [tor]                   # Tor through arti (onion service + exits)
 //! mode = "off"            # "off"; "both": clearnet and an onion service; "only": Tor only
+//! dial_onions = true      # mode "off": reach onion-only members through Tor, started on demand
 //! port = 41800            # the onion service's virtual port
 //! # arti_config = "/path/to/extra-arti.toml"  # extra arti TOML (e.g. a private Tor network)
 //! ```
@@ -62,6 +63,12 @@
 //! refuses every setting that could reveal the node's IP address (clearnet listen addresses,
 //! announce addresses that are not `/onion3`, static peers with IP addresses, UPnP, relays,
 //! hole punching, address detection), naming the field.
+//!
+//! `mode = "off"` with `dial_onions = true` (the default) is a clearnet node that can still reach
+//! Tor-only members: it dials `/onion3` addresses (and nothing else) through arti, which it
+//! creates and bootstraps only at the first such dial; it runs no onion service. `dial_onions =
+//! false` is no Tor at all (no arti state, a Tor-only member is unreachable). The other modes
+//! always dial onions, so `dial_onions = false` is refused with them.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
@@ -222,6 +229,9 @@ pub const DEFAULT_ONION_PORT: u16 = 41800;
 pub struct RawTor {
     /// `off`, `both` or `only`.
     pub mode: TorMode,
+    /// With `mode = "off"`: dial members' `/onion3` addresses through Tor (arti started at the
+    /// first such dial). `false`: no Tor at all.
+    pub dial_onions: bool,
     /// Virtual port of the onion service.
     pub port: u16,
     /// Extra arti configuration (TOML file in arti's syntax), e.g. a private Tor network.
@@ -232,6 +242,7 @@ impl Default for RawTor {
     fn default() -> Self {
         Self {
             mode: TorMode::Off,
+            dial_onions: true,
             port: DEFAULT_ONION_PORT,
             arti_config: None,
         }
@@ -243,6 +254,8 @@ impl Default for RawTor {
 pub struct TorSettings {
     /// How Tor is used.
     pub mode: TorMode,
+    /// Onion addresses are dialed through Tor (always true unless `mode` is `off`).
+    pub dial_onions: bool,
     /// Virtual port of the onion service.
     pub port: u16,
     /// Extra arti TOML file.
@@ -630,9 +643,19 @@ impl TryFrom<RawConfig> for Config {
         };
         let tor = TorSettings {
             mode: raw.tor.mode,
+            dial_onions: raw.tor.dial_onions,
             port: raw.tor.port,
             arti_config: raw.tor.arti_config,
         };
+        if tor.mode != TorMode::Off && !tor.dial_onions {
+            return Err(bad(
+                "tor.dial_onions",
+                format!(
+                    "tor.mode = \"{}\" dials onion addresses through Tor; dial_onions = false needs tor.mode = \"off\"",
+                    tor.mode
+                ),
+            ));
+        }
         if tor.mode != TorMode::Off && tor.port == 0 {
             return Err(bad("tor.port", "the onion service needs a port (1-65535)"));
         }
@@ -795,7 +818,26 @@ mod tests {
     fn tor_section_parses_and_defaults_to_off() {
         let cfg = Config::try_from(RawConfig::default()).unwrap();
         assert_eq!(cfg.tor.mode, TorMode::Off);
+        assert!(
+            cfg.tor.dial_onions,
+            "a clearnet node reaches Tor-only members by default"
+        );
         assert_eq!(cfg.tor.port, DEFAULT_ONION_PORT);
+        let raw: RawConfig = toml::from_str("[tor]\ndial_onions = false\n").unwrap();
+        let cfg = Config::try_from(raw).unwrap();
+        assert!(!cfg.tor.dial_onions);
+        for mode in ["both", "only"] {
+            let mut raw: RawConfig =
+                toml::from_str(&format!("[tor]\nmode = \"{mode}\"\ndial_onions = false\n"))
+                    .unwrap();
+            raw.nat.sysadmin = true;
+            raw.network.listen.clear();
+            assert_eq!(
+                Config::try_from(raw).unwrap_err().field,
+                "tor.dial_onions",
+                "{mode}"
+            );
+        }
         let raw: RawConfig =
             toml::from_str("[tor]\nmode = \"both\"\nport = 4001\narti_config = \"/x/arti.toml\"\n")
                 .unwrap();
@@ -809,6 +851,20 @@ mod tests {
         raw.tor.mode = TorMode::Both;
         raw.tor.port = 0;
         assert_eq!(Config::try_from(raw).unwrap_err().field, "tor.port");
+    }
+
+    /// A Tor-only node may name static peers by host name: the transport hands `/dns*` names to
+    /// Tor (the exit resolves them), never to a local resolver. IP addresses are refused.
+    #[test]
+    fn tor_only_takes_dns_static_peers() {
+        let mut raw = tor_only();
+        let peer = PeerId::random();
+        raw.network.peers = vec![
+            format!("/dns4/friend.example.org/tcp/41000/p2p/{peer}"),
+            format!("/dns/friend.example.org/tcp/41000/p2p/{peer}"),
+        ];
+        let cfg = Config::try_from(raw).unwrap();
+        assert_eq!(cfg.peers.len(), 2);
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub mod nodedir;
 pub mod placement;
 pub mod protocol;
 pub mod repair;
+pub mod redact;
 pub mod server;
 pub mod slot;
 pub mod storage;

@@ -406,6 +406,10 @@ struct InitArgs {
     /// Also run an onion service and dial onion addresses through Tor (clearnet stays on).
     #[arg(long)]
     tor: bool,
+    /// No Tor at all: don't dial members' onion addresses through Tor (by default a clearnet
+    /// node starts arti on demand, at its first dial to a Tor-only member).
+    #[arg(long, conflicts_with_all = ["tor_only", "tor"])]
+    no_tor: bool,
     /// Virtual port of the onion service [default: 41800].
     #[arg(long)]
     tor_port: Option<u16>,
@@ -458,6 +462,7 @@ impl InitArgs {
             raw.nat.sysadmin = true;
             raw.network.listen.clear();
         }
+        raw.tor.dial_onions = !self.no_tor;
         raw.tor.port = self.tor_port.unwrap_or(raw.tor.port);
         raw.tor.arti_config = self.arti_config;
         raw.repair.enabled = !self.no_repair;
@@ -701,10 +706,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kith_node=info"));
+    // A Tor-only node never logs an IP address (no colours then: they would hide boundaries).
+    let redact = matches!(&cli.command, Command::Init(a) if a.tor_only)
+        || kith_node::redact::wanted(&NodeDir::new(
+            cli.dir.clone().unwrap_or_else(NodeDir::default_root),
+        ));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && !redact)
+        .with_writer(kith_node::redact::MakeRedacting::new(
+            std::io::stderr,
+            redact,
+        ))
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -716,7 +729,11 @@ fn main() -> ExitCode {
     match rt.block_on(real_main(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kith: {e:#}");
+            let msg = format!("kith: {e:#}");
+            match redact {
+                true => eprintln!("{}", kith_node::redact::redact(&msg)),
+                false => eprintln!("{msg}"),
+            }
             if e.downcast_ref::<NoDaemon>().is_some() {
                 ExitCode::from(3)
             } else if e.downcast_ref::<Unhealthy>().is_some() {
@@ -1393,24 +1410,8 @@ fn print_status(s: &serde_json::Value) {
         s["members"].as_u64().unwrap_or(0)
     );
     println!("reach     {}", str_of(&s["reachability"]));
-    if let Some(t) = s["tor"].as_object() {
-        let state = match (t.get("blocked").and_then(|b| b.as_str()), t.get("ready")) {
-            (Some(why), _) => format!("blocked: {why}"),
-            (None, Some(serde_json::Value::Bool(true))) => "ok".to_owned(),
-            _ => "bootstrapping".to_owned(),
-        };
-        println!(
-            "tor       {} mode, {}% {state}, onion {}{}",
-            t.get("mode").and_then(|m| m.as_str()).unwrap_or("?"),
-            t.get("percent").and_then(|p| p.as_u64()).unwrap_or(0),
-            t.get("onion")
-                .and_then(|o| o.as_str())
-                .unwrap_or("(not listening yet)"),
-            t.get("onion_service")
-                .and_then(|o| o.as_str())
-                .map(|o| format!(" (service {o})"))
-                .unwrap_or_default(),
-        );
+    if let Ok(t) = serde_json::from_value::<kith_node::node::TorInfo>(s["tor"].clone()) {
+        println!("tor       {}", t.line());
     }
     for a in s["addrs"].as_array().into_iter().flatten() {
         println!("address   {}", str_of(a));

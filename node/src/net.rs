@@ -340,7 +340,8 @@ struct Behaviour {
     relay_client: Toggle<relay::client::Behaviour>,
     relay: Toggle<kith_nat::relay_server::Behaviour>,
     dcutr: Toggle<dcutr::Behaviour>,
-    autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    /// Never hears of onion candidates (identify's "observed" wildcard onion address over Tor).
+    autonat_client: Toggle<kith_nat::candidates::Testable<autonat::v2::client::Behaviour>>,
     autonat_server: Toggle<autonat::v2::server::Behaviour>,
     candidates: kith_nat::candidates::Behaviour,
 }
@@ -361,6 +362,10 @@ pub struct NatOptions {
     /// (identify's observed addresses over Tor are meaningless and must not be announced).
     /// Pair with [`kith_nat::Features::sysadmin`].
     pub tor_only: bool,
+    /// Tor is only there to reach onion-only peers (`tor.mode = "off"`, arti started on
+    /// demand): a peer's `/onion3` addresses are dialed only when it has no other address, so
+    /// reaching a dual-stack member never starts Tor.
+    pub onions_on_demand: bool,
 }
 
 impl Default for NatOptions {
@@ -371,6 +376,7 @@ impl Default for NatOptions {
             announce: Vec::new(),
             upnp_description: "kith".into(),
             tor_only: false,
+            onions_on_demand: false,
         }
     }
 }
@@ -394,6 +400,24 @@ fn is_global_addr(a: &Multiaddr) -> bool {
         Protocol::Ip6(ip) => upnp::is_global(ip.into()),
         _ => false,
     })
+}
+
+/// Which of a peer's known addresses to dial.
+/// - A Tor-only node dials a peer's onion addresses alone when it has any: end to end inside
+///   Tor, no exit sees the connection (clearnet addresses, reached through an exit, are for
+///   peers without an onion service).
+/// - A clearnet node whose Tor starts on demand dials a peer's onion addresses only when the
+///   peer has no other address (a Tor-only member): a dual-stack member is reached over the
+///   clearnet without starting Tor.
+fn dial_set(all: Vec<Multiaddr>, tor_only: bool, onions_on_demand: bool) -> Vec<Multiaddr> {
+    let onion = crate::grid::is_onion;
+    if tor_only && all.iter().any(onion) {
+        return all.into_iter().filter(onion).collect();
+    }
+    if onions_on_demand && all.iter().any(|a| !onion(a)) {
+        return all.into_iter().filter(|a| !onion(a)).collect();
+    }
+    all
 }
 
 /// How long direct addresses have to connect before relayed ones are dialed too.
@@ -501,11 +525,11 @@ pub fn spawn(
         autonat_client: features
             .detect_addresses
             .then(|| {
-                autonat::v2::client::Behaviour::new(
+                kith_nat::candidates::Testable::new(autonat::v2::client::Behaviour::new(
                     rand_autonat::make_rng::<rand_autonat::rngs::StdRng>(),
                     autonat::v2::client::Config::default()
                         .with_probe_interval(Duration::from_secs(2)),
-                )
+                ))
             })
             .into(),
         autonat_server: (!nat.tor_only)
@@ -549,6 +573,7 @@ pub fn spawn(
         .max(1);
     let actor = Actor {
         tor_only: nat.tor_only,
+        onions_on_demand: nat.onions_on_demand,
         mappable_listeners,
         members: members.clone(),
         policy: Policy::new(features, &nat.announce, 0),
@@ -626,6 +651,8 @@ type UpnpResult = Result<(Vec<upnp::Mapping>, Option<String>), upnp::UpnpError>;
 struct Actor {
     /// Tor-only: only `/onion3` external addresses.
     tor_only: bool,
+    /// Onion addresses only for peers that have nothing else (see [`NatOptions`]).
+    onions_on_demand: bool,
     /// Configured listeners whose ports UPnP maps (IPv4 TCP or QUIC, not loopback).
     mappable_listeners: usize,
     members: kith_nat::MemberCheck,
@@ -714,9 +741,7 @@ impl Actor {
         }
     }
 
-    /// Where `peer` can be reached. A Tor-only node dials a peer's onion addresses alone when
-    /// it has any: end to end inside Tor, no exit sees the connection (clearnet addresses,
-    /// reached through an exit, are for peers without an onion service).
+    /// Where `peer` can be reached (see [`dial_set`]).
     fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
         let all = self
             .book
@@ -725,10 +750,7 @@ impl Actor {
             .get(peer)
             .cloned()
             .unwrap_or_default();
-        if self.tor_only && all.iter().any(crate::grid::is_onion) {
-            return all.into_iter().filter(crate::grid::is_onion).collect();
-        }
-        all
+        dial_set(all, self.tor_only, self.onions_on_demand)
     }
 
     /// Dials `peer` at every address known now, unless connected or a dial that covers them
@@ -1630,5 +1652,32 @@ impl Actor {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ma(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    const ONION: &str = "/onion3/vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd:41800";
+
+    #[test]
+    fn dial_sets_keep_tor_where_it_belongs() {
+        let tcp = ma("/ip4/192.0.2.1/tcp/41000");
+        let dual = vec![tcp.clone(), ma(ONION)];
+        let onion_only = vec![ma(ONION)];
+        // Tor-only: the onion address alone when there is one, else the clearnet via an exit.
+        assert_eq!(dial_set(dual.clone(), true, false), onion_only);
+        assert_eq!(dial_set(vec![tcp.clone()], true, false), vec![tcp.clone()]);
+        // Clearnet node with Tor on demand: a dual-stack member over the clearnet (Tor is not
+        // started for it), a Tor-only member over its onion address.
+        assert_eq!(dial_set(dual.clone(), false, true), vec![tcp.clone()]);
+        assert_eq!(dial_set(onion_only.clone(), false, true), onion_only);
+        // Tor running anyway (mode both): everything, in parallel.
+        assert_eq!(dial_set(dual.clone(), false, false), dual);
     }
 }

@@ -7,7 +7,10 @@
 //! stable; cache under `<dir>/tor/cache`), bootstraps it in the background and listens on its
 //! onion service (`tor.port`). `only` runs the Tor transport alone (no TCP/QUIC socket) and the
 //! network actor without AutoNAT, relays, hole punching or UPnP; the onion address is the only
-//! address in the node's record. [`NodeHandle::tor_status`] is the `tor` line of `kith status`.
+//! address in the node's record. With `mode = "off"` and `dial_onions` (the default) the node
+//! keeps an on-demand arti client (same dirs, created and bootstrapped at the first dial to an
+//! onion address, never listening, never used for clearnet addresses), so clearnet members reach
+//! Tor-only ones. [`NodeHandle::tor_status`] is the `tor` line of `kith status`.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -105,13 +108,15 @@ pub struct StartOptions {
     pub tor_trust_dirs: bool,
 }
 
-/// Creates the node's arti client (state and onion key under `<dir>/tor/state`, directory cache
-/// under `<dir>/tor/cache`) and starts bootstrapping it in the background: the node starts at
-/// once, `kith status` shows the progress.
+/// The node's arti client (state and onion key under `<dir>/tor/state`, directory cache under
+/// `<dir>/tor/cache`). With `eager` it is created now and bootstraps in the background: the node
+/// starts at once, `kith status` shows the progress. Without, it is created and bootstrapped
+/// only when the first onion address is dialed (`tor.mode = "off"`).
 fn start_tor(
     dir: &NodeDir,
     settings: &crate::config::TorSettings,
     trust_dirs: bool,
+    eager: bool,
 ) -> Result<kith_transports::tor::Tor, NodeError> {
     let root = dir.root().join("tor");
     let arti_toml = match &settings.arti_config {
@@ -125,11 +130,15 @@ fn start_tor(
         }
         None => None,
     };
-    let tor = kith_transports::tor::Tor::create(&kith_transports::tor::TorConfig {
+    let config = kith_transports::tor::TorConfig {
         arti_toml,
         trust_all_dir_permissions: trust_dirs,
         ..kith_transports::tor::TorConfig::new(root.join("state"), root.join("cache"))
-    })?;
+    };
+    if !eager {
+        return Ok(kith_transports::tor::Tor::on_demand(&config)?);
+    }
+    let tor = kith_transports::tor::Tor::create(&config)?;
     let t = tor.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
@@ -207,10 +216,11 @@ impl Node {
         let uses =
             |f: fn(&Protocol<'_>) -> bool| config.listen.iter().any(|a| a.iter().any(|p| f(&p)));
         let tor_mode = config.tor.mode;
-        let tor = match tor_mode {
-            TorMode::Off => None,
-            TorMode::Both | TorMode::Only => {
-                Some(start_tor(&dir, &config.tor, opts.tor_trust_dirs)?)
+        let tor = match (tor_mode, config.tor.dial_onions) {
+            (TorMode::Off, false) => None,
+            (TorMode::Off, true) => Some(start_tor(&dir, &config.tor, opts.tor_trust_dirs, false)?),
+            (TorMode::Both | TorMode::Only, _) => {
+                Some(start_tor(&dir, &config.tor, opts.tor_trust_dirs, true)?)
             }
         };
         let mut listen = config.listen.clone();
@@ -221,10 +231,14 @@ impl Node {
                 quic: true,
                 memory: opts.memory_transport || uses(|p| matches!(p, Protocol::Memory(_))),
                 tor: tor.clone(),
+                tor_scope: match tor_mode {
+                    TorMode::Off => kith_transports::tor::Scope::OnionDialOnly,
+                    TorMode::Both | TorMode::Only => kith_transports::tor::Scope::Full,
+                },
                 ..kith_transports::Config::default()
             },
         };
-        if tor.is_some() {
+        if tor_mode != TorMode::Off {
             listen.push(kith_transports::tor::onion_listen_addr(config.tor.port));
         }
         let (net, events, net_task) = net::spawn(
@@ -238,6 +252,7 @@ impl Node {
                 announce: config.announce.clone(),
                 upnp_description: format!("kith {}", config.nickname),
                 tor_only: transports.is_tor_only(),
+                onions_on_demand: tor_mode == TorMode::Off,
             },
         )?;
         let _ = std::fs::create_dir_all(dir.tmp());
@@ -478,27 +493,102 @@ pub struct Status {
     pub reachability: String,
     /// The automatic connectivity state behind that line.
     pub nat: NatStatus,
-    /// Tor (absent when `tor.mode = "off"`).
+    /// Tor (absent when Tor is off entirely: `tor.mode = "off"` with `dial_onions = false`).
     pub tor: Option<TorInfo>,
     /// The automatic repairer's progress.
     pub repair: crate::checker::RepairerStatus,
 }
 
-/// Tor as `kith status` shows it.
-#[derive(Clone, Debug, Serialize)]
+/// Tor as `kith status` shows it ([`TorInfo::line`]) and `/api/v1/status` returns it.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TorInfo {
-    /// `both` or `only`.
+    /// `off` (onion addresses dialed on demand), `both` or `only`.
     pub mode: String,
+    /// The arti client exists (in mode `off`: since the first onion dial).
+    pub started: bool,
     /// Arti's bootstrap progress, 0..=100.
     pub percent: u8,
     /// Arti can build circuits.
     pub ready: bool,
-    /// Why arti is stuck, if it is.
+    /// Why arti is stuck, if it is (a guard that can't be reached, clock skew, no directory).
     pub blocked: Option<String>,
     /// The onion service's state (arti's estimate), once it runs.
     pub onion_service: Option<String>,
+    /// The onion service is reachable: arti believes it is (descriptor published, introduction
+    /// points up), or a peer has reached it. `None` without an onion service.
+    pub onion_reachable: Option<bool>,
+    /// What arti says is wrong with the onion service, if anything.
+    pub onion_problem: Option<String>,
     /// This node's onion address (`/onion3/…:<port>`), once listening.
     pub onion: Option<String>,
+    /// Incoming onion-service connections accepted since start.
+    pub inbound: u64,
+    /// Tor streams opened since start (dials that reached the far end).
+    pub dials_ok: u64,
+    /// Tor streams that failed to open since start.
+    pub dials_failed: u64,
+    /// Why the last failed one failed.
+    pub last_dial_error: Option<String>,
+}
+
+impl TorInfo {
+    /// The `tor` line of `kith status`: bootstrap progress and health, the onion address and
+    /// whether the service is published and reachable, and the streams opened through Tor.
+    pub fn line(&self) -> String {
+        let mut out = format!("{} mode", self.mode);
+        if !self.started {
+            out.push_str(if self.mode == "off" {
+                ", idle: arti starts at the first dial to an onion address"
+            } else {
+                ", not started"
+            });
+            return out;
+        }
+        let state = match (&self.blocked, self.ready) {
+            (Some(why), _) => format!("blocked: {why}"),
+            (None, true) => "ok".to_owned(),
+            (None, false) => "bootstrapping".to_owned(),
+        };
+        out.push_str(&format!(", bootstrap {}% {state}", self.percent));
+        if self.mode != "off" {
+            match &self.onion {
+                Some(a) => out.push_str(&format!(", onion {a}")),
+                None => out.push_str(", onion (not listening yet)"),
+            }
+            let service = match self.onion_service.as_deref() {
+                Some("Running") => "published",
+                Some("DegradedReachable") => "published (degraded)",
+                Some("DegradedUnreachable") => "descriptor upload failing",
+                Some("Bootstrapping") => "publishing",
+                Some("Recovering") => "recovering",
+                Some("Broken") => "broken",
+                Some("Shutdown") => "stopped",
+                Some(other) => other,
+                None => "not launched",
+            };
+            let reach = match self.onion_reachable {
+                Some(true) => "reachable",
+                _ => "not known reachable",
+            };
+            // Arti's estimate can say "failing" while peers get in: both are shown.
+            out.push_str(&format!(
+                " ({reach}: {} inbound; arti: {service})",
+                self.inbound
+            ));
+            if let Some(p) = &self.onion_problem {
+                out.push_str(&format!(" problem: {p}"));
+            }
+        }
+        out.push_str(&format!(
+            ", streams {} ok / {} failed",
+            self.dials_ok, self.dials_failed
+        ));
+        if let (Some(e), true) = (&self.last_dial_error, self.dials_failed > 0) {
+            out.push_str(&format!(" (last: {e})"));
+        }
+        out
+    }
 }
 
 /// Connectivity state (`kith status`, the panel's overview, `/api/v1/status`).
@@ -956,17 +1046,27 @@ impl NodeHandle {
         }
     }
 
-    /// Tor's state (`None` when Tor is off).
+    /// Tor's state (`None` when Tor is off entirely).
     pub fn tor_status(&self) -> Option<TorInfo> {
         let tor = self.inner.tor.as_ref()?;
         let st = tor.status();
+        let onion = self.onion_addr();
         Some(TorInfo {
             mode: self.inner.config.tor.mode.to_string(),
+            started: st.started,
             percent: st.percent,
             ready: st.ready,
             blocked: st.blocked,
             onion_service: st.onion_service.map(|s| format!("{s:?}")),
-            onion: self.onion_addr().map(|a| a.to_string()),
+            onion_reachable: (self.inner.config.tor.mode != TorMode::Off).then(|| {
+                st.inbound > 0 || st.onion_service.is_some_and(|s| s.is_fully_reachable())
+            }),
+            onion_problem: st.onion_problem,
+            onion: onion.map(|a| a.to_string()),
+            inbound: st.inbound,
+            dials_ok: st.dials_ok,
+            dials_failed: st.dials_failed,
+            last_dial_error: st.last_dial_error,
         })
     }
 
@@ -1445,5 +1545,72 @@ impl NodeHandle {
     /// Peers currently connected, keyed by id (for the API).
     pub fn connected(&self) -> BTreeMap<PeerId, net::PeerState> {
         self.inner.net.state().peers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tor_line_says_what_tor_does() {
+        let idle = TorInfo {
+            mode: "off".into(),
+            ..TorInfo::default()
+        };
+        assert_eq!(
+            idle.line(),
+            "off mode, idle: arti starts at the first dial to an onion address"
+        );
+        let dialer = TorInfo {
+            mode: "off".into(),
+            started: true,
+            percent: 100,
+            ready: true,
+            dials_ok: 2,
+            dials_failed: 1,
+            last_dial_error: Some("tor connect to x.onion:1: timed out".into()),
+            ..TorInfo::default()
+        };
+        assert_eq!(
+            dialer.line(),
+            "off mode, bootstrap 100% ok, streams 2 ok / 1 failed (last: tor connect to x.onion:1: timed out)"
+        );
+        let onion = "/onion3/vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd:41800";
+        let service = TorInfo {
+            mode: "only".into(),
+            started: true,
+            percent: 100,
+            ready: true,
+            onion_service: Some("Running".into()),
+            onion_reachable: Some(true),
+            onion: Some(onion.into()),
+            inbound: 3,
+            ..TorInfo::default()
+        };
+        assert_eq!(
+            service.line(),
+            format!(
+                "only mode, bootstrap 100% ok, onion {onion} (reachable: 3 inbound; arti: published), streams 0 ok / 0 failed"
+            )
+        );
+        let stuck = TorInfo {
+            mode: "both".into(),
+            started: true,
+            percent: 40,
+            blocked: Some("can't reach a guard".into()),
+            onion_reachable: Some(false),
+            ..TorInfo::default()
+        };
+        assert_eq!(
+            stuck.line(),
+            "both mode, bootstrap 40% blocked: can't reach a guard, onion (not listening yet) (not known reachable: 0 inbound; arti: not launched), streams 0 ok / 0 failed"
+        );
+        // What the CLI does: the API's JSON back into the struct (missing fields default).
+        let json = serde_json::to_value(&service).unwrap();
+        let back: TorInfo = serde_json::from_value(json).unwrap();
+        assert_eq!(back.line(), service.line());
+        let old: TorInfo = serde_json::from_str(r#"{"mode":"both","percent":5}"#).unwrap();
+        assert_eq!(old.line(), "both mode, not started");
     }
 }

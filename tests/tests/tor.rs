@@ -8,13 +8,20 @@
 //! wait is a deadline on a swarm event. The first onion connection may fail while the service's
 //! descriptor is still being uploaded to the HSDirs, so dials are retried until a deadline.
 //!
-//! Prints time to bootstrap, to connect, to first byte and the throughput of a 16 MiB echo.
+//! Prints time to bootstrap, to connect, to first byte and the throughput of a 16 MiB echo,
+//! and (lines starting `MEASURE`) the node-level figures: a Tor-only node's start to onion
+//! ready, a clearnet node's first onion dial (arti created and bootstrapped on demand), and
+//! 16 MiB put and get over Tor.
+//!
+//! Every log line of this test process goes through the node's redacting writer (as the `kith`
+//! binary does for a Tor-only node) into a buffer; the tests with Tor-only nodes assert that no
+//! IP address is in it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::{
     path::Path,
-    sync::Arc,
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -88,7 +95,7 @@ fn swarm_on(kp: &Keypair, config: &Config) -> Swarm<Behaviour> {
 async fn bootstrapped(net: &TorNet, root: &Path, who: &str) -> (Tor, Duration) {
     let t0 = Instant::now();
     let tor = Tor::create(&net.tor_config(root)).unwrap();
-    let mut events = tor.status_events();
+    let mut events = tor.status_events().unwrap();
     tokio::time::timeout(Duration::from_secs(120), async {
         tor.bootstrap().await.unwrap();
         while !tor.status().ready {
@@ -239,7 +246,101 @@ async fn echo(client: &mut Swarm<Behaviour>, server: PeerId, data: Vec<u8>) -> V
     .expect("no echo within 600 s")
 }
 
+/// Every log line of this process, after the node's redaction ([`kith_node::redact`]).
+type Logs = Arc<Mutex<Vec<u8>>>;
+
+struct LogSink(Logs);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once per process) a tracing subscriber that logs kith, libp2p and arti at debug
+/// level through the node's redacting writer into a buffer, and returns the buffer.
+fn capture_logs() -> Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: Logs = Arc::default();
+        let sink = logs.clone();
+        let filter = tracing_subscriber::EnvFilter::new(
+            "debug,yamux=info,libp2p_yamux=info,multistream_select=info,libp2p_noise=info,\
+             tor_proto=info,tor_netdir=error,tor_dirmgr=info,tor_dirclient=info,tor_guardmgr=info,\
+             tor_circmgr=info,tor_hsservice=info,tor_hsclient=info,tor_chanmgr=info,\
+             tor_persist=info,tor_keymgr=info,tor_memquota=info,tor_rtcompat=info,hyper=info",
+        );
+        let installed = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(kith_node::redact::MakeRedacting::new(
+                move || LogSink(sink.clone()),
+                true,
+            ))
+            .try_init();
+        assert!(installed.is_ok(), "another subscriber is installed");
+        logs
+    })
+    .clone()
+}
+
+/// Asserts that the captured log holds no IP address, checked independently of the redactor:
+/// none of the addresses this test network uses appears as a substring, every multiaddr IP
+/// component is `[redacted]`, and no whitespace/punctuation-separated token parses as an IP
+/// address or socket address. Also that the log is not empty and did have addresses to redact
+/// (so the check is not vacuous).
+fn assert_no_ip_in_logs(logs: &Logs, who: &str) {
+    use std::net::{IpAddr, SocketAddr};
+    let text =
+        String::from_utf8_lossy(&logs.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let lines = text.lines().count();
+    assert!(
+        lines > 0,
+        "{who}: nothing was logged: the capture is broken"
+    );
+    let redactions = text.matches(kith_node::redact::REDACTED).count();
+    assert!(
+        redactions > 0,
+        "{who}: no address was ever redacted in {lines} lines: the check proves nothing"
+    );
+    let offending = |line: &str| {
+        if ["127.0.0.1", "0.0.0.0", "[::1]", "/ip4/", "/ip6/"]
+            .iter()
+            .any(|n| {
+                line.replace("/ip4/[redacted]", "")
+                    .replace("/ip6/[redacted]", "")
+                    .contains(n)
+            })
+        {
+            return true;
+        }
+        line.split(|c: char| c.is_whitespace() || "()[]{},;\"'=<>|`".contains(c))
+            .map(|t| t.trim_end_matches(['.', ':']))
+            .filter(|t| !t.is_empty() && *t != "::")
+            .any(|t| t.parse::<IpAddr>().is_ok() || t.parse::<SocketAddr>().is_ok())
+    };
+    let bad: Vec<&str> = text.lines().filter(|l| offending(l)).take(10).collect();
+    assert!(
+        bad.is_empty(),
+        "{who}: IP addresses in the log:\n{}",
+        bad.join("\n")
+    );
+    println!(
+        "{who}: log check: {lines} lines ({} KiB), {redactions} addresses redacted, none left",
+        text.len() / 1024
+    );
+}
+
 fn net() -> Option<Arc<TorNet>> {
+    capture_logs();
     let net = TorNet::shared(BASE_PORT).unwrap()?;
     println!(
         "private Tor network up in {:.1?} ({})",
@@ -427,8 +528,9 @@ fn non_loopback_sockets() -> (usize, Vec<String>) {
     (checked, bad)
 }
 
-/// A kith node of `net`: `mode` both (loopback TCP and an onion service) or only (Tor alone),
-/// sysadmin NAT mode, encoding k = 1, happy = 1, n = 1, storage only when `storage`.
+/// A kith node of `net`: `mode` off (loopback TCP; onion addresses dialed through Tor on
+/// demand), both (loopback TCP and an onion service) or only (Tor alone), sysadmin NAT mode,
+/// arti pointed at `net`, encoding k = 1, happy = 1, n = 1, storage only when `storage`.
 fn init_tor_node(
     net: &TorNet,
     root: &Path,
@@ -533,12 +635,12 @@ async fn join_over_tor(inviter: &kith_node::NodeHandle, joiner: &kith_node::Node
     }
 }
 
-/// Puts `data` from `node` (retried while Tor connections come up); returns the read cap and
-/// the server that got the only share.
+/// Puts `data` from `node` (retried while Tor connections come up); returns the read cap, the
+/// server that got the only share and how long the successful put took.
 async fn put_over_tor(
     node: &kith_node::NodeHandle,
     data: &[u8],
-) -> (kith_node::caps::ReadCap, String) {
+) -> (kith_node::caps::ReadCap, String, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file");
     std::fs::write(&path, data).unwrap();
@@ -549,16 +651,18 @@ async fn put_over_tor(
     };
     let t0 = Instant::now();
     loop {
+        let attempt = Instant::now();
         match node.put_file(&path, &opts, &|_| {}).await {
             Ok(res) => {
+                let took = attempt.elapsed();
                 println!(
-                    "{}: put {} bytes in {:.2?}",
+                    "{}: put {} bytes in {took:.2?} ({:.2?} with retries)",
                     node.config().nickname,
                     data.len(),
                     t0.elapsed()
                 );
                 let server = res.placement.values().next().cloned().unwrap();
-                return (res.cap.parse().unwrap(), server);
+                return (res.cap.parse().unwrap(), server, took);
             }
             Err(e) => {
                 println!("{}: put failed, retrying: {e}", node.config().nickname);
@@ -569,20 +673,62 @@ async fn put_over_tor(
     }
 }
 
-async fn get_over_tor(node: &kith_node::NodeHandle, cap: &kith_node::caps::ReadCap) -> Vec<u8> {
+/// What a download wrote, and when it wrote its first byte.
+#[derive(Default)]
+struct Timed {
+    data: Vec<u8>,
+    first: Option<Instant>,
+}
+
+impl tokio::io::AsyncWrite for Timed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if !buf.is_empty() && self.first.is_none() {
+            self.first = Some(Instant::now());
+        }
+        self.data.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Gets `cap` on `node` (retried while Tor connections come up); returns the bytes, the time
+/// the successful get took and its time to first byte.
+async fn get_timed(
+    node: &kith_node::NodeHandle,
+    cap: &kith_node::caps::ReadCap,
+) -> (Vec<u8>, Duration, Duration) {
     let t0 = Instant::now();
     loop {
-        let mut out = Vec::new();
+        let attempt = Instant::now();
+        let mut out = Timed::default();
         match node.get(cap, &mut out).await {
             Ok(report) => {
+                let took = attempt.elapsed();
+                let first = out.first.map_or(took, |f| f - attempt);
                 println!(
-                    "{}: got {} bytes in {:.2?} from {:?}",
+                    "{}: got {} bytes in {took:.2?} (first byte after {first:.2?}) from {:?}",
                     node.config().nickname,
-                    out.len(),
-                    t0.elapsed(),
+                    out.data.len(),
                     report.servers_used
                 );
-                return out;
+                return (out.data, took, first);
             }
             Err(e) => {
                 println!("{}: get failed, retrying: {e}", node.config().nickname);
@@ -591,6 +737,10 @@ async fn get_over_tor(node: &kith_node::NodeHandle, cap: &kith_node::caps::ReadC
             }
         }
     }
+}
+
+async fn get_over_tor(node: &kith_node::NodeHandle, cap: &kith_node::caps::ReadCap) -> Vec<u8> {
+    get_timed(node, cap).await.0
 }
 
 /// Three kith nodes over the private Tor network: `a` runs Tor alongside loopback TCP and
@@ -667,12 +817,12 @@ async fn tor_only_nodes_form_a_grid_and_move_files_with_a_dual_stack_node() {
 
     let c_id = ch.peer_id().to_string();
     let from_b = kith_tests::random_bytes(256 << 10, 0xb0b);
-    let (cap_b, server) = put_over_tor(&bh, &from_b).await;
+    let (cap_b, server, _) = put_over_tor(&bh, &from_b).await;
     assert_eq!(server, c_id);
     assert!(get_over_tor(&ah, &cap_b).await == from_b);
 
     let from_a = kith_tests::random_bytes(256 << 10, 0xa11ce);
-    let (cap_a, server) = put_over_tor(&ah, &from_a).await;
+    let (cap_a, server, _) = put_over_tor(&ah, &from_a).await;
     assert_eq!(server, c_id);
     assert!(get_over_tor(&bh, &cap_a).await == from_a);
 
@@ -685,6 +835,7 @@ async fn tor_only_nodes_form_a_grid_and_move_files_with_a_dual_stack_node() {
         "the leak check found no socket at all: it is broken"
     );
     println!("leak check: all {checked} sockets of the process are on loopback");
+    assert_no_ip_in_logs(&capture_logs(), "tor-only grid");
 
     // Restart b: same onion address, and it still gets files. (A handle keeps the node's
     // database open: drop it first.)
@@ -699,4 +850,121 @@ async fn tor_only_nodes_form_a_grid_and_move_files_with_a_dual_stack_node() {
     b.shutdown().await;
     c.shutdown().await;
     a.shutdown().await;
+}
+
+/// A clearnet node (tor mode `off`, the default: no onion service, arti created and bootstrapped
+/// only at its first onion dial) and a Tor-only node form a grid: the clearnet node joins with
+/// the Tor-only node's invitation, reaching it over its onion address. Only the clearnet node
+/// stores, so a 16 MiB file put on the Tor-only node crosses Tor into the clearnet node's store
+/// (which gets it back), and a 16 MiB file put on the clearnet node crosses Tor when the Tor-only
+/// node gets it. Before the join the clearnet node has no Tor state at all; afterwards its
+/// status shows arti ready and the streams it opened. The Tor-only node's status shows its
+/// onion address as published and reached. No IP address is in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clearnet_node_reaches_a_tor_only_node_through_tor_on_demand() {
+    use kith_node::{config::TorMode, grid::is_onion};
+    let Some(net) = net() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let o_dir = init_tor_node(&net, tmp.path(), "o", TorMode::Off, true);
+    let t_dir = init_tor_node(&net, tmp.path(), "t", TorMode::Only, false);
+    let t0 = Instant::now();
+    let o = start_node(&o_dir).await;
+    let t = start_node(&t_dir).await;
+    let (oh, th) = (o.handle(), t.handle());
+    let t_onion = onion_ready(&th, t0).await;
+    let onion_up = t0.elapsed();
+
+    // The clearnet node: no onion service, no Tor state, nothing sent, until it dials an onion.
+    let st = oh
+        .tor_status()
+        .expect("tor mode off keeps an on-demand Tor for onion dials");
+    println!("o: tor {}", st.line());
+    assert_eq!(st.mode, "off");
+    assert!(!st.started, "{}", st.line());
+    assert!(st.line().contains("idle"), "{}", st.line());
+    assert!(
+        !o_dir.root().join("tor").exists(),
+        "arti state exists before the first onion dial"
+    );
+    assert!(oh.onion_addr().is_none());
+    assert!(oh.addrs().iter().all(|a| !is_onion(a)), "{:?}", oh.addrs());
+
+    let t1 = Instant::now();
+    join_over_tor(&th, &oh).await;
+    let first_dial = t1.elapsed();
+    let st = oh.tor_status().unwrap();
+    println!("o: tor {}", st.line());
+    assert!(st.started && st.ready && st.percent == 100, "{}", st.line());
+    assert!(st.dials_ok >= 1, "{}", st.line());
+    assert!(o_dir.root().join("tor").join("state").is_dir());
+    assert!(oh.onion_addr().is_none(), "mode off never listens on Tor");
+    let via = oh.net().peers.get(&th.peer_id()).map(|p| p.addrs.clone());
+    println!("o reaches t over {via:?}");
+    assert!(
+        via.is_some_and(|a| !a.is_empty() && a.iter().all(is_onion)),
+        "o -> t is not over t's onion address"
+    );
+    for h in [&oh, &th] {
+        h.wait_for_members(2, CONNECT_DEADLINE).await.unwrap();
+        h.wait_for_storage_servers(1, CONNECT_DEADLINE)
+            .await
+            .unwrap();
+    }
+
+    // `kith status` of the Tor-only node (the JSON the API serves, and the line the CLI prints).
+    let ts = th
+        .status()
+        .await
+        .tor
+        .expect("tor-only status has a tor part");
+    println!("t: tor {}", ts.line());
+    assert_eq!(ts.mode, "only");
+    assert!(ts.started && ts.ready && ts.percent == 100, "{}", ts.line());
+    assert_eq!(ts.onion.as_deref(), Some(t_onion.to_string().as_str()));
+    assert!(
+        ts.inbound >= 1,
+        "o reached t's onion service: {}",
+        ts.line()
+    );
+    assert_eq!(ts.onion_reachable, Some(true), "{}", ts.line());
+    let line = ts.line();
+    for part in ["only mode", "100% ok", &t_onion.to_string(), "reachable"] {
+        assert!(line.contains(part), "{line:?} lacks {part:?}");
+    }
+    let json = serde_json::to_value(th.status().await).unwrap();
+    assert_eq!(json["tor"]["onion"], serde_json::json!(t_onion.to_string()));
+
+    // 16 MiB from t: the put crosses Tor into o's store.
+    let o_id = oh.peer_id().to_string();
+    let from_t = kith_tests::random_bytes(16 * MIB, 0x7011);
+    let (cap_t, server, put_t) = put_over_tor(&th, &from_t).await;
+    assert_eq!(server, o_id);
+    assert!(get_over_tor(&oh, &cap_t).await == from_t);
+    // 16 MiB from o: the get crosses Tor into t.
+    let from_o = kith_tests::random_bytes(16 * MIB, 0x0ff);
+    let (cap_o, server, _) = put_over_tor(&oh, &from_o).await;
+    assert_eq!(server, o_id);
+    let (got, get_t, first_byte) = get_timed(&th, &cap_o).await;
+    assert!(got == from_o, "16 MiB came back different");
+
+    println!(
+        "MEASURE tor-only node: start to bootstrapped with its onion service listening: {onion_up:.2?}"
+    );
+    println!(
+        "MEASURE clearnet node (tor mode off): first onion dial, arti created + bootstrapped + join over the onion service: {first_dial:.2?}"
+    );
+    println!(
+        "MEASURE 16 MiB put on the Tor-only node (over Tor): {put_t:.2?}, {:.2} MiB/s",
+        16.0 / put_t.as_secs_f64()
+    );
+    println!(
+        "MEASURE 16 MiB get on the Tor-only node (over Tor): {get_t:.2?}, {:.2} MiB/s, first byte after {first_byte:.2?}",
+        16.0 / get_t.as_secs_f64()
+    );
+    let st = oh.tor_status().unwrap();
+    println!("o: tor {}", st.line());
+    assert_no_ip_in_logs(&capture_logs(), "clearnet + tor-only grid");
+
+    t.shutdown().await;
+    o.shutdown().await;
 }

@@ -12,7 +12,9 @@
 //!   ([`Config::tor_only`]) has no TCP, QUIC or memory transport at all.
 //!
 //! When Tor runs alongside TCP, TCP dials `/ip4|ip6/…/tcp/…` (clearnet, as without Tor) and Tor
-//! dials only what TCP can't: `/onion3/…` and `/dns…` names.
+//! dials only what TCP can't: `/onion3/…` and `/dns…` names. With [`Config::tor_scope`] =
+//! [`tor::Scope::OnionDialOnly`] (a clearnet node that can reach Tor-only members) Tor dials
+//! `/onion3/…` alone and never listens.
 //!
 //! The node's libp2p identity *is* its ed25519 node key ([`identity`]): the peer id other
 //! members see, the key that authenticates every connection (Noise / TLS) and, later, the key
@@ -51,6 +53,9 @@ pub struct Config {
     /// Tor through this arti client: onion services and exits (see [`tor`]).
     #[cfg(feature = "tor")]
     pub tor: Option<tor::Tor>,
+    /// What the Tor transport may do: everything, or dial onion services only.
+    #[cfg(feature = "tor")]
+    pub tor_scope: tor::Scope,
     /// How long a connection handshake (security + muxer negotiation) may take.
     pub handshake_timeout: Duration,
 }
@@ -63,6 +68,8 @@ impl Default for Config {
             memory: false,
             #[cfg(feature = "tor")]
             tor: None,
+            #[cfg(feature = "tor")]
+            tor_scope: tor::Scope::Full,
             handshake_timeout: Duration::from_secs(20),
         }
     }
@@ -78,6 +85,7 @@ impl Config {
             quic: false,
             memory: false,
             tor: Some(tor),
+            tor_scope: tor::Scope::Full,
             ..Self::default()
         }
     }
@@ -161,7 +169,7 @@ pub fn build_transport(keypair: &Keypair, config: &Config) -> Result<BoxedTransp
     });
     #[cfg(feature = "tor")]
     let tor = config.tor.as_ref().map(|t| {
-        tor::TorTransport::new(t.clone())
+        tor::TorTransport::with_scope(t.clone(), config.tor_scope)
             .upgrade(Version::V1Lazy)
             .authenticate(noise.clone())
             .multiplex(yamux_config())
@@ -288,6 +296,62 @@ mod tests {
                 "tor-only must not dial {a}: {r:?}"
             );
         }
+        // Host names go to Tor as names (the exit resolves them): the tor-only stack has no
+        // other transport that could take them, and no DNS transport resolving them here.
+        // (The dial future is dropped unpolled: nothing is sent.)
+        for a in ["/dns4/example.org/tcp/443", "/dns/example.org/tcp/443"] {
+            assert!(t.dial(a.parse().unwrap(), opts).is_ok(), "{a}");
+        }
+    }
+
+    /// A clearnet node's Tor transport ([`tor::Scope::OnionDialOnly`], on demand): TCP keeps the
+    /// clearnet, Tor takes `/onion3` dials only, never listens, and no arti state exists until
+    /// a dial runs.
+    #[cfg(feature = "tor")]
+    #[tokio::test]
+    async fn onion_dial_only_tor_takes_nothing_but_onion_dials() {
+        use libp2p::core::{
+            Endpoint,
+            transport::{DialOpts, ListenerId, PortUse, TransportError},
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let tor = tor::Tor::on_demand(&tor::TorConfig {
+            trust_all_dir_permissions: true,
+            ..tor::TorConfig::new(dir.path().join("state"), dir.path().join("cache"))
+        })
+        .unwrap();
+        let cfg = Config {
+            quic: false,
+            tor: Some(tor.clone()),
+            tor_scope: tor::Scope::OnionDialOnly,
+            ..Config::default()
+        };
+        assert!(!cfg.is_tor_only());
+        let kp = Keypair::generate_ed25519();
+        let mut t = build_transport(&kp, &cfg).unwrap();
+        let r = t.listen_on(ListenerId::next(), tor::onion_listen_addr(4001));
+        assert!(
+            matches!(r, Err(TransportError::MultiaddrNotSupported(_))),
+            "must not listen on an onion service: {r:?}"
+        );
+        let opts = DialOpts {
+            role: Endpoint::Dialer,
+            port_use: PortUse::New,
+        };
+        for a in ["/dns4/example.org/tcp/443", "/ip6/2001:db8::1/tcp/443/ws"] {
+            let r = t.dial(a.parse().unwrap(), opts).map(|_| ());
+            assert!(
+                matches!(r, Err(TransportError::MultiaddrNotSupported(_))),
+                "must not dial {a} through Tor: {r:?}"
+            );
+        }
+        let onion = "/onion3/vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd:1234";
+        assert!(t.dial(onion.parse().unwrap(), opts).is_ok());
+        // The dial was not polled: arti was never created, nothing was written or sent.
+        assert!(!tor.started());
+        assert!(!tor.status().started);
+        assert!(!dir.path().join("state").exists() && !dir.path().join("cache").exists());
     }
 
     #[test]

@@ -35,6 +35,14 @@
 //! - What stays the node's job: not advertising clearnet addresses when Tor-only, and not
 //!   putting anything identifying into gossip.
 //!
+//! # On demand
+//! [`Tor::on_demand`] checks the configuration at once but creates the arti client only when
+//! something first needs it (a dial, a listener, [`Tor::bootstrap`]): a clearnet node that may
+//! some day dial a Tor-only member touches no Tor state and sends nothing until it does. With
+//! [`Scope::OnionDialOnly`] the transport dials `/onion3` addresses and nothing else, and never
+//! listens: such a node uses Tor only to reach onion services, never as a way out to the
+//! clearnet.
+//!
 //! # Progress and health
 //! [`Tor::status`] / [`Tor::status_events`] report arti's bootstrap progress (percent, ready,
 //! and why it is stuck if it is), which keeps being updated after bootstrap: a guard that can no
@@ -53,7 +61,10 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll, Waker},
     time::Duration,
 };
@@ -61,7 +72,8 @@ use std::{
 use arti_client::{
     BootstrapBehavior, DataStream, StreamPrefs, TorAddr, TorClient,
     config::{
-        BoolOrAuto, CfgPath, TorClientConfigBuilder, onion_service::OnionServiceConfigBuilder,
+        BoolOrAuto, CfgPath, TorClientConfig, TorClientConfigBuilder,
+        onion_service::OnionServiceConfigBuilder,
     },
 };
 use futures::{Stream, StreamExt, future::BoxFuture, stream::FuturesUnordered};
@@ -174,8 +186,11 @@ pub enum TorError {
 }
 
 /// Arti's view of Tor, in a form `kith status` can print.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TorStatus {
+    /// The arti client exists (an on-demand handle creates it on first use; until then the
+    /// other fields are zero).
+    pub started: bool,
     /// Rough bootstrap progress, 0..=100.
     pub percent: u8,
     /// Arti can open circuits now.
@@ -184,10 +199,23 @@ pub struct TorStatus {
     pub blocked: Option<String>,
     /// The onion service's state, once a listener runs.
     pub onion_service: Option<OnionServiceState>,
+    /// What arti says is wrong with the onion service, if anything.
+    pub onion_problem: Option<String>,
+    /// Incoming onion-service streams accepted so far.
+    pub inbound: u64,
+    /// Tor streams this transport opened (dials that reached the far end).
+    pub dials_ok: u64,
+    /// Tor streams that failed to open.
+    pub dials_failed: u64,
+    /// Why the last failed one failed.
+    pub last_dial_error: Option<String>,
 }
 
 impl fmt::Display for TorStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.started {
+            return write!(f, "tor not started");
+        }
         write!(f, "tor {}%", self.percent)?;
         match (&self.blocked, self.ready) {
             (Some(why), _) => write!(f, ", blocked: {why}")?,
@@ -209,11 +237,26 @@ pub struct Tor {
 }
 
 struct Inner {
-    client: Arc<TorClient<PreferredRuntime>>,
+    /// The validated arti configuration the client is (or will be) created from.
+    config: TorClientConfig,
+    /// Created by [`Tor::create`] at once, by [`Tor::on_demand`] on first use.
+    client: OnceLock<Arc<TorClient<PreferredRuntime>>>,
+    /// Serializes client creation (arti's state dir lock allows one client per dir).
+    creating: Mutex<()>,
     nickname: HsNickname,
     connect_timeout: Duration,
     /// The running onion service, if a listener launched one (for status only).
     service: Mutex<Option<Arc<RunningOnionService>>>,
+    health: Health,
+}
+
+/// What the transport saw, for [`TorStatus`].
+#[derive(Default)]
+struct Health {
+    inbound: AtomicU64,
+    dials_ok: AtomicU64,
+    dials_failed: AtomicU64,
+    last_dial_error: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for Tor {
@@ -235,6 +278,16 @@ impl Tor {
     /// # Panics
     /// Outside a Tokio runtime: arti spawns its tasks on the current one.
     pub fn create(config: &TorConfig) -> Result<Self, TorError> {
+        let tor = Self::on_demand(config)?;
+        tor.ensure_client()?;
+        Ok(tor)
+    }
+
+    /// Checks `config` and returns a handle whose arti client is created only when first needed
+    /// (a dial, a listener, [`Tor::bootstrap`], [`Tor::status_events`]); until then nothing is
+    /// written under the state and cache dirs and nothing is sent. [`Tor::status`] says
+    /// `started: false` meanwhile. Creation then runs on the caller's Tokio runtime.
+    pub fn on_demand(config: &TorConfig) -> Result<Self, TorError> {
         let nickname = HsNickname::new(config.nickname.clone())?;
         let mut builder = match &config.arti_toml {
             Some(text) => toml::from_str::<TorClientConfigBuilder>(text)?,
@@ -247,44 +300,73 @@ impl Tor {
         if config.trust_all_dir_permissions {
             builder.storage().permissions().dangerously_trust_everyone();
         }
-        let client = TorClient::builder()
-            .config(builder.build()?)
-            .bootstrap_behavior(BootstrapBehavior::OnDemand)
-            .create_unbootstrapped()
-            .map_err(TorError::Client)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                config: builder.build()?,
+                client: OnceLock::new(),
+                creating: Mutex::new(()),
                 nickname,
                 connect_timeout: config.connect_timeout,
                 service: Mutex::new(None),
+                health: Health::default(),
             }),
         })
+    }
+
+    /// The arti client, created now (unbootstrapped, bootstrapping on demand) if it wasn't.
+    fn ensure_client(&self) -> Result<&Arc<TorClient<PreferredRuntime>>, TorError> {
+        if let Some(c) = self.inner.client.get() {
+            return Ok(c);
+        }
+        let _guard = self
+            .inner
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = self.inner.client.get() {
+            return Ok(c);
+        }
+        let client = TorClient::builder()
+            .config(self.inner.config.clone())
+            .bootstrap_behavior(BootstrapBehavior::OnDemand)
+            .create_unbootstrapped()
+            .map_err(TorError::Client)?;
+        tracing::debug!("arti client created");
+        Ok(self.inner.client.get_or_init(|| client))
     }
 
     /// Bootstraps: returns once arti has enough directory information to build circuits. Watch
     /// [`Tor::status_events`] meanwhile for progress.
     pub async fn bootstrap(&self) -> Result<(), TorError> {
-        self.inner
-            .client
+        self.ensure_client()?
             .bootstrap()
             .await
             .map_err(TorError::Client)
     }
 
-    /// Current bootstrap progress and health.
+    /// Current bootstrap progress and health. Never creates the client.
     pub fn status(&self) -> TorStatus {
-        self.status_from(&self.inner.client.bootstrap_status())
+        match self.inner.client.get() {
+            Some(c) => self.status_from(&c.bootstrap_status()),
+            None => self.health(TorStatus::default()),
+        }
+    }
+
+    /// Whether the arti client exists yet (see [`Tor::on_demand`]).
+    pub fn started(&self) -> bool {
+        self.inner.client.get().is_some()
     }
 
     /// A stream of [`TorStatus`] updates (arti's bootstrap events), for a status display.
-    /// It never ends while the client lives.
-    pub fn status_events(&self) -> impl Stream<Item = TorStatus> + Send + 'static {
+    /// It never ends while the client lives. Creates the client if it doesn't exist yet.
+    pub fn status_events(
+        &self,
+    ) -> Result<impl Stream<Item = TorStatus> + Send + 'static + use<>, TorError> {
         let this = self.clone();
-        self.inner
-            .client
+        Ok(self
+            .ensure_client()?
             .bootstrap_events()
-            .map(move |s| this.status_from(&s))
+            .map(move |s| this.status_from(&s)))
     }
 
     /// How long a dial through this client may take (see [`TorConfig::connect_timeout`]).
@@ -292,25 +374,109 @@ impl Tor {
         self.inner.connect_timeout
     }
 
-    /// The arti client, for anything this module doesn't wrap.
-    pub fn client(&self) -> &Arc<TorClient<PreferredRuntime>> {
-        &self.inner.client
+    /// The arti client, for anything this module doesn't wrap (created now if need be).
+    pub fn client(&self) -> Result<&Arc<TorClient<PreferredRuntime>>, TorError> {
+        self.ensure_client()
+    }
+
+    /// Opens a Tor stream to `target` (creating the client and bootstrapping first if need be).
+    async fn connect(&self, target: &Target) -> Result<DataStream, TorError> {
+        let connect = |source| TorError::Connect {
+            target: target.to_string(),
+            source,
+        };
+        let mut prefs = StreamPrefs::new();
+        // One circuit per connection: an exit can't link our peers.
+        prefs.new_isolation_group();
+        let tor_addr = match target {
+            Target::Onion(host, port) => {
+                prefs.connect_to_onion_services(BoolOrAuto::Explicit(true));
+                TorAddr::from((host.as_str(), *port))
+            }
+            Target::Ip(sa) => TorAddr::dangerously_from(*sa),
+            Target::Name(host, port, v) => {
+                match v {
+                    IpVersion::Any => {}
+                    IpVersion::V4 => {
+                        prefs.ipv4_only();
+                    }
+                    IpVersion::V6 => {
+                        prefs.ipv6_only();
+                    }
+                }
+                TorAddr::from((host.as_str(), *port))
+            }
+        };
+        let tor_addr = tor_addr.map_err(|e| connect(e.into()))?;
+        self.ensure_client()?
+            .connect_with_prefs(tor_addr, &prefs)
+            .await
+            .map_err(connect)
     }
 
     fn status_from(&self, s: &arti_client::status::BootstrapStatus) -> TorStatus {
-        let onion_service = self
+        let service = self
             .inner
             .service
             .lock()
             .ok()
-            .and_then(|g| g.as_ref().map(|svc| svc.status().state()));
-        TorStatus {
+            .and_then(|g| g.as_ref().map(|svc| svc.status()));
+        self.health(TorStatus {
+            started: true,
             percent: (s.as_frac().clamp(0.0, 1.0) * 100.0).round() as u8,
             ready: s.ready_for_traffic(),
             blocked: s.blocked().map(|b| b.to_string()),
-            onion_service,
+            onion_service: service.as_ref().map(|st| st.state()),
+            onion_problem: service
+                .as_ref()
+                .and_then(|st| st.current_problem().map(problem_text)),
+            ..TorStatus::default()
+        })
+    }
+
+    fn health(&self, status: TorStatus) -> TorStatus {
+        let h = &self.inner.health;
+        TorStatus {
+            inbound: h.inbound.load(Ordering::Relaxed),
+            dials_ok: h.dials_ok.load(Ordering::Relaxed),
+            dials_failed: h.dials_failed.load(Ordering::Relaxed),
+            last_dial_error: h
+                .last_dial_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            ..status
         }
     }
+}
+
+/// One line for arti's onion-service problem (its type has no `Display`).
+fn problem_text(p: &tor_hsservice::status::Problem) -> String {
+    use tor_hsservice::status::Problem;
+    match p {
+        Problem::Runtime(e) => format!("fatal: {e}"),
+        Problem::DescriptorUpload(errs) => match errs.first() {
+            Some(e) => format!("descriptor upload failed ({} HSDirs): {e}", errs.len()),
+            None => "descriptor upload failed".to_owned(),
+        },
+        Problem::Ipt(errs) => match errs.first() {
+            Some(e) => format!("introduction points failed ({}): {e}", errs.len()),
+            None => "introduction points failed".to_owned(),
+        },
+        _ => "onion service problem".to_owned(),
+    }
+}
+
+/// What a [`TorTransport`] is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Dial onion services, and clearnet addresses and host names through exits; listen on an
+    /// onion service.
+    #[default]
+    Full,
+    /// Dial `/onion3` addresses and nothing else; never listen. A clearnet node uses this to
+    /// reach Tor-only members without ever sending clearnet traffic through an exit.
+    OnionDialOnly,
 }
 
 /// The wildcard onion listen address for virtual port `port`: `/onion3/aaaa…a:<port>` (an
@@ -401,6 +567,7 @@ struct Listener {
 /// [`crate::build_transport`] does that and adds Noise + Yamux.
 pub struct TorTransport {
     tor: Tor,
+    scope: Scope,
     service: Option<Service>,
     listeners: Vec<Listener>,
     events: VecDeque<TransportEvent<<Self as Transport>::ListenerUpgrade, TorError>>,
@@ -413,6 +580,7 @@ impl fmt::Debug for TorTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TorTransport")
             .field("tor", &self.tor)
+            .field("scope", &self.scope)
             .field("listening", &self.listeners.len())
             .finish_non_exhaustive()
     }
@@ -421,8 +589,14 @@ impl fmt::Debug for TorTransport {
 impl TorTransport {
     /// A transport dialing and listening through `tor`.
     pub fn new(tor: Tor) -> Self {
+        Self::with_scope(tor, Scope::Full)
+    }
+
+    /// A transport using `tor` for what `scope` allows.
+    pub fn with_scope(tor: Tor, scope: Scope) -> Self {
         Self {
             tor,
+            scope,
             service: None,
             listeners: Vec::new(),
             events: VecDeque::new(),
@@ -443,8 +617,7 @@ impl TorTransport {
                 .build()?;
             let (running, rend_requests) = self
                 .tor
-                .inner
-                .client
+                .ensure_client()?
                 .launch_onion_service(config)
                 .map_err(TorError::LaunchService)?
                 .ok_or(TorError::ServiceStopped)?;
@@ -501,7 +674,9 @@ impl Transport for TorTransport {
     ) -> Result<(), TransportError<Self::Error>> {
         let mut it = addr.iter();
         let (requested, port) = match (it.next(), it.next()) {
-            (Some(Protocol::Onion3(a)), None) if a.port() != 0 => (*a.hash(), a.port()),
+            (Some(Protocol::Onion3(a)), None) if a.port() != 0 && self.scope == Scope::Full => {
+                (*a.hash(), a.port())
+            }
             _ => return Err(TransportError::MultiaddrNotSupported(addr)),
         };
         if self.listeners.iter().any(|l| l.port == port) {
@@ -554,42 +729,25 @@ impl Transport for TorTransport {
         if opts.role == Endpoint::Listener {
             return Err(TransportError::MultiaddrNotSupported(addr));
         }
-        let Some(target) = dial_target(&addr) else {
-            return Err(TransportError::MultiaddrNotSupported(addr));
+        let target = match (dial_target(&addr), self.scope) {
+            (Some(t @ Target::Onion(..)), _) | (Some(t), Scope::Full) => t,
+            _ => return Err(TransportError::MultiaddrNotSupported(addr)),
         };
-        let client = self.tor.inner.client.clone();
+        let tor = self.tor.clone();
         Ok(Box::pin(async move {
-            let mut prefs = StreamPrefs::new();
-            // One circuit per connection: an exit can't link our peers.
-            prefs.new_isolation_group();
-            let tor_addr = match &target {
-                Target::Onion(host, port) => {
-                    prefs.connect_to_onion_services(BoolOrAuto::Explicit(true));
-                    TorAddr::from((host.as_str(), *port))
+            let result = tor.connect(&target).await;
+            let h = &tor.inner.health;
+            match &result {
+                Ok(_) => {
+                    h.dials_ok.fetch_add(1, Ordering::Relaxed);
                 }
-                Target::Ip(sa) => TorAddr::dangerously_from(*sa),
-                Target::Name(host, port, v) => {
-                    match v {
-                        IpVersion::Any => {}
-                        IpVersion::V4 => {
-                            prefs.ipv4_only();
-                        }
-                        IpVersion::V6 => {
-                            prefs.ipv6_only();
-                        }
-                    }
-                    TorAddr::from((host.as_str(), *port))
+                Err(e) => {
+                    h.dials_failed.fetch_add(1, Ordering::Relaxed);
+                    *h.last_dial_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(e.to_string());
                 }
-            };
-            let connect = |source| TorError::Connect {
-                target: target.to_string(),
-                source,
-            };
-            let tor_addr = tor_addr.map_err(|e| connect(e.into()))?;
-            client
-                .connect_with_prefs(tor_addr, &prefs)
-                .await
-                .map_err(connect)
+            }
+            result
         }))
     }
 
@@ -629,6 +787,11 @@ impl Transport for TorTransport {
                     match port.and_then(|p| this.listeners.iter().find(|l| l.port == p)) {
                         Some(l) => {
                             let addr = TorTransport::onion_addr(&svc.hash, l.port);
+                            this.tor
+                                .inner
+                                .health
+                                .inbound
+                                .fetch_add(1, Ordering::Relaxed);
                             let upgrade: Self::ListenerUpgrade = Box::pin(async move {
                                 req.accept(Connected::new_empty())
                                     .await
@@ -697,20 +860,21 @@ mod tests {
 
     #[test]
     fn status_reads_well() {
+        assert_eq!(TorStatus::default().to_string(), "tor not started");
         let mut s = TorStatus {
+            started: true,
             percent: 42,
-            ready: false,
-            blocked: None,
-            onion_service: None,
+            ..TorStatus::default()
         };
         assert_eq!(s.to_string(), "tor 42%, bootstrapping");
         s.blocked = Some("can't reach a guard".into());
         assert_eq!(s.to_string(), "tor 42%, blocked: can't reach a guard");
         s = TorStatus {
+            started: true,
             percent: 100,
             ready: true,
-            blocked: None,
             onion_service: Some(OnionServiceState::Running),
+            ..TorStatus::default()
         };
         assert_eq!(s.to_string(), "tor 100%, ok, onion service Running");
     }
