@@ -131,9 +131,12 @@ pub fn decode(content: &[u8], writekey: Option<&[u8; 32]>) -> Result<Table, DirE
     let mut t = Table::new();
     for RawEntry(name, ro, salt, rw, size, ctime, mtime) in raw.e {
         check_name(&name).map_err(|e| DirError::Malformed(e.to_string()))?;
+        // The clear field is read-only by definition: a write cap put there (by a buggy or
+        // hostile writer) is downgraded, never shown to read-only viewers as writable.
         let ro_cap: Cap = ro
-            .parse()
-            .map_err(|e| DirError::Malformed(format!("entry {name:?}: {e}")))?;
+            .parse::<Cap>()
+            .map_err(|e| DirError::Malformed(format!("entry {name:?}: {e}")))?
+            .read_only();
         let mut cap = ro_cap.clone();
         if let Some(wk) = writekey
             && !rw.is_empty()
