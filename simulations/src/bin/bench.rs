@@ -1,10 +1,12 @@
-//! `bench grid`: start N real kith daemons on loopback (child processes), upload a random file
-//! through node 0's local API and download it through node 1's, and print in one table:
-//! encoder-only throughput (the same file encoded in-process on every core), end-to-end upload
-//! and download MiB/s, and the uploading node's idle and peak RSS.
+//! `bench grid`: start N real kith daemons on loopback (child processes); for each file size
+//! upload a random file through node 0's local API and download it through node 1's; then
+//! upload many small files; and print in one table: encoder-only throughput (the same file
+//! encoded in-process on every core), end-to-end upload and download MiB/s, their ratio to the
+//! encoder, the uploading node's idle RSS and its peak above idle during each upload (sampled
+//! every 5 ms), CPU per process group, and small files per second.
 //!
 //! ```text
-//! cargo run --release -p kith-simulations --bin bench -- grid --nodes 10 --size 256MiB
+//! cargo run --release -p kith-simulations --bin bench -- grid --nodes 10 --sizes 16MiB,256MiB,1GiB --small-files 1000
 //! ```
 
 use std::{
@@ -35,9 +37,18 @@ enum Cmd {
         /// Nodes in the grid.
         #[arg(long, default_value_t = 10)]
         nodes: usize,
-        /// File size.
-        #[arg(long, default_value = "256MiB")]
-        size: ByteSize,
+        /// File sizes, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "16MiB,256MiB,1GiB")]
+        sizes: Vec<ByteSize>,
+        /// Small files to upload after the large ones (0: skip).
+        #[arg(long, default_value_t = 1000)]
+        small_files: usize,
+        /// Size of each small file.
+        #[arg(long, default_value = "4KiB")]
+        small_size: ByteSize,
+        /// Small-file uploads in flight at once.
+        #[arg(long, default_value_t = 16)]
+        small_parallel: usize,
         /// k.
         #[arg(long, default_value_t = 3)]
         needed: u8,
@@ -83,14 +94,18 @@ fn main() -> anyhow::Result<()> {
         Cmd::Join { nodes, rounds } => rt.block_on(join_bench(nodes, rounds)),
         Cmd::Grid {
             nodes,
-            size,
+            sizes,
+            small_files,
+            small_size,
+            small_parallel,
             needed,
             happy,
             total,
             workdir,
         } => rt.block_on(grid(
             nodes,
-            size.0,
+            &sizes.iter().map(|s| s.0).collect::<Vec<_>>(),
+            (small_files, small_size.0 as usize, small_parallel.max(1)),
             EncodingParams {
                 needed,
                 happy,
@@ -195,64 +210,61 @@ async fn wait_api(dir: &NodeDir) -> anyhow::Result<(String, String)> {
     }
 }
 
-async fn grid(
-    nodes: usize,
+/// One large-file round: upload through node 0, download through node 1.
+struct Round {
+    size: u64,
+    enc: Duration,
+    up: Duration,
+    down: Duration,
+    peak_rss_kib: u64,
+    cpu_up: Vec<f64>,
+    timings: serde_json::Value,
+    ok: bool,
+}
+
+/// Samples a process's RSS every 5 ms until told to stop; returns the maximum (KiB).
+fn sample_rss(
+    pid: u32,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<u64>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut max = 0;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            max = max.max(rss_kib(pid, "VmRSS:"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        max.max(rss_kib(pid, "VmRSS:"))
+    });
+    (stop, task)
+}
+
+async fn round(
+    http: &reqwest::Client,
+    daemons: &[Daemon],
+    root: &Path,
     size: u64,
     params: EncodingParams,
-    workdir: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    if nodes < 2 {
-        bail!("need at least 2 nodes");
-    }
-    let tmp = tempfile::tempdir()?;
-    let root = workdir.unwrap_or_else(|| tmp.path().to_owned());
-    std::fs::create_dir_all(&root)?;
-    println!(
-        "kith bench: {nodes} nodes on loopback, {} file, {}-of-{} (happy {})",
-        ByteSize(size),
-        params.needed,
-        params.total,
-        params.happy
-    );
+) -> anyhow::Result<Round> {
     let data = {
         use rand::{RngCore, SeedableRng};
         let mut v = vec![0u8; size as usize];
-        rand::rngs::StdRng::seed_from_u64(42).fill_bytes(&mut v);
+        rand::rngs::StdRng::seed_from_u64(size).fill_bytes(&mut v);
         v
     };
-    let file = root.join("input.bin");
+    let file = root.join(format!("input-{size}.bin"));
     std::fs::write(&file, &data)?;
     let want = Sha256::digest(&data);
-
-    let enc_time = encoder_only(&data, params)?;
+    let enc = encoder_only(&data, params)?;
     drop(data);
-
-    let me = std::env::current_exe()?;
-    let mut dirs = Vec::new();
-    for i in 0..nodes {
-        let dir = NodeDir::new(root.join(format!("node{i}")));
-        let mut raw = RawConfig {
-            nickname: format!("bench{i}"),
-            ..RawConfig::default()
-        };
-        raw.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
-        raw.encoding.shares_needed = params.needed;
-        raw.encoding.shares_happy = params.happy;
-        raw.encoding.shares_total = params.total;
-        raw.storage.reserved = ByteSize(0);
-        dir.init(raw)?;
-        dirs.push(dir);
-    }
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    let mut daemons = form_grid(&me, &http, dirs).await?;
     let up = &daemons[0];
     let pid = up.child.id();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_rss = rss_kib(pid, "VmRSS:");
-    let idle_hwm = rss_kib(pid, "VmHWM:");
-
     let pids: Vec<u32> = daemons.iter().map(|d| d.child.id()).collect();
     let cpu_before: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
+    let (stop, sampler) = sample_rss(pid);
     let start = Instant::now();
     let f = tokio::fs::File::open(&file).await?;
     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
@@ -268,14 +280,15 @@ async fn grid(
     }
     let put: serde_json::Value = resp.json().await?;
     let up_time = start.elapsed();
-    let peak_rss = rss_kib(pid, "VmHWM:");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_rss_kib = sampler.await?;
     let cpu_up: Vec<f64> = pids
         .iter()
         .zip(&cpu_before)
         .map(|(&p, b)| cpu_secs(p) - b)
         .collect();
+    let _ = std::fs::remove_file(&file);
     let cap = put["cap"].as_str().unwrap_or_default().to_owned();
-
     let down = &daemons[1];
     let start = Instant::now();
     let mut resp = http
@@ -290,8 +303,138 @@ async fn grid(
         hasher.update(&chunk);
     }
     let down_time = start.elapsed();
-    let ok = got == size && hasher.finalize() == want;
+    Ok(Round {
+        size,
+        enc,
+        up: up_time,
+        down: down_time,
+        peak_rss_kib,
+        cpu_up,
+        timings: put["timings"].clone(),
+        ok: got == size && hasher.finalize() == want,
+    })
+}
 
+/// Uploads `count` distinct small files through node 0, `parallel` at once; then downloads
+/// them all through node 1 and checks every byte. Returns (upload time, download time).
+async fn small_files(
+    http: &reqwest::Client,
+    daemons: &[Daemon],
+    count: usize,
+    size: usize,
+    parallel: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    use futures::StreamExt;
+    let files: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            use rand::{RngCore, SeedableRng};
+            let mut v = vec![0u8; size];
+            rand::rngs::StdRng::seed_from_u64(1_000_000 + i as u64).fill_bytes(&mut v);
+            v
+        })
+        .collect();
+    let (up, down) = (&daemons[0], &daemons[1]);
+    let start = Instant::now();
+    let caps: Vec<anyhow::Result<String>> = futures::stream::iter(files.iter().cloned())
+        .map(|body| async move {
+            let r = http
+                .post(format!("{}/api/v1/files", up.url))
+                .bearer_auth(&up.token)
+                .body(body)
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("small upload failed: {}", r.text().await?);
+            }
+            let v: serde_json::Value = r.json().await?;
+            Ok(v["cap"].as_str().unwrap_or_default().to_owned())
+        })
+        .buffered(parallel)
+        .collect()
+        .await;
+    let up_time = start.elapsed();
+    let caps: Vec<String> = caps.into_iter().collect::<anyhow::Result<_>>()?;
+    let start = Instant::now();
+    let got: Vec<anyhow::Result<Vec<u8>>> = futures::stream::iter(caps.iter())
+        .map(|cap| async move {
+            let r = http
+                .get(format!("{}/api/v1/files/{cap}", down.url))
+                .bearer_auth(&down.token)
+                .send()
+                .await?;
+            Ok(r.bytes().await?.to_vec())
+        })
+        .buffered(parallel)
+        .collect()
+        .await;
+    let down_time = start.elapsed();
+    for (want, got) in files.iter().zip(got) {
+        if &got? != want {
+            bail!("a small file came back different");
+        }
+    }
+    Ok((up_time, down_time))
+}
+
+async fn grid(
+    nodes: usize,
+    sizes: &[u64],
+    (small_count, small_size, small_parallel): (usize, usize, usize),
+    params: EncodingParams,
+    workdir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if nodes < 2 {
+        bail!("need at least 2 nodes");
+    }
+    let tmp = tempfile::tempdir()?;
+    let root = workdir.unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&root)?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "kith bench: {nodes} nodes on loopback, {}-of-{} (happy {}), {cores} cores",
+        params.needed, params.total, params.happy
+    );
+    let me = std::env::current_exe()?;
+    let mut dirs = Vec::new();
+    for i in 0..nodes {
+        let dir = NodeDir::new(root.join(format!("node{i}")));
+        let mut raw = RawConfig {
+            nickname: format!("bench{i}"),
+            ..RawConfig::default()
+        };
+        raw.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        raw.encoding.shares_needed = params.needed;
+        raw.encoding.shares_happy = params.happy;
+        raw.encoding.shares_total = params.total;
+        raw.storage.reserved = ByteSize(0);
+        raw.repair.enabled = false;
+        dir.init(raw)?;
+        dirs.push(dir);
+    }
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut daemons = form_grid(&me, &http, dirs).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = daemons[0].child.id();
+    let idle_rss = rss_kib(pid, "VmRSS:");
+    let mut rounds = Vec::new();
+    let mut failure = None;
+    for &size in sizes {
+        match round(&http, &daemons, &root, size, params).await {
+            Ok(r) => rounds.push(r),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let small = if small_count > 0 && failure.is_none() {
+        Some(small_files(&http, &daemons, small_count, small_size, small_parallel).await)
+    } else {
+        None
+    };
+    let idle_after = rss_kib(pid, "VmRSS:");
     for d in &mut daemons {
         let _ = http
             .post(format!("{}/api/v1/shutdown", d.url))
@@ -302,61 +445,73 @@ async fn grid(
     for d in &mut daemons {
         let _ = d.child.wait();
     }
-    let enc_mbs = size as f64 / 1e6 / enc_time.as_secs_f64();
+    if let Some(e) = failure {
+        return Err(e);
+    }
     println!();
     println!("| measure | value |");
     println!("|---|---|");
     println!(
-        "| encoder only (key pass + encode, all cores) | {enc_mbs:.0} MB/s ({:.0} MiB/s) |",
-        mib_s(size, enc_time)
+        "| uploading node RSS idle | {:.1} MiB (after the runs: {:.1} MiB) |",
+        idle_rss as f64 / 1024.0,
+        idle_after as f64 / 1024.0
     );
-    println!(
-        "| upload (node 0 API -> {nodes} servers) | {:.1} MiB/s ({:.2} s) |",
-        mib_s(size, up_time),
-        up_time.as_secs_f64()
-    );
-    println!(
-        "| download (node 1 API, verified) | {:.1} MiB/s ({:.2} s) |",
-        mib_s(size, down_time),
-        down_time.as_secs_f64()
-    );
-    println!(
-        "| upload / encoder-only | {:.0}% |",
-        100.0 * enc_time.as_secs_f64() / up_time.as_secs_f64()
-    );
-    println!(
-        "| uploading node RSS idle | {:.1} MiB |",
-        idle_rss as f64 / 1024.0
-    );
-    println!(
-        "| uploading node RSS peak during upload | {:.1} MiB (+{:.1} MiB over idle) |",
-        peak_rss as f64 / 1024.0,
-        (peak_rss.saturating_sub(idle_rss.max(idle_hwm.min(idle_rss)))) as f64 / 1024.0
-    );
-    println!(
-        "| CPU during upload | uploader {:.2} s, {} servers {:.2} s, in {:.2} s wall on {} cores |",
-        cpu_up[0],
-        nodes - 1,
-        cpu_up[1..].iter().sum::<f64>(),
-        up_time.as_secs_f64(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
-    let t = &put["timings"];
-    println!(
-        "| upload phases (ms) | receive+spool {} / key pass {} / placement {} / encode+send {} / close {} |",
-        t["receive_ms"], t["key_ms"], t["placement_ms"], t["stream_ms"], t["close_ms"]
-    );
-    println!(
-        "| download byte-identical | {} |",
-        if ok { "yes" } else { "NO" }
-    );
-    drop(tmp);
-    if !ok {
-        bail!("downloaded file differs");
+    for r in &rounds {
+        let name = ByteSize(r.size).to_string();
+        let enc_mbs = r.size as f64 / 1e6 / r.enc.as_secs_f64();
+        println!(
+            "| {name}: encoder only (key pass + encode, {cores} cores) | {enc_mbs:.0} MB/s ({:.0} MiB/s) |",
+            mib_s(r.size, r.enc)
+        );
+        println!(
+            "| {name}: upload (node 0 API -> {nodes} servers) | {:.1} MiB/s ({:.2} s), {:.0}% of encoder-only |",
+            mib_s(r.size, r.up),
+            r.up.as_secs_f64(),
+            100.0 * r.enc.as_secs_f64() / r.up.as_secs_f64()
+        );
+        println!(
+            "| {name}: download (node 1 API, verified) | {:.1} MiB/s ({:.2} s){} |",
+            mib_s(r.size, r.down),
+            r.down.as_secs_f64(),
+            if r.ok { "" } else { " NOT IDENTICAL" }
+        );
+        println!(
+            "| {name}: uploading node RSS peak | {:.1} MiB (+{:.1} MiB over idle) |",
+            r.peak_rss_kib as f64 / 1024.0,
+            r.peak_rss_kib.saturating_sub(idle_rss) as f64 / 1024.0
+        );
+        println!(
+            "| {name}: CPU during upload | uploader {:.2} s, {} servers {:.2} s, in {:.2} s wall |",
+            r.cpu_up[0],
+            nodes - 1,
+            r.cpu_up[1..].iter().sum::<f64>(),
+            r.up.as_secs_f64()
+        );
+        let t = &r.timings;
+        println!(
+            "| {name}: upload phases (ms) | receive+spool {} / key pass {} / placement {} / encode+send {} / close {} |",
+            t["receive_ms"], t["key_ms"], t["placement_ms"], t["stream_ms"], t["close_ms"]
+        );
     }
-    let _ = Path::new("");
+    if let Some(small) = small {
+        let (up, down) = small?;
+        println!(
+            "| {small_count} x {}: upload ({small_parallel} at once) | {:.2} s, {:.0} files/s |",
+            ByteSize(small_size as u64),
+            up.as_secs_f64(),
+            small_count as f64 / up.as_secs_f64()
+        );
+        println!(
+            "| {small_count} x {}: download, verified | {:.2} s, {:.0} files/s |",
+            ByteSize(small_size as u64),
+            down.as_secs_f64(),
+            small_count as f64 / down.as_secs_f64()
+        );
+    }
+    drop(tmp);
+    if rounds.iter().any(|r| !r.ok) {
+        bail!("a downloaded file differs");
+    }
     Ok(())
 }
 
