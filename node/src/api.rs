@@ -554,16 +554,20 @@ async fn put(
         op,
         Some("the upload was interrupted".into()),
     );
-    let res = put_inner(&st, q, body, op).await;
+    let res = put_inner(&st, q, body, op, total).await;
     guard.2 = res.as_ref().err().map(|e| e.error.clone());
     res
 }
+
+/// Bodies up to this size (by their Content-Length) are uploaded from memory, not spooled.
+const SMALL_BODY: u64 = 1 << 20;
 
 async fn put_inner(
     st: &ApiState,
     q: PutQuery,
     body: Body,
     op: u64,
+    total: Option<u64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let cfg = st.node.config();
     let mut params = cfg.encoding;
@@ -576,16 +580,27 @@ async fn put_inner(
     let convergent = !q.random_key.unwrap_or(!cfg.convergent);
     let mut hasher =
         convergent.then(|| ConvergentKeyHasher::new(st.node.convergence_secret(), &params));
-    // Spool the body while hashing it for the convergent key, so encoding is one
-    // more pass over the spool instead of two.
-    let spool = tempfile::NamedTempFile::new_in(st.node.dir().tmp())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let spool_path = spool.path().to_owned();
+    // Small bodies stay in memory; larger ones are spooled to `tmp/`. Either way the body is
+    // hashed for the convergent key as it arrives, so encoding is one more pass, not two.
+    let small = total.is_some_and(|t| t <= SMALL_BODY);
+    let spool = if small {
+        None
+    } else {
+        Some(
+            tempfile::NamedTempFile::new_in(st.node.dir().tmp())
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        )
+    };
+    let spool_path = spool.as_ref().map(|s| s.path().to_owned());
+    let mut mem: Vec<u8> = Vec::new();
     let spool_start = std::time::Instant::now();
     {
-        let mut f = tokio::fs::File::create(&spool_path)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let mut f = match &spool_path {
+            Some(p) => Some(tokio::fs::File::create(p).await.map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            })?),
+            None => None,
+        };
         let mut stream = body.into_data_stream();
         let mut received = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -596,14 +611,29 @@ async fn put_inner(
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk);
             }
-            f.write_all(&chunk)
+            match f.as_mut() {
+                Some(f) => f.write_all(&chunk).await.map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                })?,
+                None if received <= SMALL_BODY => mem.extend_from_slice(&chunk),
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "the body is longer than its Content-Length",
+                    ));
+                }
+            }
+        }
+        if let Some(f) = f.as_mut() {
+            f.flush()
                 .await
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         }
-        f.flush()
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     }
+    let body_len = match &spool_path {
+        Some(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+        None => mem.len() as u64,
+    };
     let spool_ms = spool_start.elapsed().as_millis() as u64;
     let target = match q.path.as_deref().filter(|p| !p.is_empty()) {
         Some(p) => {
@@ -616,7 +646,7 @@ async fn put_inner(
             .await
             .map_err(crate::api_fs::fs_err)?
     {
-        let size = std::fs::metadata(&spool_path).map_or(0, |m| m.len());
+        let size = body_len;
         if size > crate::mutable::MAX_MUTABLE_SIZE as u64 {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -627,9 +657,12 @@ async fn put_inner(
                 ),
             ));
         }
-        let content = tokio::fs::read(&spool_path)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let content = match &spool_path {
+            Some(p) => tokio::fs::read(p)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+            None => std::mem::take(&mut mem),
+        };
         let m = crate::slot::map(&st.node, &slot).await;
         let v = crate::slot::publish(&st.node, &slot, &content, &m)
             .await
@@ -648,11 +681,13 @@ async fn put_inner(
         key: hasher.map(ConvergentKeyHasher::finalize),
     };
     let node = st.node.clone();
-    let half = std::fs::metadata(&spool_path).map_or(0, |m| m.len()) / 2;
+    let half = body_len / 2;
     let progress = move |done: u64| node.op_progress(op, half + done / 2);
-    let result = st
-        .node
-        .put_file(&spool_path, &opts, &progress)
+    let source = match &spool_path {
+        Some(p) => crate::client::Source::File(p),
+        None => crate::client::Source::Bytes(&mem),
+    };
+    let result = crate::client::upload_from(&st.node, source, &opts, &progress)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     drop(spool);

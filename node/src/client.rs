@@ -208,6 +208,47 @@ pub(crate) async fn list_shares(
     out
 }
 
+/// What an upload reads: a file, or bytes already in memory (small bodies the local API did
+/// not spool to disk).
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// A file on disk.
+    File(&'a Path),
+    /// The whole content.
+    Bytes(&'a [u8]),
+}
+
+/// Reads a source segment by segment.
+enum SourceReader<'a> {
+    File(tokio::fs::File),
+    Bytes(&'a [u8]),
+}
+
+impl SourceReader<'_> {
+    async fn next(&mut self, len: usize) -> std::io::Result<Vec<u8>> {
+        match self {
+            SourceReader::File(f) => {
+                // Into spare capacity: no zeroing, no reallocation.
+                let mut buf = Vec::with_capacity(len);
+                while buf.len() < len {
+                    if f.read_buf(&mut buf).await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Ok(buf)
+            }
+            SourceReader::Bytes(b) => {
+                if b.len() < len {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                let (head, rest) = b.split_at(len);
+                *b = rest;
+                Ok(head.to_vec())
+            }
+        }
+    }
+}
+
 /// Uploads the file at `path`.
 pub async fn upload(
     node: &NodeHandle,
@@ -215,7 +256,20 @@ pub async fn upload(
     opts: &PutOptions,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<PutResult, UploadError> {
-    let size = tokio::fs::metadata(path).await?.len();
+    upload_from(node, Source::File(path), opts, progress).await
+}
+
+/// Uploads from a file or from memory.
+pub async fn upload_from(
+    node: &NodeHandle,
+    source: Source<'_>,
+    opts: &PutOptions,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<PutResult, UploadError> {
+    let size = match source {
+        Source::File(path) => tokio::fs::metadata(path).await?.len(),
+        Source::Bytes(b) => b.len() as u64,
+    };
     let mut timings = Timings::default();
     let mut phase = std::time::Instant::now();
     let mut lap = |slot: &mut u64| {
@@ -224,7 +278,10 @@ pub async fn upload(
     };
     let params = opts.params;
     if size <= codec::LIT_THRESHOLD as u64 {
-        let data = tokio::fs::read(path).await?;
+        let data = match source {
+            Source::File(path) => tokio::fs::read(path).await?,
+            Source::Bytes(b) => b.to_vec(),
+        };
         progress(size);
         return Ok(PutResult {
             cap: ReadCap::Lit(LitCap { data }).to_string(),
@@ -239,23 +296,32 @@ pub async fn upload(
         key
     } else if opts.convergent {
         let secret = *node.convergence_secret();
-        let p = path.to_owned();
-        tokio::task::spawn_blocking(move || -> std::io::Result<Key> {
-            use std::io::Read;
-            let mut h = ConvergentKeyHasher::new(&secret, &params);
-            let mut f = std::fs::File::open(p)?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
+        match source {
+            Source::Bytes(b) => {
+                let mut h = ConvergentKeyHasher::new(&secret, &params);
+                h.update(b);
+                h.finalize()
             }
-            Ok(h.finalize())
-        })
-        .await
-        .map_err(|e| UploadError::Encode(e.to_string()))??
+            Source::File(path) => {
+                let p = path.to_owned();
+                tokio::task::spawn_blocking(move || -> std::io::Result<Key> {
+                    use std::io::Read;
+                    let mut h = ConvergentKeyHasher::new(&secret, &params);
+                    let mut f = std::fs::File::open(p)?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = f.read(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        h.update(&buf[..n]);
+                    }
+                    Ok(h.finalize())
+                })
+                .await
+                .map_err(|e| UploadError::Encode(e.to_string()))??
+            }
+        }
     } else {
         codec::random_key(&mut rand::rngs::OsRng)
     };
@@ -446,7 +512,10 @@ pub async fn upload(
             .entry(s)
             .or_insert_with(|| Writer::spawn(node.clone(), s, si));
     }
-    let mut file = tokio::fs::File::open(path).await?;
+    let mut file = match source {
+        Source::File(path) => SourceReader::File(tokio::fs::File::open(path).await?),
+        Source::Bytes(b) => SourceReader::Bytes(b),
+    };
     let num_segments = encoder.num_segments();
     let mut encoding: FuturesOrdered<tokio::task::JoinHandle<Result<EncodedSegment, String>>> =
         FuturesOrdered::new();
@@ -456,8 +525,7 @@ pub async fn upload(
     loop {
         while encoding.len() < ENCODE_DEPTH && next_read < num_segments {
             let len = encoder.segment_len(next_read);
-            let mut buf = vec![0u8; len];
-            file.read_exact(&mut buf).await?;
+            let buf = file.next(len).await?;
             let enc = encoder.clone();
             let idx = next_read;
             encoding.push_back(tokio::task::spawn_blocking(move || {
@@ -560,10 +628,12 @@ pub async fn upload(
     // What this node now stores on each server (the friends page's "placed there").
     let friends = node.friends().clone();
     tokio::task::spawn_blocking(move || {
-        for (s, n) in closed {
-            if let Err(e) = friends.placed(&s, data_len.saturating_mul(n), n) {
-                tracing::warn!(server = %s, error = %e, "recording placed shares failed");
-            }
+        let items: Vec<(PeerId, u64, u64)> = closed
+            .into_iter()
+            .map(|(s, n)| (s, data_len.saturating_mul(n), n))
+            .collect();
+        if let Err(e) = friends.placed_many(&items) {
+            tracing::warn!(error = %e, "recording placed shares failed");
         }
     });
     let happiness = placement::happiness(&final_holdings);
@@ -625,14 +695,14 @@ impl Writer {
 }
 
 /// One share the downloader reads from.
-struct Source {
+struct ShareSource {
     server: PeerId,
     shnum: u8,
     share: Arc<VerifiedShare>,
 }
 
 struct Sources {
-    active: Vec<Source>,
+    active: Vec<ShareSource>,
     candidates: VecDeque<(PeerId, u8)>,
     bad: Vec<BadShare>,
     servers_asked: usize,
@@ -694,7 +764,7 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
                     let ct = meta.crypttext_hashes.clone();
                     match VerifiedShare::new(&ueb, meta) {
                         Ok(v) => {
-                            src.active.push(Source {
+                            src.active.push(ShareSource {
                                 server: s,
                                 shnum: sh,
                                 share: Arc::new(v),
@@ -823,7 +893,7 @@ impl Sources {
             }
             match fetch_meta(node, s, si, sh).await {
                 Ok(meta) => match VerifiedShare::new(ueb, meta) {
-                    Ok(v) => self.active.push(Source {
+                    Ok(v) => self.active.push(ShareSource {
                         server: s,
                         shnum: sh,
                         share: Arc::new(v),

@@ -299,11 +299,31 @@ impl Friends {
 
     /// Records shares this node placed on `server` (the "what I store on theirs" column).
     pub fn placed(&self, server: &PeerId, bytes: u64, shares: u64) -> Result<(), FriendError> {
-        if *server == self.me || shares == 0 {
+        self.placed_many(&[(*server, bytes, shares)])
+    }
+
+    /// [`placed`](Self::placed) for several servers in one transaction (one commit per upload
+    /// instead of one per server: what keeps small uploads from waiting on ten fsyncs).
+    pub fn placed_many(&self, items: &[(PeerId, u64, u64)]) -> Result<(), FriendError> {
+        let mut events = Vec::with_capacity(items.len());
+        for (server, bytes, shares) in items {
+            if *server == self.me || *shares == 0 {
+                continue;
+            }
+            events.push(Event::Placed {
+                on: Self::who(server)?,
+                bytes: *bytes,
+                shares: *shares,
+            });
+        }
+        if events.is_empty() {
             return Ok(());
         }
-        let on = Self::who(server)?;
-        self.apply(&Event::Placed { on, bytes, shares })
+        let tx = self.db.begin_write().map_err(store_err)?;
+        for e in &events {
+            kith_accounting::store::apply(&tx, e).map_err(|e| FriendError::Invalid(e.to_string()))?;
+        }
+        tx.commit().map_err(store_err)
     }
 }
 
