@@ -595,12 +595,13 @@ async fn put_inner(
     let mut mem: Vec<u8> = Vec::new();
     let spool_start = std::time::Instant::now();
     {
-        let mut f = match &spool_path {
-            Some(p) => Some(tokio::fs::File::create(p).await.map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            })?),
-            None => None,
-        };
+        let mut f =
+            match &spool_path {
+                Some(p) => Some(tokio::fs::File::create(p).await.map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                })?),
+                None => None,
+            };
         let mut stream = body.into_data_stream();
         let mut received = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -612,9 +613,10 @@ async fn put_inner(
                 h.update(&chunk);
             }
             match f.as_mut() {
-                Some(f) => f.write_all(&chunk).await.map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                })?,
+                Some(f) => f
+                    .write_all(&chunk)
+                    .await
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
                 None if received <= SMALL_BODY => mem.extend_from_slice(&chunk),
                 None => {
                     return Err(ApiError::new(

@@ -331,34 +331,20 @@ pub async fn upload_from(
     let data_len = encoder.share_data_len();
 
     lap(&mut timings.key_ms);
-    // 1. Who is there, and what do they already hold? Servers that failed audits get no new
-    //    shares while enough others remain.
-    let (mut servers, refusing) = node.storage_candidates();
-    let suspects = {
-        let f = node.friends().clone();
-        tokio::task::spawn_blocking(move || f.suspects().unwrap_or_default())
-            .await
-            .unwrap_or_default()
-    };
-    if !suspects.is_empty() {
-        let trusted: Vec<PeerId> = servers
-            .iter()
-            .filter(|s| !suspects.contains(s))
-            .copied()
-            .collect();
-        if trusted.len() >= usize::from(params.happy) {
-            servers = trusted;
+    if size <= SMALL_FILE {
+        let data = match source {
+            Source::File(path) => std::borrow::Cow::Owned(tokio::fs::read(path).await?),
+            Source::Bytes(b) => std::borrow::Cow::Borrowed(b),
+        };
+        if data.len() as u64 != size {
+            return Err(UploadError::Encode(
+                "the file changed while it was read".into(),
+            ));
         }
+        return upload_small(node, encoder, &data, params, timings, progress).await;
     }
-    // Members whose published grants refuse this node are not asked, unless the others are
-    // too few (their record may be older than their owner's latest decision): then they
-    // answer for themselves.
-    let mut refusals: Vec<String> = Vec::new();
-    if servers.len() < usize::from(params.happy) {
-        servers.extend(refusing.iter().map(|(p, _)| *p));
-    } else {
-        refusals.extend(refusing.iter().map(|(p, why)| format!("{p}: {why}")));
-    }
+    // 1. Who is there, and what do they already hold?
+    let (servers, mut refusals) = candidates(node, params).await;
     let mut existing: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
     let mut usable: Vec<PeerId> = Vec::new();
     for (s, r) in list_shares(node, si, &servers).await {
@@ -374,24 +360,7 @@ pub async fn upload_from(
     }
     let reachable = usable.len();
     let not_happy = |achievable: usize, refusals: &[String]| {
-        let mut message = format!(
-            "upload needs shares on {} distinct servers (happy={}) but only {} storage server{} reachable (this node included)",
-            params.happy,
-            params.happy,
-            reachable,
-            if reachable == 1 { " was" } else { "s were" },
-        );
-        if achievable != reachable {
-            message.push_str(&format!("; shares could be placed on {achievable}"));
-        }
-        if !refusals.is_empty() {
-            message.push_str(&format!("; refused: {}", refusals.join("; ")));
-        }
-        UploadError::NotHappy {
-            happy: params.happy,
-            reachable,
-            message,
-        }
+        not_happy_error(params, reachable, achievable, refusals)
     };
 
     // 2. Plan and allocate; servers that refuse are dropped and the rest re-planned.
@@ -614,28 +583,7 @@ pub async fn upload_from(
             Err(e) => refusals.push(format!("{s}: closing share {sh}: {e}")),
         }
     }
-    // Remember the upload for lease renewal and audits (its verify cap, never the read cap).
-    {
-        let holdings = final_holdings.clone();
-        let verify = encoded.cap.verify_cap();
-        let db = node.database().clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::maintenance::record_upload(&db, &verify, &holdings) {
-                tracing::warn!(error = %e, "recording the upload for lease renewal failed");
-            }
-        });
-    }
-    // What this node now stores on each server (the friends page's "placed there").
-    let friends = node.friends().clone();
-    tokio::task::spawn_blocking(move || {
-        let items: Vec<(PeerId, u64, u64)> = closed
-            .into_iter()
-            .map(|(s, n)| (s, data_len.saturating_mul(n), n))
-            .collect();
-        if let Err(e) = friends.placed_many(&items) {
-            tracing::warn!(error = %e, "recording placed shares failed");
-        }
-    });
+    record(node, &encoded.cap, &final_holdings, closed, data_len);
     let happiness = placement::happiness(&final_holdings);
     if happiness < usize::from(params.happy) {
         return Err(not_happy(happiness, &refusals));
@@ -650,6 +598,238 @@ pub async fn upload_from(
             lap(&mut timings.close_ms);
             timings
         },
+    })
+}
+
+/// Files up to this size are encoded whole in memory and placed with one [`Request::Put`] per
+/// server: no listing, no allocate/write/close round trips.
+pub const SMALL_FILE: u64 = 128 * 1024;
+
+/// Storage servers to place shares on, and why others were left out. Servers that failed
+/// audits get no new shares while enough others remain.
+async fn candidates(node: &NodeHandle, params: EncodingParams) -> (Vec<PeerId>, Vec<String>) {
+    let (mut servers, refusing) = node.storage_candidates();
+    let suspects = {
+        let f = node.friends().clone();
+        tokio::task::spawn_blocking(move || f.suspects().unwrap_or_default())
+            .await
+            .unwrap_or_default()
+    };
+    if !suspects.is_empty() {
+        let trusted: Vec<PeerId> = servers
+            .iter()
+            .filter(|s| !suspects.contains(s))
+            .copied()
+            .collect();
+        if trusted.len() >= usize::from(params.happy) {
+            servers = trusted;
+        }
+    }
+    // Members whose published grants refuse this node are not asked, unless the others are
+    // too few (their record may be older than their owner's latest decision): then they
+    // answer for themselves.
+    let mut refusals: Vec<String> = Vec::new();
+    if servers.len() < usize::from(params.happy) {
+        servers.extend(refusing.iter().map(|(p, _)| *p));
+    } else {
+        refusals.extend(refusing.iter().map(|(p, why)| format!("{p}: {why}")));
+    }
+    (servers, refusals)
+}
+
+fn not_happy_error(
+    params: EncodingParams,
+    reachable: usize,
+    achievable: usize,
+    refusals: &[String],
+) -> UploadError {
+    let mut message = format!(
+        "upload needs shares on {} distinct servers (happy={}) but only {} storage server{} reachable (this node included)",
+        params.happy,
+        params.happy,
+        reachable,
+        if reachable == 1 { " was" } else { "s were" },
+    );
+    if achievable != reachable {
+        message.push_str(&format!("; shares could be placed on {achievable}"));
+    }
+    if !refusals.is_empty() {
+        message.push_str(&format!("; refused: {}", refusals.join("; ")));
+    }
+    UploadError::NotHappy {
+        happy: params.happy,
+        reachable,
+        message,
+    }
+}
+
+/// Remembers a finished upload: its verify cap and holders for lease renewal and audits (never
+/// the read cap), and what this node now stores on each server (the friends page).
+fn record(
+    node: &NodeHandle,
+    cap: &ChkReadCap,
+    holdings: &BTreeMap<PeerId, BTreeSet<u8>>,
+    written: BTreeMap<PeerId, u64>,
+    data_len: u64,
+) {
+    let holdings = holdings.clone();
+    let verify = cap.verify_cap();
+    let db = node.database().clone();
+    let friends = node.friends().clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::maintenance::record_upload(&db, &verify, &holdings) {
+            tracing::warn!(error = %e, "recording the upload for lease renewal failed");
+        }
+        let items: Vec<(PeerId, u64, u64)> = written
+            .into_iter()
+            .map(|(s, n)| (s, data_len.saturating_mul(n), n))
+            .collect();
+        if let Err(e) = friends.placed_many(&items) {
+            tracing::warn!(error = %e, "recording placed shares failed");
+        }
+    });
+}
+
+/// Uploads a small file: encodes it whole on the blocking pool, plans placement over the ring
+/// and sends each server its whole shares in one [`Request::Put`]. Servers answer which shares
+/// they already held (convergent re-upload: nothing is written twice) or now store; servers
+/// that fail are dropped and the rest re-planned, as for large files.
+async fn upload_small(
+    node: &NodeHandle,
+    encoder: FileEncoder,
+    data: &[u8],
+    params: EncodingParams,
+    mut timings: Timings,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<PutResult, UploadError> {
+    let mut phase = std::time::Instant::now();
+    let si = encoder.storage_index();
+    let data_len = encoder.share_data_len();
+    let size = data.len() as u64;
+    let plaintext = data.to_vec();
+    let (shares, encoded) = tokio::task::spawn_blocking(move || {
+        let n = usize::from(params.total);
+        let mut shares = vec![vec![0u8; data_len as usize]; n];
+        let mut hashes = Vec::with_capacity(encoder.num_segments() as usize);
+        let mut at = 0usize;
+        for i in 0..encoder.num_segments() {
+            let len = encoder.segment_len(i);
+            let seg = encoder
+                .encode_segment(i, &plaintext[at..at + len])
+                .map_err(|e| e.to_string())?;
+            at += len;
+            let off = encoder.block_offset(i) as usize;
+            for (share, block) in shares.iter_mut().zip(&seg.blocks) {
+                share[off..off + block.len()].copy_from_slice(block);
+            }
+            hashes.push(seg.hashes());
+        }
+        let encoded = encoder.finish(hashes).map_err(|e| e.to_string())?;
+        Ok::<_, String>((shares, encoded))
+    })
+    .await
+    .map_err(|e| UploadError::Encode(e.to_string()))?
+    .map_err(UploadError::Encode)?;
+    progress(size);
+    timings.stream_ms = phase.elapsed().as_millis() as u64;
+    phase = std::time::Instant::now();
+
+    let (mut usable, mut refusals) = candidates(node, params).await;
+    // Who holds what (confirmed by the server), and what each server newly stored.
+    let mut held: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
+    let mut written: BTreeMap<PeerId, u64> = BTreeMap::new();
+    let mut already_present = 0usize;
+    for _round in 0..3 {
+        let usable_b: Vec<Vec<u8>> = usable.iter().map(|p| p.to_bytes()).collect();
+        let fixed_b: BTreeMap<Vec<u8>, BTreeSet<u8>> = held
+            .iter()
+            .map(|(p, s)| (p.to_bytes(), s.clone()))
+            .collect();
+        let plan = match placement::plan(&si, &usable_b, &fixed_b, params.total, params.happy) {
+            Ok(p) => p,
+            Err(placement::PlacementError::NotHappy { achievable, .. }) => {
+                return Err(not_happy_error(params, usable.len(), achievable, &refusals));
+            }
+        };
+        let mut per_server: BTreeMap<PeerId, Vec<u8>> = BTreeMap::new();
+        for (&sh, s) in &plan.assignments {
+            if let Ok(s) = PeerId::from_bytes(s) {
+                per_server.entry(s).or_default().push(sh);
+            }
+        }
+        if per_server.is_empty() {
+            break;
+        }
+        let mut puts: FuturesUnordered<_> = per_server
+            .into_iter()
+            .map(|(s, shnums)| {
+                let shares: Vec<crate::protocol::PutShare> = shnums
+                    .iter()
+                    .filter_map(|&sh| {
+                        Some(crate::protocol::PutShare {
+                            shnum: sh,
+                            data: ByteBuf::from(shares.get(usize::from(sh))?.clone()),
+                            meta: ByteBuf::from(
+                                encoded.share_metas.get(usize::from(sh))?.to_bytes(),
+                            ),
+                        })
+                    })
+                    .collect();
+                async move {
+                    let r = node.rpc(s, Request::Put { si, shares }).await;
+                    (s, shnums, rpc_error(r))
+                }
+            })
+            .collect();
+        let mut all_placed = true;
+        while let Some((s, asked, r)) = puts.next().await {
+            match r {
+                Ok(Response::Stored {
+                    already_have,
+                    stored,
+                    ..
+                }) => {
+                    already_present += already_have.len();
+                    *written.entry(s).or_default() += stored.len() as u64;
+                    let h = held.entry(s).or_default();
+                    h.extend(already_have.into_iter().chain(stored));
+                    if asked.iter().any(|sh| !h.contains(sh)) {
+                        all_placed = false;
+                    }
+                }
+                Ok(other) => {
+                    refusals.push(format!("{s}: unexpected answer {other:?}"));
+                    usable.retain(|x| *x != s);
+                    all_placed = false;
+                }
+                Err(e) => {
+                    refusals.push(format!("{s}: {e}"));
+                    usable.retain(|x| *x != s);
+                    all_placed = false;
+                }
+            }
+        }
+        if all_placed {
+            break;
+        }
+    }
+    timings.close_ms = phase.elapsed().as_millis() as u64;
+    record(node, &encoded.cap, &held, written, data_len);
+    let happiness = placement::happiness(&held);
+    if happiness < usize::from(params.happy) {
+        return Err(not_happy_error(params, usable.len(), happiness, &refusals));
+    }
+    let placement = held
+        .iter()
+        .flat_map(|(s, shs)| shs.iter().map(move |sh| (*sh, s.to_string())))
+        .collect();
+    Ok(PutResult {
+        cap: ReadCap::Chk(encoded.cap).to_string(),
+        size,
+        placement,
+        happiness,
+        already_present,
+        timings,
     })
 }
 

@@ -321,7 +321,8 @@ impl Friends {
         }
         let tx = self.db.begin_write().map_err(store_err)?;
         for e in &events {
-            kith_accounting::store::apply(&tx, e).map_err(|e| FriendError::Invalid(e.to_string()))?;
+            kith_accounting::store::apply(&tx, e)
+                .map_err(|e| FriendError::Invalid(e.to_string()))?;
         }
         tx.commit().map_err(store_err)
     }

@@ -33,6 +33,10 @@ pub const MAX_META: usize = 8 << 20;
 /// Largest read a server serves in one request.
 pub const MAX_READ: u32 = 5 << 20;
 
+/// Largest sum of share data and metadata in one [`Request::Put`]: small files go in one round
+/// trip, larger ones are streamed with allocate/write/close.
+pub const MAX_PUT: usize = 1 << 20;
+
 /// A storage index: 16 bytes derived one-way from the file's key.
 pub type StorageIndex = [u8; 16];
 
@@ -68,6 +72,15 @@ pub enum Request {
         shnum: u8,
         /// Opaque share metadata (UEB, hashes).
         meta: ByteBuf,
+    },
+    /// Store whole shares of a small file in one round trip (allocate, write and close at
+    /// once); adds the caller's lease to shares already held. Every share has the same data
+    /// length, and data plus metadata of all shares is at most [`MAX_PUT`].
+    Put {
+        /// The file.
+        si: StorageIndex,
+        /// The shares.
+        shares: Vec<PutShare>,
     },
     /// Drop an unfinished share.
     Abort {
@@ -124,6 +137,17 @@ pub enum Request {
     },
 }
 
+/// One whole share of a [`Request::Put`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutShare {
+    /// The share.
+    pub shnum: u8,
+    /// Its data (all its blocks).
+    pub data: ByteBuf,
+    /// Its metadata (UEB, hashes).
+    pub meta: ByteBuf,
+}
+
 /// One share of a [`Request::SlotWrite`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotShareWrite {
@@ -142,6 +166,7 @@ impl Request {
             Request::Allocate { .. } => "allocate",
             Request::Write { .. } => "write",
             Request::Close { .. } => "close",
+            Request::Put { .. } => "put",
             Request::Abort { .. } => "abort",
             Request::List { .. } => "list",
             Request::ReadMeta { .. } => "read-meta",
@@ -168,6 +193,15 @@ pub enum Response {
     },
     /// Write, close, abort succeeded.
     Done,
+    /// Answer to [`Request::Put`].
+    Stored {
+        /// Shares already held here (the caller's lease was added).
+        already_have: Vec<u8>,
+        /// Shares stored now.
+        stored: Vec<u8>,
+        /// Shares someone else is uploading right now (not stored).
+        in_progress: Vec<u8>,
+    },
     /// Answer to [`Request::List`].
     Shares(Vec<u8>),
     /// Answer to [`Request::ReadMeta`] or [`Request::Read`].
@@ -525,6 +559,14 @@ mod tests {
                 si: si(),
                 shnum: 2,
                 meta: ByteBuf::from(vec![4; 100]),
+            },
+            Request::Put {
+                si: si(),
+                shares: vec![PutShare {
+                    shnum: 4,
+                    data: ByteBuf::from(vec![5; 40]),
+                    meta: ByteBuf::from(vec![6; 30]),
+                }],
             },
             Request::Abort { si: si(), shnum: 1 },
             Request::List { si: si() },

@@ -12,7 +12,9 @@ use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 
 use crate::{
-    protocol::{ErrorKind, MAX_META, MAX_READ, Request, RequestFrame, Response, ServerError},
+    protocol::{
+        ErrorKind, MAX_META, MAX_PUT, MAX_READ, Request, RequestFrame, Response, ServerError,
+    },
     storage::{ShareStore, SlotOutcome, SlotWrite, StoreError},
 };
 
@@ -80,6 +82,7 @@ impl StorageServer {
             Request::Allocate { .. }
                 | Request::Write { .. }
                 | Request::Close { .. }
+                | Request::Put { .. }
                 | Request::AddLease { .. }
                 | Request::SlotWrite { .. }
         );
@@ -97,6 +100,7 @@ impl StorageServer {
             Request::Allocate {
                 shnums, data_len, ..
             } => Some(data_len.saturating_mul(shnums.len() as u64)),
+            Request::Put { shares, .. } => Some(shares.iter().map(|p| p.data.len() as u64).sum()),
             Request::AddLease { .. } => Some(0),
             Request::SlotWrite { writes, .. } => {
                 Some(writes.iter().map(|w| w.data.len() as u64).sum())
@@ -193,6 +197,25 @@ fn execute(
             }
             store.close(&si, shnum, owner, &meta)?;
             Response::Done
+        }
+        Request::Put { si, shares } => {
+            let total: usize = shares.iter().map(|p| p.data.len() + p.meta.len()).sum();
+            if total > MAX_PUT {
+                return Ok(Response::Error(ServerError::new(
+                    ErrorKind::TooLarge,
+                    format!("a put of {total} bytes exceeds {MAX_PUT}"),
+                )));
+            }
+            let shares: Vec<(u8, &[u8], &[u8])> = shares
+                .iter()
+                .map(|p| (p.shnum, p.data.as_slice(), p.meta.as_slice()))
+                .collect();
+            let a = store.put(&si, owner, &shares, lease_expiry)?;
+            Response::Stored {
+                already_have: a.already_have,
+                stored: a.allocated,
+                in_progress: a.in_progress,
+            }
         }
         Request::Abort { si, shnum } => {
             store.abort(&si, shnum, owner)?;

@@ -16,7 +16,8 @@
 //!
 //! Tables (versioned names, as iroh-blobs): `shares-0` (si ‖ shnum -> data_len, meta_len,
 //! created), `leases-0` (si ‖ shnum ‖ owner -> expiry), `usage-0` (`used_bytes`, `share_count`),
-//! `store-meta-0` (`schema-version`).
+//! `store-meta-0` (`schema-version`), `inline-0` (si ‖ shnum -> data ‖ metadata of small shares
+//! stored whole by [`ShareStore::put`]: no file, no folder, one transaction).
 
 use std::{
     collections::BTreeMap,
@@ -36,6 +37,13 @@ const SHARES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("shares-0");
 const LEASES: TableDefinition<&[u8], u64> = TableDefinition::new("leases-0");
 const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage-0");
 const STORE_META: TableDefinition<&str, u64> = TableDefinition::new("store-meta-0");
+/// Small shares kept in the index itself: si ‖ shnum -> data ‖ metadata.
+const INLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inline-0");
+
+/// Shares whose data and metadata together are at most this many bytes, stored whole in one
+/// [`ShareStore::put`], live in redb (`inline-0`) instead of a file of their own: no inode,
+/// folder, rename or per-file fsync, just the index transaction that would be committed anyway.
+pub const INLINE_MAX: u64 = 16 * 1024;
 const SCHEMA_VERSION: u64 = 0;
 
 const MAGIC: &[u8; 8] = b"KITHSHR\0";
@@ -332,14 +340,19 @@ struct Row {
     data_len: u64,
     meta_len: u64,
     created: u64,
+    /// The bytes are in `inline-0`, not in a file.
+    inline: bool,
 }
 
 impl Row {
-    fn encode(&self) -> [u8; 24] {
-        let mut b = [0u8; 24];
-        b[..8].copy_from_slice(&self.data_len.to_le_bytes());
-        b[8..16].copy_from_slice(&self.meta_len.to_le_bytes());
-        b[16..].copy_from_slice(&self.created.to_le_bytes());
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(25);
+        b.extend_from_slice(&self.data_len.to_le_bytes());
+        b.extend_from_slice(&self.meta_len.to_le_bytes());
+        b.extend_from_slice(&self.created.to_le_bytes());
+        if self.inline {
+            b.push(1);
+        }
         b
     }
 
@@ -353,6 +366,7 @@ impl Row {
             data_len: f(0)?,
             meta_len: f(8)?,
             created: f(16)?,
+            inline: b.get(24) == Some(&1),
         })
     }
 
@@ -362,6 +376,31 @@ impl Row {
 
     fn file_len(&self) -> u64 {
         DATA_OFFSET + self.data_len + self.meta_len
+    }
+}
+
+/// Where a stored share's bytes are: its own file, or inline in the index.
+enum ShareBytes {
+    File(File, PathBuf),
+    Inline(Vec<u8>),
+}
+
+impl ShareBytes {
+    /// Reads `buf.len()` bytes at `offset` into the share's data ‖ metadata.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        match self {
+            ShareBytes::File(f, path) => f
+                .read_exact_at(buf, DATA_OFFSET + offset)
+                .map_err(io_at(path)),
+            ShareBytes::Inline(b) => {
+                let src = usize::try_from(offset)
+                    .ok()
+                    .and_then(|o| b.get(o..o.checked_add(buf.len())?))
+                    .ok_or_else(|| StoreError::InvalidArgument("read past the share".into()))?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -394,6 +433,7 @@ impl ShareStore {
                 tx.open_table(SHARES).map_err(db)?;
                 tx.open_table(LEASES).map_err(db)?;
                 tx.open_table(USAGE).map_err(db)?;
+                tx.open_table(INLINE).map_err(db)?;
                 kith_accounting::store::init(&tx).map_err(acct)?;
                 let mut meta = tx.open_table(STORE_META).map_err(db)?;
                 let version = meta.get("schema-version").map_err(db)?.map(|v| v.value());
@@ -539,9 +579,16 @@ impl ShareStore {
                     .map_err(db)?
                     .and_then(|v| Row::decode(v.value()))
                 {
-                    let mut si = [0u8; 16];
-                    si.copy_from_slice(&share[..16]);
-                    files.push(self.share_path(&si, share[16]));
+                    if row.inline {
+                        tx.open_table(INLINE)
+                            .map_err(db)?
+                            .remove(share.as_slice())
+                            .map_err(db)?;
+                    } else {
+                        let mut si = [0u8; 16];
+                        si.copy_from_slice(&share[..16]);
+                        files.push(self.share_path(&si, share[16]));
+                    }
                     freed_bytes += row.stored_bytes();
                     freed_shares += 1;
                 }
@@ -652,11 +699,16 @@ impl ShareStore {
         // Rows whose file is missing or has the wrong length.
         let rows = self.rows()?;
         let mut bad_rows = Vec::new();
+        let inline_lens = self.inline_lens()?;
         for (si, shnum, row) in &rows {
-            let p = self.share_path(si, *shnum);
-            let ok = fs::metadata(&p)
-                .map(|m| m.len() == row.file_len())
-                .unwrap_or(false);
+            let ok = if row.inline {
+                inline_lens.get(&share_key(si, *shnum)) == Some(&row.stored_bytes())
+            } else {
+                let p = self.share_path(si, *shnum);
+                fs::metadata(&p)
+                    .map(|m| m.len() == row.file_len())
+                    .unwrap_or(false)
+            };
             if !ok {
                 bad_rows.push((*si, *shnum));
             }
@@ -665,6 +717,7 @@ impl ShareStore {
         let shares_dir = self.cfg().root.join("shares");
         let indexed: std::collections::BTreeSet<PathBuf> = rows
             .iter()
+            .filter(|(_, _, row)| !row.inline)
             .map(|(si, sh, _)| self.share_path(si, *sh))
             .collect();
         let mut stack = vec![shares_dir.clone()];
@@ -686,7 +739,20 @@ impl ShareStore {
         {
             let mut shares = tx.open_table(SHARES).map_err(db)?;
             let mut leases = tx.open_table(LEASES).map_err(db)?;
+            let mut inline = tx.open_table(INLINE).map_err(db)?;
+            // Inline bytes without a row (none are written without one; kept honest anyway).
+            let rowless: Vec<[u8; 17]> = inline_lens
+                .keys()
+                .filter(|k| shares.get(k.as_slice()).ok().flatten().is_none())
+                .copied()
+                .collect();
+            for k in rowless {
+                inline.remove(k.as_slice()).map_err(db)?;
+            }
             for (si, shnum) in &bad_rows {
+                inline
+                    .remove(share_key(si, *shnum).as_slice())
+                    .map_err(db)?;
                 tracing::warn!(
                     shnum,
                     "removing index row of a missing or truncated share file"
@@ -752,6 +818,20 @@ impl ShareStore {
             si.copy_from_slice(&k[..16]);
             if let Some(row) = Row::decode(v.value()) {
                 out.push((si, k[16], row));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Length of every inline share's bytes, by share key.
+    fn inline_lens(&self) -> Result<BTreeMap<[u8; 17], u64>, StoreError> {
+        let tx = self.inner.db.begin_read().map_err(db)?;
+        let t = tx.open_table(INLINE).map_err(db)?;
+        let mut out = BTreeMap::new();
+        for item in t.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            if let Ok(k) = <[u8; 17]>::try_from(k.value()) {
+                out.insert(k, v.value().len() as u64);
             }
         }
         Ok(out)
@@ -964,6 +1044,7 @@ impl ShareStore {
             data_len: f.data_len,
             meta_len: meta.len() as u64,
             created: now(),
+            inline: false,
         };
         let tx = self.inner.db.begin_write().map_err(db)?;
         {
@@ -1008,6 +1089,178 @@ impl ShareStore {
         tx.commit().map_err(db)
     }
 
+    /// Stores whole shares at once (a small file's, in one round trip): allocates, writes and
+    /// closes each; shares already held get `owner`'s lease, shares someone else is uploading
+    /// are left alone. `shares` are (share number, data, metadata), every data of one length.
+    pub fn put(
+        &self,
+        si: &[u8; 16],
+        owner: &[u8],
+        shares: &[(u8, &[u8], &[u8])],
+        lease_expiry: u64,
+    ) -> Result<Allocation, StoreError> {
+        let Some(&(_, first, _)) = shares.first() else {
+            return Ok(Allocation::default());
+        };
+        let data_len = first.len() as u64;
+        if shares.iter().any(|(_, d, _)| d.len() as u64 != data_len) {
+            return Err(StoreError::InvalidArgument(
+                "the shares of one put differ in length".into(),
+            ));
+        }
+        if let Some((_, _, m)) = shares.iter().find(|(_, _, m)| m.len() > MAX_META_LEN) {
+            return Err(StoreError::InvalidArgument(format!(
+                "metadata of {} bytes",
+                m.len()
+            )));
+        }
+        if shares
+            .iter()
+            .all(|(_, d, m)| (d.len() + m.len()) as u64 <= INLINE_MAX)
+        {
+            return self.put_inline(si, owner, shares, lease_expiry);
+        }
+        let shnums: Vec<u8> = shares.iter().map(|(sh, _, _)| *sh).collect();
+        let mut alloc = self.allocate(si, owner, &shnums, data_len, lease_expiry)?;
+        let mut stored = Vec::with_capacity(alloc.allocated.len());
+        let mut result = Ok(());
+        for &sh in &alloc.allocated {
+            let Some((_, data, meta)) = shares.iter().find(|(s, _, _)| *s == sh) else {
+                continue;
+            };
+            if result.is_ok() {
+                result = self
+                    .write(si, sh, owner, 0, data)
+                    .and_then(|()| self.close(si, sh, owner, meta));
+                if result.is_ok() {
+                    stored.push(sh);
+                    continue;
+                }
+            }
+            let _ = self.abort(si, sh, owner);
+        }
+        result?;
+        alloc.allocated = stored;
+        Ok(alloc)
+    }
+
+    /// [`put`](Self::put) of shares small enough to live in the index: one transaction checks
+    /// what is held, adds leases, stores the new shares' bytes and rows and charges usage. A
+    /// share someone is streaming into `incoming/` right now is left to them. When the new
+    /// shares do not fit (read-only, capacity, disk reserve) the leases on held shares are
+    /// still committed, as [`allocate`](Self::allocate) does, and the refusal returned.
+    fn put_inline(
+        &self,
+        si: &[u8; 16],
+        owner: &[u8],
+        shares: &[(u8, &[u8], &[u8])],
+        lease_expiry: u64,
+    ) -> Result<Allocation, StoreError> {
+        if owner.len() > MAX_OWNER_LEN || owner.is_empty() {
+            return Err(StoreError::InvalidArgument("bad owner id".into()));
+        }
+        let mut alloc = Allocation::default();
+        let tx = self.inner.db.begin_write().map_err(db)?;
+        let refusal = {
+            let mut rows = tx.open_table(SHARES).map_err(db)?;
+            let mut leases = tx.open_table(LEASES).map_err(db)?;
+            let mut new: Vec<(u8, &[u8], &[u8])> = Vec::new();
+            let in_flight: u64 = {
+                let inflight = self.inflight();
+                for &(sh, data, meta) in shares {
+                    if new.iter().any(|n| n.0 == sh)
+                        || alloc.already_have.contains(&sh)
+                        || alloc.in_progress.contains(&sh)
+                    {
+                        continue;
+                    }
+                    let key = share_key(si, sh);
+                    let held = rows
+                        .get(key.as_slice())
+                        .map_err(db)?
+                        .and_then(|v| Row::decode(v.value()));
+                    if let Some(row) = held {
+                        let k = lease_key(si, sh, owner);
+                        let old = leases.get(k.as_slice()).map_err(db)?.map(|v| v.value());
+                        let expiry = old.unwrap_or(0).max(lease_expiry);
+                        leases.insert(k.as_slice(), expiry).map_err(db)?;
+                        account_lease(&tx, owner, row.stored_bytes(), old, Some(expiry))?;
+                        alloc.already_have.push(sh);
+                    } else if inflight.contains_key(&(*si, sh)) {
+                        alloc.in_progress.push(sh);
+                    } else {
+                        new.push((sh, data, meta));
+                    }
+                }
+                inflight.values().map(|f| f.data_len).sum()
+            };
+            let needed: u64 = new.iter().map(|(_, d, m)| (d.len() + m.len()) as u64).sum();
+            let mut usage = tx.open_table(USAGE).map_err(db)?;
+            let get = |usage: &redb::Table<&str, u64>, k: &str| -> Result<u64, StoreError> {
+                Ok(usage.get(k).map_err(db)?.map_or(0, |v| v.value()))
+            };
+            let used = get(&usage, "used_bytes")?;
+            let count = get(&usage, "share_count")?;
+            let available = self
+                .cfg()
+                .capacity
+                .saturating_sub(used)
+                .saturating_sub(in_flight);
+            let free = if new.is_empty() { 0 } else { self.disk_free() };
+            if new.is_empty() {
+                None
+            } else if self.cfg().read_only {
+                Some(StoreError::ReadOnly)
+            } else if needed > available {
+                Some(StoreError::OverCapacity { needed, available })
+            } else if free.saturating_sub(in_flight) < needed.saturating_add(self.cfg().reserved) {
+                Some(StoreError::DiskReserve {
+                    needed,
+                    free,
+                    reserved: self.cfg().reserved,
+                })
+            } else {
+                let mut inline = tx.open_table(INLINE).map_err(db)?;
+                let created = now();
+                let mut bytes = Vec::new();
+                for &(sh, data, meta) in &new {
+                    let key = share_key(si, sh);
+                    let row = Row {
+                        data_len: data.len() as u64,
+                        meta_len: meta.len() as u64,
+                        created,
+                        inline: true,
+                    };
+                    bytes.clear();
+                    bytes.extend_from_slice(data);
+                    bytes.extend_from_slice(meta);
+                    inline
+                        .insert(key.as_slice(), bytes.as_slice())
+                        .map_err(db)?;
+                    rows.insert(key.as_slice(), row.encode().as_slice())
+                        .map_err(db)?;
+                    leases
+                        .insert(lease_key(si, sh, owner).as_slice(), lease_expiry)
+                        .map_err(db)?;
+                    account_lease(&tx, owner, row.stored_bytes(), None, Some(lease_expiry))?;
+                    alloc.allocated.push(sh);
+                }
+                usage
+                    .insert("used_bytes", used.saturating_add(needed))
+                    .map_err(db)?;
+                usage
+                    .insert("share_count", count.saturating_add(new.len() as u64))
+                    .map_err(db)?;
+                None
+            }
+        };
+        tx.commit().map_err(db)?;
+        match refusal {
+            Some(e) => Err(e),
+            None => Ok(alloc),
+        }
+    }
+
     /// Drops an unfinished share of `owner`.
     pub fn abort(&self, si: &[u8; 16], shnum: u8, owner: &[u8]) -> Result<(), StoreError> {
         let f = {
@@ -1037,9 +1290,25 @@ impl ShareStore {
         }
     }
 
-    fn open_share(&self, si: &[u8; 16], shnum: u8) -> Result<(File, Row, PathBuf), StoreError> {
+    fn open_share(&self, si: &[u8; 16], shnum: u8) -> Result<(ShareBytes, Row), StoreError> {
         let row = self.row(si, shnum)?.ok_or(StoreError::NotFound { shnum })?;
         let path = self.share_path(si, shnum);
+        if row.inline {
+            let tx = self.inner.db.begin_read().map_err(db)?;
+            let t = tx.open_table(INLINE).map_err(db)?;
+            let bytes = t
+                .get(share_key(si, shnum).as_slice())
+                .map_err(db)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            if bytes.len() as u64 != row.stored_bytes() {
+                return Err(StoreError::Corrupt {
+                    path,
+                    why: "inline share missing or of the wrong length".into(),
+                });
+            }
+            return Ok((ShareBytes::Inline(bytes), row));
+        }
         let mut file = File::open(&path).map_err(io_at(&path))?;
         let corrupt = |why: &str| StoreError::Corrupt {
             path: path.clone(),
@@ -1063,15 +1332,14 @@ impl ShareStore {
         if len != row.file_len() {
             return Err(corrupt("wrong file length"));
         }
-        Ok((file, row, path))
+        Ok((ShareBytes::File(file, path), row))
     }
 
     /// A share's metadata.
     pub fn read_meta(&self, si: &[u8; 16], shnum: u8) -> Result<Vec<u8>, StoreError> {
-        let (file, row, path) = self.open_share(si, shnum)?;
+        let (bytes, row) = self.open_share(si, shnum)?;
         let mut buf = vec![0u8; row.meta_len as usize];
-        file.read_exact_at(&mut buf, DATA_OFFSET + row.data_len)
-            .map_err(io_at(&path))?;
+        bytes.read_exact_at(&mut buf, row.data_len)?;
         Ok(buf)
     }
 
@@ -1086,7 +1354,7 @@ impl ShareStore {
         if len > MAX_READ_LEN {
             return Err(StoreError::InvalidArgument(format!("read of {len} bytes")));
         }
-        let (file, row, path) = self.open_share(si, shnum)?;
+        let (bytes, row) = self.open_share(si, shnum)?;
         if offset
             .checked_add(u64::from(len))
             .is_none_or(|e| e > row.data_len)
@@ -1098,8 +1366,7 @@ impl ShareStore {
             });
         }
         let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, DATA_OFFSET + offset)
-            .map_err(io_at(&path))?;
+        bytes.read_exact_at(&mut buf, offset)?;
         Ok(buf)
     }
 
@@ -1189,6 +1456,12 @@ impl ShareStore {
                     account_lease(&tx, &k[17..], row.stored_bytes(), Some(*expiry), None)?;
                 }
             }
+            if row.is_some_and(|r| r.inline) {
+                tx.open_table(INLINE)
+                    .map_err(db)?
+                    .remove(prefix.as_slice())
+                    .map_err(db)?;
+            }
             if let Some(row) = &row {
                 let mut usage = tx.open_table(USAGE).map_err(db)?;
                 let used = usage
@@ -1206,14 +1479,14 @@ impl ShareStore {
                     .insert("share_count", count.saturating_sub(1))
                     .map_err(db)?;
             }
-            row.is_some()
+            row.map(|r| !r.inline)
         };
         tx.commit().map_err(db)?;
-        if removed {
+        if removed == Some(true) {
             let path = self.share_path(si, shnum);
             fs::remove_file(&path).map_err(io_at(&path))?;
         }
-        Ok(removed)
+        Ok(removed.is_some())
     }
 
     /// Leases on a share: owner -> expiry.

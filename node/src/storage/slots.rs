@@ -118,10 +118,9 @@ impl ShareStore {
                 more.push(sh);
                 continue;
             }
-            let (file, _, path) = self.open_share(si, sh)?;
+            let (bytes, _) = self.open_share(si, sh)?;
             let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, DATA_OFFSET)
-                .map_err(io_at(&path))?;
+            bytes.read_exact_at(&mut buf, 0)?;
             used += len;
             out.push((sh, buf));
         }
@@ -238,6 +237,7 @@ impl ShareStore {
                     data_len: w.data.len() as u64,
                     meta_len: meta.len() as u64,
                     created: old.map(|o| o.created).unwrap_or_else(now),
+                    inline: false,
                 };
                 shares
                     .insert(share_key(si, w.shnum).as_slice(), row.encode().as_slice())

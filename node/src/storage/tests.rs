@@ -198,6 +198,7 @@ fn corrupt_files_are_typed_errors() {
 #[derive(Debug, Clone)]
 enum Op {
     Put(u8, u8, u16),
+    Whole(u8, u8, u16),
     Alloc(u8, u8, u16),
     Abort(u8, u8),
     Lease(u8),
@@ -207,6 +208,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u8..4, 0u8..4, 1u16..3000).prop_map(|(a, b, c)| Op::Put(a, b, c)),
         (0u8..4, 0u8..4, 1u16..3000).prop_map(|(a, b, c)| Op::Alloc(a, b, c)),
+        (0u8..4, 0u8..4, prop_oneof![1u16..3000, 16_000u16..17_000])
+            .prop_map(|(a, b, c)| Op::Whole(a, b, c)),
         (0u8..4, 0u8..4).prop_map(|(a, b)| Op::Abort(a, b)),
         (0u8..4).prop_map(Op::Lease),
     ]
@@ -226,6 +229,13 @@ proptest! {
                     if a.allocated == vec![sh] {
                         store.write(&si(s), sh, b"o", 0, &pattern(&si(s), sh, len as usize)).unwrap();
                         store.close(&si(s), sh, b"o", b"mm").unwrap();
+                        model.insert((si(s), sh), u64::from(len) + 2);
+                    }
+                }
+                Op::Whole(s, sh, len) => {
+                    let data = pattern(&si(s), sh, len as usize);
+                    let a = store.put(&si(s), b"w", &[(sh, &data, b"mm")], 9).unwrap();
+                    if a.allocated == vec![sh] {
                         model.insert((si(s), sh), u64::from(len) + 2);
                     }
                 }
@@ -261,6 +271,17 @@ fn crash_child_writer() {
             s
         };
         for sh in 0..3u8 {
+            if n.is_multiple_of(2) {
+                // Whole small shares, kept inline in the index.
+                let len = 1000 + (n as usize % 7) * 100;
+                let data = pattern(&s, sh, len);
+                let a = store
+                    .put(&s, b"child", &[(sh, &data, &n.to_le_bytes())], 9)
+                    .unwrap();
+                assert_eq!(a.allocated, vec![sh]);
+                println!("closed {n} {sh}");
+                continue;
+            }
             let len = 20_000 + (n as usize % 7) * 1000;
             store.allocate(&s, b"child", &[sh], len as u64, 9).unwrap();
             let data = pattern(&s, sh, len);
@@ -515,4 +536,73 @@ fn removing_a_share_drops_its_row_leases_usage_and_file() {
     assert_eq!(store.usage().unwrap().share_count, 1);
     let report = store.verify_consistency().unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+#[test]
+fn whole_small_shares_live_in_the_index_with_leases_usage_and_removal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    let (a, b) = (si(1), si(2));
+    let d0 = pattern(&a, 0, 1400);
+    let d1 = pattern(&a, 1, 1400);
+    let r = store
+        .put(&a, b"alice", &[(0, &d0, b"meta0"), (1, &d1, b"meta1")], 100)
+        .unwrap();
+    assert_eq!(r.allocated, vec![0, 1]);
+    // Inline: no file of its own, readable like any share.
+    assert!(!store.share_path(&a, 0).exists());
+    assert_eq!(store.list(&a).unwrap(), vec![0, 1]);
+    assert_eq!(store.read(&a, 1, 0, 1400).unwrap(), d1);
+    assert_eq!(store.read(&a, 0, 1000, 400).unwrap(), d0[1000..]);
+    assert_eq!(store.read_meta(&a, 0).unwrap(), b"meta0");
+    assert!(matches!(
+        store.read(&a, 0, 1000, 401),
+        Err(StoreError::OutOfBounds { .. })
+    ));
+    let u = store.usage().unwrap();
+    assert_eq!((u.used_bytes, u.share_count), (2 * 1405, 2));
+    // The same put from someone else stores nothing and adds their lease.
+    let r = store.put(&a, b"bob", &[(0, &d0, b"meta0")], 200).unwrap();
+    assert_eq!((r.already_have, r.allocated), (vec![0], vec![]));
+    assert_eq!(store.leases(&a, 0).unwrap().len(), 2);
+    assert_eq!(store.usage().unwrap().used_bytes, 2 * 1405);
+    // A share being streamed by someone else is left to them.
+    store.allocate(&b, b"carol", &[3], 1400, 100).unwrap();
+    let r = store
+        .put(&b, b"alice", &[(3, &d0, b"m"), (4, &d0, b"m")], 100)
+        .unwrap();
+    assert_eq!((r.in_progress, r.allocated), (vec![3], vec![4]));
+    // Lengths must agree; big shares still go to files.
+    assert!(matches!(
+        store.put(&b, b"alice", &[(5, &d0, b"m"), (6, &d1[..10], b"m")], 100),
+        Err(StoreError::InvalidArgument(_))
+    ));
+    let big = pattern(&b, 7, INLINE_MAX as usize);
+    store.put(&b, b"alice", &[(7, &big, b"m")], 100).unwrap();
+    assert!(store.share_path(&b, 7).exists());
+    assert_eq!(store.read(&b, 7, 0, 100).unwrap(), big[..100]);
+    store.abort(&b, 3, b"carol").unwrap();
+    assert!(store.verify_consistency().unwrap().is_clean());
+
+    // Removal and expiry drop the inline bytes with the row; reopening keeps the rest.
+    assert!(store.remove_share(&a, 1).unwrap());
+    assert!(matches!(
+        store.read(&a, 1, 0, 1),
+        Err(StoreError::NotFound { .. })
+    ));
+    let (r, _) = store
+        .collect_step(150, &Default::default(), None, 1000)
+        .unwrap();
+    assert_eq!(r.shares_removed, 2, "{r:?}"); // b/4 and b/7 (alice's leases ran out)
+    assert_eq!(store.list(&a).unwrap(), vec![0], "bob still leases a/0");
+    drop(store);
+    let store = open(tmp.path(), 1 << 30, 0);
+    assert!(store.recovery_report().rows_removed == 0);
+    assert_eq!(store.read(&a, 0, 0, 1400).unwrap(), d0);
+    let u = store.usage().unwrap();
+    assert_eq!((u.used_bytes, u.share_count), (1405, 1));
+    let report = store.verify_consistency().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let inline = store.inline_lens().unwrap();
+    assert_eq!(inline.len(), 1, "the removed shares' bytes are gone too");
 }

@@ -98,12 +98,44 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
         assert!(b.problem.to_lowercase().contains("block"), "{}", b.problem);
     }
 
+    // A small file goes to every server in one round trip and lives in the servers' index,
+    // not in a file of its own; uploading it again stores nothing new.
+    let small = random_bytes(4096, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small");
+    std::fs::write(&path, &small).unwrap();
+    let opts = PutOptions {
+        params,
+        convergent: true,
+        key: None,
+    };
+    let first = grid.node(0).put_file(&path, &opts, &|_| {}).await.unwrap();
+    assert_eq!((first.happiness, first.already_present), (10, 0));
+    let small_cap: ReadCap = first.cap.parse().unwrap();
+    let small_si = match &small_cap {
+        ReadCap::Chk(c) => c.storage_index(),
+        _ => unreachable!(),
+    };
+    for h in grid.handles() {
+        let store = h.server().store().unwrap().clone();
+        let held = store.list(&small_si).unwrap();
+        assert_eq!(held.len(), 1, "{}", h.config().nickname);
+        assert!(!store.share_path(&small_si, held[0]).exists());
+    }
+    let again = grid.node(0).put_file(&path, &opts, &|_| {}).await.unwrap();
+    assert_eq!(again.cap, first.cap);
+    assert_eq!(again.already_present, 10);
+    let (got, report) = get_bytes(&grid.node(7), &small_cap).await;
+    assert!(got == small && report.bad_shares.is_empty());
+
     // Stop 7 of the 10 nodes: the 64 MiB file still downloads from the other 3.
     for i in 1..=7 {
         grid.stop(i).await.unwrap();
     }
     let (got, _) = get_bytes(&grid.node(9), &cap).await;
     assert!(got == big, "downloaded bytes differ with 7 nodes down");
+    let (got, _) = get_bytes(&grid.node(9), &small_cap).await;
+    assert!(got == small, "the small file downloads with 7 nodes down");
 
     // With 2 servers reachable, happy=7 cannot be met: a clear error, nothing claimed.
     grid.stop(8).await.unwrap();
@@ -124,6 +156,23 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
     );
     assert!(
         msg.contains("happy=7") && msg.contains("only 2 storage servers"),
+        "{msg}"
+    );
+
+    // The same for a small file, placed without allocate/write/close.
+    let err = put_bytes(&grid.node(0), &random_bytes(4096, 10), params)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            UploadError::NotHappy {
+                happy: 7,
+                reachable: 2,
+                ..
+            }
+        ) && msg.contains("only 2 storage servers"),
         "{msg}"
     );
 
