@@ -975,10 +975,25 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
                 .iter()
                 .map(|a| (a.server, a.shnum, a.share.clone()))
                 .collect();
-            fetching.push_back(fetch_segment(node.clone(), si, ueb.clone(), next, plan));
+            // Fetch, verify and decode: segments ahead decode on the blocking pool while this
+            // task writes the previous one out, so both cores work.
+            let fetch = fetch_segment(node.clone(), si, ueb.clone(), next, plan);
+            let (u, k, ct) = (ueb.clone(), key.clone(), crypttext_hashes.clone());
+            let needed = usize::from(cap.needed);
+            fetching.push_back(async move {
+                let (seg, got, failures) = fetch.await;
+                if got.len() < needed {
+                    return (seg, Err(got), failures);
+                }
+                let plain = tokio::task::spawn_blocking(move || {
+                    codec::decode_segment(&u, &k, &ct, seg, got)
+                })
+                .await;
+                (seg, Ok(plain), failures)
+            });
             next += 1;
         }
-        let Some((seg, mut got, failures)) = fetching.next().await else {
+        let Some((seg, decoded, failures)) = fetching.next().await else {
             break;
         };
         for (s, sh, problem) in failures {
@@ -987,29 +1002,34 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
                 src.report(s, sh, problem);
             }
         }
-        // Replace failed shares and fetch this segment's missing blocks from the new ones.
-        while got.len() < usize::from(cap.needed) {
-            src.fill(node, si, &ueb, cap.needed).await?;
-            let have: BTreeSet<u8> = got.iter().map(|(sh, _)| *sh).collect();
-            let missing: Vec<(PeerId, u8, Arc<VerifiedShare>)> = src
-                .active
-                .iter()
-                .filter(|a| !have.contains(&a.shnum))
-                .map(|a| (a.server, a.shnum, a.share.clone()))
-                .collect();
-            let (_, more, failures) =
-                fetch_segment(node.clone(), si, ueb.clone(), seg, missing).await;
-            got.extend(more);
-            for (s, sh, problem) in failures {
-                src.active.retain(|a| !(a.server == s && a.shnum == sh));
-                src.report(s, sh, problem);
+        let plain = match decoded {
+            Ok(plain) => plain,
+            Err(mut got) => {
+                // Replace failed shares and fetch this segment's missing blocks from the new
+                // ones.
+                while got.len() < usize::from(cap.needed) {
+                    src.fill(node, si, &ueb, cap.needed).await?;
+                    let have: BTreeSet<u8> = got.iter().map(|(sh, _)| *sh).collect();
+                    let missing: Vec<(PeerId, u8, Arc<VerifiedShare>)> = src
+                        .active
+                        .iter()
+                        .filter(|a| !have.contains(&a.shnum))
+                        .map(|a| (a.server, a.shnum, a.share.clone()))
+                        .collect();
+                    let (_, more, failures) =
+                        fetch_segment(node.clone(), si, ueb.clone(), seg, missing).await;
+                    got.extend(more);
+                    for (s, sh, problem) in failures {
+                        src.active.retain(|a| !(a.server == s && a.shnum == sh));
+                        src.report(s, sh, problem);
+                    }
+                }
+                let (u, k, ct) = (ueb.clone(), key.clone(), crypttext_hashes.clone());
+                tokio::task::spawn_blocking(move || codec::decode_segment(&u, &k, &ct, seg, got))
+                    .await
             }
         }
-        let (u, k, ct) = (ueb.clone(), key.clone(), crypttext_hashes.clone());
-        let plain =
-            tokio::task::spawn_blocking(move || codec::decode_segment(&u, &k, &ct, seg, got))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         let plain = match plain {
             Ok(p) => p,
             Err(e) => {
