@@ -7,7 +7,9 @@
 //! each block is queued to its server's writer task, which keeps a few writes in flight. Every
 //! queue is bounded, so memory stays at a few segments whatever the file size. Finally each
 //! share is closed with its metadata and the upload succeeds only when `happy` distinct servers
-//! hold shares (any `k` of them rebuild the file).
+//! hold shares (any `k` of them rebuild the file). Files of at most [`SMALL_FILE`] skip the
+//! listing and the streaming: they are encoded whole and each server gets its shares in one
+//! [`Request::Put`] (allocate, write and close at once), which answers what it already held.
 //!
 //! **Download** ([`download`]): ask every storage server which shares it holds, take the
 //! fastest answers first, verify the UEB against the cap and each share's hash chain against
