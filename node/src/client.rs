@@ -762,25 +762,40 @@ async fn upload_small(
         if per_server.is_empty() {
             break;
         }
-        let mut puts: FuturesUnordered<_> = per_server
-            .into_iter()
-            .map(|(s, shnums)| {
-                let shares: Vec<crate::protocol::PutShare> = shnums
-                    .iter()
-                    .filter_map(|&sh| {
-                        Some(crate::protocol::PutShare {
-                            shnum: sh,
-                            data: ByteBuf::from(shares.get(usize::from(sh))?.clone()),
-                            meta: ByteBuf::from(
-                                encoded.share_metas.get(usize::from(sh))?.to_bytes(),
-                            ),
-                        })
-                    })
-                    .collect();
-                async move {
-                    let r = node.rpc(s, Request::Put { si, shares }).await;
-                    (s, shnums, rpc_error(r))
+        // One request per server, split where a server's shares would exceed a frame's
+        // `MAX_PUT` (k=1 grids with many shares per server).
+        let mut batches: Vec<(PeerId, Vec<u8>, Vec<crate::protocol::PutShare>, usize)> = Vec::new();
+        for (s, shnums) in per_server {
+            for sh in shnums {
+                let (Some(data), Some(meta)) = (
+                    shares.get(usize::from(sh)),
+                    encoded.share_metas.get(usize::from(sh)),
+                ) else {
+                    continue;
+                };
+                let share = crate::protocol::PutShare {
+                    shnum: sh,
+                    data: ByteBuf::from(data.clone()),
+                    meta: ByteBuf::from(meta.to_bytes()),
+                };
+                let len = share.data.len() + share.meta.len();
+                match batches.last_mut() {
+                    Some((b, asked, list, total))
+                        if *b == s && *total + len <= crate::protocol::MAX_PUT =>
+                    {
+                        asked.push(sh);
+                        list.push(share);
+                        *total += len;
+                    }
+                    _ => batches.push((s, vec![sh], vec![share], len)),
                 }
+            }
+        }
+        let mut puts: FuturesUnordered<_> = batches
+            .into_iter()
+            .map(|(s, shnums, shares, _)| async move {
+                let r = node.rpc(s, Request::Put { si, shares }).await;
+                (s, shnums, rpc_error(r))
             })
             .collect();
         let mut all_placed = true;

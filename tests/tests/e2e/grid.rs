@@ -211,6 +211,27 @@ async fn quic_only_nodes_exchange_a_file_and_tiny_files_live_in_the_cap() {
     let (got, _) = get_bytes(&grid.node(1), &cap).await;
     assert!(got == data);
 
+    // A small file whose shares exceed one request on each server (1-of-20 over 2 servers:
+    // ten 120 KiB shares each) goes in several `Put`s and comes back whole.
+    let wide = EncodingParams {
+        needed: 1,
+        happy: 2,
+        total: 20,
+        ..params
+    };
+    let small = random_bytes(120 << 10, 5);
+    let cap = put_bytes(&grid.node(0), &small, wide).await.unwrap();
+    for h in grid.handles() {
+        let store = h.server().store().unwrap().clone();
+        let si = match &cap {
+            ReadCap::Chk(c) => c.storage_index(),
+            _ => unreachable!(),
+        };
+        assert_eq!(store.list(&si).unwrap().len(), 10);
+    }
+    let (got, _) = get_bytes(&grid.node(1), &cap).await;
+    assert!(got == small);
+
     let tiny = b"hello, friends".to_vec();
     let cap = put_bytes(&grid.node(0), &tiny, params).await.unwrap();
     assert!(matches!(cap, ReadCap::Lit(_)));
