@@ -445,13 +445,16 @@ pub async fn upload_from(
                     }
                 }
                 Ok(other) => {
-                    refusals.push(format!("{s}: unexpected answer {other:?}"));
-                    usable.retain(|x| *x != s);
+                    drop_server(
+                        s,
+                        format!("unexpected answer {other:?}"),
+                        &mut refusals,
+                        &mut usable,
+                    );
                     all_placed = false;
                 }
                 Err(e) => {
-                    refusals.push(format!("{s}: {e}"));
-                    usable.retain(|x| *x != s);
+                    drop_server(s, e, &mut refusals, &mut usable);
                     existing.remove(&s);
                     all_placed = false;
                 }
@@ -639,6 +642,12 @@ async fn candidates(node: &NodeHandle, params: EncodingParams) -> (Vec<PeerId>, 
     (servers, refusals)
 }
 
+/// A server that refused or failed during placement: say why, and plan without it.
+fn drop_server(s: PeerId, why: String, refusals: &mut Vec<String>, usable: &mut Vec<PeerId>) {
+    refusals.push(format!("{s}: {why}"));
+    usable.retain(|x| *x != s);
+}
+
 fn not_happy_error(
     params: EncodingParams,
     reachable: usize,
@@ -815,13 +824,16 @@ async fn upload_small(
                     }
                 }
                 Ok(other) => {
-                    refusals.push(format!("{s}: unexpected answer {other:?}"));
-                    usable.retain(|x| *x != s);
+                    drop_server(
+                        s,
+                        format!("unexpected answer {other:?}"),
+                        &mut refusals,
+                        &mut usable,
+                    );
                     all_placed = false;
                 }
                 Err(e) => {
-                    refusals.push(format!("{s}: {e}"));
-                    usable.retain(|x| *x != s);
+                    drop_server(s, e, &mut refusals, &mut usable);
                     all_placed = false;
                 }
             }
