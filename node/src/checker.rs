@@ -1077,6 +1077,14 @@ pub struct Repairer {
     status: Arc<Mutex<RepairerStatus>>,
     roots: Arc<Mutex<Vec<Arc<dyn RepairRoot>>>>,
     wake: Arc<tokio::sync::Notify>,
+    /// Read-held by a pass for its whole length, write-held by [`Repairer::hold`].
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Keeps the repairer from starting a pass while it lives (see [`Repairer::hold`]).
+#[derive(Debug)]
+pub struct RepairerHold {
+    _gate: tokio::sync::OwnedRwLockWriteGuard<()>,
 }
 
 impl std::fmt::Debug for Repairer {
@@ -1103,6 +1111,16 @@ impl Repairer {
                 Arc::new(AliasTrees),
             ])),
             wake: Arc::default(),
+            gate: Arc::default(),
+        }
+    }
+
+    /// Waits for a running pass to finish and keeps new ones from starting until the
+    /// returned hold is dropped: for maintenance that must look atomic to the repairer
+    /// (moving shares between disks, or a test damaging several files at once).
+    pub async fn hold(&self) -> RepairerHold {
+        RepairerHold {
+            _gate: self.gate.clone().write_owned().await,
         }
     }
 
@@ -1133,6 +1151,7 @@ impl Repairer {
 
     /// One pass over every root: one file at a time, `pause` between files.
     pub async fn pass(&self, node: &NodeHandle, pause: Duration) -> PassCounts {
+        let _gate = self.gate.clone().read_owned().await;
         self.update(|s| {
             s.running = true;
             s.last_pass_started = Some(now_ms() / 1000);

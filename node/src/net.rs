@@ -823,7 +823,11 @@ impl Actor {
     ) {
         self.ensure_dial(peer);
         let addrs = self.addresses(&peer);
-        let retry = (may_retry && !self.swarm.is_connected(&peer)).then(|| req.clone());
+        // Kept for one retry: any request when there is no connection yet (the dial may fail),
+        // reads always (the connection may close under them, e.g. a relayed one replaced by a
+        // direct one). Writes are never sent twice once a connection carried them.
+        let retry = (may_retry && (!self.swarm.is_connected(&peer) || req.is_read_only()))
+            .then(|| req.clone());
         let id = self
             .swarm
             .behaviour_mut()
@@ -1527,10 +1531,15 @@ impl Actor {
                 let Some(p) = self.pending.remove(&request_id) else {
                     return;
                 };
-                if let (Some(req), request_response::OutboundFailure::DialFailure) =
-                    (p.retry, &error)
-                {
-                    tracing::debug!(%peer, "dial failed; retrying the request once");
+                let again = match (&p.retry, &error) {
+                    (Some(_), request_response::OutboundFailure::DialFailure) => true,
+                    (Some(req), request_response::OutboundFailure::ConnectionClosed) => {
+                        req.is_read_only()
+                    }
+                    _ => false,
+                };
+                if let (true, Some(req)) = (again, p.retry) {
+                    tracing::debug!(%peer, %error, "retrying the request once");
                     let retry = self.retry_tx.clone();
                     tokio::spawn(async move {
                         let jitter = 50 + u64::from(rand::random::<u8>());

@@ -160,6 +160,18 @@ pub struct SlotShareWrite {
 }
 
 impl Request {
+    /// Whether the request only reads (safe to send again when its connection closed before
+    /// the answer came).
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::List { .. }
+                | Request::ReadMeta { .. }
+                | Request::Read { .. }
+                | Request::SlotRead { .. }
+        )
+    }
+
     /// A short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
