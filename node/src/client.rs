@@ -503,7 +503,8 @@ pub async fn upload_from(
             let enc = encoder.clone();
             let idx = next_read;
             encoding.push_back(tokio::task::spawn_blocking(move || {
-                enc.encode_segment(idx, &buf).map_err(|e| e.to_string())
+                enc.encode_segment_owned(idx, buf)
+                    .map_err(|e| e.to_string())
             }));
             next_read += 1;
         }

@@ -1,8 +1,11 @@
-//! The storage protocol (`/kith/storage/1.0.0`): messages between an uploader/downloader and a
+//! The storage protocol (`/kith/storage/1.1.0`): messages between an uploader/downloader and a
 //! storage server, and their wire format.
 //!
 //! One request and one response per libp2p stream (libp2p request-response). A frame is a
-//! 4-byte big-endian length followed by that many bytes of CBOR (serde). Every frame is bounded
+//! 4-byte big-endian length, then a 4-byte big-endian header length, the header (the message in
+//! CBOR, serde) and the message's bulk bytes if it has any (the data of a [`Request::Write`] or
+//! a [`Response::Bytes`]; see [`Bulk`]). Version 1.0.0 carried the bulk bytes inside the CBOR,
+//! which cost a copy on the sender and two on the receiver. Every frame is bounded
 //! by [`MAX_FRAME`]; the decoders never trust a length before checking it, and a frame that is
 //! too long or not valid CBOR for the expected type is not an IO error but a
 //! [`RequestFrame::Malformed`], so the server answers it with a typed
@@ -21,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// The protocol name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/storage/1.0.0");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/storage/1.1.0");
 
 /// Largest frame in either direction: a block of the largest segment (4 MiB at k=1) or a share's
 /// metadata (at most [`MAX_META`]) plus envelope.
@@ -343,23 +346,92 @@ pub enum RequestFrame {
     Malformed(DecodeError),
 }
 
-/// Encodes a message as one frame.
-pub fn encode_frame<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 4];
-    ciborium::into_writer(msg, &mut buf).map_err(|e| io::Error::other(e.to_string()))?;
-    let len = buf.len() - 4;
+/// A message whose bulk bytes (a block being written or read) travel after its CBOR header
+/// instead of inside it, so that neither side pushes megabytes through the CBOR encoder or
+/// decoder (ciborium copies a byte string in 4 KiB pieces into a growing buffer).
+pub trait Bulk {
+    /// Moves the bulk bytes out, leaving the field empty (nothing when the message has none).
+    fn take_bulk(&mut self) -> Vec<u8>;
+    /// Puts `bulk` into the message's empty bulk field; `false` when it has no such field.
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool;
+}
+
+impl Bulk for Request {
+    fn take_bulk(&mut self) -> Vec<u8> {
+        match self {
+            Request::Write { data, .. } => std::mem::take(data).into_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
+        match self {
+            Request::Write { data, .. } if data.is_empty() => {
+                *data = ByteBuf::from(bulk);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Bulk for Response {
+    fn take_bulk(&mut self) -> Vec<u8> {
+        match self {
+            Response::Bytes(b) => std::mem::take(b).into_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn put_bulk(&mut self, bulk: Vec<u8>) -> bool {
+        match self {
+            Response::Bytes(b) if b.is_empty() => {
+                *b = ByteBuf::from(bulk);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One encoded frame: `head` is both length prefixes and the CBOR header, `tail` the bulk
+/// bytes (sent as they are, not copied into `head`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Frame length, header length, CBOR header.
+    pub head: Vec<u8>,
+    /// The message's bulk bytes (often empty).
+    pub tail: Vec<u8>,
+}
+
+impl Frame {
+    /// The frame as one buffer (tests, fuzz seeds).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        [&self.head[..], &self.tail[..]].concat()
+    }
+}
+
+/// Encodes a message as one frame, its bulk bytes moved (not copied) to the frame's tail.
+pub fn encode_frame<T: Serialize + Bulk>(mut msg: T) -> io::Result<Frame> {
+    let tail = msg.take_bulk();
+    let mut head = vec![0u8; 8];
+    ciborium::into_writer(&msg, &mut head).map_err(|e| io::Error::other(e.to_string()))?;
+    let len = head.len() - 4 + tail.len();
     if len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("message of {len} bytes exceeds the frame limit of {MAX_FRAME}"),
         ));
     }
-    let len = u32::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(buf)
+    let too_long = || io::Error::from(io::ErrorKind::InvalidInput);
+    let hlen = u32::try_from(head.len() - 8).map_err(|_| too_long())?;
+    let len = u32::try_from(len).map_err(|_| too_long())?;
+    head[..4].copy_from_slice(&len.to_be_bytes());
+    head[4..8].copy_from_slice(&hlen.to_be_bytes());
+    Ok(Frame { head, tail })
 }
 
-/// Decodes a frame body (without the length prefix).
+/// Decodes a CBOR header (no length prefixes, no bulk bytes).
 pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, DecodeError> {
     if body.len() > MAX_FRAME {
         return Err(DecodeError::TooLarge {
@@ -370,26 +442,102 @@ pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Decod
     ciborium::from_reader(body).map_err(|e| DecodeError::Invalid(e.to_string()))
 }
 
-/// Reads one frame's body. `Ok(Err(_))` means the peer sent a bad length; the body was not read.
-async fn read_frame<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Result<Vec<u8>, DecodeError>> {
+/// A frame's header and bulk bytes, decoded into one message.
+pub fn decode_parts<T: for<'de> Deserialize<'de> + Bulk>(
+    header: &[u8],
+    tail: Vec<u8>,
+) -> Result<T, DecodeError> {
+    let mut msg: T = decode_body(header)?;
+    if !tail.is_empty() && !msg.put_bulk(tail) {
+        return Err(DecodeError::Invalid(
+            "bulk bytes after a message that carries none".into(),
+        ));
+    }
+    Ok(msg)
+}
+
+/// Checks a frame's two lengths; returns the header's length.
+fn split_lengths(len: usize, hlen: Option<u32>) -> Result<usize, DecodeError> {
+    if len > MAX_FRAME {
+        return Err(DecodeError::TooLarge {
+            len: len as u64,
+            max: MAX_FRAME,
+        });
+    }
+    let Some(hlen) = hlen else {
+        return Err(DecodeError::Invalid(format!(
+            "a frame of {len} bytes cannot hold its header length"
+        )));
+    };
+    let hlen = hlen as usize;
+    if hlen > len - 4 {
+        return Err(DecodeError::Invalid(format!(
+            "header of {hlen} bytes in a frame of {len}"
+        )));
+    }
+    Ok(hlen)
+}
+
+/// Decodes one whole frame as it arrives on the wire (both length prefixes included): the
+/// checks every received frame goes through, in one synchronous call (tests and fuzzing).
+pub fn decode_frame<T: for<'de> Deserialize<'de> + Bulk>(wire: &[u8]) -> Result<T, DecodeError> {
+    let Some((len, rest)) = wire.split_first_chunk::<4>() else {
+        return Err(DecodeError::Invalid("no frame length".into()));
+    };
+    let len = u32::from_be_bytes(*len) as usize;
+    if len <= MAX_FRAME && rest.len() != len {
+        return Err(DecodeError::Invalid(format!(
+            "frame of {len} bytes announced, {} present",
+            rest.len()
+        )));
+    }
+    let hlen = rest
+        .split_first_chunk::<4>()
+        .filter(|_| len >= 4)
+        .map(|(h, _)| u32::from_be_bytes(*h));
+    let hlen = split_lengths(len, hlen)?;
+    decode_parts(&rest[4..4 + hlen], rest[4 + hlen..].to_vec())
+}
+
+/// Reads one frame: its CBOR header and its bulk bytes, each into a buffer of its exact size.
+/// `Ok(Err(_))` means the peer sent bad lengths; the rest of the frame was not read.
+async fn read_frame<R: AsyncRead + Unpin>(
+    io: &mut R,
+) -> io::Result<Result<(Vec<u8>, Vec<u8>), DecodeError>> {
+    let truncated = |e: io::Error| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "frame truncated")
+        } else {
+            e
+        }
+    };
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Ok(Err(DecodeError::TooLarge {
-            len: len as u64,
-            max: MAX_FRAME,
-        }));
+    let hlen = if (4..=MAX_FRAME).contains(&len) {
+        let mut h = [0u8; 4];
+        io.read_exact(&mut h).await.map_err(truncated)?;
+        Some(u32::from_be_bytes(h))
+    } else {
+        None
+    };
+    let hlen = match split_lengths(len, hlen) {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut header = vec![0u8; hlen];
+    io.read_exact(&mut header).await.map_err(truncated)?;
+    let mut tail = vec![0u8; len - 4 - hlen];
+    io.read_exact(&mut tail).await.map_err(truncated)?;
+    Ok(Ok((header, tail)))
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, frame: Frame) -> io::Result<()> {
+    io.write_all(&frame.head).await?;
+    if !frame.tail.is_empty() {
+        io.write_all(&frame.tail).await?;
     }
-    let mut body = Vec::new();
-    let read = io.take(len as u64).read_to_end(&mut body).await?;
-    if read != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("frame truncated: {read} of {len} bytes"),
-        ));
-    }
-    Ok(Ok(body))
+    Ok(())
 }
 
 /// The request-response codec of the storage protocol.
@@ -405,23 +553,25 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        Ok(match read_frame(io).await? {
-            Ok(body) => match decode_body::<Request>(&body) {
+        Ok(
+            match read_frame(io)
+                .await?
+                .and_then(|(header, tail)| decode_parts::<Request>(&header, tail))
+            {
                 Ok(req) => RequestFrame::Request(req),
                 Err(e) => RequestFrame::Malformed(e),
             },
-            Err(e) => RequestFrame::Malformed(e),
-        })
+        )
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let body = read_frame(io)
+        read_frame(io)
             .await?
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        decode_body(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            .and_then(|(header, tail)| decode_parts(&header, tail))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     async fn write_request<T>(
@@ -439,7 +589,7 @@ impl libp2p::request_response::Codec for Codec {
                 "a malformed frame cannot be sent",
             ));
         };
-        io.write_all(&encode_frame(&req)?).await?;
+        write_frame(io, encode_frame(req)?).await?;
         io.close().await
     }
 
@@ -452,7 +602,7 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&encode_frame(&res)?).await?;
+        write_frame(io, encode_frame(res)?).await?;
         io.close().await
     }
 }
@@ -592,16 +742,28 @@ mod tests {
             Request::AddLease { si: si() },
         ];
         for r in reqs {
-            let frame = encode_frame(&r).unwrap();
-            assert_eq!(decode_body::<Request>(&frame[4..]).unwrap(), r);
+            let frame = encode_frame(r.clone()).unwrap();
+            // Only a write's data travels as bulk bytes.
+            assert_eq!(
+                frame.tail.is_empty(),
+                !matches!(r, Request::Write { .. }),
+                "{r:?}"
+            );
+            assert_eq!(decode_frame::<Request>(&frame.to_bytes()).unwrap(), r);
         }
     }
 
     #[test]
     fn responses_round_trip_and_unknown_error_kinds_decode() {
-        let r = Response::Error(ServerError::new(ErrorKind::NoSpace, "full"));
-        let frame = encode_frame(&r).unwrap();
-        assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), r);
+        for r in [
+            Response::Error(ServerError::new(ErrorKind::NoSpace, "full")),
+            Response::Bytes(ByteBuf::from(vec![9; 1000])),
+            Response::Bytes(ByteBuf::new()),
+            Response::Shares(vec![1, 2]),
+        ] {
+            let frame = encode_frame(r.clone()).unwrap();
+            assert_eq!(decode_frame::<Response>(&frame.to_bytes()).unwrap(), r);
+        }
     }
 
     #[test]
@@ -620,8 +782,54 @@ mod tests {
     }
 
     #[test]
+    fn bad_lengths_and_misplaced_bulk_bytes_are_typed_errors() {
+        let read = |wire: Vec<u8>| {
+            futures::executor::block_on(async {
+                let mut io = futures::io::Cursor::new(wire);
+                libp2p::request_response::Codec::read_request(&mut Codec, &PROTOCOL, &mut io).await
+            })
+        };
+        let list = encode_frame(Request::List { si: si() }).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "frame too short for a header length",
+                vec![0, 0, 0, 2, 1, 2],
+            ),
+            (
+                "header longer than the frame",
+                [&[0, 0, 0, 6, 0, 0, 0, 9][..], &[0xa0, 0xa0]].concat(),
+            ),
+            (
+                "bulk bytes after a list",
+                [&list.to_bytes()[..], &[1, 2, 3]].concat(),
+            ),
+        ];
+        for (name, mut wire) in cases {
+            if name.starts_with("bulk") {
+                let len = u32::from_be_bytes(wire[..4].try_into().unwrap()) + 3;
+                wire[..4].copy_from_slice(&len.to_be_bytes());
+            }
+            assert!(
+                matches!(
+                    read(wire.clone()).unwrap(),
+                    RequestFrame::Malformed(DecodeError::Invalid(_))
+                ),
+                "{name}"
+            );
+            assert!(
+                matches!(decode_frame::<Request>(&wire), Err(DecodeError::Invalid(_))),
+                "{name}"
+            );
+        }
+        // A frame that ends early is an IO error of the stream, not a message.
+        let mut cut = list.to_bytes();
+        cut.pop();
+        assert_eq!(read(cut).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
     fn garbage_is_a_typed_error() {
-        let wire = vec![0, 0, 0, 3, 0xff, 0x00, 0x13];
+        let wire = vec![0, 0, 0, 7, 0, 0, 0, 3, 0xff, 0x00, 0x13];
         let frame = futures::executor::block_on(async {
             let mut io = futures::io::Cursor::new(wire);
             libp2p::request_response::Codec::read_request(&mut Codec, &PROTOCOL, &mut io).await
@@ -638,6 +846,19 @@ mod tests {
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_body::<Request>(&bytes);
             let _ = decode_body::<Response>(&bytes);
+            let _ = decode_frame::<Request>(&bytes);
+            let _ = decode_frame::<Response>(&bytes);
+        }
+
+        #[test]
+        fn writes_and_reads_of_any_size_round_trip(
+            data in proptest::collection::vec(any::<u8>(), 0..4096),
+            offset in any::<u64>(),
+        ) {
+            let w = Request::Write { si: si(), shnum: 3, offset, data: ByteBuf::from(data.clone()) };
+            prop_assert_eq!(decode_frame::<Request>(&encode_frame(w.clone()).unwrap().to_bytes()).unwrap(), w);
+            let r = Response::Bytes(ByteBuf::from(data));
+            prop_assert_eq!(decode_frame::<Response>(&encode_frame(r.clone()).unwrap().to_bytes()).unwrap(), r);
         }
     }
 }

@@ -58,18 +58,30 @@ impl Erasure {
 
     /// The n blocks of `segment`.
     pub fn encode(&self, segment: &[u8]) -> Vec<Vec<u8>> {
+        self.encode_owned(segment.to_vec())
+    }
+
+    /// The n blocks of `segment`, whose buffer becomes the first block (the other data blocks
+    /// are copied out of it, the parity blocks computed).
+    pub fn encode_owned(&self, mut segment: Vec<u8>) -> Vec<Vec<u8>> {
         let bs = self.block_size(segment.len());
-        let mut blocks: Vec<Vec<u8>> = (0..self.total)
-            .map(|i| {
-                let mut b = vec![0u8; bs];
-                if i < self.needed {
-                    let start = (i * bs).min(segment.len());
-                    let end = ((i + 1) * bs).min(segment.len());
-                    b[..end - start].copy_from_slice(&segment[start..end]);
-                }
-                b
-            })
-            .collect();
+        let len = segment.len();
+        let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(self.total);
+        blocks.push(Vec::new());
+        for i in 1..self.total {
+            let mut b = Vec::with_capacity(bs);
+            if i < self.needed {
+                b.extend_from_slice(&segment[(i * bs).min(len)..((i + 1) * bs).min(len)]);
+            }
+            b.resize(bs, 0);
+            blocks.push(b);
+        }
+        segment.truncate(bs);
+        segment.resize(bs, 0);
+        // Shrinking gives the tail back in place (no copy) and keeps a queued block from
+        // holding a whole segment's memory.
+        segment.shrink_to_fit();
+        blocks[0] = segment;
         if let Some(rs) = &self.rs {
             // Cannot fail: shard count and equal sizes are guaranteed above.
             let _ = rs.encode(&mut blocks);

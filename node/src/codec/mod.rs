@@ -245,6 +245,16 @@ impl FileEncoder {
         index: u32,
         plaintext: &[u8],
     ) -> Result<EncodedSegment, EncodeError> {
+        self.encode_segment_owned(index, plaintext.to_vec())
+    }
+
+    /// [`Self::encode_segment`] on a buffer it may keep: encrypted in place, and its allocation
+    /// becomes the first block (no copy of the segment).
+    pub fn encode_segment_owned(
+        &self,
+        index: u32,
+        plaintext: Vec<u8>,
+    ) -> Result<EncodedSegment, EncodeError> {
         if index >= self.num_segments || plaintext.len() != self.segment_len(index) {
             return Err(EncodeError::Segment {
                 index,
@@ -255,14 +265,14 @@ impl FileEncoder {
                 ),
             });
         }
-        let mut crypttext = plaintext.to_vec();
+        let mut crypttext = plaintext;
         apply_keystream(
             &self.key,
             u64::from(index) * u64::from(self.params.segment_size),
             &mut crypttext,
         );
         let crypttext_hash = tagged_hash(CRYPTTEXT_TAG, &[&crypttext]);
-        let blocks = self.erasure.encode(&crypttext);
+        let blocks = self.erasure.encode_owned(crypttext);
         let block_hashes = blocks.iter().map(|b| block_hash(b)).collect();
         Ok(EncodedSegment {
             index,

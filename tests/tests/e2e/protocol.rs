@@ -36,9 +36,9 @@ impl request_response::Codec for RawCodec {
     ) -> io::Result<Response> {
         let mut len = [0u8; 4];
         io.read_exact(&mut len).await?;
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        io.read_exact(&mut body).await?;
-        protocol::decode_body(&body).map_err(io::Error::other)
+        let mut rest = vec![0u8; u32::from_be_bytes(len) as usize];
+        io.read_exact(&mut rest).await?;
+        protocol::decode_frame(&[&len[..], &rest].concat()).map_err(io::Error::other)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -61,10 +61,18 @@ impl request_response::Codec for RawCodec {
     }
 }
 
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut v = (body.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(body);
+/// A frame around `header` (no bulk bytes).
+fn frame(header: &[u8]) -> Vec<u8> {
+    let mut v = (header.len() as u32 + 4).to_be_bytes().to_vec();
+    v.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    v.extend_from_slice(header);
     v
+}
+
+fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).unwrap();
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +107,9 @@ async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_s
     );
     swarm.dial(server_addr).unwrap();
 
-    let valid = protocol::encode_frame(&Request::List { si: [1; 16] }).unwrap();
+    let valid = protocol::encode_frame(Request::List { si: [1; 16] })
+        .unwrap()
+        .to_bytes();
     let mut oversized = (u32::MAX).to_be_bytes().to_vec();
     oversized.extend_from_slice(&[0u8; 64]);
     let cases: Vec<(&str, Vec<u8>, Option<ErrorKind>)> = vec![
@@ -115,10 +125,31 @@ async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_s
         ),
         (
             "valid CBOR of the wrong shape",
-            frame(&protocol::encode_frame(&"hello").unwrap()[4..]),
+            frame(&cbor(&"hello")),
             Some(ErrorKind::Malformed),
         ),
-        ("empty frame", frame(&[]), Some(ErrorKind::Malformed)),
+        ("empty header", frame(&[]), Some(ErrorKind::Malformed)),
+        (
+            "empty frame",
+            0u32.to_be_bytes().to_vec(),
+            Some(ErrorKind::Malformed),
+        ),
+        (
+            "header length beyond the frame",
+            [&8u32.to_be_bytes()[..], &100u32.to_be_bytes(), &[0xa0; 4]].concat(),
+            Some(ErrorKind::Malformed),
+        ),
+        (
+            "bulk bytes after a list",
+            {
+                let mut f = frame(&cbor(&Request::List { si: [1; 16] }));
+                let len = u32::from_be_bytes(f[..4].try_into().unwrap()) + 5;
+                f[..4].copy_from_slice(&len.to_be_bytes());
+                f.extend_from_slice(&[7; 5]);
+                f
+            },
+            Some(ErrorKind::Malformed),
+        ),
         (
             "huge array header",
             frame(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
@@ -126,13 +157,14 @@ async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_s
         ),
         (
             "read far beyond a share",
-            protocol::encode_frame(&Request::Read {
+            protocol::encode_frame(Request::Read {
                 si: [1; 16],
                 shnum: 0,
                 offset: u64::MAX - 3,
                 len: u32::MAX,
             })
-            .unwrap(),
+            .unwrap()
+            .to_bytes(),
             None,
         ),
         ("valid list", valid, None),
