@@ -2,13 +2,15 @@
 //! address types shared by every crate.
 //!
 //! A node listens and dials on:
-//! - **TCP** upgraded with Noise (XX handshake, ed25519 identity) and Yamux stream multiplexing;
+//! - **TCP** upgraded with libp2p's TLS 1.3 handshake (AES-GCM where the CPU has AES
+//!   instructions) or Noise (XX handshake, ChaCha20-Poly1305) for peers that offer only Noise,
+//!   both binding the ed25519 node key ([`security`]), and Yamux stream multiplexing;
 //! - **QUIC** (quinn + rustls with libp2p's TLS certificate binding the same ed25519 key);
 //! - an **in-memory** transport (`/memory/<port>` addresses) for tests that want real swarms
 //!   without sockets;
 //! - **Tor** (feature `tor`, on by default; module [`tor`]): dial `/onion3/…` through onion
 //!   services and `/ip4|ip6|dns/…/tcp/…` through exits, listen on an onion service hosted by
-//!   arti. Its streams get the same Noise + Yamux upgrade as TCP. A Tor-only node
+//!   arti. Its streams get Noise + Yamux (Tor is the bottleneck there, not the cipher). A Tor-only node
 //!   ([`Config::tor_only`]) has no TCP, QUIC or memory transport at all.
 //!
 //! When Tor runs alongside TCP, TCP dials `/ip4|ip6/…/tcp/…` (clearnet, as without Tor) and Tor
@@ -25,6 +27,7 @@
 
 pub mod identity;
 pub mod relayed;
+pub mod security;
 #[cfg(feature = "tor")]
 pub mod tor;
 
@@ -115,6 +118,9 @@ pub enum Error {
     /// The Noise handshake configuration could not be derived from the node key.
     #[error("cannot configure the Noise handshake from the node key: {0}")]
     Noise(#[from] noise::Error),
+    /// The TLS or Noise handshake configuration could not be derived from the node key.
+    #[error("cannot configure the connection security from the node key: {0}")]
+    Security(#[from] security::SecurityError),
     /// Every transport was switched off.
     #[error("no transport is enabled: enable at least one of tcp, quic, memory or tor")]
     NoTransport,
@@ -144,18 +150,23 @@ pub fn build_transport(keypair: &Keypair, config: &Config) -> Result<BoxedTransp
         return Err(Error::NoTransport);
     }
     let noise = noise::Config::new(keypair)?;
-    let tcp = config.tcp.then(|| {
+    let secure = if config.tcp || config.memory {
+        Some(security::Security::new(keypair)?)
+    } else {
+        None
+    };
+    let tcp = secure.clone().filter(|_| config.tcp).map(|secure| {
         tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
             .upgrade(Version::V1Lazy)
-            .authenticate(noise.clone())
+            .authenticate(secure)
             .multiplex(yamux_config())
             .timeout(config.handshake_timeout)
             .boxed()
     });
-    let memory = config.memory.then(|| {
+    let memory = secure.filter(|_| config.memory).map(|secure| {
         MemoryTransport::default()
             .upgrade(Version::V1Lazy)
-            .authenticate(noise.clone())
+            .authenticate(secure)
             .multiplex(yamux_config())
             .timeout(config.handshake_timeout)
             .boxed()

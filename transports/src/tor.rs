@@ -326,6 +326,10 @@ impl Tor {
         if let Some(c) = self.inner.client.get() {
             return Ok(c);
         }
+        // rustls is built with two providers (aws-lc for libp2p's TLS and QUIC, ring for our
+        // TCP TLS, see `security`), so it cannot choose a process default itself; arti's TLS to
+        // relays takes the process default: aws-lc, as when it was the only one.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client = TorClient::builder()
             .config(self.inner.config.clone())
             .bootstrap_behavior(BootstrapBehavior::OnDemand)
