@@ -1322,6 +1322,19 @@ impl NodeHandle {
                 "Capacity left.",
                 &[(String::new(), st.free_bytes as f64)],
             );
+            if let Some(store) = self.server().store() {
+                let (commits, puts) = store.put_batches();
+                gauge(
+                    "kith_storage_inline_puts_total",
+                    "Small-file puts stored inline since start.",
+                    &[(String::new(), puts as f64)],
+                );
+                gauge(
+                    "kith_storage_inline_put_commits_total",
+                    "Index commits that carried them (group commit: fewer than puts under load).",
+                    &[(String::new(), commits as f64)],
+                );
+            }
         }
         gauge(
             "kith_members",

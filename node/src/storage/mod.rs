@@ -156,6 +156,9 @@ pub enum StoreError {
         /// The share.
         shnum: u8,
     },
+    /// The commit that carried this put together with others failed (the leader's error).
+    #[error("share index (batched commit): {0}")]
+    Batch(String),
 }
 
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -314,12 +317,33 @@ struct Inner {
     counter: AtomicU64,
     recovery: RecoveryReport,
     slot_lock: Mutex<()>,
+    /// Inline puts waiting for the next commit ([`ShareStore::put_inline`]).
+    put_queue: Mutex<Vec<PutJob>>,
+    /// Held by whoever commits the queued puts.
+    put_commit: Mutex<()>,
+    /// Commits that stored inline puts, and the puts they carried.
+    put_batches: AtomicU64,
+    put_jobs: AtomicU64,
+}
+
+/// One inline put waiting for a commit.
+#[derive(Debug)]
+struct PutJob {
+    si: [u8; 16],
+    owner: Vec<u8>,
+    shares: Vec<(u8, Vec<u8>, Vec<u8>)>,
+    lease_expiry: u64,
+    reply: std::sync::mpsc::SyncSender<Result<Allocation, StoreError>>,
 }
 
 /// The share store (cheap to clone; blocking methods, run them off the async runtime).
 #[derive(Clone, Debug)]
 pub struct ShareStore {
     inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn share_key(si: &[u8; 16], shnum: u8) -> [u8; 17] {
@@ -459,6 +483,10 @@ impl ShareStore {
                 counter: AtomicU64::new(0),
                 recovery: RecoveryReport::default(),
                 slot_lock: Mutex::new(()),
+                put_queue: Mutex::new(Vec::new()),
+                put_commit: Mutex::new(()),
+                put_batches: AtomicU64::new(0),
+                put_jobs: AtomicU64::new(0),
             }),
         };
         let report = store.recover()?;
@@ -1149,6 +1177,11 @@ impl ShareStore {
     /// share someone is streaming into `incoming/` right now is left to them. When the new
     /// shares do not fit (read-only, capacity, disk reserve) the leases on held shares are
     /// still committed, as [`allocate`](Self::allocate) does, and the refusal returned.
+    ///
+    /// Group commit: puts that arrive while another commit is running queue up, and the next
+    /// one to take the commit lock stores all of them in one transaction (one fsync instead of
+    /// one per put). Each put still gets its own answer; a refusal of one does not affect the
+    /// others.
     fn put_inline(
         &self,
         si: &[u8; 16],
@@ -1159,8 +1192,88 @@ impl ShareStore {
         if owner.len() > MAX_OWNER_LEN || owner.is_empty() {
             return Err(StoreError::InvalidArgument("bad owner id".into()));
         }
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        lock(&self.inner.put_queue).push(PutJob {
+            si: *si,
+            owner: owner.to_vec(),
+            shares: shares
+                .iter()
+                .map(|&(sh, d, m)| (sh, d.to_vec(), m.to_vec()))
+                .collect(),
+            lease_expiry,
+            reply,
+        });
+        {
+            let _commit = lock(&self.inner.put_commit);
+            // A commit that ran while we waited for the lock may have carried our put.
+            if let Ok(r) = answer.try_recv() {
+                return r;
+            }
+            let jobs = std::mem::take(&mut *lock(&self.inner.put_queue));
+            self.commit_puts(jobs);
+        }
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Batch("the commit was abandoned".into())))
+    }
+
+    /// Stores queued inline puts in one transaction and answers each.
+    fn commit_puts(&self, jobs: Vec<PutJob>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let run = || -> Result<Vec<Result<Allocation, StoreError>>, StoreError> {
+            let tx = self.inner.db.begin_write().map_err(db)?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for j in &jobs {
+                let shares: Vec<(u8, &[u8], &[u8])> = j
+                    .shares
+                    .iter()
+                    .map(|(sh, d, m)| (*sh, d.as_slice(), m.as_slice()))
+                    .collect();
+                out.push(self.put_inline_in(&tx, &j.si, &j.owner, &shares, j.lease_expiry)?);
+            }
+            tx.commit().map_err(db)?;
+            Ok(out)
+        };
+        match run() {
+            Ok(results) => {
+                self.inner.put_batches.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .put_jobs
+                    .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                for (j, r) in jobs.into_iter().zip(results) {
+                    let _ = j.reply.send(r);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for j in jobs {
+                    let _ = j.reply.send(Err(StoreError::Batch(why.clone())));
+                }
+            }
+        }
+    }
+
+    /// (commits that stored inline puts, puts they carried) since the store was opened.
+    pub fn put_batches(&self) -> (u64, u64) {
+        (
+            self.inner.put_batches.load(Ordering::Relaxed),
+            self.inner.put_jobs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// One inline put inside `tx`: `Err` aborts the whole transaction, `Ok(Err(_))` refuses
+    /// this put alone (its leases on already-held shares still count).
+    fn put_inline_in(
+        &self,
+        tx: &redb::WriteTransaction,
+        si: &[u8; 16],
+        owner: &[u8],
+        shares: &[(u8, &[u8], &[u8])],
+        lease_expiry: u64,
+    ) -> Result<Result<Allocation, StoreError>, StoreError> {
         let mut alloc = Allocation::default();
-        let tx = self.inner.db.begin_write().map_err(db)?;
         let refusal = {
             let mut rows = tx.open_table(SHARES).map_err(db)?;
             let mut leases = tx.open_table(LEASES).map_err(db)?;
@@ -1184,7 +1297,7 @@ impl ShareStore {
                         let old = leases.get(k.as_slice()).map_err(db)?.map(|v| v.value());
                         let expiry = old.unwrap_or(0).max(lease_expiry);
                         leases.insert(k.as_slice(), expiry).map_err(db)?;
-                        account_lease(&tx, owner, row.stored_bytes(), old, Some(expiry))?;
+                        account_lease(tx, owner, row.stored_bytes(), old, Some(expiry))?;
                         alloc.already_have.push(sh);
                     } else if inflight.contains_key(&(*si, sh)) {
                         alloc.in_progress.push(sh);
@@ -1242,7 +1355,7 @@ impl ShareStore {
                     leases
                         .insert(lease_key(si, sh, owner).as_slice(), lease_expiry)
                         .map_err(db)?;
-                    account_lease(&tx, owner, row.stored_bytes(), None, Some(lease_expiry))?;
+                    account_lease(tx, owner, row.stored_bytes(), None, Some(lease_expiry))?;
                     alloc.allocated.push(sh);
                 }
                 usage
@@ -1254,11 +1367,10 @@ impl ShareStore {
                 None
             }
         };
-        tx.commit().map_err(db)?;
-        match refusal {
+        Ok(match refusal {
             Some(e) => Err(e),
             None => Ok(alloc),
-        }
+        })
     }
 
     /// Drops an unfinished share of `owner`.

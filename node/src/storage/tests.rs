@@ -606,3 +606,67 @@ fn whole_small_shares_live_in_the_index_with_leases_usage_and_removal() {
     let inline = store.inline_lens().unwrap();
     assert_eq!(inline.len(), 1, "the removed shares' bytes are gone too");
 }
+
+/// Concurrent small puts share commits (group commit) and each still gets its own answer: with
+/// room for exactly ten shares, sixteen racing puts store ten, refuse six for capacity, and the
+/// usage, rows and bytes agree.
+#[test]
+fn concurrent_small_puts_share_commits_and_each_gets_its_own_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 10 * 1405, 0);
+    let mut rounds = 0;
+    // Racing threads nearly always overlap a commit's fsync; a few rounds make it certain.
+    while rounds < 10 {
+        let (batches, jobs) = store.put_batches();
+        let before = store.usage().unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let results: Vec<Result<Allocation, StoreError>> = (0..16u8)
+            .map(|t| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let s = si(rounds * 16 + t + 1);
+                    let d = pattern(&s, 0, 1400);
+                    barrier.wait();
+                    store.put(&s, b"alice", &[(0, &d, b"meta0")], 100)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let stored = results
+            .iter()
+            .filter(|r| matches!(r, Ok(a) if a.allocated == vec![0]))
+            .count();
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::OverCapacity { .. })))
+            .count();
+        let after = store.usage().unwrap();
+        if rounds == 0 {
+            assert_eq!((stored, refused), (10, 6), "{results:?}");
+        } else {
+            assert_eq!((stored, refused), (0, 16), "the store is full: {results:?}");
+        }
+        assert_eq!(after.used_bytes - before.used_bytes, stored as u64 * 1405);
+        assert_eq!(after.share_count - before.share_count, stored as u64);
+        let (b2, j2) = store.put_batches();
+        assert_eq!(j2 - jobs, 16, "every put went through a commit");
+        rounds += 1;
+        if b2 - batches < 16 {
+            break;
+        }
+    }
+    assert!(rounds < 10, "16 racing puts never shared a commit");
+    assert!(store.verify_consistency().unwrap().is_clean());
+    // Every stored share reads back.
+    let mut found = 0;
+    for t in 0..16u8 {
+        let s = si(t + 1);
+        if store.list(&s).unwrap() == vec![0] {
+            assert_eq!(store.read(&s, 0, 0, 1400).unwrap(), pattern(&s, 0, 1400));
+            found += 1;
+        }
+    }
+    assert_eq!(found, 10);
+}

@@ -121,7 +121,15 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
         let held = store.list(&small_si).unwrap();
         assert_eq!(held.len(), 1, "{}", h.config().nickname);
         assert!(!store.share_path(&small_si, held[0]).exists());
+        // It went through the group-committed inline path, and the metrics say so.
+        assert!(store.put_batches().1 >= 1);
     }
+    let metrics = grid.node(3).metrics().await;
+    assert!(
+        metrics.contains("kith_storage_inline_puts_total ")
+            && metrics.contains("kith_storage_inline_put_commits_total "),
+        "{metrics}"
+    );
     let again = grid.node(0).put_file(&path, &opts, &|_| {}).await.unwrap();
     assert_eq!(again.cap, first.cap);
     assert_eq!(again.already_present, 10);
