@@ -470,7 +470,7 @@ fn split_lengths(len: usize, hlen: Option<u32>) -> Result<usize, DecodeError> {
         )));
     };
     let hlen = hlen as usize;
-    if hlen > len - 4 {
+    if hlen > len.saturating_sub(4) {
         return Err(DecodeError::Invalid(format!(
             "header of {hlen} bytes in a frame of {len}"
         )));

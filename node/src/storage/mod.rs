@@ -342,7 +342,9 @@ pub struct ShareStore {
     inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, taking over a lock poisoned by a panicked holder (the guarded data is always
+/// left consistent: the index itself lives in redb transactions).
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -698,10 +700,7 @@ impl ShareStore {
     }
 
     fn inflight(&self) -> std::sync::MutexGuard<'_, BTreeMap<([u8; 16], u8), InFlight>> {
-        self.inner
-            .inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.inflight)
     }
 
     /// Where a complete share lives.

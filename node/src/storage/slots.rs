@@ -156,11 +156,7 @@ impl ShareStore {
             crate::mutable::peek_seqnum(&w.data)
                 .map_err(|e| StoreError::InvalidArgument(format!("not a mutable share: {e}")))?;
         }
-        let _guard = self
-            .inner
-            .slot_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _guard = super::lock(&self.inner.slot_lock);
         // Test every share before writing any.
         let mut current = Vec::with_capacity(writes.len());
         let mut conflict = false;
