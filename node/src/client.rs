@@ -804,8 +804,7 @@ async fn upload_small(
         let mut puts: FuturesUnordered<_> = batches
             .into_iter()
             .map(|(s, shnums, shares, _)| async move {
-                let r = node.rpc(s, Request::Put { si, shares }).await;
-                (s, shnums, rpc_error(r))
+                (s, shnums, put_batched(node, s, si, shares).await)
             })
             .collect();
         let mut all_placed = true;
@@ -1216,4 +1215,120 @@ pub fn parse_read_cap(s: &str) -> Result<ReadCap, String> {
 /// For the verify-cap path later: the chk read cap's storage index.
 pub fn storage_index(cap: &ChkReadCap) -> [u8; 16] {
     cap.storage_index()
+}
+
+/// Small-file puts waiting for a server, per server: while one request to a server is in
+/// flight, puts for it queue up and go together in the next [`Request::PutMany`]. Nothing
+/// waits for a batch to fill: a put to an idle server is sent at once, alone.
+#[derive(Debug, Default)]
+pub(crate) struct PutQueues {
+    queues: std::sync::Mutex<BTreeMap<PeerId, VecDeque<QueuedPut>>>,
+}
+
+#[derive(Debug)]
+struct QueuedPut {
+    si: [u8; 16],
+    shares: Vec<crate::protocol::PutShare>,
+    bytes: usize,
+    reply: tokio::sync::oneshot::Sender<Result<Response, String>>,
+}
+
+/// Puts one file's shares on `server` (at most [`crate::protocol::MAX_PUT`] bytes), batched
+/// with other puts to the same server that queue behind a request in flight. Answers as
+/// [`rpc_error`] does for a lone [`Request::Put`].
+pub(crate) async fn put_batched(
+    node: &NodeHandle,
+    server: PeerId,
+    si: [u8; 16],
+    shares: Vec<crate::protocol::PutShare>,
+) -> Result<Response, String> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let bytes = shares.iter().map(|p| p.data.len() + p.meta.len()).sum();
+    let start = {
+        let mut queues = crate::storage::lock(&node.put_queues().queues);
+        // An entry exists while a sender task runs for the server.
+        let start = !queues.contains_key(&server);
+        queues.entry(server).or_default().push_back(QueuedPut {
+            si,
+            shares,
+            bytes,
+            reply,
+        });
+        start
+    };
+    if start {
+        tokio::spawn(send_puts(node.clone(), server));
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Err("the put was dropped".into()))
+}
+
+/// Sends the queued puts for `server`, a batch at a time, until none are left.
+async fn send_puts(node: NodeHandle, server: PeerId) {
+    use crate::protocol::{MAX_PUT, MAX_PUT_MANY, PutItem};
+    loop {
+        let mut batch: Vec<QueuedPut> = Vec::new();
+        {
+            let mut queues = crate::storage::lock(&node.put_queues().queues);
+            let Some(q) = queues.get_mut(&server) else {
+                return;
+            };
+            let mut bytes = 0usize;
+            while let Some(next) = q.front() {
+                if !batch.is_empty()
+                    && (batch.len() == MAX_PUT_MANY || bytes + next.bytes > MAX_PUT)
+                {
+                    break;
+                }
+                bytes += next.bytes;
+                batch.extend(q.pop_front());
+            }
+            if batch.is_empty() {
+                queues.remove(&server);
+                return;
+            }
+        }
+        if batch.len() == 1 {
+            let p = batch.remove(0);
+            let r = node
+                .rpc(
+                    server,
+                    Request::Put {
+                        si: p.si,
+                        shares: p.shares,
+                    },
+                )
+                .await;
+            let _ = p.reply.send(rpc_error(r));
+            continue;
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let puts = batch
+            .into_iter()
+            .map(|p| {
+                replies.push(p.reply);
+                PutItem {
+                    si: p.si,
+                    shares: p.shares,
+                }
+            })
+            .collect();
+        match rpc_error(node.rpc(server, Request::PutMany { puts }).await) {
+            Ok(Response::StoredMany(answers)) if answers.len() == replies.len() => {
+                for (reply, a) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(rpc_error(Ok(a.into())));
+                }
+            }
+            other => {
+                let why = match other {
+                    Ok(r) => format!("unexpected answer to a put of several files: {r:?}"),
+                    Err(e) => e,
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(why.clone()));
+                }
+            }
+        }
+    }
 }

@@ -170,6 +170,7 @@ struct Inner {
     transferred: [std::sync::atomic::AtomicU64; 2],
     collect_now: tokio::sync::Notify,
     next_report: Mutex<u64>,
+    puts: crate::client::PutQueues,
 }
 
 /// Cloneable handle to a running node.
@@ -335,6 +336,7 @@ impl Node {
                 transferred: Default::default(),
                 collect_now: tokio::sync::Notify::new(),
                 next_report: Mutex::new(0),
+                puts: Default::default(),
             }),
         };
         for peer in handle.static_peers() {
@@ -849,6 +851,11 @@ impl NodeHandle {
         }
     }
 
+    /// Small-file puts queued per server (see [`crate::client::PutQueues`]).
+    pub(crate) fn put_queues(&self) -> &crate::client::PutQueues {
+        &self.inner.puts
+    }
+
     /// Sends a storage request to `server` (answered locally when it is this node).
     pub async fn rpc(&self, server: PeerId, req: Request) -> Result<Response, RpcError> {
         if server == self.inner.peer_id {
@@ -1333,6 +1340,22 @@ impl NodeHandle {
                     "kith_storage_inline_put_commits_total",
                     "Index commits that carried them (group commit: fewer than puts under load).",
                     &[(String::new(), commits as f64)],
+                );
+                let (requests, puts) = self.server().put_many_counts();
+                gauge(
+                    "kith_storage_put_many_requests_total",
+                    "Requests that carried several small files' puts at once.",
+                    &[(String::new(), requests as f64)],
+                );
+                gauge(
+                    "kith_storage_put_many_puts_total",
+                    "Puts those requests carried.",
+                    &[(String::new(), puts as f64)],
+                );
+                gauge(
+                    "kith_storage_write_behind_flushes_total",
+                    "Times a share being received was flushed to disk and dropped from the page cache.",
+                    &[(String::new(), store.write_behind_flushes() as f64)],
                 );
             }
         }

@@ -1,11 +1,12 @@
-//! The storage protocol (`/kith/storage/1.1.0`): messages between an uploader/downloader and a
+//! The storage protocol (`/kith/storage/1.2.0`): messages between an uploader/downloader and a
 //! storage server, and their wire format.
 //!
 //! One request and one response per libp2p stream (libp2p request-response). A frame is a
 //! 4-byte big-endian length, then a 4-byte big-endian header length, the header (the message in
 //! CBOR, serde) and the message's bulk bytes if it has any (the data of a [`Request::Write`] or
 //! a [`Response::Bytes`]; see [`Bulk`]). Version 1.0.0 carried the bulk bytes inside the CBOR,
-//! which cost a copy on the sender and two on the receiver. Every frame is bounded
+//! which cost a copy on the sender and two on the receiver; 1.2.0 added
+//! [`Request::PutMany`] (several small files' puts in one stream). Every frame is bounded
 //! by [`MAX_FRAME`]; the decoders never trust a length before checking it, and a frame that is
 //! too long or not valid CBOR for the expected type is not an IO error but a
 //! [`RequestFrame::Malformed`], so the server answers it with a typed
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// The protocol name.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/storage/1.1.0");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kith/storage/1.2.0");
 
 /// Largest frame in either direction: a block of the largest segment (4 MiB at k=1) or a share's
 /// metadata (at most [`MAX_META`]) plus envelope.
@@ -39,6 +40,9 @@ pub const MAX_READ: u32 = 5 << 20;
 /// Largest sum of share data and metadata in one [`Request::Put`]: small files go in one round
 /// trip, larger ones are streamed with allocate/write/close.
 pub const MAX_PUT: usize = 1 << 20;
+
+/// Most puts in one [`Request::PutMany`].
+pub const MAX_PUT_MANY: usize = 64;
 
 /// A storage index: 16 bytes derived one-way from the file's key.
 pub type StorageIndex = [u8; 16];
@@ -84,6 +88,13 @@ pub enum Request {
         si: StorageIndex,
         /// The shares.
         shares: Vec<PutShare>,
+    },
+    /// Several [`Request::Put`]s in one request (one stream, one answer each, in order):
+    /// what an uploader sends a server when small files queue up behind a put in flight. At
+    /// most [`MAX_PUT_MANY`] puts; their data plus metadata together at most [`MAX_PUT`].
+    PutMany {
+        /// The puts.
+        puts: Vec<PutItem>,
     },
     /// Drop an unfinished share.
     Abort {
@@ -151,6 +162,48 @@ pub struct PutShare {
     pub meta: ByteBuf,
 }
 
+/// One put of a [`Request::PutMany`]: one file's shares for this server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutItem {
+    /// The file.
+    pub si: StorageIndex,
+    /// The shares.
+    pub shares: Vec<PutShare>,
+}
+
+/// The answer to one put of a [`Request::PutMany`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutAnswer {
+    /// As [`Response::Stored`].
+    Stored {
+        /// Shares already held here (the caller's lease was added).
+        already_have: Vec<u8>,
+        /// Shares stored now.
+        stored: Vec<u8>,
+        /// Shares someone else is uploading right now (not stored).
+        in_progress: Vec<u8>,
+    },
+    /// This put was refused or failed (the others are answered on their own).
+    Error(ServerError),
+}
+
+impl From<PutAnswer> for Response {
+    fn from(a: PutAnswer) -> Self {
+        match a {
+            PutAnswer::Stored {
+                already_have,
+                stored,
+                in_progress,
+            } => Response::Stored {
+                already_have,
+                stored,
+                in_progress,
+            },
+            PutAnswer::Error(e) => Response::Error(e),
+        }
+    }
+}
+
 /// One share of a [`Request::SlotWrite`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotShareWrite {
@@ -182,6 +235,7 @@ impl Request {
             Request::Write { .. } => "write",
             Request::Close { .. } => "close",
             Request::Put { .. } => "put",
+            Request::PutMany { .. } => "put-many",
             Request::Abort { .. } => "abort",
             Request::List { .. } => "list",
             Request::ReadMeta { .. } => "read-meta",
@@ -217,6 +271,8 @@ pub enum Response {
         /// Shares someone else is uploading right now (not stored).
         in_progress: Vec<u8>,
     },
+    /// Answer to [`Request::PutMany`]: one per put, in order.
+    StoredMany(Vec<PutAnswer>),
     /// Answer to [`Request::List`].
     Shares(Vec<u8>),
     /// Answer to [`Request::ReadMeta`] or [`Request::Read`].
@@ -730,6 +786,22 @@ mod tests {
                     meta: ByteBuf::from(vec![6; 30]),
                 }],
             },
+            Request::PutMany {
+                puts: vec![
+                    PutItem {
+                        si: si(),
+                        shares: vec![PutShare {
+                            shnum: 1,
+                            data: ByteBuf::from(vec![5; 40]),
+                            meta: ByteBuf::from(vec![6; 30]),
+                        }],
+                    },
+                    PutItem {
+                        si: [8; 16],
+                        shares: vec![],
+                    },
+                ],
+            },
             Request::Abort { si: si(), shnum: 1 },
             Request::List { si: si() },
             Request::ReadMeta { si: si(), shnum: 0 },
@@ -760,6 +832,14 @@ mod tests {
             Response::Bytes(ByteBuf::from(vec![9; 1000])),
             Response::Bytes(ByteBuf::new()),
             Response::Shares(vec![1, 2]),
+            Response::StoredMany(vec![
+                PutAnswer::Stored {
+                    already_have: vec![1],
+                    stored: vec![2, 3],
+                    in_progress: vec![],
+                },
+                PutAnswer::Error(ServerError::new(ErrorKind::OverQuota, "quota")),
+            ]),
         ] {
             let frame = encode_frame(r.clone()).unwrap();
             assert_eq!(decode_frame::<Response>(&frame.to_bytes()).unwrap(), r);

@@ -13,9 +13,10 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     protocol::{
-        ErrorKind, MAX_META, MAX_PUT, MAX_READ, Request, RequestFrame, Response, ServerError,
+        ErrorKind, MAX_META, MAX_PUT, MAX_PUT_MANY, MAX_READ, PutAnswer, Request, RequestFrame,
+        Response, ServerError,
     },
-    storage::{ShareStore, SlotOutcome, SlotWrite, StoreError},
+    storage::{PutRef, PutShareRef, ShareStore, SlotOutcome, SlotWrite, StoreError},
 };
 
 /// Decides whether a peer may write (allocate, write, close, renew leases).
@@ -27,6 +28,8 @@ pub struct StorageServer {
     store: Option<ShareStore>,
     lease_secs: u64,
     policy: Arc<OnceLock<WritePolicy>>,
+    /// (PutMany requests, puts they carried) since start.
+    put_many: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl std::fmt::Debug for StorageServer {
@@ -45,7 +48,17 @@ impl StorageServer {
             store,
             lease_secs,
             policy: Arc::default(),
+            put_many: Arc::default(),
         }
+    }
+
+    /// (several-file put requests, puts they carried) answered since start.
+    pub fn put_many_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.put_many[0].load(Relaxed),
+            self.put_many[1].load(Relaxed),
+        )
     }
 
     /// Sets who may write (once; until then everyone may: used only before the node is up).
@@ -83,6 +96,7 @@ impl StorageServer {
                 | Request::Write { .. }
                 | Request::Close { .. }
                 | Request::Put { .. }
+                | Request::PutMany { .. }
                 | Request::AddLease { .. }
                 | Request::SlotWrite { .. }
         );
@@ -101,6 +115,12 @@ impl StorageServer {
                 shnums, data_len, ..
             } => Some(data_len.saturating_mul(shnums.len() as u64)),
             Request::Put { shares, .. } => Some(shares.iter().map(|p| p.data.len() as u64).sum()),
+            Request::PutMany { puts } => Some(
+                puts.iter()
+                    .flat_map(|p| &p.shares)
+                    .map(|p| p.data.len() as u64)
+                    .sum(),
+            ),
             Request::AddLease { .. } => Some(0),
             Request::SlotWrite { writes, .. } => {
                 Some(writes.iter().map(|w| w.data.len() as u64).sum())
@@ -134,6 +154,11 @@ impl StorageServer {
             }
         }
         let lease_expiry = now_secs().saturating_add(self.lease_secs);
+        if let Request::PutMany { puts } = &req {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.put_many[0].fetch_add(1, Relaxed);
+            self.put_many[1].fetch_add(puts.len() as u64, Relaxed);
+        }
         let name = req.name();
         let owner = peer.to_bytes();
         let result =
@@ -216,6 +241,50 @@ fn execute(
                 stored: a.allocated,
                 in_progress: a.in_progress,
             }
+        }
+        Request::PutMany { puts } => {
+            let total: usize = puts
+                .iter()
+                .flat_map(|p| &p.shares)
+                .map(|p| p.data.len() + p.meta.len())
+                .sum();
+            if total > MAX_PUT || puts.len() > MAX_PUT_MANY {
+                return Ok(Response::Error(ServerError::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "{} puts of {total} bytes exceed {MAX_PUT_MANY} puts or {MAX_PUT} bytes",
+                        puts.len()
+                    ),
+                )));
+            }
+            let shares: Vec<Vec<PutShareRef<'_>>> = puts
+                .iter()
+                .map(|p| {
+                    p.shares
+                        .iter()
+                        .map(|s| (s.shnum, s.data.as_slice(), s.meta.as_slice()))
+                        .collect()
+                })
+                .collect();
+            let items: Vec<PutRef<'_>> = puts
+                .iter()
+                .zip(&shares)
+                .map(|(p, s)| (p.si, s.as_slice()))
+                .collect();
+            Response::StoredMany(
+                store
+                    .put_many(owner, &items, lease_expiry)
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(a) => PutAnswer::Stored {
+                            already_have: a.already_have,
+                            stored: a.allocated,
+                            in_progress: a.in_progress,
+                        },
+                        Err(e) => PutAnswer::Error(to_server_error(&e)),
+                    })
+                    .collect(),
+            )
         }
         Request::Abort { si, shnum } => {
             store.abort(&si, shnum, owner)?;

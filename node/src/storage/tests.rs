@@ -670,3 +670,104 @@ fn concurrent_small_puts_share_commits_and_each_gets_its_own_answer() {
     }
     assert_eq!(found, 10);
 }
+
+#[test]
+fn large_shares_written_out_of_order_survive_write_behind_flushes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(tmp.path(), 1 << 30, 0));
+    let s = si(9);
+    let len = (3 * WRITE_BEHIND + 12_345) as usize;
+    let data = Arc::new(pattern(&s, 4, len));
+    store.allocate(&s, b"alice", &[4], len as u64, 100).unwrap();
+    // Two writers, pieces of 1 MiB, each going backwards through its half of the pieces:
+    // flushes happen while other pieces of the same file are still being written.
+    let pieces: Vec<usize> = (0..len.div_ceil(1 << 20)).collect();
+    std::thread::scope(|sc| {
+        for half in pieces.chunks(pieces.len().div_ceil(2)) {
+            let (store, data) = (store.clone(), data.clone());
+            sc.spawn(move || {
+                for &p in half.iter().rev() {
+                    let start = p << 20;
+                    let end = (start + (1 << 20)).min(len);
+                    store
+                        .write(&s, 4, b"alice", start as u64, &data[start..end])
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert!(
+        store.write_behind_flushes() >= 2,
+        "{} flushes for {len} bytes",
+        store.write_behind_flushes()
+    );
+    store.close(&s, 4, b"alice", b"meta").unwrap();
+    let mut back = Vec::with_capacity(len);
+    while back.len() < len {
+        let n = (len - back.len()).min(MAX_READ_LEN as usize);
+        back.extend(store.read(&s, 4, back.len() as u64, n as u32).unwrap());
+    }
+    assert!(
+        back == *data,
+        "a share written across flushes came back different"
+    );
+    assert_eq!(store.read_meta(&s, 4).unwrap(), b"meta");
+    assert!(store.verify_consistency().unwrap().is_clean());
+    // And after a reopen (what a restart sees).
+    drop(store);
+    let store = open(tmp.path(), 1 << 30, 0);
+    assert_eq!(
+        store.read(&s, 4, len as u64 - 5000, 5000).unwrap(),
+        data[len - 5000..]
+    );
+}
+
+#[test]
+fn several_puts_in_one_call_are_answered_each_on_its_own_and_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    // Held before: share 1 of si(3) (the put of it only adds a lease).
+    store
+        .put(&si(3), b"bob", &[(1, &[7u8; 100][..], &b"m"[..])], 10)
+        .unwrap();
+    let small = pattern(&si(1), 0, 2000);
+    let large = pattern(&si(2), 0, (INLINE_MAX + 10) as usize);
+    let (bad_a, bad_b) = (vec![1u8; 10], vec![1u8; 11]);
+    let held = [7u8; 100];
+    let puts: Vec<([u8; 16], Vec<PutShareRef<'_>>)> = vec![
+        (si(1), vec![(0, &small[..], &b"meta1"[..])]),
+        (si(2), vec![(0, &large[..], &b"meta2"[..])]),
+        (
+            si(4),
+            vec![(0, &bad_a[..], &b""[..]), (1, &bad_b[..], &b""[..])],
+        ),
+        (
+            si(3),
+            vec![(1, &held[..], &b"m"[..]), (2, &held[..], &b"m"[..])],
+        ),
+        (si(5), vec![]),
+    ];
+    let items: Vec<PutRef<'_>> = puts.iter().map(|(s, sh)| (*s, sh.as_slice())).collect();
+    let (batches_before, _) = store.put_batches();
+    let out = store.put_many(b"alice", &items, 100);
+    assert_eq!(out.len(), 5);
+    assert_eq!(out[0].as_ref().unwrap().allocated, vec![0]);
+    assert_eq!(out[1].as_ref().unwrap().allocated, vec![0]);
+    assert!(matches!(out[2], Err(StoreError::InvalidArgument(_))));
+    let a = out[3].as_ref().unwrap();
+    assert_eq!(
+        (a.already_have.clone(), a.allocated.clone()),
+        (vec![1], vec![2])
+    );
+    assert_eq!(out[4].as_ref().unwrap(), &Allocation::default());
+    // The inline ones went into one commit; the large one became a file.
+    assert_eq!(store.put_batches().0, batches_before + 1);
+    assert!(!store.share_path(&si(1), 0).exists());
+    assert!(store.share_path(&si(2), 0).exists());
+    assert_eq!(store.read(&si(1), 0, 0, 2000).unwrap(), small);
+    assert_eq!(store.read(&si(2), 0, 0, large.len() as u32).unwrap(), large);
+    assert_eq!(store.read_meta(&si(2), 0).unwrap(), b"meta2");
+    assert_eq!(store.list(&si(4)).unwrap(), Vec::<u8>::new());
+    assert_eq!(store.leases(&si(3), 1).unwrap().len(), 2);
+    assert!(store.verify_consistency().unwrap().is_clean());
+}

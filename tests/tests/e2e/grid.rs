@@ -136,6 +136,41 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
     let (got, report) = get_bytes(&grid.node(7), &small_cap).await;
     assert!(got == small && report.bad_shares.is_empty());
 
+    // Many small files at once: puts to a server that queue behind one in flight travel
+    // together (one request, one answer per file), and every file comes back.
+    let files: Vec<Vec<u8>> = (0..48).map(|i| random_bytes(4096, 100 + i)).collect();
+    let many = files.iter().enumerate().map(|(i, f)| {
+        let (node, path) = (grid.node(0), dir.path().join(format!("many-{i}")));
+        std::fs::write(&path, f).unwrap();
+        let opts = opts.clone();
+        async move { node.put_file(&path, &opts, &|_| {}).await }
+    });
+    let results = futures::future::join_all(many).await;
+    let (mut requests, mut puts) = (0, 0);
+    for h in grid.handles() {
+        let (r, p) = h.server().put_many_counts();
+        requests += r;
+        puts += p;
+    }
+    assert!(
+        requests >= 1 && puts >= 2 * requests,
+        "{requests} several-file requests carried {puts} puts"
+    );
+    eprintln!("48 small files: {requests} several-file put requests carried {puts} puts");
+    for (res, want) in results.into_iter().zip(&files) {
+        let res = res.expect("small upload");
+        assert_eq!(res.happiness, 10);
+        let cap: ReadCap = res.cap.parse().unwrap();
+        let (got, report) = get_bytes(&grid.node(4), &cap).await;
+        assert!(got == *want && report.bad_shares.is_empty());
+    }
+    assert!(
+        grid.node(2)
+            .metrics()
+            .await
+            .contains("kith_storage_put_many_puts_total "),
+    );
+
     // Stop 7 of the 10 nodes: the 64 MiB file still downloads from the other 3.
     for i in 1..=7 {
         grid.stop(i).await.unwrap();

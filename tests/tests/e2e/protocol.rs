@@ -212,4 +212,68 @@ async fn malformed_and_oversized_requests_get_typed_errors_and_never_panic_the_s
     }
     // The server is still up and serving its owner.
     assert!(server.status().await.storage.is_some());
+
+    // Several files' puts in one request (from a member: the node itself): one answer per
+    // put, in order, a bad put refused alone; and the request's bounds hold.
+    let put = |si: u8, lens: &[usize]| protocol::PutItem {
+        si: [si; 16],
+        shares: lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| protocol::PutShare {
+                shnum: i as u8,
+                data: vec![si; n].into(),
+                meta: vec![1; 8].into(),
+            })
+            .collect(),
+    };
+    let me = server.peer_id();
+    let ask = |req| {
+        server
+            .server()
+            .handle(me, protocol::RequestFrame::Request(req))
+    };
+    match ask(Request::PutMany {
+        puts: vec![put(20, &[100]), put(21, &[10, 11]), put(22, &[300, 300])],
+    })
+    .await
+    {
+        Response::StoredMany(a) => {
+            assert_eq!(a.len(), 3, "{a:?}");
+            assert!(
+                matches!(&a[0], protocol::PutAnswer::Stored { stored, .. } if stored == &[0]),
+                "{a:?}"
+            );
+            assert!(
+                matches!(&a[1], protocol::PutAnswer::Error(e) if e.kind == ErrorKind::Malformed),
+                "{a:?}"
+            );
+            assert!(
+                matches!(&a[2], protocol::PutAnswer::Stored { stored, .. } if stored == &[0, 1]),
+                "{a:?}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for (name, puts) in [
+        (
+            "too many puts",
+            (0..=protocol::MAX_PUT_MANY as u8)
+                .map(|i| put(i, &[1]))
+                .collect(),
+        ),
+        (
+            "too many bytes",
+            vec![
+                put(30, &[protocol::MAX_PUT / 2]),
+                put(31, &[protocol::MAX_PUT / 2]),
+            ],
+        ),
+    ] {
+        match ask(Request::PutMany { puts }).await {
+            Response::Error(e) => assert_eq!(e.kind, ErrorKind::TooLarge, "{name}: {e}"),
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(server.server().put_many_counts(), (3, 3 + 65 + 2));
 }
