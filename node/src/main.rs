@@ -1556,7 +1556,10 @@ impl Api {
         let (body, total) = if file.as_os_str() == "-" {
             let stdin = tokio::io::stdin();
             (
-                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(stdin)),
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                    stdin,
+                    1 << 20,
+                )),
                 None,
             )
         } else {
