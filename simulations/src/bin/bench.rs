@@ -194,16 +194,31 @@ struct Daemon {
     token: String,
 }
 
-async fn wait_api(dir: &NodeDir) -> anyhow::Result<(String, String)> {
+/// A daemon that is still running when the bench lets go of it (an error on the way) is
+/// killed, not left behind.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn wait_api(dir: &NodeDir, child: &mut Child) -> anyhow::Result<(String, String)> {
     let end = Instant::now() + Duration::from_secs(60);
     loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("{} exited at start: {status}", dir.root().display());
+        }
         if let Ok(text) = std::fs::read_to_string(dir.api_file()) {
             let v: serde_json::Value = serde_json::from_str(&text)?;
             let url = v["url"].as_str().unwrap_or_default().to_owned();
             return Ok((url, dir.api_token()?));
         }
         if Instant::now() > end {
-            bail!("{} did not start", dir.root().display());
+            let _ = child.kill();
+            bail!("{} did not start in 60 s", dir.root().display());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -217,6 +232,7 @@ struct Round {
     down: Duration,
     peak_rss_kib: u64,
     cpu_up: Vec<f64>,
+    cpu_down: Vec<f64>,
     timings: serde_json::Value,
     ok: bool,
 }
@@ -287,6 +303,7 @@ async fn round(
     let _ = std::fs::remove_file(&file);
     let cap = put["cap"].as_str().unwrap_or_default().to_owned();
     let down = &daemons[1];
+    let cpu_before: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
     let start = Instant::now();
     let mut resp = http
         .get(format!("{}/api/v1/files/{cap}", down.url))
@@ -303,6 +320,11 @@ async fn round(
         got = end;
     }
     let down_time = start.elapsed();
+    let cpu_down: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(&p, b)| cpu_secs(p) - b)
+        .collect();
     Ok(Round {
         size,
         enc,
@@ -310,6 +332,7 @@ async fn round(
         down: down_time,
         peak_rss_kib,
         cpu_up,
+        cpu_down,
         timings: put["timings"].clone(),
         ok: same && got as u64 == size,
     })
@@ -487,6 +510,13 @@ async fn grid(
             r.cpu_up[1..].iter().sum::<f64>(),
             r.up.as_secs_f64()
         );
+        println!(
+            "| {name}: CPU during download | downloader {:.2} s, {} others {:.2} s, in {:.2} s wall |",
+            r.cpu_down[1],
+            nodes - 1,
+            r.cpu_down[0] + r.cpu_down[2..].iter().sum::<f64>(),
+            r.down.as_secs_f64()
+        );
         let t = &r.timings;
         println!(
             "| {name}: upload phases (ms) | receive+spool {} / key pass {} / placement {} / encode+send {} / close {} |",
@@ -516,14 +546,14 @@ async fn grid(
 }
 
 async fn spawn_daemon(me: &std::path::Path, dir: NodeDir) -> anyhow::Result<Daemon> {
-    let child = Command::new(me)
+    let mut child = Command::new(me)
         .arg("node")
         .arg(dir.root())
         .env("KITH_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .context("spawning a node")?;
-    let (url, token) = wait_api(&dir).await?;
+    let (url, token) = wait_api(&dir, &mut child).await?;
     Ok(Daemon {
         child,
         dir,
