@@ -188,6 +188,20 @@ pub(crate) async fn list_shares(
     si: [u8; 16],
     servers: &[PeerId],
 ) -> Vec<(PeerId, Result<Vec<u8>, String>)> {
+    list_shares_timed(node, si, servers)
+        .await
+        .into_iter()
+        .map(|(s, r, _)| (s, r))
+        .collect()
+}
+
+/// [`list_shares`] with how long each server took to answer, fastest first.
+async fn list_shares_timed(
+    node: &NodeHandle,
+    si: [u8; 16],
+    servers: &[PeerId],
+) -> Vec<(PeerId, Result<Vec<u8>, String>, Duration)> {
+    let start = std::time::Instant::now();
     let mut asks: FuturesUnordered<_> = servers
         .iter()
         .map(|&s| async move {
@@ -200,7 +214,7 @@ pub(crate) async fn list_shares(
                 },
                 Err(_) => Err("timed out".to_owned()),
             };
-            (s, r)
+            (s, r, start.elapsed())
         })
         .collect();
     let mut out = Vec::new();
@@ -917,6 +931,58 @@ struct Sources {
     servers_asked: usize,
 }
 
+/// The order in which a download tries shares, from the servers' `List` answers (fastest
+/// first, with how long each took): the fastest server's first share, then the next server's
+/// (spread over distinct servers), then everyone's other shares. Primary shares (numbers below
+/// k: a segment's own bytes, decoded without Reed-Solomon work) come first when they are on
+/// servers that answered about as fast as the k-th fastest (within 1.5 times + 10 ms): on
+/// loopback or a LAN that is all of them, even on a busy machine; over the internet only
+/// servers about as close as the fastest ones.
+fn order_candidates(listed: &[(PeerId, Vec<u8>, Duration)], needed: u8) -> VecDeque<(PeerId, u8)> {
+    let k = usize::from(needed);
+    let holding: Vec<&(PeerId, Vec<u8>, Duration)> =
+        listed.iter().filter(|(_, v, _)| !v.is_empty()).collect();
+    let near = holding
+        .get(k.saturating_sub(1))
+        .or(holding.last())
+        .map(|(_, _, t)| t.mul_f64(1.5) + Duration::from_millis(10));
+    let mut candidates: VecDeque<(PeerId, u8)> = VecDeque::new();
+    let mut seen = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    for (s, shares, t) in &holding {
+        if near.is_none_or(|near| *t > near) {
+            continue;
+        }
+        if let Some(&sh) = shares
+            .iter()
+            .find(|&&sh| usize::from(sh) < k && !seen.contains(&sh))
+        {
+            seen.insert(sh);
+            used.insert(*s);
+            candidates.push_back((*s, sh));
+        }
+    }
+    let mut extra = Vec::new();
+    for (s, shares, _) in &holding {
+        for (i, &sh) in shares.iter().enumerate() {
+            if candidates.contains(&(*s, sh)) {
+                continue;
+            }
+            if i == 0 && !used.contains(s) && seen.insert(sh) {
+                candidates.push_back((*s, sh));
+            } else {
+                extra.push((*s, sh));
+            }
+        }
+    }
+    for (s, sh) in extra {
+        if seen.insert(sh) || !candidates.contains(&(s, sh)) {
+            candidates.push_back((s, sh));
+        }
+    }
+    candidates
+}
+
 /// Downloads `cap` into `out`.
 pub async fn download<W: AsyncWrite + Unpin + Send>(
     node: &NodeHandle,
@@ -936,27 +1002,12 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
     };
     let si = cap.storage_index();
     let servers = node.storage_servers();
-    // Fastest answers first; prefer spreading over distinct servers.
-    let mut candidates: VecDeque<(PeerId, u8)> = VecDeque::new();
-    let mut seen = BTreeSet::new();
-    let listed = list_shares(node, si, &servers).await;
-    let mut extra = Vec::new();
-    for (s, r) in &listed {
-        if let Ok(shares) = r {
-            for (i, &sh) in shares.iter().enumerate() {
-                if i == 0 && seen.insert(sh) {
-                    candidates.push_back((*s, sh));
-                } else {
-                    extra.push((*s, sh));
-                }
-            }
-        }
-    }
-    for (s, sh) in extra {
-        if seen.insert(sh) || !candidates.contains(&(s, sh)) {
-            candidates.push_back((s, sh));
-        }
-    }
+    let listed: Vec<(PeerId, Vec<u8>, Duration)> = list_shares_timed(node, si, &servers)
+        .await
+        .into_iter()
+        .filter_map(|(s, r, t)| Some((s, r.ok()?, t)))
+        .collect();
+    let candidates = order_candidates(&listed, cap.needed);
     let mut src = Sources {
         active: Vec::new(),
         candidates,
@@ -1330,5 +1381,55 @@ async fn send_puts(node: NodeHandle, server: PeerId) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn downloads_prefer_primary_shares_on_servers_about_as_fast_as_the_fastest() {
+        let p: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        // Loopback-like: everyone answers within a few ms; parity shares answered first.
+        let listed = vec![
+            (p[0], vec![7], ms(1)),
+            (p[1], vec![9, 2], ms(1)),
+            (p[2], vec![5], ms(2)),
+            (p[3], vec![0], ms(2)),
+            (p[4], vec![], ms(2)),
+            (p[5], vec![1, 8], ms(3)),
+        ];
+        let order: Vec<(PeerId, u8)> = order_candidates(&listed, 3).into();
+        // The three primaries first, each on its own server, in answer order...
+        assert_eq!(&order[..3], &[(p[1], 2), (p[3], 0), (p[5], 1)]);
+        // ...then the other servers' first shares, then the rest; nothing twice, nothing lost.
+        assert_eq!(&order[3..6], &[(p[0], 7), (p[2], 5), (p[1], 9)]);
+        assert_eq!(order.len(), 7);
+        assert!(order.contains(&(p[5], 8)));
+
+        // Internet-like: a primary on a server far slower than the k-th fastest is not
+        // preferred; the fastest servers' shares come first.
+        let listed = vec![
+            (p[0], vec![7], ms(20)),
+            (p[1], vec![2], ms(22)),
+            (p[2], vec![5], ms(25)),
+            (p[3], vec![0], ms(48)),
+            (p[4], vec![1], ms(300)),
+        ];
+        let order: Vec<(PeerId, u8)> = order_candidates(&listed, 3).into();
+        assert_eq!(
+            order,
+            vec![(p[1], 2), (p[0], 7), (p[2], 5), (p[3], 0), (p[4], 1)]
+        );
+
+        // Fewer holders than k, or none: still every share, in answer order.
+        let order: Vec<(PeerId, u8)> = order_candidates(&[(p[0], vec![4, 1], ms(5))], 3).into();
+        assert_eq!(order, vec![(p[0], 1), (p[0], 4)]);
+        assert!(order_candidates(&[], 3).is_empty());
     }
 }
