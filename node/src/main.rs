@@ -1663,8 +1663,16 @@ impl Api {
         };
         let mut stream = resp.bytes_stream();
         let mut got = 0u64;
+        // The daemon cuts the body short when the download fails mid-way; its report says why.
+        let mut broke = None;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    broke = Some(e);
+                    break;
+                }
+            };
             got += chunk.len() as u64;
             out.write_all(&chunk)?;
             if let Some(b) = &bar {
@@ -1692,6 +1700,9 @@ impl Api {
             if let Some(e) = r["error"].as_str() {
                 bail!("download failed after {got} bytes: {e}");
             }
+        }
+        if let Some(e) = broke {
+            bail!("download broke off after {got} bytes: {e}");
         }
         if let Some(size) = size
             && got != size

@@ -56,6 +56,57 @@ fn run(dir: &Path) -> Daemon {
     )
 }
 
+/// Every share file a node stores.
+fn share_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dir.join("storage").join("shares"), &mut out);
+    out
+}
+
+/// GETs a cap from the node's API with a bare HTTP/1.1 client: (Content-Length, body bytes
+/// received, whether the connection ended cleanly after them).
+fn raw_get(dir: &Path, cap: &str) -> (usize, usize, bool) {
+    use std::io::{Read, Write};
+    let node = kith_node::nodedir::NodeDir::new(dir.to_owned());
+    let api: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node.api_file()).unwrap()).unwrap();
+    let url = api["url"].as_str().unwrap();
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        conn,
+        "GET /api/v1/files/{cap} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        node.api_token().unwrap()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let clean = conn.read_to_end(&mut raw).is_ok();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let declared = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let got = raw.len() - split;
+    (declared, got, clean && got == declared)
+}
+
 /// Waits for a file the daemon writes once its API is up (deadline, no fixed sleep).
 fn wait_for(path: &Path) {
     let end = Instant::now() + Duration::from_secs(30);
@@ -261,6 +312,57 @@ fn two_nodes_put_and_get_through_the_cli() {
         msg.contains("happy=5") && msg.contains("only 2 storage servers"),
         "{msg}"
     );
+
+    // A download that breaks off mid-way (every holder's last segment corrupted) is not a
+    // clean end of body for a plain HTTP client: the body announced its length and the
+    // connection is cut short; the CLI says how far it got.
+    let before = share_files(&a)
+        .into_iter()
+        .chain(share_files(&b))
+        .collect::<Vec<_>>();
+    let broken = tmp.path().join("broken.bin");
+    let broken_data: Vec<u8> = data.iter().map(|x| x ^ 0x5a).collect();
+    std::fs::write(&broken, &broken_data).unwrap();
+    let broken_cap = ok(&b, &["put", broken.to_str().unwrap()])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let new: Vec<_> = share_files(&a)
+        .into_iter()
+        .chain(share_files(&b))
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert_eq!(new.len(), 2, "{new:?}");
+    for f in &new {
+        let mut bytes = std::fs::read(f).unwrap();
+        let data_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+        bytes[kith_node::storage::DATA_OFFSET as usize + data_len - 100] ^= 1;
+        std::fs::write(f, bytes).unwrap();
+    }
+    let (declared, got, clean_end) = raw_get(&a, &broken_cap);
+    assert_eq!(declared, broken_data.len());
+    assert!(
+        got < declared && !clean_end,
+        "{got} of {declared} bytes, clean end {clean_end}"
+    );
+    let out = kith(
+        &a,
+        &[
+            "get",
+            &broken_cap,
+            "-o",
+            tmp.path().join("x").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("download failed after") && err.contains("block"),
+        "{err}"
+    );
+    // The intact file still comes whole through the same raw client.
+    assert_eq!(raw_get(&a, &cap), (data.len(), data.len(), true));
 
     // Ctrl-C (SIGINT) stops a daemon cleanly; so does `kith stop`.
     let kill = Command::new("kill")
