@@ -558,7 +558,7 @@ pub fn spawn(
     for addr in listen {
         swarm
             .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen(addr.clone(), e.to_string()))?;
+            .map_err(|e| NetError::Listen(addr.clone(), transport_error(&e)))?;
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (state_tx, state_rx) = watch::channel(NetState::default());
@@ -1661,6 +1661,23 @@ impl Actor {
             }
             _ => {}
         }
+    }
+}
+
+/// A transport error with its cause: libp2p's `TransportError::Other` displays as nothing.
+fn transport_error<E: std::error::Error>(e: &libp2p::TransportError<E>) -> String {
+    match e {
+        libp2p::TransportError::Other(inner) => {
+            let mut s = inner.to_string();
+            let mut src = inner.source();
+            while let Some(cause) = src {
+                s.push_str(": ");
+                s.push_str(&cause.to_string());
+                src = cause.source();
+            }
+            s
+        }
+        other => other.to_string(),
     }
 }
 
