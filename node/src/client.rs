@@ -41,7 +41,7 @@ use crate::{
     },
     node::NodeHandle,
     placement,
-    protocol::{Request, Response, ServerError},
+    protocol::{PutShare, Request, Response, ServerError},
 };
 
 /// Segments being encoded at once.
@@ -788,7 +788,7 @@ async fn upload_small(
         }
         // One request per server, split where a server's shares would exceed a frame's
         // `MAX_PUT` (k=1 grids with many shares per server).
-        let mut batches: Vec<(PeerId, Vec<u8>, Vec<crate::protocol::PutShare>, usize)> = Vec::new();
+        let mut batches: Vec<(PeerId, Vec<u8>, Vec<PutShare>, usize)> = Vec::new();
         for (s, shnums) in per_server {
             for sh in shnums {
                 let (Some(data), Some(meta)) = (
@@ -797,12 +797,12 @@ async fn upload_small(
                 ) else {
                     continue;
                 };
-                let share = crate::protocol::PutShare {
+                let share = PutShare {
                     shnum: sh,
                     data: ByteBuf::from(data.clone()),
                     meta: ByteBuf::from(meta.to_bytes()),
                 };
-                let len = share.data.len() + share.meta.len();
+                let len = share.put_len();
                 match batches.last_mut() {
                     Some((b, asked, list, total))
                         if *b == s && *total + len <= crate::protocol::MAX_PUT =>
@@ -1279,7 +1279,7 @@ pub(crate) struct PutQueues {
 #[derive(Debug)]
 struct QueuedPut {
     si: [u8; 16],
-    shares: Vec<crate::protocol::PutShare>,
+    shares: Vec<PutShare>,
     bytes: usize,
     reply: tokio::sync::oneshot::Sender<Result<Response, String>>,
 }
@@ -1291,10 +1291,10 @@ pub(crate) async fn put_batched(
     node: &NodeHandle,
     server: PeerId,
     si: [u8; 16],
-    shares: Vec<crate::protocol::PutShare>,
+    shares: Vec<PutShare>,
 ) -> Result<Response, String> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let bytes = shares.iter().map(|p| p.data.len() + p.meta.len()).sum();
+    let bytes = shares.iter().map(PutShare::put_len).sum();
     let start = {
         let mut queues = crate::storage::lock(&node.put_queues().queues);
         // An entry exists while a sender task runs for the server.

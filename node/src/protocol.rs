@@ -162,6 +162,13 @@ pub struct PutShare {
     pub meta: ByteBuf,
 }
 
+impl PutShare {
+    /// Data plus metadata: what counts against [`MAX_PUT`].
+    pub fn put_len(&self) -> usize {
+        self.data.len() + self.meta.len()
+    }
+}
+
 /// One put of a [`Request::PutMany`]: one file's shares for this server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutItem {

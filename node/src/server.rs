@@ -13,8 +13,8 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     protocol::{
-        ErrorKind, MAX_META, MAX_PUT, MAX_PUT_MANY, MAX_READ, PutAnswer, Request, RequestFrame,
-        Response, ServerError,
+        ErrorKind, MAX_META, MAX_PUT, MAX_PUT_MANY, MAX_READ, PutAnswer, PutShare, Request,
+        RequestFrame, Response, ServerError,
     },
     storage::{PutRef, PutShareRef, ShareStore, SlotOutcome, SlotWrite, StoreError},
 };
@@ -185,6 +185,28 @@ impl StorageServer {
     }
 }
 
+/// Data plus metadata of a put's shares (bounded by [`MAX_PUT`]).
+fn put_bytes(shares: &[PutShare]) -> usize {
+    shares.iter().map(PutShare::put_len).sum()
+}
+
+/// A put's shares as the store takes them.
+fn share_refs(shares: &[PutShare]) -> Vec<PutShareRef<'_>> {
+    shares
+        .iter()
+        .map(|p| (p.shnum, p.data.as_slice(), p.meta.as_slice()))
+        .collect()
+}
+
+/// What a put stored, as answered to the uploader.
+fn stored(a: crate::storage::Allocation) -> PutAnswer {
+    PutAnswer::Stored {
+        already_have: a.already_have,
+        stored: a.allocated,
+        in_progress: a.in_progress,
+    }
+}
+
 fn execute(
     store: &ShareStore,
     owner: &[u8],
@@ -224,30 +246,18 @@ fn execute(
             Response::Done
         }
         Request::Put { si, shares } => {
-            let total: usize = shares.iter().map(|p| p.data.len() + p.meta.len()).sum();
+            let total = put_bytes(&shares);
             if total > MAX_PUT {
                 return Ok(Response::Error(ServerError::new(
                     ErrorKind::TooLarge,
                     format!("a put of {total} bytes exceeds {MAX_PUT}"),
                 )));
             }
-            let shares: Vec<(u8, &[u8], &[u8])> = shares
-                .iter()
-                .map(|p| (p.shnum, p.data.as_slice(), p.meta.as_slice()))
-                .collect();
-            let a = store.put(&si, owner, &shares, lease_expiry)?;
-            Response::Stored {
-                already_have: a.already_have,
-                stored: a.allocated,
-                in_progress: a.in_progress,
-            }
+            let a = store.put(&si, owner, &share_refs(&shares), lease_expiry)?;
+            stored(a).into()
         }
         Request::PutMany { puts } => {
-            let total: usize = puts
-                .iter()
-                .flat_map(|p| &p.shares)
-                .map(|p| p.data.len() + p.meta.len())
-                .sum();
+            let total: usize = puts.iter().map(|p| put_bytes(&p.shares)).sum();
             if total > MAX_PUT || puts.len() > MAX_PUT_MANY {
                 return Ok(Response::Error(ServerError::new(
                     ErrorKind::TooLarge,
@@ -257,15 +267,8 @@ fn execute(
                     ),
                 )));
             }
-            let shares: Vec<Vec<PutShareRef<'_>>> = puts
-                .iter()
-                .map(|p| {
-                    p.shares
-                        .iter()
-                        .map(|s| (s.shnum, s.data.as_slice(), s.meta.as_slice()))
-                        .collect()
-                })
-                .collect();
+            let shares: Vec<Vec<PutShareRef<'_>>> =
+                puts.iter().map(|p| share_refs(&p.shares)).collect();
             let items: Vec<PutRef<'_>> = puts
                 .iter()
                 .zip(&shares)
@@ -275,14 +278,7 @@ fn execute(
                 store
                     .put_many(owner, &items, lease_expiry)
                     .into_iter()
-                    .map(|r| match r {
-                        Ok(a) => PutAnswer::Stored {
-                            already_have: a.already_have,
-                            stored: a.allocated,
-                            in_progress: a.in_progress,
-                        },
-                        Err(e) => PutAnswer::Error(to_server_error(&e)),
-                    })
+                    .map(|r| r.map_or_else(|e| PutAnswer::Error(to_server_error(&e)), stored))
                     .collect(),
             )
         }

@@ -119,8 +119,7 @@ impl ShareStore {
                 continue;
             }
             let (bytes, _) = self.open_share(si, sh)?;
-            let mut buf = vec![0u8; len];
-            bytes.read_exact_at(&mut buf, 0)?;
+            let buf = bytes.read_vec(0, len)?;
             used += len;
             out.push((sh, buf));
         }
