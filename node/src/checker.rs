@@ -863,10 +863,10 @@ async fn regenerate_and_write(
     }
     let k = usize::from(ueb.needed);
     while let Some(seg) = regen.next_segment() {
-        let mut got: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut got: Vec<codec::SegmentBlock> = Vec::new();
         let mut tried: BTreeSet<(PeerId, u8)> = BTreeSet::new();
         while got.len() < k {
-            let have: BTreeSet<u8> = got.iter().map(|(sh, _)| *sh).collect();
+            let have: BTreeSet<u8> = got.iter().map(codec::SegmentBlock::shnum).collect();
             let plan: Vec<(PeerId, u8, Arc<VerifiedShare>)> = sources
                 .iter()
                 .chain(standby.iter())

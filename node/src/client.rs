@@ -36,8 +36,8 @@ use tokio::{
 use crate::{
     caps::{ChkReadCap, LitCap, ReadCap},
     codec::{
-        self, ConvergentKeyHasher, EncodedSegment, EncodingParams, FileEncoder, Key, ShareMeta,
-        UriExtension, VerifiedShare,
+        self, ConvergentKeyHasher, EncodedSegment, EncodingParams, FileEncoder, Key, SegmentBlock,
+        ShareMeta, UriExtension, VerifiedShare,
     },
     node::NodeHandle,
     placement,
@@ -1089,7 +1089,7 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
                 // ones.
                 while got.len() < usize::from(cap.needed) {
                     src.fill(node, si, &ueb, cap.needed).await?;
-                    let have: BTreeSet<u8> = got.iter().map(|(sh, _)| *sh).collect();
+                    let have: BTreeSet<u8> = got.iter().map(SegmentBlock::shnum).collect();
                     let missing: Vec<(PeerId, u8, Arc<VerifiedShare>)> = src
                         .active
                         .iter()
@@ -1201,7 +1201,7 @@ pub(crate) async fn fetch_meta(
     }
 }
 
-pub(crate) type Fetched = (u32, Vec<(u8, Vec<u8>)>, Vec<(PeerId, u8, String)>);
+pub(crate) type Fetched = (u32, Vec<SegmentBlock>, Vec<(PeerId, u8, String)>);
 
 /// Fetches and verifies segment `seg`'s blocks from `plan`; returns good blocks and failures.
 pub(crate) async fn fetch_segment(
@@ -1234,12 +1234,10 @@ pub(crate) async fn fetch_segment(
                     Ok(other) => return Err((s, sh, format!("unexpected answer {other:?}"))),
                     Err(e) => return Err((s, sh, e)),
                 };
-                let checked = tokio::task::spawn_blocking(move || {
-                    share.check_block(seg, &block).map(|()| block)
-                })
-                .await;
+                let checked =
+                    tokio::task::spawn_blocking(move || share.verify_block(seg, block)).await;
                 match checked {
-                    Ok(Ok(block)) => Ok((sh, block)),
+                    Ok(Ok(block)) => Ok(block),
                     Ok(Err(e)) => Err((s, sh, e.to_string())),
                     Err(e) => Err((s, sh, e.to_string())),
                 }

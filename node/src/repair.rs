@@ -26,7 +26,7 @@ use std::{
 
 use crate::{
     codec::{
-        self, ShareMeta, UriExtension, VerifiedShare, VerifyError,
+        self, SegmentBlock, ShareMeta, UriExtension, VerifiedShare, VerifyError,
         merkle::{merkle_proof, merkle_root},
     },
     placement,
@@ -265,7 +265,7 @@ impl Regenerator {
     pub fn segment(
         &mut self,
         segment: u32,
-        blocks: Vec<(u8, Vec<u8>)>,
+        blocks: Vec<SegmentBlock>,
     ) -> Result<BTreeMap<u8, Vec<u8>>, RegenError> {
         if segment != self.next {
             return Err(RegenError::OutOfOrder {
@@ -523,9 +523,9 @@ mod tests {
             let mut regen = Regenerator::new(ueb.clone(), ct, known, wanted.clone()).unwrap();
             while let Some(seg) = regen.next_segment() {
                 // Any k of the kept shares, rotating with the segment.
-                let blocks: Vec<(u8, Vec<u8>)> = (0..usize::from(k))
+                let blocks: Vec<SegmentBlock> = (0..usize::from(k))
                     .map(|j| kept[(j + seg as usize) % kept.len()])
-                    .map(|sh| (sh, segs[seg as usize].blocks[usize::from(sh)].clone()))
+                    .map(|sh| SegmentBlock::new(sh, segs[seg as usize].blocks[usize::from(sh)].clone()))
                     .collect();
                 let out = regen.segment(seg, blocks).unwrap();
                 prop_assert_eq!(out.keys().copied().collect::<BTreeSet<_>>(), wanted.clone());
@@ -570,7 +570,13 @@ mod tests {
         let mut b0 = segs[0].blocks[0].clone();
         b0[0] ^= 1;
         let err = regen
-            .segment(0, vec![(0, b0), (1, segs[0].blocks[1].clone())])
+            .segment(
+                0,
+                vec![
+                    SegmentBlock::new(0, b0),
+                    SegmentBlock::new(1, segs[0].blocks[1].clone()),
+                ],
+            )
             .unwrap_err();
         assert!(
             matches!(
@@ -593,8 +599,8 @@ mod tests {
         let mut regen = Regenerator::new(ueb, ct.clone(), vec![], BTreeSet::from([3])).unwrap();
         while let Some(seg) = regen.next_segment() {
             let blocks = vec![
-                (0, segs[seg as usize].blocks[0].clone()),
-                (2, segs[seg as usize].blocks[2].clone()),
+                SegmentBlock::new(0, segs[seg as usize].blocks[0].clone()),
+                SegmentBlock::new(2, segs[seg as usize].blocks[2].clone()),
             ];
             regen.segment(seg, blocks).unwrap();
         }

@@ -15,7 +15,10 @@ use zeroize::Zeroize;
 use super::EncodingParams;
 use crate::hash::TaggedHasher;
 
-const CONVERGENT_TAG: &str = "kith:convergent-key:v1";
+// v2 since version-2 UEBs: a re-upload of a file stored with a version-1 UEB must not count
+// the old shares (same key, same storage index) as already placed, because the new cap's UEB
+// hash would not match them.
+const CONVERGENT_TAG: &str = "kith:convergent-key:v2";
 
 /// A 256-bit file key. Zeroed on drop; `Debug` never prints it.
 #[derive(Clone)]

@@ -93,9 +93,23 @@ impl Erasure {
     /// i or `None`).
     pub fn decode(
         &self,
-        mut blocks: Vec<Option<Vec<u8>>>,
+        blocks: Vec<Option<Vec<u8>>>,
         segment_len: usize,
     ) -> Result<Vec<u8>, ErasureError> {
+        Ok(join_data_blocks(
+            self.reconstruct(blocks, segment_len)?,
+            segment_len,
+        ))
+    }
+
+    /// The k data blocks (zero-padded, as encoded) of a segment of `segment_len` bytes, from any
+    /// k present blocks (`blocks[i]` is block i or `None`). Present data blocks are returned as
+    /// given; only missing ones are computed.
+    pub fn reconstruct(
+        &self,
+        mut blocks: Vec<Option<Vec<u8>>>,
+        segment_len: usize,
+    ) -> Result<Vec<Vec<u8>>, ErasureError> {
         if blocks.len() != self.total {
             return Err(ErasureError::Decode(format!(
                 "{} block slots, expected {}",
@@ -122,15 +136,26 @@ impl Erasure {
                 None => return Err(ErasureError::Decode("missing data block".into())),
             }
         }
-        let mut out = Vec::with_capacity(bs * self.needed);
-        for b in blocks.into_iter().take(self.needed) {
-            out.extend_from_slice(
-                &b.ok_or_else(|| ErasureError::Decode("missing data block".into()))?,
-            );
-        }
-        out.truncate(segment_len);
-        Ok(out)
+        blocks.truncate(self.needed);
+        blocks
+            .into_iter()
+            .map(|b| b.ok_or_else(|| ErasureError::Decode("missing data block".into())))
+            .collect()
     }
+}
+
+/// A segment of `segment_len` bytes from its k data blocks (padding dropped).
+pub fn join_data_blocks(data_blocks: Vec<Vec<u8>>, segment_len: usize) -> Vec<u8> {
+    let mut data_blocks = data_blocks.into_iter();
+    // The first block's buffer grows into the segment (a realloc, often in place for blocks
+    // this large) and the others are appended.
+    let mut out = data_blocks.next().unwrap_or_default();
+    out.reserve(segment_len.saturating_sub(out.len()));
+    for b in data_blocks {
+        out.extend_from_slice(&b);
+    }
+    out.truncate(segment_len);
+    out
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! Upload: [`FileEncoder`] cuts a file into segments; [`FileEncoder::encode_segment`] encrypts
 //! one segment (AES-256-CTR at its file offset, [`encrypt`]), Reed-Solomon codes it into n blocks
-//! ([`erasure`]) and hashes the blocks and the crypttext. It takes `&self`, so segments encode on
-//! several threads at once; the caller keeps only the hashes ([`SegmentHashes`]) and sends the
+//! ([`erasure`]) and hashes the blocks; the segment's leaf in the crypttext hash tree is the
+//! hash of its k primary block hashes ([`crypttext_leaf`]), so the crypttext is not hashed a
+//! second time. It takes `&self`, so segments encode on several threads at once; the caller keeps only the hashes ([`SegmentHashes`]) and sends the
 //! blocks away. [`FileEncoder::finish`] builds each share's block Merkle tree, the share hash tree
 //! over the block-tree roots, the crypttext hash tree, the URI extension block ([`ueb`]) and the
 //! read cap, plus one [`ShareMeta`] per share for the servers.
@@ -13,6 +14,14 @@
 //! crypttext root), [`VerifiedShare::check_block`] checks each block, and [`decode_segment`]
 //! rebuilds, checks and decrypts a segment from any k verified blocks. A flipped bit anywhere is
 //! caught by one of these before any plaintext is returned.
+//!
+//! Why hashing the primary block hashes pins the crypttext as tightly as hashing the crypttext:
+//! the Reed-Solomon code is systematic, so the k primary (data) blocks *are* the segment's
+//! crypttext cut in k and zero-padded; given the leaf, a different crypttext would need a
+//! SHA-256 collision. A downloader that fetched the primary shares has already hashed those
+//! blocks to check them against their shares' block trees, so checking the decoded segment
+//! costs k hashes of 32 bytes; one that fetched other shares hashes only the primary blocks it
+//! rebuilt. Files uploaded with version-1 UEBs (leaf = hash of the crypttext) still decode.
 
 pub mod encrypt;
 pub mod erasure;
@@ -41,7 +50,8 @@ pub const MAX_SEGMENT_SIZE: u32 = 4 << 20;
 pub const LIT_THRESHOLD: usize = 55;
 
 const BLOCK_TAG: &str = "kith:block:v1";
-const CRYPTTEXT_TAG: &str = "kith:crypttext-segment:v1";
+const CRYPTTEXT_TAG_V1: &str = "kith:crypttext-segment:v1";
+const CRYPTTEXT_TAG_V2: &str = "kith:crypttext-segment:v2";
 const STORAGE_INDEX_TAG: &str = "kith:storage-index:v1";
 
 /// Encoding parameters: k, servers of happiness, n, segment size.
@@ -103,6 +113,13 @@ pub fn storage_index(key: &Key) -> [u8; 16] {
 /// The hash of one block (a leaf of its share's block tree).
 pub fn block_hash(block: &[u8]) -> [u8; 32] {
     tagged_hash(BLOCK_TAG, &[block])
+}
+
+/// A segment's leaf in a version-2 crypttext hash tree: the tagged hash of the hashes of its k
+/// primary blocks ([`block_hash`]), in share order.
+pub fn crypttext_leaf(primary_block_hashes: &[[u8; 32]]) -> [u8; 32] {
+    let parts: Vec<&[u8]> = primary_block_hashes.iter().map(|h| h.as_slice()).collect();
+    tagged_hash(CRYPTTEXT_TAG_V2, &parts)
 }
 
 /// Encoding errors.
@@ -271,9 +288,9 @@ impl FileEncoder {
             u64::from(index) * u64::from(self.params.segment_size),
             &mut crypttext,
         );
-        let crypttext_hash = tagged_hash(CRYPTTEXT_TAG, &[&crypttext]);
         let blocks = self.erasure.encode_owned(crypttext);
-        let block_hashes = blocks.iter().map(|b| block_hash(b)).collect();
+        let block_hashes: Vec<[u8; 32]> = blocks.iter().map(|b| block_hash(b)).collect();
+        let crypttext_hash = crypttext_leaf(&block_hashes[..usize::from(self.params.needed)]);
         Ok(EncodedSegment {
             index,
             blocks,
@@ -316,6 +333,7 @@ impl FileEncoder {
         let block_roots: Vec<[u8; 32]> = per_share.iter().map(|l| merkle_root(l)).collect();
         let crypttext_hashes: Vec<[u8; 32]> = segs.iter().map(|s| s.crypttext_hash).collect();
         let ueb = UriExtension {
+            version: ueb::UEB_V2,
             size: self.size,
             segment_size: self.params.segment_size,
             needed: self.params.needed,
@@ -508,6 +526,21 @@ impl VerifiedShare {
 
     /// Checks block `segment` of this share.
     pub fn check_block(&self, segment: u32, block: &[u8]) -> Result<(), VerifyError> {
+        self.checked_hash(segment, block).map(|_| ())
+    }
+
+    /// Checks block `segment` of this share and keeps its hash with it, so decoding the segment
+    /// need not hash it again.
+    pub fn verify_block(&self, segment: u32, block: Vec<u8>) -> Result<SegmentBlock, VerifyError> {
+        let hash = self.checked_hash(segment, &block)?;
+        Ok(SegmentBlock {
+            shnum: self.shnum,
+            data: block,
+            hash: Some(hash),
+        })
+    }
+
+    fn checked_hash(&self, segment: u32, block: &[u8]) -> Result<[u8; 32], VerifyError> {
         let shnum = self.shnum;
         let expected = block_size_for(&self.ueb, segment);
         if block.len() as u64 != expected {
@@ -518,21 +551,53 @@ impl VerifiedShare {
                 expected,
             });
         }
+        let hash = block_hash(block);
         match self.block_hashes.get(segment as usize) {
-            Some(h) if *h == block_hash(block) => Ok(()),
+            Some(h) if *h == hash => Ok(hash),
             _ => Err(VerifyError::BadBlock { shnum, segment }),
         }
     }
 }
 
-/// Rebuilds segment `segment` from at least k verified blocks `(shnum, block)`, checks its
-/// crypttext hash against the verified `crypttext_hashes`, and decrypts it.
+/// One block of a segment, on its way to [`decode_segment`] or [`decode_crypttext`]: the share
+/// it belongs to, its bytes and, when [`VerifiedShare::verify_block`] made it, its hash (which is
+/// then known to be the block's hash, so decoding does not hash it again).
+#[derive(Clone, Debug)]
+pub struct SegmentBlock {
+    shnum: u8,
+    data: Vec<u8>,
+    hash: Option<[u8; 32]>,
+}
+
+impl SegmentBlock {
+    /// A block whose hash is not known yet: decoding hashes it if it needs to.
+    pub fn new(shnum: u8, data: Vec<u8>) -> Self {
+        Self {
+            shnum,
+            data,
+            hash: None,
+        }
+    }
+
+    /// Its share number.
+    pub fn shnum(&self) -> u8 {
+        self.shnum
+    }
+
+    /// Its bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// Rebuilds segment `segment` from at least k blocks, checks it against the verified
+/// `crypttext_hashes`, and decrypts it.
 pub fn decode_segment(
     ueb: &UriExtension,
     key: &Key,
     crypttext_hashes: &[[u8; 32]],
     segment: u32,
-    blocks: Vec<(u8, Vec<u8>)>,
+    blocks: Vec<SegmentBlock>,
 ) -> Result<Vec<u8>, VerifyError> {
     let mut crypttext = decode_crypttext(ueb, crypttext_hashes, segment, blocks)?;
     apply_keystream(
@@ -543,35 +608,56 @@ pub fn decode_segment(
     Ok(crypttext)
 }
 
-/// Rebuilds segment `segment`'s crypttext from at least k verified blocks `(shnum, block)` and
-/// checks it against the verified `crypttext_hashes`, without decrypting: what a repairer
-/// holding only the verify cap can do.
+/// Rebuilds segment `segment`'s crypttext from at least k blocks and checks it against the
+/// verified `crypttext_hashes`, without decrypting: what a repairer holding only the verify cap
+/// can do.
 pub fn decode_crypttext(
     ueb: &UriExtension,
     crypttext_hashes: &[[u8; 32]],
     segment: u32,
-    blocks: Vec<(u8, Vec<u8>)>,
+    blocks: Vec<SegmentBlock>,
 ) -> Result<Vec<u8>, VerifyError> {
     let not_enough = |why: String| VerifyError::NotEnoughBlocks { segment, why };
     if segment >= ueb.num_segments {
         return Err(not_enough("no such segment".into()));
     }
     let erasure = Erasure::new(ueb.needed, ueb.total).map_err(|e| not_enough(e.to_string()))?;
-    let mut slots: Vec<Option<Vec<u8>>> = vec![None; usize::from(ueb.total)];
-    for (sh, b) in blocks {
-        match slots.get_mut(usize::from(sh)) {
-            Some(slot) => *slot = Some(b),
+    let n = usize::from(ueb.total);
+    let mut slots: Vec<Option<Vec<u8>>> = vec![None; n];
+    let mut known: Vec<Option<[u8; 32]>> = vec![None; n];
+    for b in blocks {
+        let sh = usize::from(b.shnum);
+        match slots.get_mut(sh) {
+            Some(slot) => {
+                *slot = Some(b.data);
+                known[sh] = b.hash;
+            }
             None => return Err(not_enough(format!("share {sh} out of range"))),
         }
     }
-    let len = ueb.segment_len(segment) as usize;
-    let crypttext = erasure
-        .decode(slots, len)
-        .map_err(|e| not_enough(e.to_string()))?;
     let want = crypttext_hashes
         .get(segment as usize)
         .ok_or_else(|| not_enough("no crypttext hash".into()))?;
-    if tagged_hash(CRYPTTEXT_TAG, &[&crypttext]) != *want {
+    let len = ueb.segment_len(segment) as usize;
+    let primaries = erasure
+        .reconstruct(slots, len)
+        .map_err(|e| not_enough(e.to_string()))?;
+    let leaf = match ueb.version {
+        ueb::UEB_V1 => None,
+        _ => {
+            // Blocks verified against their share's tree come with their hash; rebuilt or
+            // unverified ones are hashed here.
+            let hashes: Vec<[u8; 32]> = primaries
+                .iter()
+                .zip(&known)
+                .map(|(b, h)| h.unwrap_or_else(|| block_hash(b)))
+                .collect();
+            Some(crypttext_leaf(&hashes))
+        }
+    };
+    let crypttext = erasure::join_data_blocks(primaries, len);
+    let leaf = leaf.unwrap_or_else(|| tagged_hash(CRYPTTEXT_TAG_V1, &[&crypttext]));
+    if leaf != *want {
         return Err(VerifyError::CrypttextMismatch { segment });
     }
     Ok(crypttext)
@@ -637,8 +723,7 @@ mod tests {
             let mut blocks = Vec::new();
             for s in &shares {
                 let b = &seg.blocks[usize::from(s.shnum())];
-                s.check_block(i as u32, b)?;
-                blocks.push((s.shnum(), b.clone()));
+                blocks.push(s.verify_block(i as u32, b.clone())?);
             }
             out.extend(decode_segment(
                 &ueb,
@@ -728,6 +813,147 @@ mod tests {
             let _ = UriExtension::from_bytes(&bytes);
             let _ = ShareMeta::from_bytes(&bytes, 1 << 20);
         }
+    }
+
+    /// Encodes `data` with a fixed key, returning the encoder's output and the segments.
+    fn encode_with_key(data: &[u8], p: EncodingParams) -> (Vec<EncodedSegment>, FileEncoder) {
+        let enc = FileEncoder::new(Key([9; 32]), p, data.len() as u64).unwrap();
+        let seg = p.segment_size as usize;
+        let segs = (0..enc.num_segments())
+            .map(|i| {
+                let start = i as usize * seg;
+                enc.encode_segment(i, &data[start..(start + seg).min(data.len())])
+                    .unwrap()
+            })
+            .collect();
+        (segs, enc)
+    }
+
+    /// A lying uploader: shares 0 and 1 (the primary ones) carry file X, shares 2 and 3 carry the
+    /// parity of file Y, and every share's block tree, the share root, the crypttext tree (X's)
+    /// and the cap are all consistent with that. Each share verifies alone; only decoding can
+    /// tell. Whatever two shares a downloader picks, it gets X or an error, never Y or a mix:
+    /// the primary-share path (which checks the leaf with the hashes it already has) and the
+    /// rebuild path both hold.
+    #[test]
+    fn shares_that_decode_differently_by_subset_give_the_committed_file_or_an_error() {
+        let p = params(2, 4, 2048);
+        let x: Vec<u8> = (0..9000u32).map(|i| (i * 13) as u8).collect();
+        let y: Vec<u8> = (0..9000u32).map(|i| (i * 13 + 1) as u8).collect();
+        let (sx, enc) = encode_with_key(&x, p);
+        let (sy, _) = encode_with_key(&y, p);
+        let mut segs = Vec::new();
+        let mut hashes = Vec::new();
+        for (a, b) in sx.into_iter().zip(sy) {
+            let mut blocks = a.blocks;
+            blocks[2] = b.blocks[2].clone();
+            blocks[3] = b.blocks[3].clone();
+            let mut block_hashes = a.block_hashes;
+            block_hashes[2] = b.block_hashes[2];
+            block_hashes[3] = b.block_hashes[3];
+            hashes.push(SegmentHashes {
+                index: a.index,
+                block_hashes: block_hashes.clone(),
+                crypttext_hash: a.crypttext_hash,
+            });
+            segs.push(EncodedSegment {
+                index: a.index,
+                blocks,
+                block_hashes,
+                crypttext_hash: a.crypttext_hash,
+            });
+        }
+        let file = enc.finish(hashes).unwrap();
+        assert_eq!(decode_with(&file, &segs, &[0, 1]).unwrap(), x);
+        assert_eq!(decode_with(&file, &segs, &[1, 0]).unwrap(), x);
+        for pair in [[2, 3], [0, 2], [0, 3], [1, 2], [1, 3]] {
+            assert!(
+                matches!(
+                    decode_with(&file, &segs, &pair),
+                    Err(VerifyError::CrypttextMismatch { segment: 0 })
+                ),
+                "shares {pair:?} were accepted"
+            );
+        }
+    }
+
+    /// A file stored before version-2 UEBs (bytes written by that version of the encoder: a
+    /// 5 000-byte file, 2-of-4, 1 KiB segments) still downloads from any two of its shares,
+    /// and a flipped bit in a block is still caught by the version-1 crypttext check when the
+    /// block is not checked against its share first.
+    #[test]
+    fn files_with_version_1_uebs_still_decode() {
+        let fixture = include_bytes!("testdata/chk-v1.bin");
+        let mut parts = Vec::new();
+        let mut rest = &fixture[..];
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            parts.push(&rest[4..4 + len]);
+            rest = &rest[4 + len..];
+        }
+        let crate::caps::ReadCap::Chk(cap) = std::str::from_utf8(parts[0])
+            .unwrap()
+            .parse::<crate::caps::ReadCap>()
+            .unwrap()
+        else {
+            panic!("not a CHK cap");
+        };
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        let metas: Vec<ShareMeta> = (0..4)
+            .map(|sh| ShareMeta::from_bytes(parts[1 + 2 * sh], 1 << 20).unwrap())
+            .collect();
+        let shares: Vec<&[u8]> = (0..4).map(|sh| parts[2 + 2 * sh]).collect();
+        let ueb = verify_ueb(&cap, &metas[0].ueb).unwrap();
+        assert_eq!(ueb.version, ueb::UEB_V1);
+        let bs = block_size_for(&ueb, 0) as usize;
+        let decode = |pick: [u8; 2], verify: bool, shares: &[&[u8]]| {
+            let mut out = Vec::new();
+            for seg in 0..ueb.num_segments {
+                let off = block_offset(&ueb, seg) as usize;
+                let len = block_size_for(&ueb, seg) as usize;
+                let mut blocks = Vec::new();
+                for sh in pick {
+                    let block = shares[usize::from(sh)][off..off + len].to_vec();
+                    let v = VerifiedShare::new(&ueb, metas[usize::from(sh)].clone())?;
+                    blocks.push(if verify {
+                        v.verify_block(seg, block)?
+                    } else {
+                        SegmentBlock::new(sh, block)
+                    });
+                }
+                out.extend(decode_segment(
+                    &ueb,
+                    &cap.key,
+                    &metas[0].crypttext_hashes,
+                    seg,
+                    blocks,
+                )?);
+            }
+            Ok::<_, VerifyError>(out)
+        };
+        for a in 0..4u8 {
+            for b in (a + 1)..4u8 {
+                assert_eq!(
+                    decode([a, b], true, &shares).unwrap(),
+                    data,
+                    "shares {a},{b}"
+                );
+            }
+        }
+        let mut bad = shares[1].to_vec();
+        bad[bs + 5] ^= 0x10; // segment 1 of share 1
+        let damaged = [shares[0], &bad[..], shares[2], shares[3]];
+        assert!(matches!(
+            decode([0, 1], true, &damaged),
+            Err(VerifyError::BadBlock {
+                shnum: 1,
+                segment: 1
+            })
+        ));
+        assert!(matches!(
+            decode([0, 1], false, &damaged),
+            Err(VerifyError::CrypttextMismatch { segment: 1 })
+        ));
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! share carries a copy; its tagged hash is in the read and verify caps, so one verified UEB
 //! anchors the verification of every block.
 //!
-//! Encoding (91 bytes, little-endian): `b"KUEB"`, version 1, size u64, segment_size u32,
+//! Encoding (91 bytes, little-endian): `b"KUEB"`, version, size u64, segment_size u32,
 //! needed u8, total u8, num_segments u32, tail_segment_size u32, share_root, crypttext_root.
+//!
+//! The version says what a leaf of the crypttext hash tree is: in version 1 the tagged hash of
+//! the segment's crypttext, in version 2 (what uploads make now) the tagged hash of the
+//! segment's k primary block hashes (see [`super::crypttext_leaf`]). Both decode.
 
 use super::{
     MAX_SEGMENT_SIZE,
@@ -13,7 +17,10 @@ use super::{
 use crate::hash::tagged_hash;
 
 const MAGIC: &[u8; 4] = b"KUEB";
-const VERSION: u8 = 1;
+/// Crypttext-tree leaves hash each segment's crypttext (uploads before November 2026).
+pub const UEB_V1: u8 = 1;
+/// Crypttext-tree leaves hash each segment's primary block hashes.
+pub const UEB_V2: u8 = 2;
 const UEB_TAG: &str = "kith:ueb:v1";
 /// Encoded length.
 pub const UEB_LEN: usize = 91;
@@ -21,6 +28,8 @@ pub const UEB_LEN: usize = 91;
 /// The URI extension block.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UriExtension {
+    /// Format version ([`UEB_V1`] or [`UEB_V2`]): what the crypttext tree's leaves hash.
+    pub version: u8,
     /// File size in bytes.
     pub size: u64,
     /// Segment size.
@@ -44,7 +53,7 @@ impl UriExtension {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(UEB_LEN);
         v.extend_from_slice(MAGIC);
-        v.push(VERSION);
+        v.push(self.version);
         v.extend_from_slice(&self.size.to_le_bytes());
         v.extend_from_slice(&self.segment_size.to_le_bytes());
         v.push(self.needed);
@@ -67,13 +76,14 @@ impl UriExtension {
         let mut r = Reader::new(bytes, "UEB");
         let magic = r.take(4)?;
         let version = r.u8()?;
-        if magic != MAGIC || version != VERSION {
+        if magic != MAGIC || !(UEB_V1..=UEB_V2).contains(&version) {
             return Err(FormatError::BadHeader {
                 what: "UEB",
                 version,
             });
         }
         let ueb = UriExtension {
+            version,
             size: r.u64()?,
             segment_size: r.u32()?,
             needed: r.u8()?,
