@@ -4,7 +4,8 @@
 //! A node listens and dials on:
 //! - **TCP** upgraded with libp2p's TLS 1.3 handshake (AES-GCM where the CPU has AES
 //!   instructions) or Noise (XX handshake, ChaCha20-Poly1305) for peers that offer only Noise,
-//!   both binding the ed25519 node key ([`security`]), and Yamux stream multiplexing;
+//!   both binding the ed25519 node key ([`security`]), and Yamux stream multiplexing; the socket
+//!   is read and written through 64 KiB buffers ([`buffered`]);
 //! - **QUIC** (quinn + rustls with libp2p's TLS certificate binding the same ed25519 key);
 //! - an **in-memory** transport (`/memory/<port>` addresses) for tests that want real swarms
 //!   without sockets;
@@ -25,6 +26,7 @@
 //! Entry points: [`Config`] says which transports to enable, [`build_transport`] returns the
 //! boxed, authenticated, multiplexed transport a `libp2p::Swarm` is built on.
 
+pub mod buffered;
 pub mod identity;
 pub mod relayed;
 pub mod security;
@@ -157,6 +159,7 @@ pub fn build_transport(keypair: &Keypair, config: &Config) -> Result<BoxedTransp
     };
     let tcp = secure.clone().filter(|_| config.tcp).map(|secure| {
         tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .map(|socket, _| buffered::buffered(socket))
             .upgrade(Version::V1Lazy)
             .authenticate(secure)
             .multiplex(yamux_config())
