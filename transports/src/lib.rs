@@ -28,6 +28,7 @@
 
 pub mod buffered;
 pub mod identity;
+pub mod mux;
 pub mod relayed;
 pub mod security;
 #[cfg(feature = "tor")]
@@ -41,7 +42,7 @@ use libp2p::{
         muxing::StreamMuxerBox,
         transport::{Boxed, MemoryTransport, OptionalTransport, upgrade::Version},
     },
-    noise, quic, tcp, yamux,
+    noise, quic, tcp,
 };
 
 pub use libp2p::{Multiaddr, identity::Keypair};
@@ -132,11 +133,8 @@ pub enum Error {
 /// and multiplexed.
 pub type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 
-fn yamux_config() -> yamux::Config {
-    let mut cfg = yamux::Config::default();
-    // Storage traffic opens a stream per request; allow a generous number in flight.
-    cfg.set_max_num_streams(512);
-    cfg
+fn yamux_config() -> mux::Config {
+    mux::Config::default()
 }
 
 fn optional(t: Option<BoxedTransport>) -> OptionalTransport<BoxedTransport> {
