@@ -28,7 +28,7 @@ pub fn buffered<T: AsyncRead + AsyncWrite>(io: T) -> Buffered<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use futures::{AsyncReadExt, AsyncWriteExt};
     use std::{
@@ -82,23 +82,29 @@ mod tests {
         }
     }
 
+    /// Both ends of a loopback TCP connection.
+    pub(crate) async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (client.unwrap(), server.unwrap().0)
+    }
+
     /// Yamux-over-TLS-shaped traffic (a 12-byte write, then a 16 KiB one, repeated) arrives
     /// whole and in order, crosses the socket in far fewer writes than it was made of, and is
     /// read back in 4 KiB slices (as rustls reads) with far fewer socket reads.
     #[tokio::test]
     async fn small_writes_and_reads_are_coalesced_and_arrive_in_order() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, server) =
-            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (client, server) = tcp_pair().await;
         let (reads, writes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let count = |io| Counting {
             io,
             reads: reads.clone(),
             writes: writes.clone(),
         };
-        let mut tx = buffered(count(client.unwrap().compat()));
-        let mut rx = buffered(count(server.unwrap().0.compat()));
+        let mut tx = buffered(count(client.compat()));
+        let mut rx = buffered(count(server.compat()));
 
         const FRAMES: usize = 64;
         let frame = |i: usize| -> (Vec<u8>, Vec<u8>) {

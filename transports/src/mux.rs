@@ -287,22 +287,13 @@ mod tests {
     /// buffered loopback TCP connection: 3 MiB written as 350 KiB blocks cross intact both ways.
     #[tokio::test]
     async fn large_frames_interoperate_with_stock_libp2p_yamux_both_ways() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, server) =
-            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (client, server) = crate::buffered::tests::tcp_pair().await;
         let ours = Config::default()
-            .upgrade_outbound(
-                crate::buffered::buffered(client.unwrap().compat()),
-                "/yamux/1.0.0",
-            )
+            .upgrade_outbound(crate::buffered::buffered(client.compat()), "/yamux/1.0.0")
             .await
             .unwrap();
         let stock = libp2p::yamux::Config::default()
-            .upgrade_inbound(
-                crate::buffered::buffered(server.unwrap().0.compat()),
-                "/yamux/1.0.0",
-            )
+            .upgrade_inbound(crate::buffered::buffered(server.compat()), "/yamux/1.0.0")
             .await
             .unwrap();
         let (ours_out, ours_in) = run(StreamMuxerBox::new(ours));
