@@ -4,10 +4,11 @@
 //! one segment (AES-256-CTR at its file offset, [`encrypt`]), Reed-Solomon codes it into n blocks
 //! ([`erasure`]) and hashes the blocks; the segment's leaf in the crypttext hash tree is the
 //! hash of its k primary block hashes ([`crypttext_leaf`]), so the crypttext is not hashed a
-//! second time. It takes `&self`, so segments encode on several threads at once; the caller keeps only the hashes ([`SegmentHashes`]) and sends the
-//! blocks away. [`FileEncoder::finish`] builds each share's block Merkle tree, the share hash tree
-//! over the block-tree roots, the crypttext hash tree, the URI extension block ([`ueb`]) and the
-//! read cap, plus one [`ShareMeta`] per share for the servers.
+//! second time. It takes `&self`, so segments encode on several threads at once; the caller
+//! keeps only the hashes ([`SegmentHashes`]) and sends the blocks away. [`FileEncoder::finish`]
+//! builds each share's block Merkle tree, the share hash tree over the block-tree roots, the
+//! crypttext hash tree, the URI extension block ([`ueb`]) and the read cap, plus one
+//! [`ShareMeta`] per share for the servers.
 //!
 //! Download: [`verify_ueb`] checks a UEB against the cap, [`VerifiedShare::new`] checks a share's
 //! metadata against the UEB (block hashes -> block root -> proof -> share root; crypttext hashes ->
