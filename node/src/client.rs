@@ -975,11 +975,8 @@ fn order_candidates(listed: &[(PeerId, Vec<u8>, Duration)], needed: u8) -> VecDe
             }
         }
     }
-    for (s, sh) in extra {
-        if seen.insert(sh) || !candidates.contains(&(s, sh)) {
-            candidates.push_back((s, sh));
-        }
-    }
+    // Every listed (server, share) is now either a candidate or in `extra`, never both.
+    candidates.extend(extra);
     candidates
 }
 

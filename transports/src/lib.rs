@@ -133,10 +133,6 @@ pub enum Error {
 /// and multiplexed.
 pub type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 
-fn yamux_config() -> mux::Config {
-    mux::Config::default()
-}
-
 fn optional(t: Option<BoxedTransport>) -> OptionalTransport<BoxedTransport> {
     match t {
         Some(t) => OptionalTransport::some(t),
@@ -160,7 +156,7 @@ pub fn build_transport(keypair: &Keypair, config: &Config) -> Result<BoxedTransp
             .map(|socket, _| buffered::buffered(socket))
             .upgrade(Version::V1Lazy)
             .authenticate(secure)
-            .multiplex(yamux_config())
+            .multiplex(mux::Config::default())
             .timeout(config.handshake_timeout)
             .boxed()
     });
@@ -168,7 +164,7 @@ pub fn build_transport(keypair: &Keypair, config: &Config) -> Result<BoxedTransp
         MemoryTransport::default()
             .upgrade(Version::V1Lazy)
             .authenticate(secure)
-            .multiplex(yamux_config())
+            .multiplex(mux::Config::default())
             .timeout(config.handshake_timeout)
             .boxed()
     });
@@ -184,7 +180,7 @@ pub fn build_transport(keypair: &Keypair, config: &Config) -> Result<BoxedTransp
         tor::TorTransport::with_scope(t.clone(), config.tor_scope)
             .upgrade(Version::V1Lazy)
             .authenticate(noise.clone())
-            .multiplex(yamux_config())
+            .multiplex(mux::Config::default())
             .timeout(t.connect_timeout().max(config.handshake_timeout))
             .boxed()
     });

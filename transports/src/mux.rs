@@ -238,6 +238,7 @@ mod tests {
     use super::*;
     use futures::{AsyncReadExt, AsyncWriteExt, future::poll_fn};
     use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox};
+    use std::sync::{Arc, Mutex};
     use tokio::sync::oneshot;
     use tokio_util::compat::TokioAsyncReadCompatExt;
 
@@ -277,23 +278,83 @@ mod tests {
         (out_rx, in_rx)
     }
 
+    /// A socket that keeps a copy of every byte written to it.
+    struct Tap<T> {
+        io: T,
+        sent: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let r = Pin::new(&mut self.io).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = r {
+                self.sent.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+            r
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_close(cx)
+        }
+    }
+
+    /// The largest data frame in a byte stream of Yamux frames (12-byte big-endian headers;
+    /// only data frames, type 0, carry a body of the header's length).
+    fn largest_data_frame(wire: &[u8]) -> usize {
+        let (mut pos, mut largest) = (0, 0);
+        while pos + 12 <= wire.len() {
+            let len = u32::from_be_bytes(wire[pos + 8..pos + 12].try_into().unwrap()) as usize;
+            pos += 12;
+            if wire[pos - 11] == 0 {
+                largest = largest.max(len);
+                pos += len;
+            }
+        }
+        assert_eq!(pos, wire.len(), "the captured bytes end inside a frame");
+        largest
+    }
+
     fn payload(seed: u8) -> Vec<u8> {
         (0..3 * 1024 * 1024u32)
             .map(|i| (i.wrapping_mul(31) as u8) ^ seed)
             .collect()
     }
 
-    /// Our muxer (64 KiB frames) and stock libp2p-yamux (16 KiB frames) on the two ends of a
-    /// buffered loopback TCP connection: 3 MiB written as 350 KiB blocks cross intact both ways.
+    /// Our muxer and stock libp2p-yamux on the two ends of a buffered loopback TCP connection:
+    /// 3 MiB written as 350 KiB blocks cross intact both ways, ours in frames of
+    /// [`SPLIT_SEND_SIZE`], stock in its 16 KiB ones (read from the bytes on the wire).
     #[tokio::test]
     async fn large_frames_interoperate_with_stock_libp2p_yamux_both_ways() {
         let (client, server) = crate::buffered::tests::tcp_pair().await;
+        let (ours_wire, stock_wire) = (Arc::default(), Arc::default());
+        let tap = |io, sent: &Arc<Mutex<Vec<u8>>>| {
+            crate::buffered::buffered(Tap {
+                io,
+                sent: sent.clone(),
+            })
+        };
         let ours = Config::default()
-            .upgrade_outbound(crate::buffered::buffered(client.compat()), "/yamux/1.0.0")
+            .upgrade_outbound(tap(client.compat(), &ours_wire), "/yamux/1.0.0")
             .await
             .unwrap();
         let stock = libp2p::yamux::Config::default()
-            .upgrade_inbound(crate::buffered::buffered(server.compat()), "/yamux/1.0.0")
+            .upgrade_inbound(tap(server.compat(), &stock_wire), "/yamux/1.0.0")
             .await
             .unwrap();
         let (ours_out, ours_in) = run(StreamMuxerBox::new(ours));
@@ -324,5 +385,10 @@ mod tests {
             .expect("transfers within 30 s");
         assert!(from_ours == payload(1), "stock side got different bytes");
         assert!(from_stock == payload(2), "our side got different bytes");
+        assert_eq!(
+            largest_data_frame(&ours_wire.lock().unwrap()),
+            SPLIT_SEND_SIZE
+        );
+        assert_eq!(largest_data_frame(&stock_wire.lock().unwrap()), 16 * 1024);
     }
 }

@@ -20,7 +20,7 @@ pub fn with_relay(
     let relayed = relay_transport
         .upgrade(Version::V1Lazy)
         .authenticate(noise::Config::new(keypair)?)
-        .multiplex(crate::yamux_config())
+        .multiplex(crate::mux::Config::default())
         .timeout(handshake_timeout)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     Ok(relayed

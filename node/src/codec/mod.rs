@@ -584,11 +584,6 @@ impl SegmentBlock {
     pub fn shnum(&self) -> u8 {
         self.shnum
     }
-
-    /// Its bytes.
-    pub fn data(&self) -> &[u8] {
-        &self.data
-    }
 }
 
 /// Rebuilds segment `segment` from at least k blocks, checks it against the verified

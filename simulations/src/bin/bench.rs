@@ -146,6 +146,19 @@ fn cpu_secs(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Each process's CPU seconds so far.
+fn cpu_now(pids: &[u32]) -> Vec<f64> {
+    pids.iter().map(|&p| cpu_secs(p)).collect()
+}
+
+/// Each process's CPU seconds since `before` (from [`cpu_now`]).
+fn cpu_since(pids: &[u32], before: &[f64]) -> Vec<f64> {
+    pids.iter()
+        .zip(before)
+        .map(|(&p, b)| cpu_secs(p) - b)
+        .collect()
+}
+
 /// Encodes `data` in-process: convergent key pass, then every segment on all cores.
 fn encoder_only(data: &[u8], params: EncodingParams) -> anyhow::Result<Duration> {
     let start = Instant::now();
@@ -217,7 +230,6 @@ async fn wait_api(dir: &NodeDir, child: &mut Child) -> anyhow::Result<(String, S
             return Ok((url, dir.api_token()?));
         }
         if Instant::now() > end {
-            let _ = child.kill();
             bail!("{} did not start in 60 s", dir.root().display());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -276,7 +288,7 @@ async fn round(
     let up = &daemons[0];
     let pid = up.child.id();
     let pids: Vec<u32> = daemons.iter().map(|d| d.child.id()).collect();
-    let cpu_before: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
+    let cpu_before = cpu_now(&pids);
     let (stop, sampler) = sample_rss(pid);
     let start = Instant::now();
     let f = tokio::fs::File::open(&file).await?;
@@ -295,15 +307,11 @@ async fn round(
     let up_time = start.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak_rss_kib = sampler.await?;
-    let cpu_up: Vec<f64> = pids
-        .iter()
-        .zip(&cpu_before)
-        .map(|(&p, b)| cpu_secs(p) - b)
-        .collect();
+    let cpu_up = cpu_since(&pids, &cpu_before);
     let _ = std::fs::remove_file(&file);
     let cap = put["cap"].as_str().unwrap_or_default().to_owned();
     let down = &daemons[1];
-    let cpu_before: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
+    let cpu_before = cpu_now(&pids);
     let start = Instant::now();
     let mut resp = http
         .get(format!("{}/api/v1/files/{cap}", down.url))
@@ -320,11 +328,7 @@ async fn round(
         got = end;
     }
     let down_time = start.elapsed();
-    let cpu_down: Vec<f64> = pids
-        .iter()
-        .zip(&cpu_before)
-        .map(|(&p, b)| cpu_secs(p) - b)
-        .collect();
+    let cpu_down = cpu_since(&pids, &cpu_before);
     Ok(Round {
         size,
         enc,
@@ -546,20 +550,22 @@ async fn grid(
 }
 
 async fn spawn_daemon(me: &std::path::Path, dir: NodeDir) -> anyhow::Result<Daemon> {
-    let mut child = Command::new(me)
+    let child = Command::new(me)
         .arg("node")
         .arg(dir.root())
         .env("KITH_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .context("spawning a node")?;
-    let (url, token) = wait_api(&dir, &mut child).await?;
-    Ok(Daemon {
+    // A `Daemon` from the start, so that its `Drop` kills the child on every error below.
+    let mut d = Daemon {
         child,
         dir,
-        url,
-        token,
-    })
+        url: String::new(),
+        token: String::new(),
+    };
+    (d.url, d.token) = wait_api(&d.dir, &mut d.child).await?;
+    Ok(d)
 }
 
 async fn api_post(
