@@ -33,7 +33,7 @@ pub mod wire;
 
 use std::collections::BTreeMap;
 
-pub use encrypt::{ConvergentKeyHasher, Key, apply_keystream, random_key};
+pub use encrypt::{ConvergentKeyHasher, KEY_PIECE, Key, apply_keystream, random_key};
 pub use erasure::{Erasure, ErasureError};
 pub use share::ShareMeta;
 pub use ueb::UriExtension;
