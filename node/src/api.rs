@@ -65,6 +65,23 @@ impl ApiError {
             status,
         }
     }
+
+    /// The message.
+    pub(crate) fn error(&self) -> &str {
+        &self.error
+    }
+
+    /// The status code.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl ApiState {
+    /// The API token.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -75,11 +92,22 @@ impl IntoResponse for ApiError {
 
 /// Builds the router. `stop` receives a message when a client asks the daemon to stop.
 pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<()>) -> Router {
-    let state = ApiState {
+    router_with(state(node, token, stop))
+}
+
+pub(crate) fn state(
+    node: NodeHandle,
+    token: String,
+    stop: tokio::sync::mpsc::Sender<()>,
+) -> ApiState {
+    ApiState {
         node,
         token: Arc::new(token),
         shutdown: stop,
-    };
+    }
+}
+
+pub(crate) fn router_with(state: ApiState) -> Router {
     let api = Router::new()
         .route("/status", get(status))
         .route("/id", get(id))
@@ -517,9 +545,9 @@ async fn operations(State(st): State<ApiState>) -> impl IntoResponse {
 }
 
 #[derive(Deserialize)]
-struct PutQuery {
+pub(crate) struct PutQuery {
     /// File name (for the operations list).
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     random_key: Option<bool>,
     needed: Option<u8>,
     happy: Option<u8>,
@@ -569,15 +597,7 @@ async fn put_inner(
     op: u64,
     total: Option<u64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let cfg = st.node.config();
-    let mut params = cfg.encoding;
-    params.needed = q.needed.unwrap_or(params.needed);
-    params.happy = q.happy.unwrap_or(params.happy);
-    params.total = q.total.unwrap_or(params.total);
-    params
-        .validate()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let convergent = !q.random_key.unwrap_or(!cfg.convergent);
+    let (params, convergent) = put_params(st, &q)?;
     let mut hasher =
         convergent.then(|| ConvergentKeyHasher::new(st.node.convergence_secret(), &params));
     // Small bodies stay in memory; larger ones are spooled to `tmp/`. Either way the body is
@@ -637,6 +657,51 @@ async fn put_inner(
         None => mem.len() as u64,
     };
     let spool_ms = spool_start.elapsed().as_millis() as u64;
+    let opts = PutOptions {
+        params,
+        convergent,
+        key: hasher.map(ConvergentKeyHasher::finalize),
+    };
+    let source = match &spool_path {
+        Some(p) => crate::client::Source::File(p),
+        None => crate::client::Source::Bytes(&mem),
+    };
+    let mut json = store_put(st, &q, source, body_len, &opts, op).await?;
+    drop(spool);
+    json["timings"]["receive_ms"] = spool_ms.into();
+    Ok(Json(json))
+}
+
+/// The encoding parameters of a put (the node's, overridden by the query) and whether its key
+/// is convergent.
+pub(crate) fn put_params(
+    st: &ApiState,
+    q: &PutQuery,
+) -> Result<(crate::codec::EncodingParams, bool), ApiError> {
+    let cfg = st.node.config();
+    let mut params = cfg.encoding;
+    params.needed = q.needed.unwrap_or(params.needed);
+    params.happy = q.happy.unwrap_or(params.happy);
+    params.total = q.total.unwrap_or(params.total);
+    params
+        .validate()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok((params, !q.random_key.unwrap_or(!cfg.convergent)))
+}
+
+/// Stores a received (or handed-over) file: a new version of the mutable file at the query's
+/// path if there is one, else an immutable upload, linked at the path when one is given.
+/// Progress runs from half (receiving was the first half) to the whole.
+pub(crate) async fn store_put(
+    st: &ApiState,
+    q: &PutQuery,
+    source: crate::client::Source<'_>,
+    body_len: u64,
+    opts: &PutOptions,
+    op: u64,
+) -> Result<serde_json::Value, ApiError> {
+    let internal =
+        |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let target = match q.path.as_deref().filter(|p| !p.is_empty()) {
         Some(p) => {
             Some(crate::fs::parse_target(st.node.database(), p).map_err(crate::api_fs::fs_err)?)
@@ -659,43 +724,39 @@ async fn put_inner(
                 ),
             ));
         }
-        let content = match &spool_path {
-            Some(p) => tokio::fs::read(p)
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-            None => std::mem::take(&mut mem),
+        let content = match source {
+            crate::client::Source::File(p) => tokio::fs::read(p).await.map_err(internal)?,
+            crate::client::Source::Open(f) => {
+                crate::client::read_exact_at(f, 0, size as usize).map_err(internal)?
+            }
+            crate::client::Source::Bytes(b) => b.to_vec(),
         };
         let m = crate::slot::map(&st.node, &slot).await;
         let v = crate::slot::publish(&st.node, &slot, &content, &m)
             .await
             .map_err(|e| crate::api_fs::fs_err(e.into()))?;
-        return Ok(Json(serde_json::json!({
+        return Ok(serde_json::json!({
             "cap": crate::caps::Cap::Ssk(slot).to_string(),
             "size": size,
             "updated": true,
             "seqnum": v.seqnum,
             "path": t.display(),
-        })));
+        }));
     }
-    let opts = PutOptions {
-        params,
-        convergent,
-        key: hasher.map(ConvergentKeyHasher::finalize),
-    };
     let node = st.node.clone();
     let half = body_len / 2;
     let progress = move |done: u64| node.op_progress(op, half + done / 2);
-    let source = match &spool_path {
-        Some(p) => crate::client::Source::File(p),
-        None => crate::client::Source::Bytes(&mem),
-    };
-    let result = crate::client::upload_from(&st.node, source, &opts, &progress)
+    let result = crate::client::upload_from(&st.node, source, opts, &progress)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    drop(spool);
+        .map_err(|e| {
+            let status = match e {
+                crate::client::UploadError::Changed => StatusCode::CONFLICT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            ApiError::new(status, e.to_string())
+        })?;
     let mut json = serde_json::to_value(&result)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    json["timings"]["receive_ms"] = spool_ms.into();
     if let Some(t) = &target {
         let cap: crate::caps::Cap =
             result
@@ -709,7 +770,7 @@ async fn put_inner(
             .map_err(crate::api_fs::fs_err)?;
         json["path"] = t.display().into();
     }
-    Ok(Json(json))
+    Ok(json)
 }
 
 async fn get_file(

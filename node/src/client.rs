@@ -1,7 +1,8 @@
 //! Uploader and downloader: the storage client side of a node.
 //!
-//! **Upload** ([`upload`]): derive the key (convergent: one hashing pass over the file; or a
-//! random key), list which servers already hold shares, plan placement over the permuted ring
+//! **Upload** ([`upload`], [`upload_from`]): derive the key (convergent: one hashing pass over
+//! the file, done while the local API receives it, or over a file `kith put` handed over the
+//! local socket, see [`Source::Open`]; or a random key), list which servers already hold shares, plan placement over the permuted ring
 //! with servers of happiness (`placement`), allocate, then stream: segments are read in order,
 //! encrypted and erasure-coded on the blocking pool (several at once, so both cores work), and
 //! each block is queued to its server's writer task, which keeps a few writes in flight. Every
@@ -117,6 +118,12 @@ pub enum UploadError {
     /// The encoder refused the parameters.
     #[error("encoding failed: {0}")]
     Encode(String),
+    /// The file was written to while it was read (its size or times changed between the key
+    /// pass and the end of the encode pass); no share of it was kept.
+    #[error(
+        "the file changed while it was uploaded; nothing was kept (upload it again once it is complete)"
+    )]
+    Changed,
 }
 
 /// Which server sent bad data, and what.
@@ -228,10 +235,49 @@ async fn list_shares_timed(
 /// not spool to disk).
 #[derive(Clone, Copy, Debug)]
 pub enum Source<'a> {
-    /// A file on disk.
+    /// A file on disk that nobody else writes (the API's spool).
     File(&'a Path),
+    /// A file the user opened and handed over (`kith put` over the local socket). It is read
+    /// twice, for the key and for the encoding, in place; its size and times are compared
+    /// before any share is closed, so a file written to meanwhile fails the upload with
+    /// [`UploadError::Changed`] instead of storing content its convergent key was not
+    /// derived from.
+    Open(&'a std::fs::File),
     /// The whole content.
     Bytes(&'a [u8]),
+}
+
+/// What identifies one version of a file: size, inode, modification and change times (ns).
+/// `tar` and `rsync` trust the same fields; a write moves `ctime` forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp([i64; 7]);
+
+impl FileStamp {
+    fn of(f: &std::fs::File) -> std::io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = f.metadata()?;
+        Ok(FileStamp([
+            m.len() as i64,
+            m.dev() as i64,
+            m.ino() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ]))
+    }
+}
+
+/// Reads `len` bytes at `offset` (positional: the handle's own offset is left alone).
+pub(crate) fn read_exact_at(
+    f: &std::fs::File,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
 }
 
 /// Reads a source segment by segment.
@@ -265,6 +311,71 @@ impl SourceReader<'_> {
     }
 }
 
+/// Pieces of the convergent key hashed per round of the key pass (64 MiB: the digests held at
+/// once stay small whatever the file's size).
+const KEY_BATCH: usize = 64;
+
+/// The convergent key of the first `size` bytes of `f`: positional reads, the pieces hashed on
+/// every core (at most 8), in rounds of [`KEY_BATCH`] pieces.
+async fn convergent_key_of(
+    f: std::fs::File,
+    size: u64,
+    secret: [u8; 32],
+    params: EncodingParams,
+) -> Result<Key, UploadError> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<Key> {
+        use std::os::unix::fs::FileExt;
+        let piece = codec::KEY_PIECE as u64;
+        let pieces = size.div_ceil(piece);
+        let piece_len = |i: u64| (size - i * piece).min(piece) as usize;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let mut bufs: Vec<Vec<u8>> = (0..threads).map(|_| vec![0u8; codec::KEY_PIECE]).collect();
+        let mut h = ConvergentKeyHasher::new(&secret, &params);
+        let mut first = 0u64;
+        while first < pieces {
+            let end = (first + KEY_BATCH as u64).min(pieces);
+            let mut batch = vec![[0u8; 32]; (end - first) as usize];
+            // Each thread takes a run of consecutive pieces.
+            let per = batch.len().div_ceil(threads);
+            let f = &f;
+            std::thread::scope(|sc| -> std::io::Result<()> {
+                let handles: Vec<_> = batch
+                    .chunks_mut(per)
+                    .zip(bufs.iter_mut())
+                    .enumerate()
+                    .map(|(t, (out, buf))| {
+                        let start = first + (t * per) as u64;
+                        sc.spawn(move || -> std::io::Result<()> {
+                            for (j, digest) in out.iter_mut().enumerate() {
+                                let i = start + j as u64;
+                                let b = &mut buf[..piece_len(i)];
+                                f.read_exact_at(b, i * piece)?;
+                                *digest = ConvergentKeyHasher::piece_digest(b);
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for j in handles {
+                    j.join()
+                        .map_err(|_| std::io::Error::other("a key-pass thread panicked"))??;
+                }
+                Ok(())
+            })?;
+            for (j, digest) in batch.iter().enumerate() {
+                h.add_piece(digest, piece_len(first + j as u64));
+            }
+            first = end;
+        }
+        Ok(h.finalize())
+    })
+    .await
+    .map_err(|e| UploadError::Encode(e.to_string()))?
+    .map_err(UploadError::Io)
+}
+
 /// Uploads the file at `path`.
 pub async fn upload(
     node: &NodeHandle,
@@ -284,7 +395,26 @@ pub async fn upload_from(
 ) -> Result<PutResult, UploadError> {
     let size = match source {
         Source::File(path) => tokio::fs::metadata(path).await?.len(),
+        Source::Open(f) => {
+            if !f.metadata()?.is_file() {
+                return Err(UploadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                )));
+            }
+            f.metadata()?.len()
+        }
         Source::Bytes(b) => b.len() as u64,
+    };
+    let stamp = match source {
+        Source::Open(f) => Some(FileStamp::of(f)?),
+        _ => None,
+    };
+    let unchanged = || -> Result<(), UploadError> {
+        match (source, stamp) {
+            (Source::Open(f), Some(s)) if FileStamp::of(f)? != s => Err(UploadError::Changed),
+            _ => Ok(()),
+        }
     };
     let mut timings = Timings::default();
     let mut phase = std::time::Instant::now();
@@ -296,8 +426,10 @@ pub async fn upload_from(
     if size <= codec::LIT_THRESHOLD as u64 {
         let data = match source {
             Source::File(path) => tokio::fs::read(path).await?,
+            Source::Open(f) => read_exact_at(f, 0, size as usize)?,
             Source::Bytes(b) => b.to_vec(),
         };
+        unchanged()?;
         progress(size);
         return Ok(PutResult {
             cap: ReadCap::Lit(LitCap { data }).to_string(),
@@ -319,24 +451,9 @@ pub async fn upload_from(
                 h.finalize()
             }
             Source::File(path) => {
-                let p = path.to_owned();
-                tokio::task::spawn_blocking(move || -> std::io::Result<Key> {
-                    use std::io::Read;
-                    let mut h = ConvergentKeyHasher::new(&secret, &params);
-                    let mut f = std::fs::File::open(p)?;
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        let n = f.read(&mut buf)?;
-                        if n == 0 {
-                            break;
-                        }
-                        h.update(&buf[..n]);
-                    }
-                    Ok(h.finalize())
-                })
-                .await
-                .map_err(|e| UploadError::Encode(e.to_string()))??
+                convergent_key_of(std::fs::File::open(path)?, size, secret, params).await?
             }
+            Source::Open(f) => convergent_key_of(f.try_clone()?, size, secret, params).await?,
         }
     } else {
         codec::random_key(&mut rand::rngs::OsRng)
@@ -350,6 +467,7 @@ pub async fn upload_from(
     if size <= SMALL_FILE {
         let data = match source {
             Source::File(path) => std::borrow::Cow::Owned(tokio::fs::read(path).await?),
+            Source::Open(f) => std::borrow::Cow::Owned(read_exact_at(f, 0, size as usize)?),
             Source::Bytes(b) => std::borrow::Cow::Borrowed(b),
         };
         if data.len() as u64 != size {
@@ -357,6 +475,7 @@ pub async fn upload_from(
                 "the file changed while it was read".into(),
             ));
         }
+        unchanged()?;
         return upload_small(node, encoder, &data, params, timings, progress).await;
     }
     // 1. Who is there, and what do they already hold?
@@ -502,6 +621,13 @@ pub async fn upload_from(
     }
     let mut file = match source {
         Source::File(path) => SourceReader::File(tokio::fs::File::open(path).await?),
+        Source::Open(f) => {
+            use tokio::io::AsyncSeekExt;
+            // A duplicate shares the handle's offset; nothing else reads it meanwhile.
+            let mut t = tokio::fs::File::from_std(f.try_clone()?);
+            t.seek(std::io::SeekFrom::Start(0)).await?;
+            SourceReader::File(t)
+        }
         Source::Bytes(b) => SourceReader::Bytes(b),
     };
     let num_segments = encoder.num_segments();
@@ -564,6 +690,11 @@ pub async fn upload_from(
         .map_err(|e| UploadError::Encode(e.to_string()))?;
 
     lap(&mut timings.stream_ms);
+    // Shares of a file that changed under the reader are dropped before any is closed.
+    if let Err(e) = unchanged() {
+        abort_all(node, si, &to_write).await;
+        return Err(e);
+    }
     // 4. Close every written share with its metadata.
     let mut closes: FuturesUnordered<_> = to_write
         .iter()

@@ -68,7 +68,16 @@ pub async fn run(dir: NodeDir, opts: RunOptions) -> Result<(), DaemonError> {
     let api_addr = listener.local_addr()?;
     let token = dir.api_token()?;
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(4);
-    let router = api::router(handle.clone(), token.clone(), stop_tx);
+    let state = api::state(handle.clone(), token.clone(), stop_tx);
+    let socket = crate::local::socket_path(&dir);
+    let local_task = match crate::local::listen_with(&socket, state.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "no local socket ({}): `kith put` will send files over HTTP", socket.display());
+            None
+        }
+    };
+    let router = api::router_with(state);
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(api::serve(listener, router, async move {
         let _ = api_stop_rx.await;
@@ -99,6 +108,10 @@ pub async fn run(dir: NodeDir, opts: RunOptions) -> Result<(), DaemonError> {
     }
     println!("stopping");
     let _ = std::fs::remove_file(dir.api_file());
+    if let Some(t) = local_task {
+        t.abort();
+        let _ = std::fs::remove_file(&socket);
+    }
     let _ = api_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     node.shutdown().await;

@@ -47,6 +47,7 @@ pub mod friends;
 pub mod fs;
 pub mod grid;
 pub mod hash;
+pub mod local;
 pub mod maintenance;
 pub mod mutable;
 pub mod net;

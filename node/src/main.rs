@@ -1459,6 +1459,8 @@ struct Api {
     info: ApiInfo,
     token: String,
     http: reqwest::Client,
+    /// The daemon's local socket (`private/api.sock`).
+    socket: std::path::PathBuf,
 }
 
 impl Api {
@@ -1480,7 +1482,59 @@ impl Api {
             .connect_timeout(Duration::from_secs(5))
             .no_proxy()
             .build()?;
-        Ok(Api { info, token, http })
+        let socket = kith_node::local::socket_path(dir);
+        Ok(Api {
+            info,
+            token,
+            http,
+            socket,
+        })
+    }
+
+    /// Uploads an open file over the daemon's local socket (no bytes cross a socket, nothing
+    /// is spooled). `Ok(None)`: no socket to use, upload over HTTP instead.
+    async fn put_local(
+        &self,
+        file: std::fs::File,
+        query: &str,
+        show_progress: bool,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        if !self.socket.exists() {
+            return Ok(None);
+        }
+        let len = file.metadata()?.len();
+        let bar = if show_progress {
+            progress_bar(len)
+        } else {
+            None
+        };
+        let (socket, token, query) = (self.socket.clone(), self.token.clone(), query.to_owned());
+        let answer = tokio::task::spawn_blocking(move || {
+            kith_node::local::put(&socket, &token, &file, &query, |done, total| {
+                if let Some(b) = &bar {
+                    b.set_length(total);
+                    b.set_position(done);
+                    if done >= total / 2 {
+                        b.set_message("encoding and placing shares…");
+                    }
+                }
+            })
+        })
+        .await?;
+        match answer {
+            // The socket is there but nobody listens (a daemon that crashed): HTTP will say so.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(anyhow!("the daemon's local socket failed: {e}")),
+            Ok(Ok(v)) => Ok(Some(v)),
+            Ok(Err((msg, _status))) => bail!("{msg}"),
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -1563,9 +1617,14 @@ impl Api {
                 None,
             )
         } else {
-            let f = tokio::fs::File::open(file)
-                .await
+            let f = std::fs::File::open(file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
+            if f.metadata()?.is_file()
+                && let Some(v) = self.put_local(f.try_clone()?, query, true).await?
+            {
+                return Ok(v);
+            }
+            let f = tokio::fs::File::from_std(f);
             let len = f.metadata().await?.len();
             let bar = progress_bar(len);
             let stream =
@@ -1617,9 +1676,14 @@ impl Api {
 
     /// Uploads a file without its own progress bar (cp -r has one for everything).
     async fn put_file_quiet(&self, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
-        let f = tokio::fs::File::open(file)
-            .await
-            .with_context(|| format!("cannot open {}", file.display()))?;
+        let f =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        if f.metadata()?.is_file()
+            && let Some(v) = self.put_local(f.try_clone()?, "", false).await?
+        {
+            return Ok(v);
+        }
+        let f = tokio::fs::File::from_std(f);
         let len = f.metadata().await?.len();
         let body =
             reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));

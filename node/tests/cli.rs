@@ -249,6 +249,39 @@ fn two_nodes_put_and_get_through_the_cli() {
     .unwrap();
     assert_eq!(again["cap"], cap.as_str());
     assert_eq!(again["already_present"], 2);
+    // `kith put FILE` hands the open file to the daemon over its local socket (0600): nothing
+    // was received or spooled. The same bytes sent over HTTP (stdin) get the same cap.
+    assert!(again["timings"]["receive_ms"].is_null(), "{again}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(b.join("private/api.sock"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--dir")
+        .arg(&b)
+        .args(["put", "--json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&data).unwrap();
+    }
+    let piped = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let piped: serde_json::Value = serde_json::from_str(
+        &piped
+            .lines()
+            .take_while(|l| !l.starts_with("kith:"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    assert_eq!(piped["cap"], cap.as_str(), "{piped}");
+    assert!(piped["timings"]["receive_ms"].is_u64(), "{piped}");
 
     // A different file gets a different cap (the key hashed while receiving covers the content).
     let other = tmp.path().join("other.bin");

@@ -161,15 +161,35 @@ fn cpu_since(pids: &[u32], before: &[f64]) -> Vec<f64> {
 
 /// Encodes `data` in-process: convergent key pass, then every segment on all cores.
 fn encoder_only(data: &[u8], params: EncodingParams) -> anyhow::Result<Duration> {
+    use kith_node::codec::{ConvergentKeyHasher, KEY_PIECE};
     let start = Instant::now();
-    let mut h = kith_node::codec::ConvergentKeyHasher::new(&[7u8; 32], &params);
-    h.update(data);
-    let key = h.finalize();
-    let enc =
-        FileEncoder::new(key, params, data.len() as u64).map_err(|e| anyhow::anyhow!("{e}"))?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
+    // The key pass as the node does it for a file on disk: pieces hashed on every core.
+    let pieces: Vec<&[u8]> = data.chunks(KEY_PIECE).collect();
+    let mut digests = vec![[0u8; 32]; pieces.len()];
+    std::thread::scope(|s| {
+        for (t, out) in digests
+            .chunks_mut(pieces.len().div_ceil(threads).max(1))
+            .enumerate()
+        {
+            let first = t * pieces.len().div_ceil(threads).max(1);
+            let pieces = &pieces;
+            s.spawn(move || {
+                for (j, d) in out.iter_mut().enumerate() {
+                    *d = ConvergentKeyHasher::piece_digest(pieces[first + j]);
+                }
+            });
+        }
+    });
+    let mut h = ConvergentKeyHasher::new(&[7u8; 32], &params);
+    for (d, p) in digests.iter().zip(&pieces) {
+        h.add_piece(d, p.len());
+    }
+    let key = h.finalize();
+    let enc =
+        FileEncoder::new(key, params, data.len() as u64).map_err(|e| anyhow::anyhow!("{e}"))?;
     let n = enc.num_segments();
     let seg = params.segment_size as usize;
     let hashes = std::thread::scope(|s| {
@@ -246,7 +266,45 @@ struct Round {
     cpu_up: Vec<f64>,
     cpu_down: Vec<f64>,
     timings: serde_json::Value,
+    /// A file of the same size handed to node 0 over its local socket (`kith put`).
+    local: Local,
     ok: bool,
+}
+
+/// The `kith put` upload: time, peak RSS, CPU and phases.
+struct Local {
+    up: Duration,
+    peak_rss_kib: u64,
+    cpu: Vec<f64>,
+    timings: serde_json::Value,
+}
+
+/// Uploads a file through node 0's local socket, as `kith put FILE` does: the daemon reads
+/// the open file itself.
+async fn put_local(daemons: &[Daemon], file: &Path) -> anyhow::Result<Local> {
+    let up = &daemons[0];
+    let pids: Vec<u32> = daemons.iter().map(|d| d.child.id()).collect();
+    let cpu_before = cpu_now(&pids);
+    let (stop, sampler) = sample_rss(pids[0]);
+    let start = Instant::now();
+    let socket = kith_node::local::socket_path(&up.dir);
+    let token = up.token.clone();
+    let f = std::fs::File::open(file)?;
+    let answer = tokio::task::spawn_blocking(move || {
+        kith_node::local::put(&socket, &token, &f, "name=bench", |_, _| {})
+    })
+    .await??;
+    let up_time = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_rss_kib = sampler.await?;
+    let cpu = cpu_since(&pids, &cpu_before);
+    let v = answer.map_err(|(e, status)| anyhow::anyhow!("local upload failed ({status}): {e}"))?;
+    Ok(Local {
+        up: up_time,
+        peak_rss_kib,
+        cpu,
+        timings: v["timings"].clone(),
+    })
 }
 
 /// Samples a process's RSS every 5 ms until told to stop; returns the maximum (KiB).
@@ -308,8 +366,17 @@ async fn round(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak_rss_kib = sampler.await?;
     let cpu_up = cpu_since(&pids, &cpu_before);
-    let _ = std::fs::remove_file(&file);
     let cap = put["cap"].as_str().unwrap_or_default().to_owned();
+    // The same size again through the local socket, with other bytes (the same ones would be
+    // found already stored).
+    {
+        use rand::{RngCore, SeedableRng};
+        let mut other = vec![0u8; size as usize];
+        rand::rngs::StdRng::seed_from_u64(!size).fill_bytes(&mut other);
+        std::fs::write(&file, &other)?;
+    }
+    let local = put_local(daemons, &file).await?;
+    let _ = std::fs::remove_file(&file);
     let down = &daemons[1];
     let cpu_before = cpu_now(&pids);
     let start = Instant::now();
@@ -338,6 +405,7 @@ async fn round(
         cpu_up,
         cpu_down,
         timings: put["timings"].clone(),
+        local,
         ok: same && got as u64 == size,
     })
 }
@@ -525,6 +593,25 @@ async fn grid(
         println!(
             "| {name}: upload phases (ms) | receive+spool {} / key pass {} / placement {} / encode+send {} / close {} |",
             t["receive_ms"], t["key_ms"], t["placement_ms"], t["stream_ms"], t["close_ms"]
+        );
+        let l = &r.local;
+        println!(
+            "| {name}: upload (`kith put`: file handed over the local socket) | {:.1} MiB/s ({:.2} s), {:.0}% of encoder-only; RSS peak +{:.1} MiB |",
+            mib_s(r.size, l.up),
+            l.up.as_secs_f64(),
+            100.0 * r.enc.as_secs_f64() / l.up.as_secs_f64(),
+            l.peak_rss_kib.saturating_sub(idle_rss) as f64 / 1024.0
+        );
+        println!(
+            "| {name}: CPU during `kith put` | uploader {:.2} s, {} servers {:.2} s |",
+            l.cpu[0],
+            nodes - 1,
+            l.cpu[1..].iter().sum::<f64>(),
+        );
+        let t = &l.timings;
+        println!(
+            "| {name}: `kith put` phases (ms) | key pass {} / placement {} / encode+send {} / close {} |",
+            t["key_ms"], t["placement_ms"], t["stream_ms"], t["close_ms"]
         );
     }
     if let Some(small) = small {

@@ -8,6 +8,7 @@ mod audit;
 mod crash;
 mod gossip;
 mod grid;
+mod local;
 mod mutable;
 mod protocol;
 mod repair;
