@@ -34,11 +34,10 @@ use axum::{
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
 
 use crate::{
     client::{DownloadReport, PutOptions, parse_read_cap},
-    codec::ConvergentKeyHasher,
+    codec::{ConvergentKeyHasher, KEY_PIECE},
     config::StaticPeer,
     node::NodeHandle,
 };
@@ -589,6 +588,11 @@ async fn put(
 
 /// Bodies up to this size (by their Content-Length) are uploaded from memory, not spooled.
 const SMALL_BODY: u64 = 1 << 20;
+/// Pieces of a spooled body being written and hashed at once.
+const SPOOL_PIECES: usize = 4;
+
+/// A spooled piece being written and hashed: its key digest and length.
+type PieceTask = tokio::task::JoinHandle<std::io::Result<([u8; 32], usize)>>;
 
 async fn put_inner(
     st: &ApiState,
@@ -615,41 +619,93 @@ async fn put_inner(
     let mut mem: Vec<u8> = Vec::new();
     let spool_start = std::time::Instant::now();
     {
-        let mut f =
-            match &spool_path {
-                Some(p) => Some(tokio::fs::File::create(p).await.map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                })?),
-                None => None,
-            };
+        let internal =
+            |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        // A spooled body is cut into the key's pieces as it arrives; each piece is written at
+        // its offset and hashed on the blocking pool, several at once, so receiving, writing
+        // and hashing overlap and use every core. The digests are added in order.
+        let file = match &spool {
+            Some(s) => Some(Arc::new(s.as_file().try_clone().map_err(internal)?)),
+            None => None,
+        };
+        let mut pieces: futures::stream::FuturesOrdered<PieceTask> =
+            futures::stream::FuturesOrdered::new();
+        let mut piece: Vec<bytes::Bytes> = Vec::new();
+        let mut piece_len = 0usize;
+        let mut offset = 0u64;
+        let hash = hasher.is_some();
+        let spawn_piece = |parts: Vec<bytes::Bytes>, at: u64| {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<([u8; 32], usize)> {
+                use std::os::unix::fs::FileExt;
+                let mut pos = at;
+                for p in &parts {
+                    if let Some(f) = &file {
+                        f.write_all_at(p, pos)?;
+                    }
+                    pos += p.len() as u64;
+                }
+                let digest = if hash {
+                    ConvergentKeyHasher::piece_digest_of(parts.iter().map(|p| &p[..]))
+                } else {
+                    [0; 32]
+                };
+                Ok((digest, (pos - at) as usize))
+            })
+        };
+        let add = |h: &mut Option<ConvergentKeyHasher>,
+                   done: Result<std::io::Result<([u8; 32], usize)>, tokio::task::JoinError>|
+         -> Result<(), ApiError> {
+            let (digest, len) = done
+                .map_err(|e| internal(std::io::Error::other(e)))?
+                .map_err(internal)?;
+            if let Some(h) = h.as_mut() {
+                h.add_piece(&digest, len);
+            }
+            Ok(())
+        };
         let mut stream = body.into_data_stream();
         let mut received = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let mut chunk =
+                chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
             received += chunk.len() as u64;
             // Receiving is the first half of an upload, encoding and sending the second.
             st.node.op_progress(op, received / 2);
-            if let Some(h) = hasher.as_mut() {
-                h.update(&chunk);
-            }
-            match f.as_mut() {
-                Some(f) => f
-                    .write_all(&chunk)
-                    .await
-                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-                None if received <= SMALL_BODY => mem.extend_from_slice(&chunk),
-                None => {
+            if file.is_none() {
+                if received > SMALL_BODY {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "the body is longer than its Content-Length",
                     ));
                 }
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&chunk);
+                }
+                mem.extend_from_slice(&chunk);
+                continue;
+            }
+            while !chunk.is_empty() {
+                let take = chunk.len().min(KEY_PIECE - piece_len);
+                piece.push(chunk.split_to(take));
+                piece_len += take;
+                if piece_len == KEY_PIECE {
+                    pieces.push_back(spawn_piece(std::mem::take(&mut piece), offset));
+                    offset += piece_len as u64;
+                    piece_len = 0;
+                }
+            }
+            while pieces.len() >= SPOOL_PIECES {
+                if let Some(done) = pieces.next().await {
+                    add(&mut hasher, done)?;
+                }
             }
         }
-        if let Some(f) = f.as_mut() {
-            f.flush()
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if piece_len > 0 {
+            pieces.push_back(spawn_piece(piece, offset));
+        }
+        while let Some(done) = pieces.next().await {
+            add(&mut hasher, done)?;
         }
     }
     let body_len = match &spool_path {

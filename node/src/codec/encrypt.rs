@@ -112,8 +112,15 @@ impl ConvergentKeyHasher {
     /// shorter last piece), to hash pieces in parallel and add them in order with
     /// [`add_piece`](Self::add_piece).
     pub fn piece_digest(piece: &[u8]) -> [u8; 32] {
+        Self::piece_digest_of([piece])
+    }
+
+    /// [`piece_digest`](Self::piece_digest) of a piece given in parts.
+    pub fn piece_digest_of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
         let mut h = TaggedHasher::new(KEY_PIECE_TAG);
-        h.update(piece);
+        for p in parts {
+            h.update(p);
+        }
         h.finalize()
     }
 
