@@ -1,5 +1,6 @@
 //! `bench grid`: start N real kith daemons on loopback (child processes); for each file size
-//! upload a random file through node 0's local API and download it through node 1's; then
+//! upload a random file through node 0's local API and download it through node 1's, then
+//! hand another file of the same size to node 0 over its local socket as `kith put` does; then
 //! upload many small files; and print in one table: encoder-only throughput (the same file
 //! encoded in-process on every core), end-to-end upload and download MiB/s, their ratio to the
 //! encoder, the uploading node's idle RSS and its peak above idle during each upload (sampled
@@ -367,16 +368,6 @@ async fn round(
     let peak_rss_kib = sampler.await?;
     let cpu_up = cpu_since(&pids, &cpu_before);
     let cap = put["cap"].as_str().unwrap_or_default().to_owned();
-    // The same size again through the local socket, with other bytes (the same ones would be
-    // found already stored).
-    {
-        use rand::{RngCore, SeedableRng};
-        let mut other = vec![0u8; size as usize];
-        rand::rngs::StdRng::seed_from_u64(!size).fill_bytes(&mut other);
-        std::fs::write(&file, &other)?;
-    }
-    let local = put_local(daemons, &file).await?;
-    let _ = std::fs::remove_file(&file);
     let down = &daemons[1];
     let cpu_before = cpu_now(&pids);
     let start = Instant::now();
@@ -396,6 +387,17 @@ async fn round(
     }
     let down_time = start.elapsed();
     let cpu_down = cpu_since(&pids, &cpu_before);
+    // The same size again through the local socket, with other bytes (the same ones would be
+    // found already stored), after the download so that it measures what it did before.
+    {
+        use rand::{RngCore, SeedableRng};
+        let mut other = vec![0u8; size as usize];
+        rand::rngs::StdRng::seed_from_u64(!size).fill_bytes(&mut other);
+        std::fs::write(&file, &other)?;
+    }
+    let local = put_local(daemons, &file).await;
+    let _ = std::fs::remove_file(&file);
+    let local = local?;
     Ok(Round {
         size,
         enc,
