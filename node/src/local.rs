@@ -246,12 +246,15 @@ async fn upload(
     let mut guard = Guard(node.clone(), op, Some("the upload was interrupted".into()));
     // Progress lines from the operation's counter, a few times a second. A client that went
     // away (Ctrl-C on `kith put`) fails the write and cancels the upload, as on HTTP.
+    // The ticker stops as soon as the upload ends (its channel closes), not at its next tick.
     let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let ticker = {
         let node = node.clone();
         tokio::task::spawn_blocking(move || {
-            loop {
-                std::thread::sleep(Duration::from_millis(250));
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                done_rx.recv_timeout(Duration::from_millis(250))
+            {
                 let Some(o) = node.operations().into_iter().find(|o| o.id == op) else {
                     return;
                 };
@@ -288,6 +291,7 @@ async fn upload(
     };
     guard.2 = res.as_ref().err().map(|e| e.error().to_owned());
     drop(guard);
+    drop(done_tx);
     let _ = ticker.await;
     res
 }
