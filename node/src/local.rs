@@ -48,7 +48,8 @@ pub struct PutRequest {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Answer {
-    /// Bytes read so far (the key pass counts as the first half).
+    /// Progress in bytes: half of the file once the key pass is over, the rest as segments
+    /// are sent.
     Progress {
         /// Done.
         done: u64,
@@ -157,8 +158,14 @@ pub(crate) fn listen_with(
     }
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "local socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let st = st.clone();
             tokio::spawn(async move {

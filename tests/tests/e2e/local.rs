@@ -195,5 +195,56 @@ async fn kith_put_hands_the_open_file_over_the_local_socket() {
         got == std::fs::read(&cpath).unwrap(),
         "settled file differs"
     );
+
+    // A client that goes away mid-upload (Ctrl-C on `kith put`) cancels it: the next progress
+    // line fails to go out and the operation ends with that error, no share closed.
+    let before = share_count(&grid).await;
+    let big = tmp.path().join("big.bin");
+    std::fs::write(&big, random_bytes(96 << 20, 13)).unwrap();
+    let s = socket.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsFd;
+
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+        let f = std::fs::File::open(&big).unwrap();
+        let sock = UnixStream::connect(&s).unwrap();
+        let body = br#"{"token":"s3cret","query":"name=abandoned"}"#;
+        let mut msg = (body.len() as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(body);
+        let fds = [f.as_fd()];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        let sent = sendmsg(
+            &sock,
+            &[std::io::IoSlice::new(&msg)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(sent, msg.len());
+        // Gone as soon as the daemon says it has started.
+        let mut line = String::new();
+        std::io::BufReader::new(&sock).read_line(&mut line).unwrap();
+        assert!(line.contains("\"done\""), "{line}");
+    })
+    .await
+    .unwrap();
+    let node = grid.node(0);
+    let ended = || {
+        node.operations()
+            .into_iter()
+            .find(|o| o.name == "abandoned" && o.finished)
+    };
+    kith_tests::until(
+        "the abandoned upload ends",
+        std::time::Duration::from_secs(60),
+        async || ended().is_some(),
+    )
+    .await;
+    let op = ended().unwrap();
+    assert_eq!(op.error.as_deref(), Some("the client went away"), "{op:?}");
+    assert!(op.done < 96 << 20, "{op:?}");
+    assert_eq!(share_count(&grid).await, before, "no share was kept");
     task.abort();
 }
