@@ -867,6 +867,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let mut query = vec![];
+            // The file's name for the daemon's operations list (the panel shows it).
+            if let Some(name) = file.file_name().filter(|_| file.as_os_str() != "-") {
+                query.push(format!("name={}", urlencode(&name.to_string_lossy())));
+            }
             if random_key {
                 query.push("random_key=true".to_owned());
             }

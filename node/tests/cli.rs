@@ -107,6 +107,26 @@ fn raw_get(dir: &Path, cap: &str) -> (usize, usize, bool) {
     (declared, got, clean && got == declared)
 }
 
+/// GETs an API path as JSON with a bare HTTP/1.1 client.
+fn api_json(dir: &Path, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let node = kith_node::nodedir::NodeDir::new(dir.to_owned());
+    let api: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node.api_file()).unwrap()).unwrap();
+    let addr = api["url"].as_str().unwrap().trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "GET /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        node.api_token().unwrap()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    serde_json::from_slice(&raw[split..]).unwrap()
+}
+
 /// Waits for a file the daemon writes once its API is up (deadline, no fixed sleep).
 fn wait_for(path: &Path) {
     let end = Instant::now() + Duration::from_secs(30);
@@ -252,6 +272,15 @@ fn two_nodes_put_and_get_through_the_cli() {
     // `kith put FILE` hands the open file to the daemon over its local socket (0600): nothing
     // was received or spooled. The same bytes sent over HTTP (stdin) get the same cap.
     assert!(again["timings"]["receive_ms"].is_null(), "{again}");
+    // The daemon's operations list (the panel's) names the file.
+    let ops = api_json(&b, "/operations");
+    assert!(
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "photo.jpg" && o["finished"] == true && o["error"].is_null()),
+        "{ops}"
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(b.join("private/api.sock"))
