@@ -65,6 +65,11 @@ impl ApiError {
         }
     }
 
+    /// A 500 with what the OS said.
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+
     /// The message.
     pub(crate) fn error(&self) -> &str {
         &self.error
@@ -91,22 +96,7 @@ impl IntoResponse for ApiError {
 
 /// Builds the router. `stop` receives a message when a client asks the daemon to stop.
 pub fn router(node: NodeHandle, token: String, stop: tokio::sync::mpsc::Sender<()>) -> Router {
-    router_with(state(node, token, stop))
-}
-
-pub(crate) fn state(
-    node: NodeHandle,
-    token: String,
-    stop: tokio::sync::mpsc::Sender<()>,
-) -> ApiState {
-    ApiState {
-        node,
-        token: Arc::new(token),
-        shutdown: stop,
-    }
-}
-
-pub(crate) fn router_with(state: ApiState) -> Router {
+    let state = state(node, token, stop);
     let api = Router::new()
         .route("/status", get(status))
         .route("/id", get(id))
@@ -144,6 +134,19 @@ pub(crate) fn router_with(state: ApiState) -> Router {
         .nest("/api/v1", api)
         .layer(middleware::from_fn(loopback_host))
         .with_state(state)
+}
+
+/// The state the API's handlers share.
+pub(crate) fn state(
+    node: NodeHandle,
+    token: String,
+    stop: tokio::sync::mpsc::Sender<()>,
+) -> ApiState {
+    ApiState {
+        node,
+        token: Arc::new(token),
+        shutdown: stop,
+    }
 }
 
 /// Serves the router on `listener` until `stop` resolves.
@@ -569,21 +572,34 @@ async fn put(
     let op = st
         .node
         .op_start("upload", q.name.as_deref().unwrap_or("upload"), total);
-    // Finishes the operation even when the client goes away and this future is dropped.
-    struct Guard(NodeHandle, u64, Option<String>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.op_finish(self.1, self.2.take());
+    let mut guard = OpGuard::new(&st.node, op);
+    let res = put_inner(&st, q, body, op, total).await;
+    guard.error = res.as_ref().err().map(|e| e.error.clone());
+    res
+}
+
+/// Finishes an upload's operation when dropped, also when the client goes away and the
+/// future is dropped mid-way: with `error` (set it to `None` on success).
+pub(crate) struct OpGuard {
+    node: NodeHandle,
+    op: u64,
+    pub(crate) error: Option<String>,
+}
+
+impl OpGuard {
+    pub(crate) fn new(node: &NodeHandle, op: u64) -> OpGuard {
+        OpGuard {
+            node: node.clone(),
+            op,
+            error: Some("the upload was interrupted".into()),
         }
     }
-    let mut guard = Guard(
-        st.node.clone(),
-        op,
-        Some("the upload was interrupted".into()),
-    );
-    let res = put_inner(&st, q, body, op, total).await;
-    guard.2 = res.as_ref().err().map(|e| e.error.clone());
-    res
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        self.node.op_finish(self.op, self.error.take());
+    }
 }
 
 /// Bodies up to this size (by their Content-Length) are uploaded from memory, not spooled.
@@ -618,31 +634,29 @@ async fn put_inner(
     let spool_path = spool.as_ref().map(|s| s.path().to_owned());
     let mut mem: Vec<u8> = Vec::new();
     let spool_start = std::time::Instant::now();
+    let mut received = 0u64;
     {
-        let internal =
-            |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         // A spooled body is cut into the key's pieces as it arrives; each piece is written at
         // its offset and hashed on the blocking pool, several at once, so receiving, writing
         // and hashing overlap and use every core. The digests are added in order.
         let file = match &spool {
-            Some(s) => Some(Arc::new(s.as_file().try_clone().map_err(internal)?)),
+            Some(s) => Some(Arc::new(
+                s.as_file().try_clone().map_err(ApiError::internal)?,
+            )),
             None => None,
         };
         let mut pieces: futures::stream::FuturesOrdered<PieceTask> =
             futures::stream::FuturesOrdered::new();
         let mut piece: Vec<bytes::Bytes> = Vec::new();
         let mut piece_len = 0usize;
-        let mut offset = 0u64;
         let hash = hasher.is_some();
-        let spawn_piece = |parts: Vec<bytes::Bytes>, at: u64| {
+        let spawn_piece = |file: &Arc<std::fs::File>, parts: Vec<bytes::Bytes>, at: u64| {
             let file = file.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<([u8; 32], usize)> {
                 use std::os::unix::fs::FileExt;
                 let mut pos = at;
                 for p in &parts {
-                    if let Some(f) = &file {
-                        f.write_all_at(p, pos)?;
-                    }
+                    file.write_all_at(p, pos)?;
                     pos += p.len() as u64;
                 }
                 let digest = if hash {
@@ -657,22 +671,21 @@ async fn put_inner(
                    done: Result<std::io::Result<([u8; 32], usize)>, tokio::task::JoinError>|
          -> Result<(), ApiError> {
             let (digest, len) = done
-                .map_err(|e| internal(std::io::Error::other(e)))?
-                .map_err(internal)?;
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
             if let Some(h) = h.as_mut() {
                 h.add_piece(&digest, len);
             }
             Ok(())
         };
         let mut stream = body.into_data_stream();
-        let mut received = 0u64;
         while let Some(chunk) = stream.next().await {
             let mut chunk =
                 chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
             received += chunk.len() as u64;
             // Receiving is the first half of an upload, encoding and sending the second.
             st.node.op_progress(op, received / 2);
-            if file.is_none() {
+            let Some(file) = &file else {
                 if received > SMALL_BODY {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
@@ -684,14 +697,14 @@ async fn put_inner(
                 }
                 mem.extend_from_slice(&chunk);
                 continue;
-            }
+            };
             while !chunk.is_empty() {
                 let take = chunk.len().min(KEY_PIECE - piece_len);
                 piece.push(chunk.split_to(take));
                 piece_len += take;
                 if piece_len == KEY_PIECE {
-                    pieces.push_back(spawn_piece(std::mem::take(&mut piece), offset));
-                    offset += piece_len as u64;
+                    let at = received - chunk.len() as u64 - KEY_PIECE as u64;
+                    pieces.push_back(spawn_piece(file, std::mem::take(&mut piece), at));
                     piece_len = 0;
                 }
             }
@@ -701,17 +714,17 @@ async fn put_inner(
                 }
             }
         }
-        if piece_len > 0 {
-            pieces.push_back(spawn_piece(piece, offset));
+        if let Some(file) = &file
+            && piece_len > 0
+        {
+            pieces.push_back(spawn_piece(file, piece, received - piece_len as u64));
         }
         while let Some(done) = pieces.next().await {
             add(&mut hasher, done)?;
         }
     }
-    let body_len = match &spool_path {
-        Some(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
-        None => mem.len() as u64,
-    };
+    // Every byte received is in `mem` or written to the spool.
+    let body_len = received;
     let spool_ms = spool_start.elapsed().as_millis() as u64;
     let opts = PutOptions {
         params,
@@ -756,8 +769,6 @@ pub(crate) async fn store_put(
     opts: &PutOptions,
     op: u64,
 ) -> Result<serde_json::Value, ApiError> {
-    let internal =
-        |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let target = match q.path.as_deref().filter(|p| !p.is_empty()) {
         Some(p) => {
             Some(crate::fs::parse_target(st.node.database(), p).map_err(crate::api_fs::fs_err)?)
@@ -781,9 +792,11 @@ pub(crate) async fn store_put(
             ));
         }
         let content = match source {
-            crate::client::Source::File(p) => tokio::fs::read(p).await.map_err(internal)?,
+            crate::client::Source::File(p) => {
+                tokio::fs::read(p).await.map_err(ApiError::internal)?
+            }
             crate::client::Source::Open(f) => {
-                crate::client::read_exact_at(f, 0, size as usize).map_err(internal)?
+                crate::client::read_exact_at(f, 0, size as usize).map_err(ApiError::internal)?
             }
             crate::client::Source::Bytes(b) => b.to_vec(),
         };

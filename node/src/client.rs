@@ -1,9 +1,9 @@
 //! Uploader and downloader: the storage client side of a node.
 //!
 //! **Upload** ([`upload`], [`upload_from`]): derive the key (convergent: one hashing pass over
-//! the file, done while the local API receives it, or over a file `kith put` handed over the
-//! local socket, see [`Source::Open`]; or a random key), list which servers already hold shares, plan placement over the permuted ring
-//! with servers of happiness (`placement`), allocate, then stream: segments are read in order,
+//! the file, done while the local API receives it, or on every core over a file `kith put`
+//! handed over the local socket, see [`Source::Open`]; or a random key), list which servers
+//! already hold shares, plan placement over the permuted ring with servers of happiness (`placement`), allocate, then stream: segments are read in order,
 //! encrypted and erasure-coded on the blocking pool (several at once, so both cores work), and
 //! each block is queued to its server's writer task, which keeps a few writes in flight. Every
 //! queue is bounded, so memory stays at a few segments whatever the file size. Finally each
@@ -254,9 +254,12 @@ struct FileStamp([i64; 7]);
 
 impl FileStamp {
     fn of(f: &std::fs::File) -> std::io::Result<FileStamp> {
+        Ok(FileStamp::from_metadata(&f.metadata()?))
+    }
+
+    fn from_metadata(m: &std::fs::Metadata) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
-        let m = f.metadata()?;
-        Ok(FileStamp([
+        FileStamp([
             m.len() as i64,
             m.dev() as i64,
             m.ino() as i64,
@@ -264,7 +267,7 @@ impl FileStamp {
             m.mtime_nsec(),
             m.ctime(),
             m.ctime_nsec(),
-        ]))
+        ])
     }
 }
 
@@ -315,61 +318,75 @@ impl SourceReader<'_> {
 /// once stay small whatever the file's size).
 const KEY_BATCH: usize = 64;
 
-/// The convergent key of the first `size` bytes of `f`: positional reads, the pieces hashed on
-/// every core (at most 8), in rounds of [`KEY_BATCH`] pieces.
+/// The convergent key of `size` bytes that `read(offset, buf)` fills piece by piece: the
+/// pieces are hashed on every core (at most 8), in rounds of [`KEY_BATCH`] pieces, and added
+/// in order. Blocking.
+pub fn convergent_key_by_pieces(
+    secret: &[u8; 32],
+    params: &EncodingParams,
+    size: u64,
+    read: impl Fn(u64, &mut [u8]) -> std::io::Result<()> + Sync,
+) -> std::io::Result<Key> {
+    let piece = codec::KEY_PIECE as u64;
+    let pieces = size.div_ceil(piece);
+    let piece_len = |i: u64| (size - i * piece).min(piece) as usize;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let mut bufs: Vec<Vec<u8>> = (0..threads).map(|_| vec![0u8; codec::KEY_PIECE]).collect();
+    let mut h = ConvergentKeyHasher::new(secret, params);
+    let read = &read;
+    let mut first = 0u64;
+    while first < pieces {
+        let end = (first + KEY_BATCH as u64).min(pieces);
+        let mut batch = vec![[0u8; 32]; (end - first) as usize];
+        // Each thread takes a run of consecutive pieces.
+        let per = batch.len().div_ceil(threads);
+        std::thread::scope(|sc| -> std::io::Result<()> {
+            let handles: Vec<_> = batch
+                .chunks_mut(per)
+                .zip(bufs.iter_mut())
+                .enumerate()
+                .map(|(t, (out, buf))| {
+                    let start = first + (t * per) as u64;
+                    sc.spawn(move || -> std::io::Result<()> {
+                        for (j, digest) in out.iter_mut().enumerate() {
+                            let i = start + j as u64;
+                            let b = &mut buf[..piece_len(i)];
+                            read(i * piece, b)?;
+                            *digest = ConvergentKeyHasher::piece_digest(b);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for j in handles {
+                j.join()
+                    .map_err(|_| std::io::Error::other("a key-pass thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        for (j, digest) in batch.iter().enumerate() {
+            h.add_piece(digest, piece_len(first + j as u64));
+        }
+        first = end;
+    }
+    Ok(h.finalize())
+}
+
+/// The convergent key of the first `size` bytes of `f` ([`convergent_key_by_pieces`] with
+/// positional reads, on the blocking pool).
 async fn convergent_key_of(
     f: std::fs::File,
     size: u64,
     secret: [u8; 32],
     params: EncodingParams,
 ) -> Result<Key, UploadError> {
-    tokio::task::spawn_blocking(move || -> std::io::Result<Key> {
+    tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
-        let piece = codec::KEY_PIECE as u64;
-        let pieces = size.div_ceil(piece);
-        let piece_len = |i: u64| (size - i * piece).min(piece) as usize;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8);
-        let mut bufs: Vec<Vec<u8>> = (0..threads).map(|_| vec![0u8; codec::KEY_PIECE]).collect();
-        let mut h = ConvergentKeyHasher::new(&secret, &params);
-        let mut first = 0u64;
-        while first < pieces {
-            let end = (first + KEY_BATCH as u64).min(pieces);
-            let mut batch = vec![[0u8; 32]; (end - first) as usize];
-            // Each thread takes a run of consecutive pieces.
-            let per = batch.len().div_ceil(threads);
-            let f = &f;
-            std::thread::scope(|sc| -> std::io::Result<()> {
-                let handles: Vec<_> = batch
-                    .chunks_mut(per)
-                    .zip(bufs.iter_mut())
-                    .enumerate()
-                    .map(|(t, (out, buf))| {
-                        let start = first + (t * per) as u64;
-                        sc.spawn(move || -> std::io::Result<()> {
-                            for (j, digest) in out.iter_mut().enumerate() {
-                                let i = start + j as u64;
-                                let b = &mut buf[..piece_len(i)];
-                                f.read_exact_at(b, i * piece)?;
-                                *digest = ConvergentKeyHasher::piece_digest(b);
-                            }
-                            Ok(())
-                        })
-                    })
-                    .collect();
-                for j in handles {
-                    j.join()
-                        .map_err(|_| std::io::Error::other("a key-pass thread panicked"))??;
-                }
-                Ok(())
-            })?;
-            for (j, digest) in batch.iter().enumerate() {
-                h.add_piece(digest, piece_len(first + j as u64));
-            }
-            first = end;
-        }
-        Ok(h.finalize())
+        convergent_key_by_pieces(&secret, &params, size, |offset, buf| {
+            f.read_exact_at(buf, offset)
+        })
     })
     .await
     .map_err(|e| UploadError::Encode(e.to_string()))?
@@ -393,22 +410,19 @@ pub async fn upload_from(
     opts: &PutOptions,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<PutResult, UploadError> {
-    let size = match source {
-        Source::File(path) => tokio::fs::metadata(path).await?.len(),
+    let (size, stamp) = match source {
+        Source::File(path) => (tokio::fs::metadata(path).await?.len(), None),
         Source::Open(f) => {
-            if !f.metadata()?.is_file() {
+            let m = f.metadata()?;
+            if !m.is_file() {
                 return Err(UploadError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     "not a regular file",
                 )));
             }
-            f.metadata()?.len()
+            (m.len(), Some(FileStamp::from_metadata(&m)))
         }
-        Source::Bytes(b) => b.len() as u64,
-    };
-    let stamp = match source {
-        Source::Open(f) => Some(FileStamp::of(f)?),
-        _ => None,
+        Source::Bytes(b) => (b.len() as u64, None),
     };
     let unchanged = || -> Result<(), UploadError> {
         match (source, stamp) {

@@ -68,16 +68,15 @@ pub async fn run(dir: NodeDir, opts: RunOptions) -> Result<(), DaemonError> {
     let api_addr = listener.local_addr()?;
     let token = dir.api_token()?;
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(4);
-    let state = api::state(handle.clone(), token.clone(), stop_tx);
+    let router = api::router(handle.clone(), token.clone(), stop_tx);
     let socket = crate::local::socket_path(&dir);
-    let local_task = match crate::local::listen_with(&socket, state.clone()) {
+    let local_task = match crate::local::listen(&socket, handle.clone(), token.clone()) {
         Ok(t) => Some(t),
         Err(e) => {
             tracing::warn!(error = %e, "no local socket ({}): `kith put` will send files over HTTP", socket.display());
             None
         }
     };
-    let router = api::router_with(state);
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(api::serve(listener, router, async move {
         let _ = api_stop_rx.await;

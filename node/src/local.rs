@@ -143,13 +143,6 @@ pub fn listen(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     // The API's shutdown endpoint is not reachable from here: nothing listens on this sender.
     let st = crate::api::state(node, token, tokio::sync::mpsc::channel(1).0);
-    listen_with(path, st)
-}
-
-pub(crate) fn listen_with(
-    path: &Path,
-    st: ApiState,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
     {
@@ -202,7 +195,6 @@ async fn serve(stream: tokio::net::UnixStream, st: ApiState) -> std::io::Result<
                 }
             } else {
                 let out = std_stream.try_clone()?;
-                out.set_nonblocking(false)?;
                 match upload(&st, &req.query, std::fs::File::from(fd), out).await {
                     Ok(v) => Answer::Ok { ok: v },
                     Err(e) => Answer::Error {
@@ -233,9 +225,7 @@ async fn upload(
         .map_err(|e: axum::http::uri::InvalidUri| bad(e.to_string()))?;
     let axum::extract::Query(q) =
         axum::extract::Query::<PutQuery>::try_from_uri(&uri).map_err(|e| bad(e.body_text()))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let meta = file.metadata().map_err(ApiError::internal)?;
     if !meta.is_file() {
         return Err(bad("not a regular file".into()));
     }
@@ -243,14 +233,7 @@ async fn upload(
     let (params, convergent) = crate::api::put_params(st, &q)?;
     let node = st.node.clone();
     let op = node.op_start("upload", q.name.as_deref().unwrap_or("upload"), Some(total));
-    // Finishes the operation even when the client goes away and this future is dropped.
-    struct Guard(crate::node::NodeHandle, u64, Option<String>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.op_finish(self.1, self.2.take());
-        }
-    }
-    let mut guard = Guard(node.clone(), op, Some("the upload was interrupted".into()));
+    let mut guard = crate::api::OpGuard::new(&node, op);
     // Progress lines from the operation's counter, a few times a second. A client that went
     // away (Ctrl-C on `kith put`) fails the write and cancels the upload, as on HTTP.
     // The ticker stops as soon as the upload ends (its channel closes), not at its next tick.
@@ -265,9 +248,6 @@ async fn upload(
                 let Some(o) = node.operations().into_iter().find(|o| o.id == op) else {
                     return;
                 };
-                if o.finished {
-                    return;
-                }
                 let mut line = serde_json::to_vec(&Answer::Progress {
                     done: o.done,
                     total,
@@ -296,7 +276,7 @@ async fn upload(
         r = crate::api::store_put(st, &q, crate::client::Source::Open(&file), total, &opts, op) => r,
         () = gone => Err(ApiError::new(StatusCode::BAD_REQUEST, "the client went away")),
     };
-    guard.2 = res.as_ref().err().map(|e| e.error().to_owned());
+    guard.error = res.as_ref().err().map(|e| e.error().to_owned());
     drop(guard);
     drop(done_tx);
     let _ = ticker.await;
@@ -314,31 +294,15 @@ pub fn put(
     query: &str,
     mut progress: impl FnMut(u64, u64),
 ) -> std::io::Result<Result<serde_json::Value, (String, u16)>> {
-    use std::os::fd::AsFd;
-
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
     let sock = UnixStream::connect(socket)?;
-    let body = serde_json::to_vec(&PutRequest {
-        token: token.to_owned(),
-        query: query.to_owned(),
-    })
-    .map_err(std::io::Error::other)?;
-    let mut msg = (body.len() as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    let fds = [file.as_fd()];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(std::io::Error::other("no room for the descriptor"));
-    }
-    let sent = sendmsg(
+    send_request(
         &sock,
-        &[std::io::IoSlice::new(&msg)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )
-    .map_err(std::io::Error::from)?;
-    (&sock).write_all(&msg[sent..])?;
+        &PutRequest {
+            token: token.to_owned(),
+            query: query.to_owned(),
+        },
+        file,
+    )?;
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(&sock));
     loop {
         let Some(line) = lines.next() else {
@@ -354,4 +318,33 @@ pub fn put(
             Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         }
     }
+}
+
+/// Sends a request with `file`'s descriptor attached (the first half of [`put`]).
+pub fn send_request(
+    sock: &UnixStream,
+    req: &PutRequest,
+    file: &std::fs::File,
+) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    let body = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    let mut msg = (body.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    let fds = [file.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("no room for the descriptor"));
+    }
+    let sent = sendmsg(
+        sock,
+        &[std::io::IoSlice::new(&msg)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut sock = sock;
+    sock.write_all(&msg[sent..])
 }

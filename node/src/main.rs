@@ -1496,17 +1496,18 @@ impl Api {
     }
 
     /// Uploads an open file over the daemon's local socket (no bytes cross a socket, nothing
-    /// is spooled). `Ok(None)`: no socket to use, upload over HTTP instead.
+    /// is spooled). `Ok(None)`: no socket to use, or not a regular file: upload over HTTP.
     async fn put_local(
         &self,
         file: std::fs::File,
         query: &str,
         show_progress: bool,
     ) -> anyhow::Result<Option<serde_json::Value>> {
-        if !self.socket.exists() {
+        let meta = file.metadata()?;
+        if !self.socket.exists() || !meta.is_file() {
             return Ok(None);
         }
-        let len = file.metadata()?.len();
+        let len = meta.len();
         let bar = if show_progress {
             progress_bar(len)
         } else {
@@ -1623,9 +1624,7 @@ impl Api {
         } else {
             let f = std::fs::File::open(file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
-            if f.metadata()?.is_file()
-                && let Some(v) = self.put_local(f.try_clone()?, query, true).await?
-            {
+            if let Some(v) = self.put_local(f.try_clone()?, query, true).await? {
                 return Ok(v);
             }
             let f = tokio::fs::File::from_std(f);
@@ -1682,9 +1681,7 @@ impl Api {
     async fn put_file_quiet(&self, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
         let f =
             std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-        if f.metadata()?.is_file()
-            && let Some(v) = self.put_local(f.try_clone()?, "", false).await?
-        {
+        if let Some(v) = self.put_local(f.try_clone()?, "", false).await? {
             return Ok(v);
         }
         let f = tokio::fs::File::from_std(f);

@@ -73,9 +73,9 @@ fn share_files(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// GETs a cap from the node's API with a bare HTTP/1.1 client: (Content-Length, body bytes
-/// received, whether the connection ended cleanly after them).
-fn raw_get(dir: &Path, cap: &str) -> (usize, usize, bool) {
+/// GETs an API path with a bare HTTP/1.1 client: the raw response and whether the
+/// connection ended cleanly.
+fn raw_api_get(dir: &Path, path: &str) -> (Vec<u8>, bool) {
     use std::io::{Read, Write};
     let node = kith_node::nodedir::NodeDir::new(dir.to_owned());
     let api: serde_json::Value =
@@ -87,13 +87,25 @@ fn raw_get(dir: &Path, cap: &str) -> (usize, usize, bool) {
         .unwrap();
     write!(
         conn,
-        "GET /api/v1/files/{cap} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        "GET /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         node.api_token().unwrap()
     )
     .unwrap();
     let mut raw = Vec::new();
     let clean = conn.read_to_end(&mut raw).is_ok();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (raw, clean)
+}
+
+/// Where a raw response's body starts.
+fn body_start(raw: &[u8]) -> usize {
+    raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4
+}
+
+/// GETs a cap from the node's API with a bare HTTP/1.1 client: (Content-Length, body bytes
+/// received, whether the connection ended cleanly after them).
+fn raw_get(dir: &Path, cap: &str) -> (usize, usize, bool) {
+    let (raw, clean) = raw_api_get(dir, &format!("/files/{cap}"));
+    let split = body_start(&raw);
     let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     let declared = head
@@ -107,24 +119,10 @@ fn raw_get(dir: &Path, cap: &str) -> (usize, usize, bool) {
     (declared, got, clean && got == declared)
 }
 
-/// GETs an API path as JSON with a bare HTTP/1.1 client.
+/// GETs an API path as JSON.
 fn api_json(dir: &Path, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let node = kith_node::nodedir::NodeDir::new(dir.to_owned());
-    let api: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(node.api_file()).unwrap()).unwrap();
-    let addr = api["url"].as_str().unwrap().trim_start_matches("http://");
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        conn,
-        "GET /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        node.api_token().unwrap()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    serde_json::from_slice(&raw[split..]).unwrap()
+    let (raw, _) = raw_api_get(dir, path);
+    serde_json::from_slice(&raw[body_start(&raw)..]).unwrap()
 }
 
 /// Waits for a file the daemon writes once its API is up (deadline, no fixed sleep).

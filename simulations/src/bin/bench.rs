@@ -162,33 +162,22 @@ fn cpu_since(pids: &[u32], before: &[f64]) -> Vec<f64> {
 
 /// Encodes `data` in-process: convergent key pass, then every segment on all cores.
 fn encoder_only(data: &[u8], params: EncodingParams) -> anyhow::Result<Duration> {
-    use kith_node::codec::{ConvergentKeyHasher, KEY_PIECE};
     let start = Instant::now();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    // The key pass as the node does it for a file on disk: pieces hashed on every core.
-    let pieces: Vec<&[u8]> = data.chunks(KEY_PIECE).collect();
-    let mut digests = vec![[0u8; 32]; pieces.len()];
-    std::thread::scope(|s| {
-        for (t, out) in digests
-            .chunks_mut(pieces.len().div_ceil(threads).max(1))
-            .enumerate()
-        {
-            let first = t * pieces.len().div_ceil(threads).max(1);
-            let pieces = &pieces;
-            s.spawn(move || {
-                for (j, d) in out.iter_mut().enumerate() {
-                    *d = ConvergentKeyHasher::piece_digest(pieces[first + j]);
-                }
-            });
-        }
-    });
-    let mut h = ConvergentKeyHasher::new(&[7u8; 32], &params);
-    for (d, p) in digests.iter().zip(&pieces) {
-        h.add_piece(d, p.len());
-    }
-    let key = h.finalize();
+    // The key pass as the node does it for a file on disk: pieces copied out and hashed on
+    // every core.
+    let key = kith_node::client::convergent_key_by_pieces(
+        &[7u8; 32],
+        &params,
+        data.len() as u64,
+        |offset, buf| {
+            let at = offset as usize;
+            buf.copy_from_slice(&data[at..at + buf.len()]);
+            Ok(())
+        },
+    )?;
     let enc =
         FileEncoder::new(key, params, data.len() as u64).map_err(|e| anyhow::anyhow!("{e}"))?;
     let n = enc.num_segments();

@@ -93,25 +93,18 @@ async fn kith_put_hands_the_open_file_over_the_local_socket() {
 
     // Refusals: a wrong token, a descriptor that is not a regular file, a request without a
     // descriptor, an oversized request. Each is a clear answer, and the socket keeps serving.
-    let (s, p) = (socket.clone(), path.clone());
-    let wrong = tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::open(&p).unwrap();
-        local::put(&s, "guess", &f, "", |_, _| {})
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let (msg, status) = wrong.unwrap_err();
+    let refused = |token: &'static str, what: std::path::PathBuf| {
+        let s = socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&what).unwrap();
+            local::put(&s, token, &f, "", |_, _| {})
+                .unwrap()
+                .unwrap_err()
+        })
+    };
+    let (msg, status) = refused("guess", path.clone()).await.unwrap();
     assert_eq!(status, 401, "{msg}");
-    let (s, d) = (socket.clone(), tmp.path().to_owned());
-    let dir = tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::open(&d).unwrap();
-        local::put(&s, "s3cret", &f, "", |_, _| {})
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let (msg, status) = dir.unwrap_err();
+    let (msg, status) = refused("s3cret", tmp.path().to_owned()).await.unwrap();
     assert!(status == 400 && msg.contains("not a regular file"), "{msg}");
     let s = socket.clone();
     let (no_fd, too_long) = tokio::task::spawn_blocking(move || {
@@ -203,26 +196,13 @@ async fn kith_put_hands_the_open_file_over_the_local_socket() {
     std::fs::write(&big, random_bytes(96 << 20, 13)).unwrap();
     let s = socket.clone();
     tokio::task::spawn_blocking(move || {
-        use std::os::fd::AsFd;
-
-        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
         let f = std::fs::File::open(&big).unwrap();
         let sock = UnixStream::connect(&s).unwrap();
-        let body = br#"{"token":"s3cret","query":"name=abandoned"}"#;
-        let mut msg = (body.len() as u32).to_be_bytes().to_vec();
-        msg.extend_from_slice(body);
-        let fds = [f.as_fd()];
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-        let sent = sendmsg(
-            &sock,
-            &[std::io::IoSlice::new(&msg)],
-            &mut control,
-            SendFlags::empty(),
-        )
-        .unwrap();
-        assert_eq!(sent, msg.len());
+        let req = local::PutRequest {
+            token: "s3cret".into(),
+            query: "name=abandoned".into(),
+        };
+        local::send_request(&sock, &req, &f).unwrap();
         // Gone as soon as the daemon says it has started.
         let mut line = String::new();
         std::io::BufReader::new(&sock).read_line(&mut line).unwrap();
