@@ -391,6 +391,8 @@ struct Conn {
 
 /// Extra hole-punch rounds after DCUtR's own three attempts failed, and the first delay
 /// (doubling).
+/// Dial errors kept for requests' failure reasons (the map is emptied when it reaches this).
+const MAX_DIAL_ERRORS: usize = 1024;
 const PUNCH_ROUNDS: u32 = 3;
 const PUNCH_RETRY: Duration = Duration::from_secs(2);
 
@@ -586,6 +588,7 @@ pub fn spawn(
         reservations: HashMap::new(),
         conns: HashMap::new(),
         dialing: HashMap::new(),
+        dial_errors: HashMap::new(),
         punch_rounds: HashMap::new(),
         punched: std::collections::HashSet::new(),
         serving: HashMap::new(),
@@ -673,6 +676,9 @@ struct Actor {
     redial_after_close: std::collections::HashSet<PeerId>,
     /// Addresses of dials under way (ours, see `ensure_dial`).
     dialing: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Why the last dial of a peer failed (until it connects), so that a request which could not
+    /// dial says why rather than only "Failed to dial the requested peer".
+    dial_errors: HashMap<PeerId, String>,
     /// Connected peers offering the relay protocol over a direct connection.
     relay_offers: std::collections::HashSet<PeerId>,
     events: mpsc::Sender<NetEvent>,
@@ -922,6 +928,16 @@ impl Actor {
         }
     }
 
+    /// A failed request's reason; a request that could not dial carries the dial's error.
+    fn failure_reason(&self, peer: PeerId, error: &request_response::OutboundFailure) -> String {
+        match (error, self.dial_errors.get(&peer)) {
+            (request_response::OutboundFailure::DialFailure, Some(why)) => {
+                format!("{error}: {why}")
+            }
+            _ => error.to_string(),
+        }
+    }
+
     fn dial_failed(&mut self, peer: PeerId, reason: String) {
         for reply in self.dials.remove(&peer).unwrap_or_default() {
             let _ = reply.send(Err(reason.clone()));
@@ -1009,6 +1025,7 @@ impl Actor {
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 self.dialing.remove(&peer_id);
+                self.dial_errors.remove(&peer_id);
                 self.conns.insert(
                     connection_id,
                     Conn {
@@ -1088,7 +1105,12 @@ impl Actor {
                 ..
             } if !self.swarm.is_connected(&peer) => {
                 self.dialing.remove(&peer);
-                self.dial_failed(peer, error.to_string());
+                let error = error.to_string();
+                if self.dial_errors.len() >= MAX_DIAL_ERRORS {
+                    self.dial_errors.clear();
+                }
+                self.dial_errors.insert(peer, error.clone());
+                self.dial_failed(peer, error);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -1554,10 +1576,8 @@ impl Actor {
                     });
                     return;
                 }
-                let _ = p.reply.send(Err(RpcError::Failed {
-                    peer,
-                    reason: error.to_string(),
-                }));
+                let reason = self.failure_reason(peer, &error);
+                let _ = p.reply.send(Err(RpcError::Failed { peer, reason }));
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound storage stream failed");
@@ -1654,10 +1674,8 @@ impl Actor {
                     );
                     return;
                 }
-                let _ = reply.send(Err(RpcError::Failed {
-                    peer,
-                    reason: error.to_string(),
-                }));
+                let reason = self.failure_reason(peer, &error);
+                let _ = reply.send(Err(RpcError::Failed { peer, reason }));
             }
             _ => {}
         }

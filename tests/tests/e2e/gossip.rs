@@ -261,6 +261,29 @@ async fn forged_broken_replayed_records_and_bad_invitations_are_rejected_and_cou
     assert_eq!(refused.get(&JoinRefusal::Used), Some(&1));
     assert_eq!(refused.get(&JoinRefusal::Expired), Some(&1));
     assert_eq!(refused.get(&JoinRefusal::Unknown), Some(&1));
+    // An inviter that cannot be reached: the error says why the dial failed, not only that it
+    // did (a port nobody listens on refuses the connection).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut gone = kith_gossip::Invitation::decode(&code).unwrap();
+    gone.inviter = libp2p::identity::Keypair::generate_ed25519()
+        .try_into_ed25519()
+        .unwrap()
+        .public()
+        .to_bytes();
+    gone.addrs = vec![serde_bytes::ByteBuf::from(
+        format!("/ip4/127.0.0.1/tcp/{port}")
+            .parse::<libp2p::Multiaddr>()
+            .unwrap()
+            .to_vec(),
+    )];
+    let err = outsider.join(&gone.encode()).await.unwrap_err();
+    assert!(matches!(err, GridError::Join(_)), "{err}");
+    assert!(
+        err.to_string().contains("Failed to dial") && err.to_string().contains("refused"),
+        "{err}"
+    );
     // A damaged code never leaves the joiner's machine.
     let err = outsider.join(&code[..code.len() - 3]).await.unwrap_err();
     assert!(matches!(err, GridError::Code(_)), "{err}");
