@@ -3,7 +3,9 @@
 //! [`TorNet::start`] runs `tests/scripts/tor-testnet.sh up` in a fresh temp dir: 3 directory
 //! authorities and 5 relays (each Guard + Exit + HSDir) from Debian's `tor` package, all on
 //! 127.0.0.1 from a base port on (authorities `P..P+5`, relays `P+100..P+104`). It waits until
-//! the authorities have published a live consensus. The script writes an arti config fragment
+//! the authorities have published a live consensus that lists every relay and every authority and
+//! relay holds one (a relay without one answers 404 to a client that picked it as its fallback
+//! directory; the likely reason a CI run's arti client never got a consensus within 120 s). The script writes an arti config fragment
 //! (custom authorities and fallbacks, no subnet families, exits to local addresses allowed), which
 //! [`TorNet::tor_config`] puts into a [`TorConfig`] for the transport. Drop runs the script's
 //! `down`, which kills only the PIDs recorded under the temp dir.
@@ -116,6 +118,68 @@ impl TorNet {
             connect_timeout: Duration::from_secs(60),
             ..TorConfig::new(root.join("state"), root.join("cache"))
         }
+    }
+}
+
+impl TorNet {
+    /// What the network looks like now, for the output of a failing test (CI keeps nothing
+    /// else): the clock, each node's process state, each authority's newest microdesc consensus
+    /// (its times, relays and shared random value) and the last lines of every node's log.
+    pub fn report(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let now = Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M:%S"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let _ = writeln!(out, "--- Tor network {} at {now} UTC", self.dir().display());
+        let mut nodes: Vec<PathBuf> = std::fs::read_dir(self.dir().join("nodes"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        nodes.sort();
+        for node in nodes {
+            let name = node
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let pid = std::fs::read_to_string(node.join("pid")).unwrap_or_default();
+            let alive = !pid.trim().is_empty() && Path::new("/proc").join(pid.trim()).exists();
+            let _ = writeln!(
+                out,
+                "{name}: pid {} {}",
+                pid.trim(),
+                if alive { "running" } else { "NOT RUNNING" }
+            );
+            if let Ok(c) = std::fs::read_to_string(node.join("cached-microdesc-consensus")) {
+                let field = |k: &str| {
+                    c.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .unwrap_or("-")
+                        .to_owned()
+                };
+                let _ = writeln!(
+                    out,
+                    "  consensus: valid-after {}, fresh-until {}, valid-until {}, {} relays, \
+                     {} signatures, srv current {}",
+                    field("valid-after "),
+                    field("fresh-until "),
+                    field("valid-until "),
+                    c.lines().filter(|l| l.starts_with("r ")).count(),
+                    c.lines()
+                        .filter(|l| l.starts_with("directory-signature "))
+                        .count(),
+                    field("shared-rand-current-value "),
+                );
+            }
+            let log = std::fs::read_to_string(node.join("notice.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            for l in &lines[lines.len().saturating_sub(6)..] {
+                let _ = writeln!(out, "  {l}");
+            }
+        }
+        out
     }
 }
 

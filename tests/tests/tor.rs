@@ -339,7 +339,43 @@ fn assert_no_ip_in_logs(logs: &Logs, who: &str) {
     );
 }
 
-fn net() -> Option<Arc<TorNet>> {
+/// The shared Tor network, held by one test. If the test fails, dropping it prints what CI
+/// keeps nothing else of: the network's state ([`TorNet::report`]) and the newest warnings and
+/// arti lines of this process's log.
+struct Net(Arc<TorNet>);
+
+impl std::ops::Deref for Net {
+    type Target = TorNet;
+    fn deref(&self) -> &TorNet {
+        &self.0
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        println!("{}", self.0.report());
+        let logs = capture_logs();
+        let text =
+            String::from_utf8_lossy(&logs.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                [" WARN ", " ERROR ", " tor_", " arti_"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .collect();
+        println!("--- the last warnings and arti lines of this process's log:");
+        for l in &lines[lines.len().saturating_sub(80)..] {
+            println!("{l}");
+        }
+    }
+}
+
+fn net() -> Option<Net> {
     capture_logs();
     let net = TorNet::shared(BASE_PORT).unwrap()?;
     println!(
@@ -347,7 +383,7 @@ fn net() -> Option<Arc<TorNet>> {
         net.startup,
         net.dir().display()
     );
-    Some(net)
+    Some(Net(net))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
