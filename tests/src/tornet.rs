@@ -55,6 +55,10 @@ impl TorNet {
             .env("TORNET_CLIENT", "0")
             .env("TORNET_HS", "0")
             .env("TORNET_WAIT", "180")
+            // Only arti hosts and reaches onion services here (no C tor client or service), so
+            // arti's onion-service time period can be a day instead of C tor's 8 test minutes:
+            // each change of period left services unreachable for 35 s to over a minute.
+            .env("TORNET_HSDIR_INTERVAL", "1440")
             .output()
             .context("running tor-testnet.sh")?;
         // From here on, Drop cleans up whatever was started.
@@ -162,7 +166,7 @@ impl TorNet {
                 let _ = writeln!(
                     out,
                     "  consensus: valid-after {}, fresh-until {}, valid-until {}, {} relays, \
-                     {} signatures, srv current {}",
+                     {} signatures, srv current {}, params {}",
                     field("valid-after "),
                     field("fresh-until "),
                     field("valid-until "),
@@ -171,6 +175,7 @@ impl TorNet {
                         .filter(|l| l.starts_with("directory-signature "))
                         .count(),
                     field("shared-rand-current-value "),
+                    field("params "),
                 );
             }
             let log = std::fs::read_to_string(node.join("notice.log")).unwrap_or_default();
