@@ -389,10 +389,11 @@ struct Conn {
     remote: Multiaddr,
 }
 
-/// Extra hole-punch rounds after DCUtR's own three attempts failed, and the first delay
-/// (doubling).
 /// Dial errors kept for requests' failure reasons (the map is emptied when it reaches this).
 const MAX_DIAL_ERRORS: usize = 1024;
+
+/// Extra hole-punch rounds after DCUtR's own three attempts failed, and the first delay
+/// (doubling).
 const PUNCH_ROUNDS: u32 = 3;
 const PUNCH_RETRY: Duration = Duration::from_secs(2);
 

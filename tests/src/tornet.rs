@@ -5,10 +5,11 @@
 //! 127.0.0.1 from a base port on (authorities `P..P+5`, relays `P+100..P+104`). It waits until
 //! the authorities have published a live consensus that lists every relay and every authority and
 //! relay holds one (a relay without one answers 404 to a client that picked it as its fallback
-//! directory; the likely reason a CI run's arti client never got a consensus within 120 s). The script writes an arti config fragment
-//! (custom authorities and fallbacks, no subnet families, exits to local addresses allowed), which
-//! [`TorNet::tor_config`] puts into a [`TorConfig`] for the transport. Drop runs the script's
-//! `down`, which kills only the PIDs recorded under the temp dir.
+//! directory; the likely reason a CI run's arti client never got a consensus within 120 s). The
+//! script writes an arti config fragment (custom authorities and fallbacks, no subnet families,
+//! exits to local addresses allowed), which [`TorNet::tor_config`] puts into a [`TorConfig`] for
+//! the transport. Drop runs the script's `down`, which kills only the PIDs recorded under the temp
+//! dir.
 //!
 //! Without `tor`/`tor-gencert` the harness installs them with apt-get when running as root;
 //! otherwise [`TorNet::start`] returns `Ok(None)` after printing why (the test skips), except
@@ -123,9 +124,7 @@ impl TorNet {
             ..TorConfig::new(root.join("state"), root.join("cache"))
         }
     }
-}
 
-impl TorNet {
     /// What the network looks like now, for the output of a failing test (CI keeps nothing
     /// else): the clock, each node's process state, each authority's newest microdesc consensus
     /// (its times, relays and shared random value) and the last lines of every node's log.
