@@ -1529,7 +1529,7 @@ impl Actor {
                 let server = self.server.clone();
                 let answers = self.answers_tx.clone();
                 tokio::spawn(async move {
-                    let resp = server.handle(peer, request).await;
+                    let resp = server.handle_inbound(peer, request).await;
                     let _ = answers.send(Answer::Storage(channel, resp)).await;
                 });
             }

@@ -590,9 +590,62 @@ async fn read_frame<R: AsyncRead + Unpin>(
     };
     let mut header = vec![0u8; hlen];
     io.read_exact(&mut header).await.map_err(truncated)?;
-    let mut tail = vec![0u8; len - 4 - hlen];
+    let mut tail = BULK_POOL.take(len - 4 - hlen);
     io.read_exact(&mut tail).await.map_err(truncated)?;
     Ok(Ok((header, tail)))
+}
+
+/// Bulk buffers at least this large come from (and go back to) [`BulkPool`].
+const POOLED_BULK: usize = 64 << 10;
+/// How many freed bulk buffers a pool keeps, and the largest it keeps.
+const POOL_KEEP: usize = 8;
+const POOL_MAX_CAPACITY: usize = 2 << 20;
+
+/// Buffers for frames' bulk bytes, reused: a server receiving an upload reads a block of
+/// 100 KiB to 1 MiB per write request, and a fresh zeroed buffer for each cost it memset, malloc
+/// and page faults. Inbound frames take from the process's pool; the server hands the buffer of
+/// a block written over the network back ([`recycle_bulk`]; a node's writes to itself are not
+/// handed back: their buffers did not come from the pool, and a node that only uploads would
+/// keep eight of them for nothing).
+pub(crate) struct BulkPool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl BulkPool {
+    pub(crate) const fn new() -> Self {
+        BulkPool(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// A buffer of `len` bytes whose contents the caller overwrites (they are stale or zero).
+    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = if len >= POOLED_BULK {
+            self.0
+                .lock()
+                .ok()
+                .and_then(|mut pool| pool.pop())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        // Zeroes only bytes the buffer never held; a longer one is cut.
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Keeps `buf` for [`BulkPool::take`] if it is large, not too large, and there is room.
+    pub(crate) fn give(&self, buf: Vec<u8>) {
+        if (POOLED_BULK..=POOL_MAX_CAPACITY).contains(&buf.capacity())
+            && let Ok(mut pool) = self.0.lock()
+            && pool.len() < POOL_KEEP
+        {
+            pool.push(buf);
+        }
+    }
+}
+
+static BULK_POOL: BulkPool = BulkPool::new();
+
+/// Hands a bulk buffer that is no longer needed back to the process's pool.
+pub(crate) fn recycle_bulk(buf: Vec<u8>) {
+    BULK_POOL.give(buf);
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, frame: Frame) -> io::Result<()> {
@@ -764,6 +817,34 @@ mod tests {
 
     fn si() -> StorageIndex {
         [7u8; 16]
+    }
+
+    #[test]
+    fn bulk_buffers_are_reused_at_the_asked_length() {
+        let pool = BulkPool::new();
+        let mut a = pool.take(300 << 10);
+        assert_eq!(a.len(), 300 << 10);
+        a.fill(0xaa);
+        let at = a.as_ptr();
+        pool.give(a);
+        // the same allocation comes back, cut to the new length (its old bytes are overwritten
+        // by whoever reads into it)
+        let b = pool.take(200 << 10);
+        assert_eq!((b.as_ptr(), b.len()), (at, 200 << 10));
+        pool.give(b);
+        let c = pool.take(300 << 10);
+        assert_eq!((c.as_ptr(), c.len()), (at, 300 << 10));
+        // small buffers bypass the pool; the pool keeps at most POOL_KEEP, none too large
+        assert_eq!(pool.take(100).len(), 100);
+        pool.give(c);
+        pool.give(vec![0; 16]);
+        pool.give(Vec::with_capacity(POOL_MAX_CAPACITY + 1));
+        for _ in 0..POOL_KEEP + 3 {
+            pool.give(vec![0; POOLED_BULK]);
+        }
+        let kept = pool.0.lock().unwrap();
+        assert_eq!(kept.len(), POOL_KEEP);
+        assert!(kept.iter().all(|b| b.capacity() <= POOL_MAX_CAPACITY));
     }
 
     #[test]

@@ -71,8 +71,18 @@ impl StorageServer {
         self.store.as_ref()
     }
 
-    /// Handles one request from `peer`.
+    /// Handles one request from `peer` (this node's own, made in process).
     pub async fn handle(&self, peer: PeerId, frame: RequestFrame) -> Response {
+        self.handle_with(peer, frame, false).await
+    }
+
+    /// Handles one request that came over the network: a written block's buffer, which the
+    /// codec took from the bulk pool, goes back to it ([`crate::protocol::recycle_bulk`]).
+    pub async fn handle_inbound(&self, peer: PeerId, frame: RequestFrame) -> Response {
+        self.handle_with(peer, frame, true).await
+    }
+
+    async fn handle_with(&self, peer: PeerId, frame: RequestFrame, recycle: bool) -> Response {
         let req = match frame {
             RequestFrame::Request(req) => req,
             RequestFrame::Malformed(e) => {
@@ -161,8 +171,10 @@ impl StorageServer {
         }
         let name = req.name();
         let owner = peer.to_bytes();
-        let result =
-            tokio::task::spawn_blocking(move || execute(&store, &owner, req, lease_expiry)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            execute(&store, &owner, req, lease_expiry, recycle)
+        })
+        .await;
         match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
@@ -212,6 +224,7 @@ fn execute(
     owner: &[u8],
     req: Request,
     lease_expiry: u64,
+    recycle: bool,
 ) -> Result<Response, StoreError> {
     Ok(match req {
         Request::Allocate {
@@ -233,6 +246,9 @@ fn execute(
             data,
         } => {
             store.write(&si, shnum, owner, offset, &data)?;
+            if recycle {
+                crate::protocol::recycle_bulk(data.into_vec());
+            }
             Response::Done
         }
         Request::Close { si, shnum, meta } => {
