@@ -30,7 +30,7 @@ use libp2p::PeerId;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 use tokio::{
-    io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncWrite, AsyncWriteExt},
     sync::mpsc,
 };
 
@@ -283,34 +283,59 @@ pub(crate) fn read_exact_at(
     Ok(buf)
 }
 
-/// Reads a source segment by segment.
-enum SourceReader<'a> {
-    File(tokio::fs::File),
+/// Where an upload's segments are read from.
+enum SegmentSource<'a> {
+    /// Read positionally, on the blocking pool, straight into the block buffers.
+    File(Arc<std::fs::File>),
+    /// Copied into the block buffers.
     Bytes(&'a [u8]),
 }
 
-impl SourceReader<'_> {
-    async fn next(&mut self, len: usize) -> std::io::Result<Vec<u8>> {
-        match self {
-            SourceReader::File(f) => {
-                // Into spare capacity: no zeroing, no reallocation.
-                let mut buf = Vec::with_capacity(len);
-                while buf.len() < len {
-                    if f.read_buf(&mut buf).await? == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+impl SegmentSource<'_> {
+    /// Starts encoding segment `index` on the blocking pool: its bytes go straight into `n`
+    /// block buffers from the bulk pool (no segment buffer, no copy out of one), which become
+    /// the blocks.
+    fn encode(
+        &self,
+        encoder: &Arc<FileEncoder>,
+        params: &EncodingParams,
+        index: u32,
+    ) -> Result<tokio::task::JoinHandle<Result<EncodedSegment, UploadError>>, UploadError> {
+        let len = encoder.segment_len(index);
+        let bs = encoder.block_size(index) as usize;
+        let start = u64::from(index) * u64::from(params.segment_size);
+        let k = usize::from(params.needed);
+        let mut blocks: Vec<Vec<u8>> = (0..params.total)
+            .map(|_| crate::protocol::take_bulk(bs))
+            .collect();
+        let enc = encoder.clone();
+        let encode = move |blocks| {
+            enc.encode_segment_blocks(index, blocks)
+                .map_err(|e| UploadError::Encode(e.to_string()))
+        };
+        Ok(match self {
+            SegmentSource::Bytes(b) => {
+                let plain = usize::try_from(start)
+                    .ok()
+                    .and_then(|at| b.get(at..at + len))
+                    .ok_or(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                for (block, piece) in blocks.iter_mut().zip(plain.chunks(bs)) {
+                    block[..piece.len()].copy_from_slice(piece);
+                }
+                tokio::task::spawn_blocking(move || encode(blocks))
+            }
+            SegmentSource::File(f) => {
+                let f = f.clone();
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    for (i, block) in blocks.iter_mut().take(k).enumerate() {
+                        let real = len.saturating_sub(i * bs).min(bs);
+                        f.read_exact_at(&mut block[..real], start + (i * bs) as u64)?;
                     }
-                }
-                Ok(buf)
+                    encode(blocks)
+                })
             }
-            SourceReader::Bytes(b) => {
-                if b.len() < len {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                let (head, rest) = b.split_at(len);
-                *b = rest;
-                Ok(head.to_vec())
-            }
-        }
+        })
     }
 }
 
@@ -633,41 +658,29 @@ pub async fn upload_from(
             .entry(s)
             .or_insert_with(|| Writer::spawn(node.clone(), s, si));
     }
-    let mut file = match source {
-        Source::File(path) => SourceReader::File(tokio::fs::File::open(path).await?),
-        Source::Open(f) => {
-            use tokio::io::AsyncSeekExt;
-            // A duplicate shares the handle's offset; nothing else reads it meanwhile.
-            let mut t = tokio::fs::File::from_std(f.try_clone()?);
-            t.seek(std::io::SeekFrom::Start(0)).await?;
-            SourceReader::File(t)
-        }
-        Source::Bytes(b) => SourceReader::Bytes(b),
+    let file = match source {
+        Source::File(path) => SegmentSource::File(Arc::new(
+            tokio::fs::File::open(path).await?.into_std().await,
+        )),
+        // Positional reads leave the handle's offset alone.
+        Source::Open(f) => SegmentSource::File(Arc::new(f.try_clone()?)),
+        Source::Bytes(b) => SegmentSource::Bytes(b),
     };
     let num_segments = encoder.num_segments();
-    let mut encoding: FuturesOrdered<tokio::task::JoinHandle<Result<EncodedSegment, String>>> =
+    let mut encoding: FuturesOrdered<tokio::task::JoinHandle<Result<EncodedSegment, UploadError>>> =
         FuturesOrdered::new();
     let mut hashes = Vec::with_capacity(num_segments as usize);
     let mut next_read: u32 = 0;
     let mut done_bytes = 0u64;
     loop {
         while encoding.len() < ENCODE_DEPTH && next_read < num_segments {
-            let len = encoder.segment_len(next_read);
-            let buf = file.next(len).await?;
-            let enc = encoder.clone();
-            let idx = next_read;
-            encoding.push_back(tokio::task::spawn_blocking(move || {
-                enc.encode_segment_owned(idx, buf)
-                    .map_err(|e| e.to_string())
-            }));
+            encoding.push_back(file.encode(&encoder, &params, next_read)?);
             next_read += 1;
         }
         let Some(seg) = encoding.next().await else {
             break;
         };
-        let mut seg = seg
-            .map_err(|e| UploadError::Encode(e.to_string()))?
-            .map_err(UploadError::Encode)?;
+        let mut seg = seg.map_err(|e| UploadError::Encode(e.to_string()))??;
         hashes.push(seg.hashes());
         let offset = encoder.block_offset(seg.index);
         for (&sh, s) in &to_write {
@@ -678,6 +691,10 @@ pub async fn upload_from(
             let block = std::mem::take(block);
             // A failed writer has dropped its queue; its shares are counted as lost below.
             let _ = w.tx.send((sh, offset, block)).await;
+        }
+        // Blocks of shares already held elsewhere: their buffers serve the next segment.
+        for block in seg.blocks.drain(..) {
+            crate::protocol::recycle_bulk(block);
         }
         done_bytes += encoder.segment_len(seg.index) as u64;
         progress(done_bytes);

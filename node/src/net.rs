@@ -721,6 +721,7 @@ impl Actor {
                 },
                 Some(result) = upnp_results.recv() => self.on_upnp(result),
                 _ = tick.tick() => {
+                    protocol::trim_idle_bulk();
                     self.redial_due();
                     self.run_policy();
                 }
@@ -1529,7 +1530,7 @@ impl Actor {
                 let server = self.server.clone();
                 let answers = self.answers_tx.clone();
                 tokio::spawn(async move {
-                    let resp = server.handle_inbound(peer, request).await;
+                    let resp = server.handle(peer, request).await;
                     let _ = answers.send(Answer::Storage(channel, resp)).await;
                 });
             }

@@ -597,61 +597,104 @@ async fn read_frame<R: AsyncRead + Unpin>(
 
 /// Bulk buffers at least this large come from (and go back to) [`BulkPool`].
 const POOLED_BULK: usize = 64 << 10;
-/// How many freed bulk buffers a pool keeps, and the largest it keeps.
-const POOL_KEEP: usize = 8;
+/// How many freed bulk buffers the pool keeps (an upload's pipeline frees ten blocks per
+/// segment, in bursts), and the largest it keeps.
+const POOL_KEEP: usize = 32;
 const POOL_MAX_CAPACITY: usize = 2 << 20;
 
-/// Buffers for frames' bulk bytes, reused: a server receiving an upload reads a block of
-/// 100 KiB to 1 MiB per write request, and a fresh zeroed buffer for each cost it memset, malloc
-/// and page faults. Inbound frames take from the process's pool; the server hands the buffer of
-/// a block written over the network back ([`recycle_bulk`]; a node's writes to itself are not
-/// handed back: their buffers did not come from the pool, and a node that only uploads would
-/// keep eight of them for nothing).
-pub(crate) struct BulkPool(std::sync::Mutex<Vec<Vec<u8>>>);
+/// Buffers for blocks, reused. An upload's encoder fills ten fresh block buffers per 1 MiB
+/// segment and a server reads every block it receives into one; fresh buffers cost malloc,
+/// page faults, the kernel zeroing the pages and often `mremap`/`munmap` (together ~11% of an
+/// uploading node's samples and ~20% of a receiving server's). The process keeps freed ones
+/// here instead: the encoder and inbound frames take ([`take_bulk`]); a frame's bulk bytes go
+/// back once written to the network ([`write_frame`]) or to a share file (the server). The
+/// pool empties itself when it went unused between two [`trim_idle_bulk`] calls (the network
+/// actor's 500 ms tick), so an idle node holds none.
+pub(crate) struct BulkPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Buffers taken so far, and the count at the last trim check.
+    takes: std::sync::atomic::AtomicU64,
+    takes_at_trim: std::sync::atomic::AtomicU64,
+}
 
 impl BulkPool {
     pub(crate) const fn new() -> Self {
-        BulkPool(std::sync::Mutex::new(Vec::new()))
+        BulkPool {
+            free: std::sync::Mutex::new(Vec::new()),
+            takes: std::sync::atomic::AtomicU64::new(0),
+            takes_at_trim: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
-    /// A buffer of `len` bytes whose contents the caller overwrites (they are stale or zero).
+    /// A buffer of `len` bytes whose contents the caller overwrites (stale or zero).
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        let mut buf = if len >= POOLED_BULK {
-            self.0
-                .lock()
-                .ok()
-                .and_then(|mut pool| pool.pop())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        // Zeroes only bytes the buffer never held; a longer one is cut.
-        buf.resize(len, 0);
-        buf
+        if len < POOLED_BULK {
+            return vec![0; len];
+        }
+        self.takes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let kept = self.free.lock().ok().and_then(|mut free| {
+            // The newest buffer large enough: growing a smaller one would copy its stale bytes.
+            let at = free.iter().rposition(|b| b.capacity() >= len)?;
+            Some(free.swap_remove(at))
+        });
+        match kept {
+            Some(mut buf) => {
+                // Zeroes only bytes the buffer never held; a longer one is cut.
+                buf.resize(len, 0);
+                buf
+            }
+            // Fresh zeroed memory (calloc: pages the kernel zeroes anyway, no memset).
+            None => vec![0; len],
+        }
     }
 
     /// Keeps `buf` for [`BulkPool::take`] if it is large, not too large, and there is room.
     pub(crate) fn give(&self, buf: Vec<u8>) {
         if (POOLED_BULK..=POOL_MAX_CAPACITY).contains(&buf.capacity())
-            && let Ok(mut pool) = self.0.lock()
-            && pool.len() < POOL_KEEP
+            && let Ok(mut free) = self.free.lock()
+            && free.len() < POOL_KEEP
         {
-            pool.push(buf);
+            free.push(buf);
+        }
+    }
+
+    /// Frees every kept buffer if none was taken since the previous call.
+    pub(crate) fn trim_idle(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let takes = self.takes.load(Relaxed);
+        if self.takes_at_trim.swap(takes, Relaxed) == takes
+            && let Ok(mut free) = self.free.lock()
+        {
+            *free = Vec::new();
         }
     }
 }
 
 static BULK_POOL: BulkPool = BulkPool::new();
 
+/// A bulk buffer of `len` bytes from the process's pool; its contents are stale: the caller
+/// overwrites all of it.
+pub(crate) fn take_bulk(len: usize) -> Vec<u8> {
+    BULK_POOL.take(len)
+}
+
 /// Hands a bulk buffer that is no longer needed back to the process's pool.
 pub(crate) fn recycle_bulk(buf: Vec<u8>) {
     BULK_POOL.give(buf);
 }
 
+/// Frees the pool's buffers if it went unused since the last call (see [`BulkPool`]).
+pub(crate) fn trim_idle_bulk() {
+    BULK_POOL.trim_idle();
+}
+
+/// Writes a frame; its bulk bytes go back to the pool afterwards.
 async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, frame: Frame) -> io::Result<()> {
     io.write_all(&frame.head).await?;
     if !frame.tail.is_empty() {
         io.write_all(&frame.tail).await?;
+        recycle_bulk(frame.tail);
     }
     Ok(())
 }
@@ -828,23 +871,37 @@ mod tests {
         let at = a.as_ptr();
         pool.give(a);
         // the same allocation comes back, cut to the new length (its old bytes are overwritten
-        // by whoever reads into it)
+        // by whoever takes it)
         let b = pool.take(200 << 10);
         assert_eq!((b.as_ptr(), b.len()), (at, 200 << 10));
         pool.give(b);
         let c = pool.take(300 << 10);
         assert_eq!((c.as_ptr(), c.len()), (at, 300 << 10));
+        // a buffer too small for the request is left for a smaller one
+        pool.give(c);
+        let big = pool.take(1 << 20);
+        assert_ne!(big.as_ptr(), at);
+        assert_eq!(pool.take(300 << 10).as_ptr(), at);
         // small buffers bypass the pool; the pool keeps at most POOL_KEEP, none too large
         assert_eq!(pool.take(100).len(), 100);
-        pool.give(c);
         pool.give(vec![0; 16]);
         pool.give(Vec::with_capacity(POOL_MAX_CAPACITY + 1));
         for _ in 0..POOL_KEEP + 3 {
             pool.give(vec![0; POOLED_BULK]);
         }
-        let kept = pool.0.lock().unwrap();
-        assert_eq!(kept.len(), POOL_KEEP);
-        assert!(kept.iter().all(|b| b.capacity() <= POOL_MAX_CAPACITY));
+        {
+            let kept = pool.free.lock().unwrap();
+            assert_eq!(kept.len(), POOL_KEEP);
+            assert!(kept.iter().all(|b| b.capacity() <= POOL_MAX_CAPACITY));
+        }
+        // a pool used since the last trim keeps its buffers; an unused one frees them
+        pool.trim_idle();
+        assert_eq!(pool.free.lock().unwrap().len(), POOL_KEEP);
+        pool.trim_idle();
+        assert!(pool.free.lock().unwrap().is_empty());
+        pool.give(pool.take(POOLED_BULK));
+        pool.trim_idle();
+        assert_eq!(pool.free.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -71,18 +71,8 @@ impl StorageServer {
         self.store.as_ref()
     }
 
-    /// Handles one request from `peer` (this node's own, made in process).
+    /// Handles one request from `peer`.
     pub async fn handle(&self, peer: PeerId, frame: RequestFrame) -> Response {
-        self.handle_with(peer, frame, false).await
-    }
-
-    /// Handles one request that came over the network: a written block's buffer, which the
-    /// codec took from the bulk pool, goes back to it ([`crate::protocol::recycle_bulk`]).
-    pub async fn handle_inbound(&self, peer: PeerId, frame: RequestFrame) -> Response {
-        self.handle_with(peer, frame, true).await
-    }
-
-    async fn handle_with(&self, peer: PeerId, frame: RequestFrame, recycle: bool) -> Response {
         let req = match frame {
             RequestFrame::Request(req) => req,
             RequestFrame::Malformed(e) => {
@@ -171,10 +161,8 @@ impl StorageServer {
         }
         let name = req.name();
         let owner = peer.to_bytes();
-        let result = tokio::task::spawn_blocking(move || {
-            execute(&store, &owner, req, lease_expiry, recycle)
-        })
-        .await;
+        let result =
+            tokio::task::spawn_blocking(move || execute(&store, &owner, req, lease_expiry)).await;
         match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
@@ -224,7 +212,6 @@ fn execute(
     owner: &[u8],
     req: Request,
     lease_expiry: u64,
-    recycle: bool,
 ) -> Result<Response, StoreError> {
     Ok(match req {
         Request::Allocate {
@@ -246,9 +233,9 @@ fn execute(
             data,
         } => {
             store.write(&si, shnum, owner, offset, &data)?;
-            if recycle {
-                crate::protocol::recycle_bulk(data.into_vec());
-            }
+            // The block's buffer came from the bulk pool (an inbound frame, or this node's own
+            // encoder): the next block goes into it.
+            crate::protocol::recycle_bulk(data.into_vec());
             Response::Done
         }
         Request::Close { si, shnum, meta } => {

@@ -58,35 +58,37 @@ impl Erasure {
 
     /// The n blocks of `segment`.
     pub fn encode(&self, segment: &[u8]) -> Vec<Vec<u8>> {
-        self.encode_owned(segment.to_vec())
+        let mut blocks = self.split(segment);
+        self.encode_blocks(&mut blocks);
+        blocks
     }
 
-    /// The n blocks of `segment`, whose buffer becomes the first block (the other data blocks
-    /// are copied out of it, the parity blocks computed).
-    pub fn encode_owned(&self, mut segment: Vec<u8>) -> Vec<Vec<u8>> {
+    /// `segment` cut into k zero-padded data blocks, followed by n-k zeroed parity blocks: the
+    /// shape [`Self::encode_blocks`] takes.
+    pub fn split(&self, segment: &[u8]) -> Vec<Vec<u8>> {
         let bs = self.block_size(segment.len());
-        let len = segment.len();
-        let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(self.total);
-        blocks.push(Vec::new());
-        for i in 1..self.total {
-            let mut b = Vec::with_capacity(bs);
-            if i < self.needed {
-                b.extend_from_slice(&segment[(i * bs).min(len)..((i + 1) * bs).min(len)]);
-            }
-            b.resize(bs, 0);
-            blocks.push(b);
-        }
-        segment.truncate(bs);
-        segment.resize(bs, 0);
-        // Shrinking gives the tail back in place (no copy) and keeps a queued block from
-        // holding a whole segment's memory.
-        segment.shrink_to_fit();
-        blocks[0] = segment;
+        (0..self.total)
+            .map(|i| {
+                let mut b = vec![0; bs];
+                if i < self.needed {
+                    let piece = segment.get(i * bs..).unwrap_or_default();
+                    let piece = &piece[..piece.len().min(bs)];
+                    b[..piece.len()].copy_from_slice(piece);
+                }
+                b
+            })
+            .collect()
+    }
+
+    /// Computes the parity blocks in place: `blocks` are the n blocks of one segment, all of
+    /// the same length; the first k hold the segment's bytes (cut in k, zero-padded) and the
+    /// others are overwritten whatever they held. Anything else is left as it is (the callers
+    /// build the blocks to this shape).
+    pub fn encode_blocks(&self, blocks: &mut [Vec<u8>]) {
         if let Some(rs) = &self.rs {
-            // Cannot fail: shard count and equal sizes are guaranteed above.
-            let _ = rs.encode(&mut blocks);
+            // Fails only on a wrong count or unequal lengths, which callers rule out.
+            let _ = rs.encode(blocks);
         }
-        blocks
     }
 
     /// Rebuilds a segment of `segment_len` bytes from any k present blocks (`blocks[i]` is block
@@ -183,6 +185,19 @@ mod tests {
             let partial: Vec<Option<Vec<u8>>> = blocks.iter().enumerate().map(|(i, b)| keep.contains(&i).then(|| b.clone())).collect();
             prop_assert_eq!(e.decode(partial, len).unwrap(), data);
         }
+    }
+
+    #[test]
+    fn parity_overwrites_whatever_its_buffers_held() {
+        let e = Erasure::new(3, 10).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let fresh = e.encode(&data);
+        let mut reused = fresh.clone();
+        for b in &mut reused[3..] {
+            b.fill(0xa5);
+        }
+        e.encode_blocks(&mut reused);
+        assert_eq!(reused, fresh);
     }
 
     #[test]

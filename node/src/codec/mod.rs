@@ -263,33 +263,45 @@ impl FileEncoder {
         index: u32,
         plaintext: &[u8],
     ) -> Result<EncodedSegment, EncodeError> {
-        self.encode_segment_owned(index, plaintext.to_vec())
+        self.check_segment(index, plaintext.len())?;
+        self.encode_segment_blocks(index, self.erasure.split(plaintext))
     }
 
-    /// [`Self::encode_segment`] on a buffer it may keep: encrypted in place, and its allocation
-    /// becomes the first block (no copy of the segment).
-    pub fn encode_segment_owned(
+    /// [`Self::encode_segment`] on buffers it keeps as the blocks (no copy of the segment):
+    /// `blocks` are n buffers of [`Self::block_size`]`(index)` bytes; block `i < k` holds
+    /// plaintext bytes `i*bs..(i+1)*bs` of the segment, as far as the segment goes (bytes past
+    /// its end and the parity buffers may hold anything: they are zeroed or overwritten).
+    /// Callable from several threads at once.
+    pub fn encode_segment_blocks(
         &self,
         index: u32,
-        plaintext: Vec<u8>,
+        mut blocks: Vec<Vec<u8>>,
     ) -> Result<EncodedSegment, EncodeError> {
-        if index >= self.num_segments || plaintext.len() != self.segment_len(index) {
+        let len = self.segment_len(index);
+        self.check_segment(index, len)?;
+        let bs = self.block_size(index) as usize;
+        if blocks.len() != usize::from(self.params.total) || blocks.iter().any(|b| b.len() != bs) {
             return Err(EncodeError::Segment {
                 index,
                 why: format!(
-                    "{} bytes, expected {}",
-                    plaintext.len(),
-                    self.segment_len(index)
+                    "{} blocks, expected {} of {bs} bytes",
+                    blocks.len(),
+                    self.params.total
                 ),
             });
         }
-        let mut crypttext = plaintext;
-        apply_keystream(
-            &self.key,
-            u64::from(index) * u64::from(self.params.segment_size),
-            &mut crypttext,
-        );
-        let blocks = self.erasure.encode_owned(crypttext);
+        let start = u64::from(index) * u64::from(self.params.segment_size);
+        for (i, b) in blocks
+            .iter_mut()
+            .take(usize::from(self.params.needed))
+            .enumerate()
+        {
+            // The crypttext is zero-padded to k blocks after encryption.
+            let real = len.saturating_sub(i * bs).min(bs);
+            apply_keystream(&self.key, start + (i * bs) as u64, &mut b[..real]);
+            b[real..].fill(0);
+        }
+        self.erasure.encode_blocks(&mut blocks);
         let block_hashes: Vec<[u8; 32]> = blocks.iter().map(|b| block_hash(b)).collect();
         let crypttext_hash = crypttext_leaf(&block_hashes[..usize::from(self.params.needed)]);
         Ok(EncodedSegment {
@@ -298,6 +310,16 @@ impl FileEncoder {
             block_hashes,
             crypttext_hash,
         })
+    }
+
+    fn check_segment(&self, index: u32, len: usize) -> Result<(), EncodeError> {
+        if index >= self.num_segments || len != self.segment_len(index) {
+            return Err(EncodeError::Segment {
+                index,
+                why: format!("{len} bytes, expected {}", self.segment_len(index)),
+            });
+        }
+        Ok(())
     }
 
     /// Builds the hash trees, UEB, cap and share metadata from every segment's hashes.
@@ -969,6 +991,36 @@ mod tests {
             ShareMeta::from_bytes(&file.share_metas[0].to_bytes(), 10),
             Err(FormatError::TooLong { .. })
         ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// The uploader reads each segment straight into reused block buffers: stale bytes
+        /// past the segment's end and in the parity buffers must not change a single block.
+        #[test]
+        fn segments_encoded_in_stale_buffers_equal_fresh_ones(len in 56usize..10_000, k in 1u8..5, extra in 0u8..6, junk in any::<u8>()) {
+            let n = k + extra;
+            let enc = FileEncoder::new(Key([9; 32]), params(k, n, 2048), len as u64).unwrap();
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            for i in 0..enc.num_segments() {
+                let start = i as usize * 2048;
+                let plain = &data[start..start + enc.segment_len(i)];
+                let fresh = enc.encode_segment(i, plain).unwrap();
+                let bs = enc.block_size(i) as usize;
+                let mut blocks = vec![vec![junk; bs]; usize::from(n)];
+                for (b, piece) in blocks.iter_mut().zip(plain.chunks(bs)) {
+                    b[..piece.len()].copy_from_slice(piece);
+                }
+                let reused = enc.encode_segment_blocks(i, blocks).unwrap();
+                prop_assert_eq!(&reused.blocks, &fresh.blocks);
+                prop_assert_eq!(&reused.block_hashes, &fresh.block_hashes);
+                prop_assert_eq!(reused.crypttext_hash, fresh.crypttext_hash);
+            }
+            // wrong shapes are errors, not panics
+            prop_assert!(enc.encode_segment_blocks(0, vec![vec![0; 3]; usize::from(n)]).is_err());
+            prop_assert!(enc.encode_segment_blocks(0, Vec::new()).is_err());
+            prop_assert!(enc.encode_segment_blocks(enc.num_segments(), Vec::new()).is_err());
+        }
     }
 
     #[test]
