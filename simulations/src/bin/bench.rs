@@ -58,6 +58,9 @@ enum Cmd {
         /// n.
         #[arg(long, default_value_t = 10)]
         total: u8,
+        /// Segment size (the encoder-only figure and every node use it).
+        #[arg(long, default_value = "1MiB")]
+        segment_size: ByteSize,
         /// Keep the node dirs here instead of a temp dir.
         #[arg(long)]
         workdir: Option<PathBuf>,
@@ -101,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             needed,
             happy,
             total,
+            segment_size,
             workdir,
         } => rt.block_on(grid(
             nodes,
@@ -110,7 +114,7 @@ fn main() -> anyhow::Result<()> {
                 needed,
                 happy,
                 total,
-                segment_size: 1 << 20,
+                segment_size: u32::try_from(segment_size.0).context("segment size")?,
             },
             workdir,
         )),
@@ -494,6 +498,7 @@ async fn grid(
         raw.encoding.shares_needed = params.needed;
         raw.encoding.shares_happy = params.happy;
         raw.encoding.shares_total = params.total;
+        raw.encoding.segment_size = ByteSize(u64::from(params.segment_size));
         raw.storage.reserved = ByteSize(0);
         raw.repair.enabled = false;
         dir.init(raw)?;
