@@ -298,14 +298,10 @@ impl SegmentSource<'_> {
     fn encode(
         &self,
         encoder: &Arc<FileEncoder>,
-        params: &EncodingParams,
         index: u32,
     ) -> Result<tokio::task::JoinHandle<Result<EncodedSegment, UploadError>>, UploadError> {
-        let len = encoder.segment_len(index);
         let bs = encoder.block_size(index) as usize;
-        let start = u64::from(index) * u64::from(params.segment_size);
-        let k = usize::from(params.needed);
-        let mut blocks: Vec<Vec<u8>> = (0..params.total)
+        let mut blocks: Vec<Vec<u8>> = (0..encoder.params().total)
             .map(|_| crate::protocol::take_bulk(bs))
             .collect();
         let enc = encoder.clone();
@@ -315,22 +311,22 @@ impl SegmentSource<'_> {
         };
         Ok(match self {
             SegmentSource::Bytes(b) => {
-                let plain = usize::try_from(start)
-                    .ok()
-                    .and_then(|at| b.get(at..at + len))
-                    .ok_or(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-                for (block, piece) in blocks.iter_mut().zip(plain.chunks(bs)) {
-                    block[..piece.len()].copy_from_slice(piece);
+                for (block, (offset, real)) in blocks.iter_mut().zip(encoder.data_pieces(index)) {
+                    let piece = usize::try_from(offset)
+                        .ok()
+                        .and_then(|at| b.get(at..at + real))
+                        .ok_or(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                    block[..real].copy_from_slice(piece);
                 }
                 tokio::task::spawn_blocking(move || encode(blocks))
             }
             SegmentSource::File(f) => {
                 let f = f.clone();
+                let pieces = encoder.data_pieces(index);
                 tokio::task::spawn_blocking(move || {
                     use std::os::unix::fs::FileExt;
-                    for (i, block) in blocks.iter_mut().take(k).enumerate() {
-                        let real = len.saturating_sub(i * bs).min(bs);
-                        f.read_exact_at(&mut block[..real], start + (i * bs) as u64)?;
+                    for (block, (offset, real)) in blocks.iter_mut().zip(pieces) {
+                        f.read_exact_at(&mut block[..real], offset)?;
                     }
                     encode(blocks)
                 })
@@ -674,7 +670,7 @@ pub async fn upload_from(
     let mut done_bytes = 0u64;
     loop {
         while encoding.len() < ENCODE_DEPTH && next_read < num_segments {
-            encoding.push_back(file.encode(&encoder, &params, next_read)?);
+            encoding.push_back(file.encode(&encoder, next_read)?);
             next_read += 1;
         }
         let Some(seg) = encoding.next().await else {

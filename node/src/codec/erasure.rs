@@ -67,17 +67,12 @@ impl Erasure {
     /// shape [`Self::encode_blocks`] takes.
     pub fn split(&self, segment: &[u8]) -> Vec<Vec<u8>> {
         let bs = self.block_size(segment.len());
-        (0..self.total)
-            .map(|i| {
-                let mut b = vec![0; bs];
-                if i < self.needed {
-                    let piece = segment.get(i * bs..).unwrap_or_default();
-                    let piece = &piece[..piece.len().min(bs)];
-                    b[..piece.len()].copy_from_slice(piece);
-                }
-                b
-            })
-            .collect()
+        let mut blocks = vec![vec![0; bs]; self.total];
+        // At most k pieces: bs is the segment's length over k, rounded up.
+        for (b, piece) in blocks.iter_mut().zip(segment.chunks(bs)) {
+            b[..piece.len()].copy_from_slice(piece);
+        }
+        blocks
     }
 
     /// Computes the parity blocks in place: `blocks` are the n blocks of one segment, all of

@@ -242,6 +242,21 @@ impl FileEncoder {
         self.erasure.block_size(self.segment_len(i)) as u64
     }
 
+    /// The parameters this encoder uses.
+    pub fn params(&self) -> EncodingParams {
+        self.params
+    }
+
+    /// Segment `i`'s k data blocks as `(file offset, file bytes)`: block `j` holds the file's
+    /// bytes from that offset on, that many of them, then zero padding. The keystream offset of
+    /// those bytes is the same file offset.
+    pub fn data_pieces(&self, i: u32) -> impl Iterator<Item = (u64, usize)> + use<> {
+        let start = u64::from(i) * u64::from(self.params.segment_size);
+        let (len, bs) = (self.segment_len(i), self.block_size(i) as usize);
+        (0..usize::from(self.params.needed))
+            .map(move |j| (start + (j * bs) as u64, len.saturating_sub(j * bs).min(bs)))
+    }
+
     /// Offset of segment `i`'s block in a share's data.
     pub fn block_offset(&self, i: u32) -> u64 {
         u64::from(i) * self.block_size(0)
@@ -263,7 +278,16 @@ impl FileEncoder {
         index: u32,
         plaintext: &[u8],
     ) -> Result<EncodedSegment, EncodeError> {
-        self.check_segment(index, plaintext.len())?;
+        if index >= self.num_segments || plaintext.len() != self.segment_len(index) {
+            return Err(EncodeError::Segment {
+                index,
+                why: format!(
+                    "{} bytes, expected {}",
+                    plaintext.len(),
+                    self.segment_len(index)
+                ),
+            });
+        }
         self.encode_segment_blocks(index, self.erasure.split(plaintext))
     }
 
@@ -277,10 +301,11 @@ impl FileEncoder {
         index: u32,
         mut blocks: Vec<Vec<u8>>,
     ) -> Result<EncodedSegment, EncodeError> {
-        let len = self.segment_len(index);
-        self.check_segment(index, len)?;
         let bs = self.block_size(index) as usize;
-        if blocks.len() != usize::from(self.params.total) || blocks.iter().any(|b| b.len() != bs) {
+        if index >= self.num_segments
+            || blocks.len() != usize::from(self.params.total)
+            || blocks.iter().any(|b| b.len() != bs)
+        {
             return Err(EncodeError::Segment {
                 index,
                 why: format!(
@@ -290,15 +315,9 @@ impl FileEncoder {
                 ),
             });
         }
-        let start = u64::from(index) * u64::from(self.params.segment_size);
-        for (i, b) in blocks
-            .iter_mut()
-            .take(usize::from(self.params.needed))
-            .enumerate()
-        {
+        for (b, (offset, real)) in blocks.iter_mut().zip(self.data_pieces(index)) {
             // The crypttext is zero-padded to k blocks after encryption.
-            let real = len.saturating_sub(i * bs).min(bs);
-            apply_keystream(&self.key, start + (i * bs) as u64, &mut b[..real]);
+            apply_keystream(&self.key, offset, &mut b[..real]);
             b[real..].fill(0);
         }
         self.erasure.encode_blocks(&mut blocks);
@@ -310,16 +329,6 @@ impl FileEncoder {
             block_hashes,
             crypttext_hash,
         })
-    }
-
-    fn check_segment(&self, index: u32, len: usize) -> Result<(), EncodeError> {
-        if index >= self.num_segments || len != self.segment_len(index) {
-            return Err(EncodeError::Segment {
-                index,
-                why: format!("{len} bytes, expected {}", self.segment_len(index)),
-            });
-        }
-        Ok(())
     }
 
     /// Builds the hash trees, UEB, cap and share metadata from every segment's hashes.
@@ -1007,9 +1016,10 @@ mod tests {
                 let plain = &data[start..start + enc.segment_len(i)];
                 let fresh = enc.encode_segment(i, plain).unwrap();
                 let bs = enc.block_size(i) as usize;
+                // filled as the uploader does: each data piece read from the whole file
                 let mut blocks = vec![vec![junk; bs]; usize::from(n)];
-                for (b, piece) in blocks.iter_mut().zip(plain.chunks(bs)) {
-                    b[..piece.len()].copy_from_slice(piece);
+                for (b, (offset, real)) in blocks.iter_mut().zip(enc.data_pieces(i)) {
+                    b[..real].copy_from_slice(&data[offset as usize..offset as usize + real]);
                 }
                 let reused = enc.encode_segment_blocks(i, blocks).unwrap();
                 prop_assert_eq!(&reused.blocks, &fresh.blocks);
