@@ -211,6 +211,7 @@ enum Command {
         peer: PeerId,
         msg: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, RpcError>>,
+        attempt: u8,
     },
     DialRelayed {
         peer: PeerId,
@@ -598,6 +599,7 @@ pub fn spawn(
         events: events_tx,
         book: book.clone(),
         joins: HashMap::new(),
+        pruned: std::collections::HashSet::new(),
         swarm,
         server,
         state: state_tx,
@@ -650,6 +652,9 @@ enum Answer {
 
 type JoinReply = oneshot::Sender<Result<Vec<u8>, RpcError>>;
 
+/// Attempts of one join request at most (see the join's `OutboundFailure` handling).
+const MAX_JOIN_ATTEMPTS: u8 = 8;
+
 type UpnpResult = Result<(Vec<upnp::Mapping>, Option<String>), upnp::UpnpError>;
 
 struct Actor {
@@ -684,8 +689,12 @@ struct Actor {
     relay_offers: std::collections::HashSet<PeerId>,
     events: mpsc::Sender<NetEvent>,
     book: AddressBook,
-    /// Join requests waiting for answers (with the request, kept for one retry).
-    joins: HashMap<OutboundRequestId, (JoinReply, Option<Vec<u8>>)>,
+    /// Join requests waiting for answers, with the request (kept for retries) and which
+    /// attempt this is (1 for the first).
+    joins: HashMap<OutboundRequestId, (JoinReply, Vec<u8>, u8)>,
+    /// Peers that lost an address since their last failed join attempt: a dial reached another
+    /// peer there (see [`Actor::forget_wrong_address`]).
+    pruned: std::collections::HashSet<PeerId>,
     swarm: Swarm<Behaviour>,
     server: StorageServer,
     state: watch::Sender<NetState>,
@@ -810,16 +819,39 @@ impl Actor {
         }
     }
 
-    fn send_join(&mut self, peer: PeerId, msg: Vec<u8>, reply: JoinReply, may_retry: bool) {
+    fn send_join(&mut self, peer: PeerId, msg: Vec<u8>, reply: JoinReply, attempt: u8) {
         self.ensure_dial(peer);
         let addrs = self.addresses(&peer);
-        let retry = may_retry.then(|| msg.clone());
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .join
-            .send_request_with_addresses(&peer, msg, addrs);
-        self.joins.insert(id, (reply, retry));
+        let id =
+            self.swarm
+                .behaviour_mut()
+                .join
+                .send_request_with_addresses(&peer, msg.clone(), addrs);
+        self.joins.insert(id, (reply, msg, attempt));
+    }
+
+    /// A dial of `peer` at `addr` reached `obtained` instead (the security handshake proved
+    /// it): the address is not `peer`'s, or no longer (on one host a port is soon another
+    /// process's). libp2p fails the whole dial when any of its concurrent attempts reaches the
+    /// wrong peer, so an address left in the book would spoil every later dial; forget it.
+    fn forget_wrong_address(&mut self, peer: PeerId, obtained: PeerId, addr: &Multiaddr) {
+        let bare = |a: &Multiaddr| {
+            kith_transports::split_peer_id(a).map_or_else(|| a.clone(), |(_, bare)| bare)
+        };
+        let wrong = bare(addr);
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(addrs) = book.get_mut(&peer) else {
+            return;
+        };
+        let before = addrs.len();
+        addrs.retain(|a| bare(a) != wrong);
+        if addrs.len() < before {
+            tracing::info!(%peer, %obtained, address = %wrong, "forgot an address that reached another peer");
+            if addrs.is_empty() {
+                book.remove(&peer);
+            }
+            self.pruned.insert(peer);
+        }
     }
 
     fn send_storage(
@@ -858,8 +890,13 @@ impl Actor {
                     .gossip
                     .send_request_with_addresses(&peer, msg, addrs);
             }
-            Command::Join { peer, msg, reply } => self.send_join(peer, msg, reply, true),
-            Command::RetryJoin { peer, msg, reply } => self.send_join(peer, msg, reply, false),
+            Command::Join { peer, msg, reply } => self.send_join(peer, msg, reply, 1),
+            Command::RetryJoin {
+                peer,
+                msg,
+                reply,
+                attempt,
+            } => self.send_join(peer, msg, reply, attempt),
             Command::Connect { peer } => self.ensure_dial(peer),
             Command::Dial { peer, keep, reply } => {
                 self.book
@@ -1105,7 +1142,13 @@ impl Actor {
                 peer_id: Some(peer),
                 error,
                 ..
-            } if !self.swarm.is_connected(&peer) => {
+            } => {
+                if let libp2p::swarm::DialError::WrongPeerId { obtained, address } = &error {
+                    self.forget_wrong_address(peer, *obtained, address);
+                }
+                if self.swarm.is_connected(&peer) {
+                    return false;
+                }
                 self.dialing.remove(&peer);
                 let error = error.to_string();
                 if self.dial_errors.len() >= MAX_DIAL_ERRORS {
@@ -1652,7 +1695,7 @@ impl Actor {
                     },
                 ..
             } => {
-                if let Some((reply, _)) = self.joins.remove(&request_id) {
+                if let Some((reply, ..)) = self.joins.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -1662,17 +1705,28 @@ impl Actor {
                 error,
                 ..
             } => {
-                let Some((reply, retry)) = self.joins.remove(&request_id) else {
+                let Some((reply, msg, attempt)) = self.joins.remove(&request_id) else {
                     return;
                 };
                 // Like storage requests: a dial that lost a race (two dials from one reused
-                // port, a simultaneous open) gets one more try a moment later.
-                if let (Some(msg), request_response::OutboundFailure::DialFailure) = (retry, &error)
-                {
-                    tracing::debug!(%peer, "dial failed; retrying the join request once");
+                // port, a simultaneous open) gets one more try a moment later. A dial that
+                // failed because an address led to another peer gets another try as long as
+                // that made the book shorter and addresses remain (bounded: an invitation
+                // carries few, and gossip could bring one back).
+                let pruned = self.pruned.remove(&peer);
+                let dial_failed = matches!(error, request_response::OutboundFailure::DialFailure);
+                let again = attempt == 1
+                    || (pruned && attempt < MAX_JOIN_ATTEMPTS && !self.addresses(&peer).is_empty());
+                if dial_failed && again {
+                    tracing::debug!(%peer, attempt, "dial failed; retrying the join request");
                     self.later(
-                        Duration::from_millis(200),
-                        Command::RetryJoin { peer, msg, reply },
+                        Duration::from_millis(if pruned { 0 } else { 200 }),
+                        Command::RetryJoin {
+                            peer,
+                            msg,
+                            reply,
+                            attempt: attempt + 1,
+                        },
                     );
                     return;
                 }

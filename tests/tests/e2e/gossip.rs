@@ -111,6 +111,66 @@ async fn twenty_nodes_join_by_invitation_chains_and_survive_restarts() {
     put_get(&grid.node(4), &grid.node(15), 3).await;
 }
 
+/// An invitation whose addresses mostly lead to other nodes (on one host a port the inviter
+/// once used is soon another process's) still joins: libp2p fails a whole dial when one of its
+/// concurrent attempts reaches the wrong peer, so each such address is forgotten and the join
+/// tried again with the rest. An invitation with only such addresses fails and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_skips_invitation_addresses_that_reach_other_nodes() {
+    let enc = Encoding {
+        needed: 2,
+        happy: 2,
+        total: 3,
+    };
+    let grid = Grid::start_unjoined(6, Listen::Tcp, enc)
+        .await
+        .expect("grid");
+    let inviter = grid.node(1);
+    let as_inviter = |h: &NodeHandle| -> Vec<libp2p::Multiaddr> {
+        h.net()
+            .listen_addrs
+            .iter()
+            .map(|a| kith_transports::with_peer_id(a, inviter.peer_id()))
+            .collect()
+    };
+    let stale: Vec<libp2p::Multiaddr> = (2..6).flat_map(|i| as_inviter(&grid.node(i))).collect();
+    assert_eq!(stale.len(), 4);
+    let invite = |addrs: Vec<libp2p::Multiaddr>| {
+        let g = inviter.grid().clone();
+        async move {
+            g.invite(Duration::from_secs(600), 1, addrs, (2, 2, 3))
+                .await
+                .expect("invite")
+                .code
+        }
+    };
+
+    // Four of five addresses lead to other nodes; the good one is listed last.
+    let mut addrs = stale.clone();
+    addrs.extend(as_inviter(&inviter));
+    let code = invite(addrs).await;
+    tokio::time::timeout(BOUND, grid.node(0).join(&code))
+        .await
+        .expect("the join to finish")
+        .expect("the join to succeed past the wrong addresses");
+    grid.node(0)
+        .wait_for_members(2, BOUND)
+        .await
+        .expect("node0 a member");
+
+    // Only wrong addresses: a clear error, not a hang.
+    let code = invite(stale[..3].to_vec()).await;
+    let err = tokio::time::timeout(BOUND, grid.node(5).join(&code))
+        .await
+        .expect("the join to finish")
+        .expect_err("no address of the inviter");
+    assert!(
+        err.to_string().contains("Unexpected peer ID"),
+        "unclear error: {err}"
+    );
+    assert_eq!(grid.node(5).grid_info().await.members.len(), 1);
+}
+
 fn signer_of(h: &NodeHandle) -> Signer {
     h.grid().signer()
 }
