@@ -632,23 +632,58 @@ async fn grid(
     Ok(())
 }
 
-async fn spawn_daemon(me: &std::path::Path, dir: NodeDir) -> anyhow::Result<Daemon> {
-    let child = Command::new(me)
-        .arg("node")
-        .arg(dir.root())
-        .env("KITH_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("spawning a node")?;
-    // A `Daemon` from the start, so that its `Drop` kills the child on every error below.
-    let mut d = Daemon {
-        child,
-        dir,
-        url: String::new(),
-        token: String::new(),
+async fn spawn_daemon(me: &std::path::Path, mut dir: NodeDir) -> anyhow::Result<Daemon> {
+    // A node dir's ports are picked when it is created; by the time its daemon starts, another
+    // process may have one (this machine's other daemons and their outgoing connections draw
+    // from the same range). A daemon that exits at start gets fresh ports and another try.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let child = Command::new(me)
+            .arg("node")
+            .arg(dir.root())
+            .env("KITH_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("spawning a node")?;
+        // A `Daemon` from the start, so that its `Drop` kills the child on every error below.
+        let mut d = Daemon {
+            child,
+            dir,
+            url: String::new(),
+            token: String::new(),
+        };
+        match wait_api(&d.dir, &mut d.child).await {
+            Ok((url, token)) => {
+                (d.url, d.token) = (url, token);
+                return Ok(d);
+            }
+            Err(e) if tries < 3 && d.child.try_wait()?.is_some() => {
+                eprintln!("{e:#}; trying again on fresh ports");
+                repick_ports(&d.dir)?;
+                dir = d.dir.clone();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Gives a node dir's listen and API addresses fresh ports (see [`spawn_daemon`]).
+fn repick_ports(dir: &NodeDir) -> anyhow::Result<()> {
+    let free = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
     };
-    (d.url, d.token) = wait_api(&d.dir, &mut d.child).await?;
-    Ok(d)
+    let path = dir.config_path();
+    let mut raw: RawConfig = toml::from_str(&std::fs::read_to_string(&path)?)?;
+    let port = free()?;
+    raw.network.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
+    raw.api.listen = format!("127.0.0.1:{}", free()?);
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, toml::to_string(&raw)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
 }
 
 async fn api_post(
