@@ -1210,27 +1210,32 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
                 .iter()
                 .map(|a| (a.server, a.shnum, a.share.clone()))
                 .collect();
-            // Fetch, verify and decode: segments ahead decode on the blocking pool while this
-            // task writes the previous one out, so both cores work.
+            // Fetch, verify and decode: each segment ahead is its own task, so its blocks are
+            // taken in and decoded on the blocking pool while this task writes the previous
+            // one out (a future polled only by this loop would sit still during the write),
+            // and both cores work. Dropped with the download, the tasks stop.
             let fetch = fetch_segment(node.clone(), si, ueb.clone(), next, plan);
             let (u, k, ct) = (ueb.clone(), key.clone(), crypttext_hashes.clone());
             let needed = usize::from(cap.needed);
-            fetching.push_back(async move {
-                let (seg, got, failures) = fetch.await;
-                if got.len() < needed {
-                    return (seg, Err(got), failures);
-                }
-                let plain = tokio::task::spawn_blocking(move || {
-                    codec::decode_segment(&u, &k, &ct, seg, got)
-                })
-                .await;
-                (seg, Ok(plain), failures)
-            });
+            fetching.push_back(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                async move {
+                    let (seg, got, failures) = fetch.await;
+                    if got.len() < needed {
+                        return (seg, Err(got), failures);
+                    }
+                    let plain = tokio::task::spawn_blocking(move || {
+                        codec::decode_segment(&u, &k, &ct, seg, got)
+                    })
+                    .await;
+                    (seg, Ok(plain), failures)
+                },
+            )));
             next += 1;
         }
-        let Some((seg, decoded, failures)) = fetching.next().await else {
+        let Some(done) = fetching.next().await else {
             break;
         };
+        let (seg, decoded, failures) = done.map_err(|e| std::io::Error::other(e.to_string()))?;
         for (s, sh, problem) in failures {
             if src.active.iter().any(|a| a.server == s && a.shnum == sh) {
                 src.active.retain(|a| !(a.server == s && a.shnum == sh));
