@@ -11,7 +11,8 @@
 //!
 //! [network]
 //! # Addresses to listen on (TCP and/or QUIC multiaddrs). `kith init` picks a free port once so
-//! # the addresses stay the same across restarts.
+//! # the addresses stay the same across restarts (a TCP port found in use at start is replaced
+//! # by a free one for that run, with a warning).
 //! listen = ["/ip4/0.0.0.0/tcp/41234", "/ip4/0.0.0.0/udp/41234/quic-v1"]
 //! # Addresses to tell peers about, in addition to the listen addresses.
 //! announce = []

@@ -560,6 +560,22 @@ pub fn spawn(
         }
     }
     for addr in listen {
+        // libp2p's listener would share a port another listener holds with `SO_REUSEPORT`
+        // (another kith node on this machine), and peers would reach either (see
+        // `tcp_port_taken`). This run listens on a free port instead; the node's record
+        // carries whatever it listens on.
+        let addr = if kith_transports::tcp_port_taken(addr) {
+            let free = with_port_zero(addr);
+            tracing::warn!(
+                address = %addr,
+                instead = %free,
+                "the configured TCP port is in use by another program; listening on a free \
+                 port for this run (free the port or change network.listen to keep it stable)"
+            );
+            free
+        } else {
+            addr.clone()
+        };
         swarm
             .listen_on(addr.clone())
             .map_err(|e| NetError::Listen(addr.clone(), transport_error(&e)))?;
@@ -1736,6 +1752,16 @@ impl Actor {
             _ => {}
         }
     }
+}
+
+/// `addr` with its TCP port replaced by 0 (any free port).
+fn with_port_zero(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .map(|p| match p {
+            Protocol::Tcp(_) => Protocol::Tcp(0),
+            p => p,
+        })
+        .collect()
 }
 
 /// A transport error with its cause: libp2p's `TransportError::Other` displays as nothing.

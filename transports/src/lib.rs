@@ -208,6 +208,45 @@ pub fn with_peer_id(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     }
 }
 
+/// Whether another socket already holds the TCP port of `addr` (an IP and TCP listen address
+/// with a fixed port), including one that libp2p's listener would share it with.
+///
+/// libp2p's TCP listener sets `SO_REUSEPORT`. On Linux a second listener of the same user that
+/// sets it too (another kith node on the machine, say, whose `kith init` picked the same free
+/// port) then binds the port without an error, and the kernel splits incoming connections
+/// between the two: peers dialing one node sometimes reach the other, and libp2p refuses those
+/// connections ("Unexpected peer ID"). A bind without `SO_REUSEPORT` fails on such a port; this
+/// is that bind (no `listen`, so no connection can land on it), released at once.
+pub fn tcp_port_taken(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    let mut it = addr.iter();
+    let ip: std::net::IpAddr = match it.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return false,
+    };
+    let port = match it.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => port,
+        _ => return false,
+    };
+    if it.any(|p| !matches!(p, Protocol::P2p(_))) {
+        return false;
+    }
+    let sa = std::net::SocketAddr::new(ip, port);
+    let Ok(socket) = socket2::Socket::new(
+        socket2::Domain::for_address(sa),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    ) else {
+        return false;
+    };
+    // As libp2p's listener does, so that connections in TIME_WAIT do not count.
+    if socket.set_reuse_address(true).is_err() {
+        return false;
+    }
+    matches!(socket.bind(&sa.into()), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
 /// Splits `/…/p2p/<peer>` into the peer id and the address without it.
 pub fn split_peer_id(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
     let mut addr = addr.clone();
@@ -360,6 +399,41 @@ mod tests {
         assert!(!tor.started());
         assert!(!tor.status().started);
         assert!(!dir.path().join("state").exists() && !dir.path().join("cache").exists());
+    }
+
+    /// A port held by libp2p's own TCP listener (`SO_REUSEPORT`, which a second such listener
+    /// would silently share) counts as taken; a free one, port 0, and other addresses do not.
+    #[tokio::test]
+    async fn a_port_libp2p_listens_on_is_taken_even_for_a_port_sharing_listener() {
+        use libp2p::core::transport::ListenerId;
+        let mut tcp = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::new());
+        tcp.listen_on(ListenerId::next(), "/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let held = loop {
+            let event = futures::future::poll_fn(|cx| std::pin::Pin::new(&mut tcp).poll(cx)).await;
+            if let libp2p::core::transport::TransportEvent::NewAddress { listen_addr, .. } = event {
+                break listen_addr;
+            }
+        };
+        assert!(tcp_port_taken(&held), "{held} is libp2p's");
+        // A second libp2p listener binds it all the same: the sharing this check prevents.
+        let mut second = libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::new());
+        assert!(second.listen_on(ListenerId::next(), held.clone()).is_ok());
+        assert!(tcp_port_taken(&with_peer_id(&held, PeerId::random())));
+
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        assert!(!tcp_port_taken(
+            &format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+        ));
+        for other in [
+            "/ip4/127.0.0.1/tcp/0",
+            "/ip4/127.0.0.1/udp/4001/quic-v1",
+            "/dns4/example.org/tcp/443",
+        ] {
+            assert!(!tcp_port_taken(&other.parse().unwrap()), "{other}");
+        }
     }
 
     #[test]

@@ -171,6 +171,61 @@ async fn a_join_skips_invitation_addresses_that_reach_other_nodes() {
     assert_eq!(grid.node(5).grid_info().await.members.len(), 1);
 }
 
+/// A node configured with a TCP port another node on the machine already listens on does not
+/// share it (libp2p's listener sets `SO_REUSEPORT`, and the kernel would hand each incoming
+/// connection to either node): it listens on a free port for the run, and a join dialing the
+/// first node's port reaches the first node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_does_not_share_a_tcp_port_with_another_node() {
+    let enc = Encoding {
+        needed: 1,
+        happy: 1,
+        total: 2,
+    };
+    let first = Grid::start_unjoined(1, Listen::Tcp, enc)
+        .await
+        .expect("first node");
+    let held = first.node(0).net().listen_addrs.clone();
+    assert_eq!(held.len(), 1, "{held:?}");
+    let port_of = |a: &libp2p::Multiaddr| {
+        a.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+    };
+    let taken = held[0].to_string();
+    let second = Grid::start_with(1, Listen::Tcp, enc, |_, raw| {
+        raw.network.listen = vec![taken.clone()];
+    })
+    .await
+    .expect("second node starts all the same");
+    let b = second.node(0);
+    let theirs = b.net().listen_addrs.clone();
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert_ne!(
+        port_of(&theirs[0]),
+        port_of(&held[0]),
+        "the second node shares the first one's port"
+    );
+    // Dialing the first node's port reaches the first node, every time.
+    let code = first
+        .node(0)
+        .invite(Duration::from_secs(600), 1)
+        .await
+        .expect("invite")
+        .code;
+    tokio::time::timeout(BOUND, b.join(&code))
+        .await
+        .expect("the join to finish")
+        .expect("the join to reach the first node");
+    b.wait_for_members(2, BOUND).await.expect("two members");
+    first
+        .node(0)
+        .wait_for_members(2, BOUND)
+        .await
+        .expect("two members");
+}
+
 fn signer_of(h: &NodeHandle) -> Signer {
     h.grid().signer()
 }
