@@ -989,6 +989,12 @@ impl Actor {
             (request_response::OutboundFailure::DialFailure, Some(why)) => {
                 format!("{error}: {why}")
             }
+            // libp2p reports no dial error when there was no address to dial at all.
+            (request_response::OutboundFailure::DialFailure, None)
+                if self.addresses(&peer).is_empty() =>
+            {
+                format!("{error}: no known address of the peer")
+            }
             _ => error.to_string(),
         }
     }

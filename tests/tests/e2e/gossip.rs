@@ -169,6 +169,17 @@ async fn a_join_skips_invitation_addresses_that_reach_other_nodes() {
         "unclear error: {err}"
     );
     assert_eq!(grid.node(5).grid_info().await.members.len(), 1);
+
+    // A request to a peer nobody knows an address of says so.
+    let err = grid
+        .node(5)
+        .rpc(libp2p::PeerId::random(), Request::AddLease { si: [0; 16] })
+        .await
+        .expect_err("nowhere to send it");
+    assert!(
+        err.to_string().contains("no known address"),
+        "unclear error: {err}"
+    );
 }
 
 /// A node configured with a TCP port another node on the machine already listens on does not
