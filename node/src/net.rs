@@ -615,7 +615,6 @@ pub fn spawn(
         events: events_tx,
         book: book.clone(),
         joins: HashMap::new(),
-        pruned: std::collections::HashSet::new(),
         swarm,
         server,
         state: state_tx,
@@ -668,6 +667,18 @@ enum Answer {
 
 type JoinReply = oneshot::Sender<Result<Vec<u8>, RpcError>>;
 
+/// A join request waiting for its answer.
+struct PendingJoin {
+    reply: JoinReply,
+    /// The request, kept for retries.
+    msg: Vec<u8>,
+    /// Which attempt this is (1 for the first).
+    attempt: u8,
+    /// How many addresses of the inviter it was sent with: fewer now means a dial reached
+    /// another peer at one and it was forgotten ([`Actor::forget_wrong_address`]).
+    addrs: usize,
+}
+
 /// Attempts of one join request at most (see the join's `OutboundFailure` handling).
 const MAX_JOIN_ATTEMPTS: u8 = 8;
 
@@ -705,12 +716,8 @@ struct Actor {
     relay_offers: std::collections::HashSet<PeerId>,
     events: mpsc::Sender<NetEvent>,
     book: AddressBook,
-    /// Join requests waiting for answers, with the request (kept for retries) and which
-    /// attempt this is (1 for the first).
-    joins: HashMap<OutboundRequestId, (JoinReply, Vec<u8>, u8)>,
-    /// Peers that lost an address since their last failed join attempt: a dial reached another
-    /// peer there (see [`Actor::forget_wrong_address`]).
-    pruned: std::collections::HashSet<PeerId>,
+    /// Join requests waiting for answers.
+    joins: HashMap<OutboundRequestId, PendingJoin>,
     swarm: Swarm<Behaviour>,
     server: StorageServer,
     state: watch::Sender<NetState>,
@@ -838,19 +845,25 @@ impl Actor {
     fn send_join(&mut self, peer: PeerId, msg: Vec<u8>, reply: JoinReply, attempt: u8) {
         self.ensure_dial(peer);
         let addrs = self.addresses(&peer);
-        let id =
-            self.swarm
-                .behaviour_mut()
-                .join
-                .send_request_with_addresses(&peer, msg.clone(), addrs);
-        self.joins.insert(id, (reply, msg, attempt));
+        let pending = PendingJoin {
+            reply,
+            msg: msg.clone(),
+            attempt,
+            addrs: addrs.len(),
+        };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .join
+            .send_request_with_addresses(&peer, msg, addrs);
+        self.joins.insert(id, pending);
     }
 
     /// A dial of `peer` at `addr` reached `obtained` instead (the security handshake proved
     /// it): the address is not `peer`'s, or no longer (on one host a port is soon another
     /// process's). libp2p fails the whole dial when any of its concurrent attempts reaches the
     /// wrong peer, so an address left in the book would spoil every later dial; forget it.
-    fn forget_wrong_address(&mut self, peer: PeerId, obtained: PeerId, addr: &Multiaddr) {
+    fn forget_wrong_address(&self, peer: PeerId, obtained: PeerId, addr: &Multiaddr) {
         let bare = |a: &Multiaddr| {
             kith_transports::split_peer_id(a).map_or_else(|| a.clone(), |(_, bare)| bare)
         };
@@ -866,7 +879,6 @@ impl Actor {
             if addrs.is_empty() {
                 book.remove(&peer);
             }
-            self.pruned.insert(peer);
         }
     }
 
@@ -1717,8 +1729,8 @@ impl Actor {
                     },
                 ..
             } => {
-                if let Some((reply, ..)) = self.joins.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
+                if let Some(join) = self.joins.remove(&request_id) {
+                    let _ = join.reply.send(Ok(response));
                 }
             }
             request_response::Event::OutboundFailure {
@@ -1727,7 +1739,13 @@ impl Actor {
                 error,
                 ..
             } => {
-                let Some((reply, msg, attempt)) = self.joins.remove(&request_id) else {
+                let Some(PendingJoin {
+                    reply,
+                    msg,
+                    attempt,
+                    addrs,
+                }) = self.joins.remove(&request_id)
+                else {
                     return;
                 };
                 // Like storage requests: a dial that lost a race (two dials from one reused
@@ -1735,10 +1753,10 @@ impl Actor {
                 // failed because an address led to another peer gets another try as long as
                 // that made the book shorter and addresses remain (bounded: an invitation
                 // carries few, and gossip could bring one back).
-                let pruned = self.pruned.remove(&peer);
+                let left = self.addresses(&peer).len();
+                let pruned = left < addrs;
                 let dial_failed = matches!(error, request_response::OutboundFailure::DialFailure);
-                let again = attempt == 1
-                    || (pruned && attempt < MAX_JOIN_ATTEMPTS && !self.addresses(&peer).is_empty());
+                let again = attempt == 1 || (pruned && attempt < MAX_JOIN_ATTEMPTS && left > 0);
                 if dial_failed && again {
                     tracing::debug!(%peer, attempt, "dial failed; retrying the join request");
                     self.later(

@@ -238,8 +238,8 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// A port free for both TCP and UDP on all interfaces right now.
-fn free_port() -> u16 {
+/// A port free for both TCP and UDP on all interfaces right now (0 if none was found).
+pub fn free_port() -> u16 {
     for _ in 0..32 {
         let Ok(l) = TcpListener::bind("0.0.0.0:0") else {
             continue;

@@ -20,8 +20,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kith_node::{
     codec::{EncodingParams, FileEncoder},
-    config::{ByteSize, RawConfig},
-    nodedir::NodeDir,
+    config::{ByteSize, CONFIG_FILE, RawConfig},
+    nodedir::{self, NodeDir},
 };
 
 #[derive(Parser)]
@@ -670,19 +670,11 @@ async fn spawn_daemon(me: &std::path::Path, mut dir: NodeDir) -> anyhow::Result<
 
 /// Gives a node dir's listen and API addresses fresh ports (see [`spawn_daemon`]).
 fn repick_ports(dir: &NodeDir) -> anyhow::Result<()> {
-    let free = || -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
     let path = dir.config_path();
     let mut raw: RawConfig = toml::from_str(&std::fs::read_to_string(&path)?)?;
-    let port = free()?;
-    raw.network.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
-    raw.api.listen = format!("127.0.0.1:{}", free()?);
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, toml::to_string(&raw)?)?;
-    std::fs::rename(&tmp, &path)?;
+    raw.network.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", nodedir::free_port())];
+    raw.api.listen = format!("127.0.0.1:{}", nodedir::free_port());
+    nodedir::write_atomic(dir.root(), CONFIG_FILE, toml::to_string(&raw)?.as_bytes())?;
     Ok(())
 }
 

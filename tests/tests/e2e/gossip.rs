@@ -17,6 +17,13 @@ async fn until(what: &str, cond: impl AsyncFnMut() -> bool) {
     kith_tests::until(what, BOUND, cond).await;
 }
 
+/// `h` joins with `code`, within [`BOUND`].
+async fn join_in_time(h: &NodeHandle, code: &str) -> Result<usize, GridError> {
+    tokio::time::timeout(BOUND, h.join(code))
+        .await
+        .expect("the join to finish")
+}
+
 async fn put_get(from: &NodeHandle, to: &NodeHandle, seed: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("f.bin");
@@ -149,9 +156,8 @@ async fn a_join_skips_invitation_addresses_that_reach_other_nodes() {
     let mut addrs = stale.clone();
     addrs.extend(as_inviter(&inviter));
     let code = invite(addrs).await;
-    tokio::time::timeout(BOUND, grid.node(0).join(&code))
+    join_in_time(&grid.node(0), &code)
         .await
-        .expect("the join to finish")
         .expect("the join to succeed past the wrong addresses");
     grid.node(0)
         .wait_for_members(2, BOUND)
@@ -160,9 +166,8 @@ async fn a_join_skips_invitation_addresses_that_reach_other_nodes() {
 
     // Only wrong addresses: a clear error, not a hang.
     let code = invite(stale[..3].to_vec()).await;
-    let err = tokio::time::timeout(BOUND, grid.node(5).join(&code))
+    let err = join_in_time(&grid.node(5), &code)
         .await
-        .expect("the join to finish")
         .expect_err("no address of the inviter");
     assert!(
         err.to_string().contains("Unexpected peer ID"),
@@ -225,9 +230,8 @@ async fn a_node_does_not_share_a_tcp_port_with_another_node() {
         .await
         .expect("invite")
         .code;
-    tokio::time::timeout(BOUND, b.join(&code))
+    join_in_time(&b, &code)
         .await
-        .expect("the join to finish")
         .expect("the join to reach the first node");
     b.wait_for_members(2, BOUND).await.expect("two members");
     first
