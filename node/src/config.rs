@@ -24,6 +24,8 @@
 //! capacity = "100GiB"     # most share bytes this node keeps for others
 //! reserved = "1GiB"       # always leave this much disk free
 //! lease_days = 31         # how long a lease lasts unless renewed
+//! direct_io = true        # write uploaded shares around the page cache (O_DIRECT) where the
+//!                         # file system allows; false: through the page cache, flushed every 8 MiB
 //!
 //! [encoding]              # defaults for uploads from this node
 //! shares_needed = 3       # k: any k shares rebuild a file
@@ -352,6 +354,8 @@ pub struct RawStorage {
     /// Who may store here: `"members"` of this node's grid and static peers (default), or
     /// `"anyone"` who can connect (an open server, as a Tahoe storage node).
     pub accept_from: AcceptFrom,
+    /// Write the bulk of uploaded shares with `O_DIRECT`.
+    pub direct_io: bool,
 }
 
 /// Who may store on this node.
@@ -373,6 +377,7 @@ impl Default for RawStorage {
             reserved: ByteSize(1 << 30),
             lease_days: 31,
             accept_from: AcceptFrom::Members,
+            direct_io: true,
         }
     }
 }
@@ -493,6 +498,8 @@ pub struct Config {
     pub capacity: u64,
     /// Reserved free disk in bytes.
     pub reserved: u64,
+    /// Write the bulk of uploaded shares with `O_DIRECT`.
+    pub direct_io: bool,
     /// Lease duration in seconds.
     pub lease_secs: u64,
     /// Upload encoding defaults.
@@ -715,6 +722,7 @@ impl TryFrom<RawConfig> for Config {
             accept_from: raw.storage.accept_from,
             capacity: raw.storage.capacity.0,
             reserved: raw.storage.reserved.0,
+            direct_io: raw.storage.direct_io,
             lease_secs: u64::from(raw.storage.lease_days) * 86_400,
             encoding,
             convergent: raw.encoding.convergent,

@@ -203,6 +203,7 @@ impl Node {
                 capacity: config.capacity,
                 reserved: config.reserved,
                 read_only: false,
+                direct_io: config.direct_io,
             };
             let db2 = db.clone();
             Some(
@@ -1356,6 +1357,11 @@ impl NodeHandle {
                     "kith_storage_write_behind_flushes_total",
                     "Times a share being received was flushed to disk and dropped from the page cache.",
                     &[(String::new(), store.write_behind_flushes() as f64)],
+                );
+                gauge(
+                    "kith_storage_direct_bytes_total",
+                    "Share bytes received and written around the page cache (O_DIRECT).",
+                    &[(String::new(), store.direct_bytes() as f64)],
                 );
             }
         }

@@ -400,6 +400,7 @@ mod tests {
                 capacity,
                 reserved: 0,
                 read_only: false,
+                direct_io: true,
             },
         )
         .unwrap();

@@ -13,6 +13,10 @@ use proptest::prelude::*;
 use super::*;
 
 fn open(dir: &Path, capacity: u64, reserved: u64) -> ShareStore {
+    open_with(dir, capacity, reserved, true)
+}
+
+fn open_with(dir: &Path, capacity: u64, reserved: u64, direct_io: bool) -> ShareStore {
     let db = Arc::new(redb::Database::create(dir.join("node.redb")).unwrap());
     ShareStore::open(
         db,
@@ -21,6 +25,7 @@ fn open(dir: &Path, capacity: u64, reserved: u64) -> ShareStore {
             capacity,
             reserved,
             read_only: false,
+            direct_io,
         },
     )
     .unwrap()
@@ -134,6 +139,7 @@ fn capacity_reserve_and_read_only_are_enforced() {
             capacity: 1 << 30,
             reserved: 0,
             read_only: true,
+            direct_io: true,
         },
     )
     .unwrap();
@@ -674,7 +680,8 @@ fn concurrent_small_puts_share_commits_and_each_gets_its_own_answer() {
 #[test]
 fn large_shares_written_out_of_order_survive_write_behind_flushes() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(open(tmp.path(), 1 << 30, 0));
+    // Through the page cache: with O_DIRECT only the pages at the writes' edges count.
+    let store = Arc::new(open_with(tmp.path(), 1 << 30, 0, false));
     let s = si(9);
     let len = (3 * WRITE_BEHIND + 12_345) as usize;
     let data = Arc::new(pattern(&s, 4, len));
@@ -770,4 +777,178 @@ fn several_puts_in_one_call_are_answered_each_on_its_own_and_in_order() {
     assert_eq!(store.list(&si(4)).unwrap(), Vec::<u8>::new());
     assert_eq!(store.leases(&si(3), 1).unwrap().len(), 2);
     assert!(store.verify_consistency().unwrap().is_clean());
+}
+
+/// Reads a whole share.
+fn read_all(store: &ShareStore, s: &[u8; 16], shnum: u8, len: usize) -> Vec<u8> {
+    let mut back = Vec::with_capacity(len);
+    while back.len() < len {
+        let n = (len - back.len()).min(MAX_READ_LEN as usize);
+        back.extend(store.read(s, shnum, back.len() as u64, n as u32).unwrap());
+    }
+    back
+}
+
+/// Whether `dir`'s file system takes `O_DIRECT`; where it does not, says so, and fails under
+/// `CI=true` (CI's disk takes it).
+fn direct_io_works(dir: &Path) -> bool {
+    let probe = dir.join("direct-probe");
+    std::fs::write(&probe, b"").unwrap();
+    let ok = open_direct(&probe).is_some();
+    std::fs::remove_file(&probe).unwrap();
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the test dir's file system refuses O_DIRECT under CI"
+        );
+        eprintln!(
+            "skipping the O_DIRECT assertions: {} refuses O_DIRECT",
+            dir.display()
+        );
+    }
+    ok
+}
+
+#[test]
+fn plan_write_writes_whole_aligned_pages_and_joins_only_a_continued_carry() {
+    let a = DIRECT_ALIGN as u64;
+    // Blocks of a 1 MiB-segment 3-of-10 upload, as the store places them.
+    let bs = 349_526u64;
+    let (joined, r) = plan_write(DATA_OFFSET, bs as usize, None);
+    assert!(!joined);
+    assert_eq!(r, a..(DATA_OFFSET + bs) / a * a);
+    // The next block continues the carry (the first block's last bytes): its page goes whole.
+    let carry = (r.end, (DATA_OFFSET + bs - r.end) as usize);
+    let (joined, r2) = plan_write(DATA_OFFSET + bs, bs as usize, Some(carry));
+    assert!(joined);
+    assert_eq!(r2, r.end..(DATA_OFFSET + 2 * bs) / a * a);
+    // A carry the write does not continue is not joined.
+    assert!(!plan_write(DATA_OFFSET + 2 * bs, bs as usize, Some(carry)).0);
+    // Too little for a direct write, or no whole page at all.
+    assert_eq!(plan_write(100, DIRECT_MIN, None), (false, 0..0));
+    assert_eq!(plan_write(4095, 2, Some((0, 4095))), (false, 0..0));
+    assert_eq!(plan_write(u64::MAX - 10, 5, None), (false, 0..0));
+    proptest!(|(pos in 0u64..1 << 40, len in 0usize..4 << 20, carry in proptest::option::of(0usize..4096))| {
+        let carry = carry.map(|n| ((pos.saturating_sub(n as u64)) / a * a, n));
+        let (joined, r) = plan_write(pos, len, carry);
+        if r.is_empty() {
+            prop_assert!(!joined);
+        } else {
+            prop_assert!(r.end - r.start >= DIRECT_MIN as u64);
+            prop_assert_eq!(r.start % a, 0);
+            prop_assert_eq!(r.end % a, 0);
+            prop_assert!(r.end <= pos + len as u64 && pos + len as u64 - r.end < a);
+            if joined {
+                let (at, n) = carry.unwrap();
+                prop_assert_eq!((r.start, at + n as u64), (at, pos));
+            } else {
+                prop_assert!(r.start >= pos && r.start - pos < a);
+            }
+        }
+    });
+}
+
+#[test]
+fn uploaded_shares_go_around_the_page_cache_and_read_back_exactly() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(tmp.path(), 1 << 30, 0));
+    let direct = direct_io_works(tmp.path());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let block = 349_526usize;
+    let len = 12 * block + 777;
+    // Blocks in order, one after another: everything goes around the page cache but the
+    // header's page and the last one (each block's last bytes wait for the next block).
+    let s = si(20);
+    let data = pattern(&s, 1, len);
+    store.allocate(&s, b"alice", &[1], len as u64, 100).unwrap();
+    for (b, chunk) in data.chunks(block).enumerate() {
+        store
+            .write(&s, 1, b"alice", (b * block) as u64, chunk)
+            .unwrap();
+    }
+    store.close(&s, 1, b"alice", b"meta").unwrap();
+    if direct {
+        let last_page = (DATA_OFFSET as usize + len) / DIRECT_ALIGN * DIRECT_ALIGN;
+        assert_eq!(store.direct_bytes(), (last_page - DIRECT_ALIGN) as u64);
+    }
+    assert!(
+        read_all(&store, &s, 1, len) == data,
+        "the share came back different"
+    );
+    // Then as an upload writes it: two writers racing.
+    let store_direct_first = store.direct_bytes();
+    let s = si(21);
+    let data = Arc::new(pattern(&s, 1, len));
+    store.allocate(&s, b"alice", &[1], len as u64, 100).unwrap();
+    std::thread::scope(|sc| {
+        for lane in 0..2 {
+            let (store, data) = (store.clone(), data.clone());
+            sc.spawn(move || {
+                for b in (lane..len.div_ceil(block)).step_by(2) {
+                    let range = b * block..((b + 1) * block).min(len);
+                    store
+                        .write(&s, 1, b"alice", range.start as u64, &data[range])
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let direct_after_blocks = store.direct_bytes();
+    if direct {
+        let direct_after_blocks = direct_after_blocks - store_direct_first;
+        // All but the header's page, the last one and, where the two writers' blocks came
+        // out of order, the pages at those blocks' edges.
+        assert!(
+            direct_after_blocks >= (len - 12 * 2 * DIRECT_ALIGN) as u64,
+            "{direct_after_blocks} of {len} bytes went around the page cache"
+        );
+    }
+    // Then pieces of any size at any offset, overlapping what O_DIRECT wrote and each
+    // other, in any order; a model of the share says what it must hold.
+    let mut model = data.to_vec();
+    for _ in 0..60 {
+        let at = rng.gen_range(0..len);
+        let n = rng.gen_range(1..=(len - at).min(300_000));
+        let piece: Vec<u8> = (0..n).map(|_| rng.r#gen()).collect();
+        store.write(&s, 1, b"alice", at as u64, &piece).unwrap();
+        model[at..at + n].copy_from_slice(&piece);
+    }
+    if direct {
+        assert!(
+            store.direct_bytes() > direct_after_blocks,
+            "no piece went direct"
+        );
+    }
+    store.close(&s, 1, b"alice", b"meta").unwrap();
+    assert!(
+        read_all(&store, &s, 1, len) == model,
+        "the share came back different"
+    );
+    assert_eq!(store.read_meta(&s, 1).unwrap(), b"meta");
+    assert!(store.verify_consistency().unwrap().is_clean());
+    drop(store);
+    let store = open(tmp.path(), 1 << 30, 0);
+    assert!(
+        read_all(&store, &s, 1, len) == model,
+        "the share came back different after a reopen"
+    );
+}
+
+#[test]
+fn with_direct_io_off_shares_go_through_the_page_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_with(tmp.path(), 1 << 30, 0, false);
+    let s = si(22);
+    let len = 3 << 20;
+    let data = pattern(&s, 0, len);
+    store.allocate(&s, b"alice", &[0], len as u64, 100).unwrap();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        store
+            .write(&s, 0, b"alice", (i << 20) as u64, chunk)
+            .unwrap();
+    }
+    store.close(&s, 0, b"alice", b"m").unwrap();
+    assert_eq!(store.direct_bytes(), 0);
+    assert!(read_all(&store, &s, 0, len) == data);
 }

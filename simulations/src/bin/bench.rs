@@ -64,6 +64,9 @@ enum Cmd {
         /// Keep the node dirs here instead of a temp dir.
         #[arg(long)]
         workdir: Option<PathBuf>,
+        /// Servers write shares through the page cache (`storage.direct_io = false`).
+        #[arg(long)]
+        no_direct_io: bool,
     },
     /// Measure how fast new members are seen: form a grid by invitations, then join more
     /// nodes one at a time and time until the joiner lists everyone and everyone lists it.
@@ -106,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             total,
             segment_size,
             workdir,
+            no_direct_io,
         } => rt.block_on(grid(
             nodes,
             &sizes.iter().map(|s| s.0).collect::<Vec<_>>(),
@@ -117,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                 segment_size: u32::try_from(segment_size.0).context("segment size")?,
             },
             workdir,
+            !no_direct_io,
         )),
     }
 }
@@ -472,6 +477,7 @@ async fn grid(
     (small_count, small_size, small_parallel): (usize, usize, usize),
     params: EncodingParams,
     workdir: Option<PathBuf>,
+    direct_io: bool,
 ) -> anyhow::Result<()> {
     if nodes < 2 {
         bail!("need at least 2 nodes");
@@ -500,6 +506,7 @@ async fn grid(
         raw.encoding.shares_total = params.total;
         raw.encoding.segment_size = ByteSize(u64::from(params.segment_size));
         raw.storage.reserved = ByteSize(0);
+        raw.storage.direct_io = direct_io;
         raw.repair.enabled = false;
         dir.init(raw)?;
         dirs.push(dir);

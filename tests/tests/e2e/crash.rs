@@ -138,6 +138,7 @@ async fn server_killed_mid_upload_restarts_consistent() {
                 capacity: u64::MAX / 4,
                 reserved: 0,
                 read_only: true,
+                direct_io: true,
             },
         )
         .unwrap();
