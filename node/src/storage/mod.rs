@@ -14,6 +14,10 @@
 //! recomputes usage, so usage always equals the sum of the indexed shares and no half-written
 //! share is ever visible.
 //!
+//! Uploaded share data goes to the disk around the page cache (`O_DIRECT`, whole pages; see
+//! `plan_write`) where the file system allows, so receiving a friend's upload costs little CPU
+//! and does not push the owner's own files out of the cache.
+//!
 //! Tables (versioned names, as iroh-blobs): `shares-0` (si ‖ shnum -> data_len, meta_len,
 //! created), `leases-0` (si ‖ shnum ‖ owner -> expiry), `usage-0` (`used_bytes`, `share_count`),
 //! `store-meta-0` (`schema-version`), `inline-0` (si ‖ shnum -> data ‖ metadata of small shares
@@ -1558,7 +1562,11 @@ impl ShareStore {
             if scratch.len() < len + DIRECT_ALIGN {
                 *scratch = vec![0; len + DIRECT_ALIGN];
             }
-            let skew = scratch.as_ptr().align_offset(DIRECT_ALIGN);
+            // (`align_offset` cannot fail for bytes; were it to, the write would be refused.)
+            let skew = scratch
+                .as_ptr()
+                .align_offset(DIRECT_ALIGN)
+                .min(DIRECT_ALIGN);
             let aligned = &mut scratch[skew..skew + len];
             aligned[..prefix.len()].copy_from_slice(prefix);
             aligned[prefix.len()..].copy_from_slice(pages);
