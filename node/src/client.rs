@@ -340,7 +340,7 @@ impl SegmentSource<'_> {
 const KEY_BATCH: usize = 64;
 
 /// The convergent key of `size` bytes that `read(offset, buf)` fills piece by piece: the
-/// pieces are hashed on every core (at most 8), in rounds of [`KEY_BATCH`] pieces, and added
+/// pieces are hashed on every core (at most 8), in rounds of `KEY_BATCH` pieces, and added
 /// in order. Blocking.
 pub fn convergent_key_by_pieces(
     secret: &[u8; 32],

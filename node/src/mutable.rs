@@ -18,7 +18,7 @@
 //! Readers verify every share ([`verify_share`]) and take the newest version with at least k
 //! shares ([`best_version`]).
 //!
-//! Share encoding (little-endian): `b"KMSH"`, version 1, seqnum u64, root hash, salt[16], k u8,
+//! Share encoding (little-endian): `b"KMSH"`, version 1, seqnum u64, root hash, `salt[16]`, k u8,
 //! n u8, data_len u64, shnum u8, pubkey (u16 length + DER), signature (u16 + bytes), proof
 //! (u8 count + hashes), encrypted private key (u16 + bytes), block (u32 + bytes). Decoding is
 //! bounded by the input and [`MAX_SHARE_LEN`].

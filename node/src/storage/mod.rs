@@ -151,7 +151,7 @@ pub struct StoreConfig {
     /// Refuse writes.
     pub read_only: bool,
     /// Write the bulk of uploaded share data with `O_DIRECT`, around the page cache (see
-    /// [`plan_write`]); off, or where the file system refuses it, everything goes through
+    /// `plan_write`); off, or where the file system refuses it, everything goes through
     /// the page cache.
     pub direct_io: bool,
 }
