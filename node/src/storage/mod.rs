@@ -85,28 +85,24 @@ struct DirectFile {
     carry: Mutex<Option<Carry>>,
 }
 
-/// How a write of `len` bytes at file offset `pos` goes out, given the carry (`(at, len)`) of
-/// the share's last write: `(joined, direct)`. `direct` is the file range written with
-/// `O_DIRECT`, whole [`DIRECT_ALIGN`] pages; `joined`: it starts with the carry's page (carry,
-/// then this write's first bytes). What comes before `direct` goes through the page cache,
-/// what comes after becomes the new carry. Empty `direct`: all through the page cache.
+/// The file range a write of `len` bytes at file offset `pos` sends with `O_DIRECT`, whole
+/// [`DIRECT_ALIGN`] pages, given the carry (`(at, len)`) of the share's last write. A range
+/// starting before `pos` starts with the carry's page (carry, then this write's first bytes):
+/// the write continues it. What comes before the range goes through the page cache, what comes
+/// after becomes the new carry. Empty: all through the page cache.
 /// So a page is written whole by `O_DIRECT` or in part through the page cache, never both by
 /// one write, and the kernel keeps the two coherent across writes (an `O_DIRECT` write
 /// flushes and drops cached pages in its range; a cached write reads a page the disk has).
-fn plan_write(pos: u64, len: usize, carry: Option<(u64, usize)>) -> (bool, std::ops::Range<u64>) {
+fn plan_write(pos: u64, len: usize, carry: Option<(u64, usize)>) -> std::ops::Range<u64> {
     let align = DIRECT_ALIGN as u64;
     let end = pos.saturating_add(len as u64) / align * align;
-    let joined = carry.filter(|&(at, n)| at.checked_add(n as u64) == Some(pos) && at % align == 0);
-    let start = match joined {
-        Some((at, _)) => Some(at),
-        None => pos.checked_next_multiple_of(align),
+    let start = match carry {
+        Some((at, n)) if at.checked_add(n as u64) == Some(pos) && at % align == 0 => Some(at),
+        _ => pos.checked_next_multiple_of(align),
     };
-    if let Some(start) = start
-        && end >= start.saturating_add(DIRECT_MIN as u64)
-    {
-        (joined.is_some(), start..end)
-    } else {
-        (false, 0..0)
+    match start {
+        Some(start) if end >= start.saturating_add(DIRECT_MIN as u64) => start..end,
+        _ => 0..0,
     }
 }
 
@@ -1482,11 +1478,12 @@ impl ShareStore {
         path: &Path,
     ) -> Result<usize, StoreError> {
         let mut carry = direct.carry.lock().unwrap_or_else(|e| e.into_inner());
-        let (joined, range) = plan_write(
+        let range = plan_write(
             pos,
             data.len(),
             carry.as_ref().map(|c| (c.at, c.bytes.len())),
         );
+        let joined = range.start < pos;
         let mut cached = 0;
         // A carry this write does not continue goes first, so that where they overlap this
         // write's bytes land last. A carry leaves the lock only once its bytes are written:

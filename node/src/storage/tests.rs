@@ -708,20 +708,8 @@ fn large_shares_written_out_of_order_survive_write_behind_flushes() {
         "{} flushes for {len} bytes",
         store.write_behind_flushes()
     );
-    store.close(&s, 4, b"alice", b"meta").unwrap();
-    assert!(
-        read_all(&store, &s, 4, len) == *data,
-        "a share written across flushes came back different"
-    );
-    assert_eq!(store.read_meta(&s, 4).unwrap(), b"meta");
-    assert!(store.verify_consistency().unwrap().is_clean());
-    // And after a reopen (what a restart sees).
-    drop(store);
-    let store = open(tmp.path(), 1 << 30, 0);
-    assert_eq!(
-        store.read(&s, 4, len as u64 - 5000, 5000).unwrap(),
-        data[len - 5000..]
-    );
+    let store = Arc::into_inner(store).unwrap();
+    close_and_read_back(tmp.path(), store, &s, 4, &data);
 }
 
 #[test]
@@ -784,6 +772,24 @@ fn read_all(store: &ShareStore, s: &[u8; 16], shnum: u8, len: usize) -> Vec<u8> 
     back
 }
 
+/// Closes share `shnum` and checks it reads back as `want`, with its metadata, in a
+/// consistent store, before and after a reopen (what a restart sees).
+fn close_and_read_back(dir: &Path, store: ShareStore, s: &[u8; 16], shnum: u8, want: &[u8]) {
+    store.close(s, shnum, b"alice", b"meta").unwrap();
+    assert!(
+        read_all(&store, s, shnum, want.len()) == want,
+        "the share came back different"
+    );
+    assert_eq!(store.read_meta(s, shnum).unwrap(), b"meta");
+    assert!(store.verify_consistency().unwrap().is_clean());
+    drop(store);
+    let store = open(dir, 1 << 30, 0);
+    assert!(
+        read_all(&store, s, shnum, want.len()) == want,
+        "the share came back different after a reopen"
+    );
+}
+
 /// Whether `dir`'s file system takes `O_DIRECT`; where it does not, says so, and fails under
 /// `CI=true` (CI's disk takes it).
 fn direct_io_works(dir: &Path) -> bool {
@@ -809,35 +815,34 @@ fn plan_write_writes_whole_aligned_pages_and_joins_only_a_continued_carry() {
     let a = DIRECT_ALIGN as u64;
     // Blocks of a 1 MiB-segment 3-of-10 upload, as the store places them.
     let bs = 349_526u64;
-    let (joined, r) = plan_write(DATA_OFFSET, bs as usize, None);
-    assert!(!joined);
+    let r = plan_write(DATA_OFFSET, bs as usize, None);
     assert_eq!(r, a..(DATA_OFFSET + bs) / a * a);
-    // The next block continues the carry (the first block's last bytes): its page goes whole.
+    // The next block continues the carry (the first block's last bytes): its range starts
+    // with the carry's page.
     let carry = (r.end, (DATA_OFFSET + bs - r.end) as usize);
-    let (joined, r2) = plan_write(DATA_OFFSET + bs, bs as usize, Some(carry));
-    assert!(joined);
+    let r2 = plan_write(DATA_OFFSET + bs, bs as usize, Some(carry));
     assert_eq!(r2, r.end..(DATA_OFFSET + 2 * bs) / a * a);
     // A carry the write does not continue is not joined.
-    assert!(!plan_write(DATA_OFFSET + 2 * bs, bs as usize, Some(carry)).0);
+    let r3 = plan_write(DATA_OFFSET + 2 * bs, bs as usize, Some(carry));
+    assert!(r3.start >= DATA_OFFSET + 2 * bs, "{r3:?}");
     // Too little for a direct write, or no whole page at all.
-    assert_eq!(plan_write(100, DIRECT_MIN, None), (false, 0..0));
-    assert_eq!(plan_write(4095, 2, Some((0, 4095))), (false, 0..0));
-    assert_eq!(plan_write(u64::MAX - 10, 5, None), (false, 0..0));
+    assert_eq!(plan_write(100, DIRECT_MIN, None), 0..0);
+    assert_eq!(plan_write(4095, 2, Some((0, 4095))), 0..0);
+    assert_eq!(plan_write(u64::MAX - 10, 5, None), 0..0);
     proptest!(|(pos in 0u64..1 << 40, len in 0usize..4 << 20, carry in proptest::option::of(0usize..4096))| {
         let carry = carry.map(|n| ((pos.saturating_sub(n as u64)) / a * a, n));
-        let (joined, r) = plan_write(pos, len, carry);
-        if r.is_empty() {
-            prop_assert!(!joined);
-        } else {
+        let r = plan_write(pos, len, carry);
+        if !r.is_empty() {
             prop_assert!(r.end - r.start >= DIRECT_MIN as u64);
             prop_assert_eq!(r.start % a, 0);
             prop_assert_eq!(r.end % a, 0);
             prop_assert!(r.end <= pos + len as u64 && pos + len as u64 - r.end < a);
-            if joined {
+            if r.start < pos {
+                // Joined: only a carry this write continues.
                 let (at, n) = carry.unwrap();
                 prop_assert_eq!((r.start, at + n as u64), (at, pos));
             } else {
-                prop_assert!(r.start >= pos && r.start - pos < a);
+                prop_assert!(r.start - pos < a);
             }
         }
     });
@@ -899,9 +904,23 @@ fn uploaded_shares_go_around_the_page_cache_and_read_back_exactly() {
             "{direct_after_blocks} of {len} bytes went around the page cache"
         );
     }
+    let mut model = data.to_vec();
+    // A write that overlaps the bytes the one before it left waiting (its carry) without
+    // continuing them lands last: the carry goes out first.
+    let at = 3 * block + 5_000;
+    let first_end = DATA_OFFSET as usize + at + 100_000;
+    assert!(
+        first_end % DIRECT_ALIGN > 1_000,
+        "the first write must leave a carry"
+    );
+    for (at, n, byte) in [(at, 100_000, 0xaa), (at + 99_000, 80_000, 0x55)] {
+        store
+            .write(&s, 1, b"alice", at as u64, &vec![byte; n])
+            .unwrap();
+        model[at..at + n].fill(byte);
+    }
     // Then pieces of any size at any offset, overlapping what O_DIRECT wrote and each
     // other, in any order; a model of the share says what it must hold.
-    let mut model = data.to_vec();
     for _ in 0..60 {
         let at = rng.gen_range(0..len);
         let n = rng.gen_range(1..=(len - at).min(300_000));
@@ -915,19 +934,8 @@ fn uploaded_shares_go_around_the_page_cache_and_read_back_exactly() {
             "no piece went direct"
         );
     }
-    store.close(&s, 1, b"alice", b"meta").unwrap();
-    assert!(
-        read_all(&store, &s, 1, len) == model,
-        "the share came back different"
-    );
-    assert_eq!(store.read_meta(&s, 1).unwrap(), b"meta");
-    assert!(store.verify_consistency().unwrap().is_clean());
-    drop(store);
-    let store = open(tmp.path(), 1 << 30, 0);
-    assert!(
-        read_all(&store, &s, 1, len) == model,
-        "the share came back different after a reopen"
-    );
+    let store = Arc::into_inner(store).unwrap();
+    close_and_read_back(tmp.path(), store, &s, 1, &model);
 }
 
 #[test]
