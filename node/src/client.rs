@@ -42,7 +42,7 @@ use crate::{
     },
     node::NodeHandle,
     placement,
-    protocol::{PutShare, Request, Response, ServerError},
+    protocol::{BulkBuf, PutShare, Request, Response, ServerError},
 };
 
 /// Segments being encoded at once.
@@ -1060,7 +1060,7 @@ impl Writer {
                         Some((shnum, offset, data)) => {
                             let node = node.clone();
                             inflight.push(async move {
-                                let r = node.rpc(server, Request::Write { si, shnum, offset, data: ByteBuf::from(data) }).await;
+                                let r = node.rpc(server, Request::Write { si, shnum, offset, data: BulkBuf::from(data) }).await;
                                 rpc_error(r).map(|_| ()).map_err(|e| format!("writing share {shnum}: {e}"))
                             });
                         }

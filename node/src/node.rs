@@ -1363,6 +1363,11 @@ impl NodeHandle {
                     "Share bytes received and written around the page cache (O_DIRECT).",
                     &[(String::new(), store.direct_bytes() as f64)],
                 );
+                gauge(
+                    "kith_storage_direct_copied_bytes_total",
+                    "Of those, bytes written from an aligned copy (a block that did not arrive at its place in memory, or the page where two blocks meet).",
+                    &[(String::new(), store.direct_copied_bytes() as f64)],
+                );
             }
         }
         gauge(

@@ -235,7 +235,7 @@ fn execute(
             store.write(&si, shnum, owner, offset, &data)?;
             // The block's buffer came from the bulk pool (an inbound frame, or this node's own
             // encoder): the next block goes into it.
-            crate::protocol::recycle_bulk(data.into_vec());
+            crate::protocol::recycle_bulk(data.into_buffer());
             Response::Done
         }
         Request::Close { si, shnum, meta } => {
@@ -458,7 +458,7 @@ mod tests {
                 si,
                 shnum: 0,
                 offset: 0,
-                data: ByteBuf::from(data),
+                data: crate::protocol::BulkBuf::from(data),
             })
         };
         let r = s.handle(bob, w(vec![1; 10])).await;

@@ -59,7 +59,7 @@ const FORMAT_VERSION: u32 = 1;
 pub const DATA_OFFSET: u64 = 8 + 4 + 8 + 8;
 /// File offsets and memory of `O_DIRECT` writes are aligned to this (the page size; block
 /// devices want at most their logical block size, 512 or 4096).
-const DIRECT_ALIGN: usize = 4096;
+const DIRECT_ALIGN: usize = crate::protocol::BULK_ALIGN;
 /// A thread keeps its aligned copy for `O_DIRECT` writes up to this size (a block of 1 MiB
 /// segments at k = 1, with room); larger writes use a copy of their own.
 const DIRECT_SCRATCH_KEEP: usize = (1 << 20) + 2 * DIRECT_ALIGN;
@@ -83,6 +83,35 @@ struct Carry {
 struct DirectFile {
     file: File,
     carry: Mutex<Option<Carry>>,
+}
+
+/// Writes `prefix` then `pages` at `at` through `direct` (`O_DIRECT`) from this thread's
+/// aligned copy of them.
+fn write_aligned_copy(direct: &File, at: u64, prefix: &[u8], pages: &[u8]) -> io::Result<()> {
+    thread_local! {
+        /// This thread's aligned copy of the pages it writes (a blocking-pool thread's, freed
+        /// when the pool retires the thread).
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let len = prefix.len() + pages.len();
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < len + DIRECT_ALIGN {
+            *scratch = vec![0; len + DIRECT_ALIGN];
+        }
+        // (`align_offset` cannot fail for bytes; were it to, the write would be refused.)
+        let skew = scratch
+            .as_ptr()
+            .align_offset(DIRECT_ALIGN)
+            .min(DIRECT_ALIGN);
+        let aligned = &mut scratch[skew..skew + len];
+        aligned[..prefix.len()].copy_from_slice(prefix);
+        aligned[prefix.len()..].copy_from_slice(pages);
+        let written = direct.write_all_at(aligned, at);
+        if scratch.len() > DIRECT_SCRATCH_KEEP {
+            *scratch = Vec::new();
+        }
+        written
+    })
 }
 
 /// The file range a write of `len` bytes at file offset `pos` sends with `O_DIRECT`, whole
@@ -410,8 +439,9 @@ struct Inner {
     put_batches: AtomicU64,
     put_jobs: AtomicU64,
     write_behind_flushes: AtomicU64,
-    /// Share bytes written with `O_DIRECT`.
+    /// Share bytes written with `O_DIRECT`, and those of them that went from an aligned copy.
     direct_bytes: AtomicU64,
+    direct_copied: AtomicU64,
     /// The file system refused an `O_DIRECT` write: later shares go through the page cache.
     direct_refused: AtomicBool,
 }
@@ -619,6 +649,7 @@ impl ShareStore {
                 put_batches: AtomicU64::new(0),
                 write_behind_flushes: AtomicU64::new(0),
                 direct_bytes: AtomicU64::new(0),
+                direct_copied: AtomicU64::new(0),
                 direct_refused: AtomicBool::new(false),
                 put_jobs: AtomicU64::new(0),
             }),
@@ -1467,6 +1498,13 @@ impl ShareStore {
         self.inner.direct_bytes.load(Ordering::Relaxed)
     }
 
+    /// Of [`ShareStore::direct_bytes`], those written from an aligned copy because the data
+    /// did not sit in memory as it sits in the file (see [`crate::protocol::BulkBuf`]); the
+    /// first page of a write that continues the one before always does.
+    pub fn direct_copied_bytes(&self) -> u64 {
+        self.inner.direct_copied.load(Ordering::Relaxed)
+    }
+
     /// One write of a share whose file takes `O_DIRECT`, as [`plan_write`] says; returns the
     /// bytes that went through the page cache.
     fn write_around_cache(
@@ -1538,9 +1576,11 @@ impl ShareStore {
     }
 
     /// Writes `prefix` then `pages`, whole aligned pages of a share, at `at` with `O_DIRECT`
-    /// from an aligned copy (the kernel wants the memory aligned too). `Ok(false)`: the file
-    /// system refused (`EINVAL`); nothing is lost, the caller writes them through the page
-    /// cache, and so do later shares.
+    /// (the kernel wants the memory aligned too). Pages that sit in memory at an aligned
+    /// address (a block read at its place, [`crate::protocol::BulkBuf`]) go straight from
+    /// there; the page `prefix` begins, and every page of data placed otherwise, go from an
+    /// aligned copy. `Ok(false)`: the file system refused (`EINVAL`); nothing is lost, the
+    /// caller writes them through the page cache, and so do later shares.
     fn write_direct(
         &self,
         direct: &File,
@@ -1549,35 +1589,37 @@ impl ShareStore {
         pages: &[u8],
         path: &Path,
     ) -> Result<bool, StoreError> {
-        thread_local! {
-            /// This thread's aligned copy of the pages it writes (a blocking-pool thread's,
-            /// freed when the pool retires the thread).
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        // The bytes of `pages` that complete the page `prefix` begins.
+        let first = if prefix.is_empty() {
+            0
+        } else {
+            (DIRECT_ALIGN - prefix.len() % DIRECT_ALIGN) % DIRECT_ALIGN
         }
-        let len = prefix.len() + pages.len();
-        let written = SCRATCH.with_borrow_mut(|scratch| {
-            if scratch.len() < len + DIRECT_ALIGN {
-                *scratch = vec![0; len + DIRECT_ALIGN];
+        .min(pages.len());
+        let rest = &pages[first..];
+        let in_place = rest.as_ptr().addr().is_multiple_of(DIRECT_ALIGN);
+        let (copied, uncopied) = if in_place {
+            (&pages[..first], rest)
+        } else {
+            (pages, &[][..])
+        };
+        let written = (|| {
+            if !prefix.is_empty() || !copied.is_empty() {
+                write_aligned_copy(direct, at, prefix, copied)?;
             }
-            // (`align_offset` cannot fail for bytes; were it to, the write would be refused.)
-            let skew = scratch
-                .as_ptr()
-                .align_offset(DIRECT_ALIGN)
-                .min(DIRECT_ALIGN);
-            let aligned = &mut scratch[skew..skew + len];
-            aligned[..prefix.len()].copy_from_slice(prefix);
-            aligned[prefix.len()..].copy_from_slice(pages);
-            let written = direct.write_all_at(aligned, at);
-            if scratch.len() > DIRECT_SCRATCH_KEEP {
-                *scratch = Vec::new();
+            let copy_len = (prefix.len() + copied.len()) as u64;
+            if !uncopied.is_empty() {
+                direct.write_all_at(uncopied, at + copy_len)?;
             }
-            written
-        });
+            Ok::<u64, io::Error>(copy_len)
+        })();
         match written {
-            Ok(()) => {
+            Ok(copy_len) => {
+                let len = (prefix.len() + pages.len()) as u64;
+                self.inner.direct_bytes.fetch_add(len, Ordering::Relaxed);
                 self.inner
-                    .direct_bytes
-                    .fetch_add(len as u64, Ordering::Relaxed);
+                    .direct_copied
+                    .fetch_add(copy_len, Ordering::Relaxed);
                 Ok(true)
             }
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {

@@ -848,6 +848,78 @@ fn plan_write_writes_whole_aligned_pages_and_joins_only_a_continued_carry() {
     });
 }
 
+/// Allocates share `shnum` of `s` for alice, writes `data` to it in blocks of `block` bytes,
+/// in order, and closes it.
+fn store_in_blocks(store: &ShareStore, s: &[u8; 16], shnum: u8, data: &[u8], block: usize) {
+    store
+        .allocate(s, b"alice", &[shnum], data.len() as u64, 100)
+        .unwrap();
+    for (b, chunk) in data.chunks(block).enumerate() {
+        store
+            .write(s, shnum, b"alice", (b * block) as u64, chunk)
+            .unwrap();
+    }
+    store.close(s, shnum, b"alice", b"meta").unwrap();
+}
+
+#[test]
+fn blocks_read_at_their_place_go_to_the_disk_without_a_copy() {
+    use crate::protocol::BulkBuf;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1 << 30, 0);
+    if !direct_io_works(tmp.path()) {
+        return;
+    }
+    let block = 349_526usize;
+    let blocks = 12;
+    let len = blocks * block + 777;
+    // As a server receives an upload: each block in a buffer of its own, read at the place
+    // the protocol gives it (`BulkBuf::placed`, the share file position modulo the page).
+    let s = si(22);
+    let data = pattern(&s, 2, len);
+    store.allocate(&s, b"alice", &[2], len as u64, 100).unwrap();
+    for (b, chunk) in data.chunks(block).enumerate() {
+        let offset = (b * block) as u64;
+        let mut buf = BulkBuf::placed(vec![0xee; 3], chunk.len(), DATA_OFFSET + offset);
+        buf.copy_from_slice(chunk);
+        store.write(&s, 2, b"alice", offset, &buf).unwrap();
+    }
+    store.close(&s, 2, b"alice", b"meta").unwrap();
+    let last_page = (DATA_OFFSET as usize + len) / DIRECT_ALIGN * DIRECT_ALIGN;
+    assert_eq!(store.direct_bytes(), (last_page - DIRECT_ALIGN) as u64);
+    // Only the page where a block meets the bytes the one before left waiting is copied:
+    // once for each block after the first (the last, 777 bytes, goes through the page cache).
+    assert!(
+        (0..blocks).all(|b| !(DATA_OFFSET as usize + (b + 1) * block).is_multiple_of(DIRECT_ALIGN)),
+        "every block must leave a carry for the count below"
+    );
+    assert_eq!(
+        store.direct_copied_bytes(),
+        ((blocks - 1) * DIRECT_ALIGN) as u64
+    );
+    assert!(
+        read_all(&store, &s, 2, len) == data,
+        "the share came back different"
+    );
+    // The same blocks out of place (cut from one buffer at a skewed address) all go from the
+    // aligned copy, and read back the same.
+    let (direct_before, copied_before) = (store.direct_bytes(), store.direct_copied_bytes());
+    let s = si(23);
+    let mut skewed = vec![0u8; len + DIRECT_ALIGN + 1];
+    let at = (DATA_OFFSET as usize + DIRECT_ALIGN + 1 - skewed.as_ptr().addr() % DIRECT_ALIGN)
+        % DIRECT_ALIGN;
+    skewed[at..at + len].copy_from_slice(&pattern(&s, 2, len));
+    let data = &skewed[at..at + len];
+    store_in_blocks(&store, &s, 2, data, block);
+    let direct = store.direct_bytes() - direct_before;
+    assert_eq!(direct, (last_page - DIRECT_ALIGN) as u64);
+    assert_eq!(store.direct_copied_bytes() - copied_before, direct);
+    assert!(
+        read_all(&store, &s, 2, len) == data,
+        "the share came back different"
+    );
+}
+
 #[test]
 fn uploaded_shares_go_around_the_page_cache_and_read_back_exactly() {
     use rand::{Rng, SeedableRng};
@@ -861,13 +933,7 @@ fn uploaded_shares_go_around_the_page_cache_and_read_back_exactly() {
     // header's page and the last one (each block's last bytes wait for the next block).
     let s = si(20);
     let data = pattern(&s, 1, len);
-    store.allocate(&s, b"alice", &[1], len as u64, 100).unwrap();
-    for (b, chunk) in data.chunks(block).enumerate() {
-        store
-            .write(&s, 1, b"alice", (b * block) as u64, chunk)
-            .unwrap();
-    }
-    store.close(&s, 1, b"alice", b"meta").unwrap();
+    store_in_blocks(&store, &s, 1, &data, block);
     if direct {
         let last_page = (DATA_OFFSET as usize + len) / DIRECT_ALIGN * DIRECT_ALIGN;
         assert_eq!(store.direct_bytes(), (last_page - DIRECT_ALIGN) as u64);
