@@ -111,17 +111,32 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
         }
         corrupted.insert(grid.node(i).peer_id().to_string());
     }
-    let (got, report) = get_bytes(&grid.node(9), &cap2).await;
-    assert!(got == second, "downloaded bytes differ after corruption");
-    assert!(!report.bad_shares.is_empty(), "corruption was not reported");
-    for b in &report.bad_shares {
-        assert!(
-            corrupted.contains(&b.server),
-            "{} reported but not corrupted",
-            b.server
-        );
-        assert!(b.problem.to_lowercase().contains("block"), "{}", b.problem);
+    // A downloader takes the k servers that answer first, and three (nodes 0, 7, 8) hold
+    // clean shares: it may happen to take just those (seen once in about fifteen runs). So
+    // several nodes download it; every one gets the right bytes, reports only corrupted
+    // servers, and reports nothing only when it used none of them.
+    let mut reported = 0;
+    for downloader in [9, 6, 4, 2] {
+        let (got, report) = get_bytes(&grid.node(downloader), &cap2).await;
+        assert!(got == second, "downloaded bytes differ after corruption");
+        for b in &report.bad_shares {
+            assert!(
+                corrupted.contains(&b.server),
+                "{} reported but not corrupted",
+                b.server
+            );
+            assert!(b.problem.to_lowercase().contains("block"), "{}", b.problem);
+        }
+        if report.bad_shares.is_empty() {
+            assert!(
+                report.servers_used.iter().all(|s| !corrupted.contains(s)),
+                "{:?} used corrupted servers without reporting them",
+                report.servers_used
+            );
+        }
+        reported += usize::from(!report.bad_shares.is_empty());
     }
+    assert!(reported > 0, "corruption was never reported");
 
     // A small file goes to every server in one round trip and lives in the servers' index,
     // not in a file of its own; uploading it again stores nothing new.
