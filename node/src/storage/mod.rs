@@ -1589,13 +1589,8 @@ impl ShareStore {
         pages: &[u8],
         path: &Path,
     ) -> Result<bool, StoreError> {
-        // The bytes of `pages` that complete the page `prefix` begins.
-        let first = if prefix.is_empty() {
-            0
-        } else {
-            (DIRECT_ALIGN - prefix.len() % DIRECT_ALIGN) % DIRECT_ALIGN
-        }
-        .min(pages.len());
+        // The bytes of `pages` that complete the page `prefix` begins (none without one).
+        let first = ((DIRECT_ALIGN - prefix.len() % DIRECT_ALIGN) % DIRECT_ALIGN).min(pages.len());
         let rest = &pages[first..];
         let in_place = rest.as_ptr().addr().is_multiple_of(DIRECT_ALIGN);
         let (copied, uncopied) = if in_place {

@@ -901,15 +901,13 @@ fn blocks_read_at_their_place_go_to_the_disk_without_a_copy() {
         read_all(&store, &s, 2, len) == data,
         "the share came back different"
     );
-    // The same blocks out of place (cut from one buffer at a skewed address) all go from the
+    // The same blocks out of place (cut from one buffer placed a byte off) all go from the
     // aligned copy, and read back the same.
     let (direct_before, copied_before) = (store.direct_bytes(), store.direct_copied_bytes());
     let s = si(23);
-    let mut skewed = vec![0u8; len + DIRECT_ALIGN + 1];
-    let at = (DATA_OFFSET as usize + DIRECT_ALIGN + 1 - skewed.as_ptr().addr() % DIRECT_ALIGN)
-        % DIRECT_ALIGN;
-    skewed[at..at + len].copy_from_slice(&pattern(&s, 2, len));
-    let data = &skewed[at..at + len];
+    let mut skewed = BulkBuf::placed(Vec::new(), len, DATA_OFFSET + 1);
+    skewed.copy_from_slice(&pattern(&s, 2, len));
+    let data = &skewed[..];
     store_in_blocks(&store, &s, 2, data, block);
     let direct = store.direct_bytes() - direct_before;
     assert_eq!(direct, (last_page - DIRECT_ALIGN) as u64);
