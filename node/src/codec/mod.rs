@@ -249,12 +249,15 @@ impl FileEncoder {
 
     /// Segment `i`'s k data blocks as `(file offset, file bytes)`: block `j` holds the file's
     /// bytes from that offset on, that many of them, then zero padding. The keystream offset of
-    /// those bytes is the same file offset.
+    /// those bytes is the same file offset. A block of padding only (a short tail segment's
+    /// last blocks) gets the segment's end as its offset, so every piece lies inside the file.
     pub fn data_pieces(&self, i: u32) -> impl Iterator<Item = (u64, usize)> + use<> {
         let start = u64::from(i) * u64::from(self.params.segment_size);
         let (len, bs) = (self.segment_len(i), self.block_size(i) as usize);
-        (0..usize::from(self.params.needed))
-            .map(move |j| (start + (j * bs) as u64, len.saturating_sub(j * bs).min(bs)))
+        (0..usize::from(self.params.needed)).map(move |j| {
+            let at = (j * bs).min(len);
+            (start + at as u64, (len - at).min(bs))
+        })
     }
 
     /// Offset of segment `i`'s block in a share's data.
@@ -1000,6 +1003,41 @@ mod tests {
             ShareMeta::from_bytes(&file.share_metas[0].to_bytes(), 10),
             Err(FormatError::TooLong { .. })
         ));
+    }
+
+    /// The uploader reads each data piece from the file by its offset: pieces tile each
+    /// segment in order and none starts past the file's end, even when a short tail leaves
+    /// the last blocks all padding (a tail of 1 byte in 3 blocks, 56 bytes in 20).
+    #[test]
+    fn data_pieces_tile_each_segment_and_stay_inside_the_file() {
+        for (k, seg) in [(1u8, 1024u32), (2, 1024), (3, 2048), (4, 1024), (20, 1024)] {
+            let tails = [
+                1025,
+                1024 * 2 + 1,
+                1024 * 3 + 19,
+                2048 * 3 + 1,
+                2048 * 3 + 5,
+                3000,
+            ];
+            for len in (56u64..300).chain(tails) {
+                let enc = FileEncoder::new(Key([1; 32]), params(k, k, seg), len).unwrap();
+                for i in 0..enc.num_segments() {
+                    let start = u64::from(i) * u64::from(seg);
+                    let (end, bs) = (start + enc.segment_len(i) as u64, enc.block_size(i));
+                    let mut at = start;
+                    for (offset, real) in enc.data_pieces(i) {
+                        assert_eq!(
+                            (offset, offset <= len),
+                            (at, true),
+                            "k {k} len {len} seg {i}"
+                        );
+                        assert!(real as u64 <= bs);
+                        at += real as u64;
+                    }
+                    assert_eq!(at, end, "k {k} len {len} segment {i}");
+                }
+            }
+        }
     }
 
     proptest! {

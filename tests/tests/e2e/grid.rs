@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use kith_node::{
     caps::ReadCap,
-    client::{PutOptions, UploadError},
+    client::{PutOptions, Source, UploadError},
     codec::EncodingParams,
 };
 use kith_tests::{Encoding, Grid, Listen, random_bytes};
@@ -88,6 +88,27 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
         assert!(direct > (20 << 20) as f64, "{direct} bytes direct");
         assert!(copied * 20.0 < direct, "{copied} of {direct} bytes copied");
     }
+
+    // An upload from memory (an HTTP body, a directory) of a file whose last segment is one
+    // byte, so two of its three data blocks are all padding: it reads only the file's bytes,
+    // gets the cap an upload from a path gets, and downloads identical.
+    let seg = params.segment_size as usize;
+    let tail = random_bytes(2 * seg + 1, 3);
+    let opts = PutOptions {
+        params,
+        convergent: true,
+        key: None,
+    };
+    let from_mem =
+        kith_node::client::upload_from(&grid.node(0), Source::Bytes(&tail), &opts, &|_| {})
+            .await
+            .expect("upload from memory");
+    let from_path = put_bytes(&grid.node(0), &tail, params)
+        .await
+        .expect("upload from a path");
+    assert_eq!(from_mem.cap, from_path.to_string());
+    let (got, _) = get_bytes(&grid.node(5), &from_path).await;
+    assert!(got == tail, "downloaded bytes differ");
 
     // Corrupt the shares of a second file on the downloader (node 9) and on nodes 1..=6: the
     // download must still return the right bytes and name the servers that sent bad data.
