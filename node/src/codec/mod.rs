@@ -1010,15 +1010,15 @@ mod tests {
     /// the last blocks all padding (a tail of 1 byte in 3 blocks, 56 bytes in 20).
     #[test]
     fn data_pieces_tile_each_segment_and_stay_inside_the_file() {
+        let tails = [
+            1025,
+            1024 * 2 + 1,
+            1024 * 3 + 19,
+            2048 * 3 + 1,
+            2048 * 3 + 5,
+            3000,
+        ];
         for (k, seg) in [(1u8, 1024u32), (2, 1024), (3, 2048), (4, 1024), (20, 1024)] {
-            let tails = [
-                1025,
-                1024 * 2 + 1,
-                1024 * 3 + 19,
-                2048 * 3 + 1,
-                2048 * 3 + 5,
-                3000,
-            ];
             for len in (56u64..300).chain(tails) {
                 let enc = FileEncoder::new(Key([1; 32]), params(k, k, seg), len).unwrap();
                 for i in 0..enc.num_segments() {

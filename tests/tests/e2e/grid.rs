@@ -9,6 +9,15 @@ use kith_node::{
 };
 use kith_tests::{Encoding, Grid, Listen, random_bytes};
 
+/// Options of a convergent upload with `params`.
+fn convergent(params: EncodingParams) -> PutOptions {
+    PutOptions {
+        params,
+        convergent: true,
+        key: None,
+    }
+}
+
 async fn put_bytes(
     node: &kith_node::NodeHandle,
     data: &[u8],
@@ -17,11 +26,7 @@ async fn put_bytes(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file");
     std::fs::write(&path, data).unwrap();
-    let opts = PutOptions {
-        params,
-        convergent: true,
-        key: None,
-    };
+    let opts = convergent(params);
     let res = node.put_file(&path, &opts, &|_| {}).await?;
     Ok(res.cap.parse().unwrap())
 }
@@ -89,16 +94,12 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
         assert!(copied * 20.0 < direct, "{copied} of {direct} bytes copied");
     }
 
-    // An upload from memory (an HTTP body, a directory) of a file whose last segment is one
+    // An upload from memory (an HTTP body up to 1 MiB) of a file whose last segment is one
     // byte, so two of its three data blocks are all padding: it reads only the file's bytes,
     // gets the cap an upload from a path gets, and downloads identical.
     let seg = params.segment_size as usize;
     let tail = random_bytes(2 * seg + 1, 3);
-    let opts = PutOptions {
-        params,
-        convergent: true,
-        key: None,
-    };
+    let opts = convergent(params);
     let from_mem =
         kith_node::client::upload_from(&grid.node(0), Source::Bytes(&tail), &opts, &|_| {})
             .await
@@ -165,11 +166,7 @@ async fn ten_nodes_round_trip_survive_loss_and_corruption_and_refuse_unhappy_upl
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small");
     std::fs::write(&path, &small).unwrap();
-    let opts = PutOptions {
-        params,
-        convergent: true,
-        key: None,
-    };
+    let opts = convergent(params);
     let first = grid.node(0).put_file(&path, &opts, &|_| {}).await.unwrap();
     assert_eq!((first.happiness, first.already_present), (10, 0));
     let small_cap: ReadCap = first.cap.parse().unwrap();
