@@ -1,4 +1,7 @@
 //! Links the bench (whose nodes are this binary) as `node/build.rs` links `kith`: with packed
-//! relative relocations when the toolchain supports them.
+//! relative relocations when the toolchain supports them, and in release builds with the node's
+//! hot functions placed together.
 
-include!("../node/build_relr.rs");
+const NODE_DIR: &str = "../node";
+
+include!("../node/build_link.rs");

@@ -142,6 +142,29 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// How many of the functions `node/link/hot.order` lists (see `node/build.rs`) this binary
+/// has, as `found of listed`: the list names symbols of one build, and when code or compiler
+/// changed enough for this to fall, the idle node's code is spread over more pages again and
+/// the list wants regenerating (`node/link/hot-order.sh`). Reads the symbol table with `nm`.
+fn hot_order_found(exe: &Path) -> String {
+    let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/link/hot.order");
+    let Ok(listed) = std::fs::read_to_string(&order) else {
+        return format!("n/a ({} not readable)", order.display());
+    };
+    let out = match Command::new("nm").arg("--defined-only").arg(exe).output() {
+        Ok(o) if o.status.success() => o.stdout,
+        _ => return "n/a (no `nm`, or no symbol table)".into(),
+    };
+    let syms = String::from_utf8_lossy(&out);
+    let have: std::collections::HashSet<&str> = syms
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let listed: Vec<&str> = listed.lines().filter(|l| !l.is_empty()).collect();
+    let found = listed.iter().filter(|f| have.contains(*f)).count();
+    format!("{found} of {}", listed.len())
+}
+
 /// CPU seconds (user + system) a process has used so far.
 fn cpu_secs(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -553,6 +576,10 @@ async fn grid(
         "| uploading node RSS idle | {:.1} MiB (after the runs: {:.1} MiB) |",
         idle_rss as f64 / 1024.0,
         idle_after as f64 / 1024.0
+    );
+    println!(
+        "| functions of `node/link/hot.order` in this binary | {} |",
+        hot_order_found(&me)
     );
     for r in &rounds {
         let name = ByteSize(r.size).to_string();
