@@ -143,7 +143,8 @@ impl NodeDir {
             .map(|a| fill_port(a, port))
             .collect();
         if let Some(api) = raw.api.listen.strip_suffix(":0") {
-            raw.api.listen = format!("{api}:{}", free_port());
+            // Not the node's own port: the API's TCP listener would take it from libp2p's.
+            raw.api.listen = format!("{api}:{}", free_port_except(port));
         }
         let config = Config::try_from(raw.clone())?;
         let (kp, _) = kith_transports::identity::load_or_create(&self.private())?;
@@ -252,6 +253,25 @@ pub fn free_port() -> u16 {
     0
 }
 
+/// A free port (as [`free_port`]) other than `taken`: two picks in a row may return the same
+/// port, as the first is closed again before the second is made.
+pub fn free_port_except(taken: u16) -> u16 {
+    distinct_port(free_port, taken)
+}
+
+/// The first port from `pick` other than `taken` (0, "none found", counts as other), in a
+/// bounded number of tries.
+fn distinct_port(mut pick: impl FnMut() -> u16, taken: u16) -> u16 {
+    let mut port = pick();
+    for _ in 0..32 {
+        if port != taken || port == 0 {
+            break;
+        }
+        port = pick();
+    }
+    port
+}
+
 fn fill_port(addr: &str, port: u16) -> String {
     let Ok(ma) = addr.parse::<Multiaddr>() else {
         return addr.to_owned();
@@ -271,6 +291,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_second_port_is_picked_again_when_it_equals_the_first() {
+        let mut picks = [41000, 41000, 41000, 41007].into_iter();
+        assert_eq!(distinct_port(|| picks.next().unwrap_or(0), 41000), 41007);
+        let mut picks = [41003].into_iter();
+        assert_eq!(distinct_port(|| picks.next().unwrap_or(0), 41000), 41003);
+        // A pick that never differs ends in a bounded number of tries.
+        assert_eq!(distinct_port(|| 41000, 41000), 41000);
+    }
+
+    #[test]
     fn init_picks_stable_ports_and_refuses_twice() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = NodeDir::new(tmp.path().join("n"));
@@ -280,6 +310,13 @@ mod tests {
                 .all(|p| !matches!(p, Protocol::Tcp(0) | Protocol::Udp(0)))
         }));
         assert_ne!(cfg.api_listen.port(), 0);
+        let api = cfg.api_listen.port();
+        assert!(
+            cfg.listen
+                .iter()
+                .all(|a| !a.iter().any(|p| p == Protocol::Tcp(api))),
+            "the API's port is not the node's"
+        );
         let again = dir.load_config().unwrap();
         assert_eq!(again.listen, cfg.listen);
         assert_eq!(dir.keypair().unwrap().public().to_peer_id(), peer);

@@ -706,8 +706,9 @@ async fn spawn_daemon(me: &std::path::Path, mut dir: NodeDir) -> anyhow::Result<
 fn repick_ports(dir: &NodeDir) -> anyhow::Result<()> {
     let path = dir.config_path();
     let mut raw: RawConfig = toml::from_str(&std::fs::read_to_string(&path)?)?;
-    raw.network.listen = vec![format!("/ip4/127.0.0.1/tcp/{}", nodedir::free_port())];
-    raw.api.listen = format!("127.0.0.1:{}", nodedir::free_port());
+    let port = nodedir::free_port();
+    raw.network.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
+    raw.api.listen = format!("127.0.0.1:{}", nodedir::free_port_except(port));
     nodedir::write_atomic(dir.root(), CONFIG_FILE, toml::to_string(&raw)?.as_bytes())?;
     Ok(())
 }
