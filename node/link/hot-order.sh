@@ -8,8 +8,9 @@
 #   bash node/link/hot-order.sh        # needs valgrind (Debian: apt-get install valgrind)
 #
 # Then rebuild (`cargo build --release -p kith`) and compare an idle node's RSS. The list names
-# the symbols of this build (Rust symbol hashes change with the code and the compiler): regenerate
-# it when the idle RSS the bench prints creeps up.
+# the symbols of this build (their hashes follow the compiler and build settings; functions
+# added or renamed later are missing): regenerate it when the bench's count of listed functions
+# in its binary falls or the idle RSS it prints creeps up.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=node/link/hot.order

@@ -128,14 +128,23 @@ impl NodeDir {
     /// address replaced by a free port picked now, so addresses stay stable across restarts),
     /// the node key, the convergence secret and the API token. Returns the validated config and
     /// the new peer id.
-    pub fn init(&self, mut raw: RawConfig) -> Result<(Config, PeerId), DirError> {
+    pub fn init(&self, raw: RawConfig) -> Result<(Config, PeerId), DirError> {
+        self.init_with_ports(raw, free_port)
+    }
+
+    /// [`NodeDir::init`] with the ports `pick` returns (tests pick colliding ones).
+    fn init_with_ports(
+        &self,
+        mut raw: RawConfig,
+        mut pick: impl FnMut() -> u16,
+    ) -> Result<(Config, PeerId), DirError> {
         if self.is_initialized() {
             return Err(DirError::AlreadyInitialized(self.root.clone()));
         }
         // Validate before writing anything.
         Config::try_from(raw.clone())?;
         fs::create_dir_all(&self.root).map_err(io_at(&self.root))?;
-        let port = free_port();
+        let port = pick();
         raw.network.listen = raw
             .network
             .listen
@@ -144,7 +153,7 @@ impl NodeDir {
             .collect();
         if let Some(api) = raw.api.listen.strip_suffix(":0") {
             // Not the node's own port: the API's TCP listener would take it from libp2p's.
-            raw.api.listen = format!("{api}:{}", free_port_except(port));
+            raw.api.listen = format!("{api}:{}", distinct_port(&mut pick, port));
         }
         let config = Config::try_from(raw.clone())?;
         let (kp, _) = kith_transports::identity::load_or_create(&self.private())?;
@@ -298,6 +307,24 @@ mod tests {
         assert_eq!(distinct_port(|| picks.next().unwrap_or(0), 41000), 41003);
         // A pick that never differs ends in a bounded number of tries.
         assert_eq!(distinct_port(|| 41000, 41000), 41000);
+    }
+
+    #[test]
+    fn init_gives_the_api_another_port_when_the_second_pick_repeats_the_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = NodeDir::new(tmp.path().join("n"));
+        let mut picks = [41000, 41000, 41007].into_iter();
+        let (cfg, _) = dir
+            .init_with_ports(RawConfig::default(), || picks.next().unwrap_or(0))
+            .unwrap();
+        assert_eq!(cfg.api_listen.port(), 41007);
+        assert!(
+            cfg.listen.iter().all(|a| a
+                .iter()
+                .any(|p| matches!(p, Protocol::Tcp(41000) | Protocol::Udp(41000)))),
+            "{:?}",
+            cfg.listen
+        );
     }
 
     #[test]
