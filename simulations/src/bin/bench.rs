@@ -143,9 +143,11 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// How many of the functions `node/link/hot.order` lists (see `node/build.rs`) this binary
-/// has, as `found of listed`: the list names symbols of one build, and when code or compiler
-/// changed enough for this to fall, the idle node's code is spread over more pages again and
-/// the list wants regenerating (`node/link/hot-order.sh`). Reads the symbol table with `nm`.
+/// has, and where they lie: the list names symbols of one build, and when code or compiler
+/// changed enough for the count to fall, the idle node's code is spread over more pages again
+/// and the list wants regenerating (`node/link/hot-order.sh`); when they span the whole of the
+/// code, the binary was linked without the list (another linker, or a build without it).
+/// Reads the symbol table with `nm`.
 fn hot_order_found(exe: &Path) -> String {
     let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/link/hot.order");
     let Ok(listed) = std::fs::read_to_string(&order) else {
@@ -155,14 +157,39 @@ fn hot_order_found(exe: &Path) -> String {
         Ok(o) if o.status.success() => o.stdout,
         _ => return "n/a (no `nm`, or no symbol table)".into(),
     };
-    let syms = String::from_utf8_lossy(&out);
-    let have: std::collections::HashSet<&str> = syms
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(2))
-        .collect();
+    hot_order_report(&String::from_utf8_lossy(&out), &listed)
+}
+
+/// [`hot_order_found`]'s figure from `nm` output (`address type name` lines) and the list:
+/// `found of listed, in the first X of Y MB of code`, X reaching from the first function of
+/// the code to the end of the last listed one's start.
+fn hot_order_report(nm: &str, listed: &str) -> String {
+    let mut text: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for line in nm.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if matches!(kind, "t" | "T")
+            && let Ok(addr) = u64::from_str_radix(addr, 16)
+        {
+            text.insert(name, addr);
+        }
+    }
     let listed: Vec<&str> = listed.lines().filter(|l| !l.is_empty()).collect();
-    let found = listed.iter().filter(|f| have.contains(*f)).count();
-    format!("{found} of {}", listed.len())
+    let found: Vec<u64> = listed.iter().filter_map(|f| text.get(f).copied()).collect();
+    let (Some(&start), Some(&end)) = (text.values().min(), text.values().max()) else {
+        return format!("0 of {} (no code symbols)", listed.len());
+    };
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let hot_end = found.iter().copied().max().unwrap_or(start);
+    format!(
+        "{} of {}, in the first {:.1} of {:.1} MB of code",
+        found.len(),
+        listed.len(),
+        mb(hot_end - start),
+        mb(end - start)
+    )
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -876,4 +903,37 @@ async fn join_bench(nodes: usize, rounds: usize) -> anyhow::Result<()> {
         let _ = d.child.wait();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hot_order_report;
+
+    const LISTED: &str = "hot_a\nhot_b\ngone\n";
+
+    #[test]
+    fn listed_functions_linked_first_show_a_short_span() {
+        let nm = "0000000000001000 T hot_a\n0000000000001800 t hot_b\n\
+                  0000000000002000 T cold\n0000000000400000 T colder\n\
+                  0000000000500000 D data\n                 U undefined\n";
+        assert_eq!(
+            hot_order_report(nm, LISTED),
+            "2 of 3, in the first 0.0 of 4.2 MB of code"
+        );
+    }
+
+    #[test]
+    fn listed_functions_spread_over_the_code_show_its_whole_span() {
+        let nm = "0000000000001000 T cold\n0000000000200000 T hot_a\n\
+                  0000000000400000 t hot_b\n";
+        assert_eq!(
+            hot_order_report(nm, LISTED),
+            "2 of 3, in the first 4.2 of 4.2 MB of code"
+        );
+    }
+
+    #[test]
+    fn no_code_symbols_say_so() {
+        assert_eq!(hot_order_report("", LISTED), "0 of 3 (no code symbols)");
+    }
 }
