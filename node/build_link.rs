@@ -11,6 +11,10 @@ const FLAG: &str = "-Wl,-z,pack-relative-relocs";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // Where the hot-function list lives, for code that reports on it (the bench's row).
+    if let Some(order) = hot_order_path() {
+        println!("cargo:rustc-env=KITH_HOT_ORDER={}", order.display());
+    }
     println!("cargo:rerun-if-env-changed=CC");
     let target = std::env::var("TARGET").unwrap_or_default();
     let host = std::env::var("HOST").unwrap_or_default();
@@ -37,8 +41,7 @@ fn main() {
 /// is made from. A configured linker (Cargo's `linker` setting, `-C linker*`, `-fuse-ld`) may
 /// not know the flag: then none.
 fn hot_order(target: &str) -> Option<PathBuf> {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")?;
-    let order = Path::new(&manifest).join(NODE_DIR).join("link/hot.order");
+    let order = hot_order_path()?;
     let rustflags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     let own_linker = std::env::var_os("RUSTC_LINKER").is_some()
         || rustflags.contains("linker")
@@ -46,6 +49,12 @@ fn hot_order(target: &str) -> Option<PathBuf> {
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     (target == "x86_64-unknown-linux-gnu" && release && !own_linker && order.is_file())
         .then_some(order)
+}
+
+/// `node/link/hot.order`, from this crate's directory.
+fn hot_order_path() -> Option<PathBuf> {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")?;
+    Some(Path::new(&manifest).join(NODE_DIR).join("link/hot.order"))
 }
 
 /// Whether the C compiler the Rust linker uses accepts the flag (links an empty program).

@@ -149,8 +149,9 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 /// code, the binary was linked without the list (another linker, or a build without it).
 /// Reads the symbol table with `nm`.
 fn hot_order_found(exe: &Path) -> String {
-    let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/link/hot.order");
-    let Ok(listed) = std::fs::read_to_string(&order) else {
+    // Set by the build script (`node/build_link.rs`), which links with the same file.
+    let order = Path::new(env!("KITH_HOT_ORDER"));
+    let Ok(listed) = std::fs::read_to_string(order) else {
         return format!("n/a ({} not readable)", order.display());
     };
     let out = match Command::new("nm").arg("--defined-only").arg(exe).output() {
