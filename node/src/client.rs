@@ -1144,10 +1144,41 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
     cap: &ReadCap,
     out: &mut W,
 ) -> Result<DownloadReport, DownloadError> {
+    download_to(node, cap, &mut Writes(out)).await
+}
+
+/// Where a download's decoded segments go, in file order: a writer ([`download`]) or
+/// something that takes each segment's buffer as it is (the HTTP body: no copy).
+pub trait SegmentSink: Send {
+    /// The next segment's bytes; the buffer is the sink's now.
+    fn segment(&mut self, bytes: Vec<u8>) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Every segment was given.
+    fn finish(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// A writer as a [`SegmentSink`]: each segment is written out, then the writer flushed.
+struct Writes<'a, W>(&'a mut W);
+
+impl<W: AsyncWrite + Unpin + Send> SegmentSink for Writes<'_, W> {
+    async fn segment(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        self.0.write_all(&bytes).await
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        self.0.flush().await
+    }
+}
+
+/// [`download`] into a [`SegmentSink`].
+pub async fn download_to<S: SegmentSink>(
+    node: &NodeHandle,
+    cap: &ReadCap,
+    out: &mut S,
+) -> Result<DownloadReport, DownloadError> {
     let cap = match cap {
         ReadCap::Lit(lit) => {
-            out.write_all(&lit.data).await?;
-            out.flush().await?;
+            out.segment(lit.data.clone()).await?;
+            out.finish().await?;
             return Ok(DownloadReport {
                 size: lit.data.len() as u64,
                 ..DownloadReport::default()
@@ -1283,10 +1314,10 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
                 return Err(src.not_enough(cap.needed));
             }
         };
-        out.write_all(&plain).await?;
         report.size += plain.len() as u64;
+        out.segment(plain).await?;
     }
-    out.flush().await?;
+    out.finish().await?;
     let mut used: Vec<String> = src.active.iter().map(|a| a.server.to_string()).collect();
     used.sort();
     used.dedup();

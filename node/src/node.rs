@@ -1169,6 +1169,15 @@ impl NodeHandle {
         client::download(self, cap, out).await
     }
 
+    /// Downloads `cap`, handing each decoded segment's buffer to `out` (no copy).
+    pub async fn get_segments<S: client::SegmentSink>(
+        &self,
+        cap: &ReadCap,
+        out: &mut S,
+    ) -> Result<DownloadReport, DownloadError> {
+        client::download_to(self, cap, out).await
+    }
+
     /// Checks (and with `opts`, verifies and repairs) the file `target`.
     pub async fn check(
         &self,
