@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-/// Runs the bench binary with `args`, waiting at most `limit`.
-fn bench(args: &[&str], limit: Duration) -> Output {
+/// Runs the bench binary with `args`, waiting at most `limit`; its stdout, once it succeeded.
+fn bench(args: &[&str], limit: Duration) -> String {
     let child = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args(args)
         .stdout(Stdio::piped())
@@ -27,7 +27,7 @@ fn bench(args: &[&str], limit: Duration) -> Output {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(limit) {
+    let out: Output = match rx.recv_timeout(limit) {
         Ok(out) => out.expect("wait for the bench"),
         Err(_) => {
             let _ = Command::new("kill")
@@ -35,7 +35,15 @@ fn bench(args: &[&str], limit: Duration) -> Output {
                 .status();
             panic!("bench {args:?} did not finish in {limit:?}");
         }
-    }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// The value column of the row whose measure is `measure`.
@@ -66,7 +74,7 @@ fn number_before(cell: &str, unit: &str) -> f64 {
 
 #[test]
 fn the_grid_bench_round_trips_files_and_prints_every_figure_of_issue_8() {
-    let out = bench(
+    let table = bench(
         &[
             "grid",
             "--nodes",
@@ -83,13 +91,6 @@ fn the_grid_bench_round_trips_files_and_prints_every_figure_of_issue_8() {
             "4",
         ],
         Duration::from_secs(300),
-    );
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed: {}\n{table}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         number_before(
@@ -122,16 +123,9 @@ fn the_grid_bench_round_trips_files_and_prints_every_figure_of_issue_8() {
 
 #[test]
 fn the_join_bench_times_a_join_into_a_grid() {
-    let out = bench(
+    let text = bench(
         &["join", "--nodes", "3", "--rounds", "1"],
         Duration::from_secs(120),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed: {}\n{text}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
     );
     let round = text
         .lines()
