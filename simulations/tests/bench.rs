@@ -92,32 +92,32 @@ fn the_grid_bench_round_trips_files_and_prints_every_figure_of_issue_8() {
         ],
         Duration::from_secs(300),
     );
-    assert!(
-        number_before(
-            row(&table, "2MiB: encoder only (key pass + encode, 2 cores)"),
-            "MB/s"
-        ) > 0.0
-    );
-    let http = row(&table, "2MiB: upload (node 0 API -> 4 servers)");
-    assert!(number_before(http, "MiB/s") > 0.0);
-    assert!(number_before(http, "% of encoder-only") > 0.0);
-    let put = row(
-        &table,
-        "2MiB: upload (`kith put`: file handed over the local socket)",
-    );
-    assert!(number_before(put, "MiB/s") > 0.0);
-    assert!(number_before(put, "% of encoder-only") > 0.0);
-    assert!(
-        number_before(
-            row(&table, "2MiB: download (node 1 API, verified)"),
-            "MiB/s"
-        ) > 0.0
-    );
+    let positive = [
+        ("2MiB: encoder only (key pass + encode, 2 cores)", "MB/s"),
+        ("2MiB: upload (node 0 API -> 4 servers)", "MiB/s"),
+        (
+            "2MiB: upload (node 0 API -> 4 servers)",
+            "% of encoder-only",
+        ),
+        (
+            "2MiB: upload (`kith put`: file handed over the local socket)",
+            "MiB/s",
+        ),
+        (
+            "2MiB: upload (`kith put`: file handed over the local socket)",
+            "% of encoder-only",
+        ),
+        ("2MiB: download (node 1 API, verified)", "MiB/s"),
+        ("uploading node RSS idle", "MiB"),
+        ("20 x 4KiB: upload (16 at once)", "files/s"),
+        ("20 x 4KiB: download, verified", "files/s"),
+    ];
+    for (measure, unit) in positive {
+        let n = number_before(row(&table, measure), unit);
+        assert!(n > 0.0, "{measure}: {n} {unit}");
+    }
     let peak = row(&table, "2MiB: uploading node RSS peak");
     assert!(number_before(peak, "MiB over idle") >= 0.0, "{peak}");
-    assert!(number_before(row(&table, "uploading node RSS idle"), "MiB") > 0.0);
-    assert!(number_before(row(&table, "20 x 4KiB: upload (16 at once)"), "files/s") > 0.0);
-    assert!(number_before(row(&table, "20 x 4KiB: download, verified"), "files/s") > 0.0);
     assert!(row(&table, "2MiB: CPU during upload").starts_with("uploader "));
 }
 
