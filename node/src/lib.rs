@@ -62,3 +62,33 @@ pub mod slot;
 pub mod storage;
 
 pub use node::{Node, NodeHandle, StartOptions};
+
+/// Property-test settings shared by the crate's tests.
+#[cfg(test)]
+pub(crate) mod prop {
+    use proptest::test_runner::Config;
+
+    /// `n` cases, or `PROPTEST_CASES` when it is set, for a longer soak
+    /// (`PROPTEST_CASES=5000 cargo test -p kith`): `Config::with_cases` alone ignores it.
+    pub(crate) fn cases(n: u32) -> Config {
+        Config::with_cases(cases_from(
+            std::env::var("PROPTEST_CASES").ok().as_deref(),
+            n,
+        ))
+    }
+
+    fn cases_from(env: Option<&str>, n: u32) -> u32 {
+        env.and_then(|v| v.trim().parse().ok())
+            .filter(|&c| c > 0)
+            .unwrap_or(n)
+    }
+
+    #[test]
+    fn proptest_cases_from_the_environment_win_over_the_test_s_own_count() {
+        assert_eq!(cases_from(None, 48), 48);
+        assert_eq!(cases_from(Some("5000"), 48), 5000);
+        assert_eq!(cases_from(Some(" 7 "), 48), 7);
+        assert_eq!(cases_from(Some("many"), 48), 48);
+        assert_eq!(cases_from(Some("0"), 48), 48);
+    }
+}

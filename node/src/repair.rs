@@ -495,7 +495,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(crate::prop::cases(48))]
         #[test]
         fn regenerated_share_metas_equal_the_originals_for_any_deleted_subset(
             len in 56usize..30_000,

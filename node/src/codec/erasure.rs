@@ -161,7 +161,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(crate::prop::cases(64))]
         #[test]
         fn any_k_of_n_blocks_rebuild(k in 1u8..8, extra in 0u8..8, len in 1usize..3000, seed in any::<u64>()) {
             let n = k + extra;

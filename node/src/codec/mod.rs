@@ -776,7 +776,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(crate::prop::cases(48))]
         #[test]
         fn any_k_of_n_shares_rebuild_the_file(len in 56usize..40_000, k in 1u8..5, extra in 0u8..6, seed in any::<u64>()) {
             let n = k + extra;
@@ -1041,7 +1041,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(32))]
+        #![proptest_config(crate::prop::cases(32))]
         /// The uploader reads each segment straight into reused block buffers: stale bytes
         /// past the segment's end and in the parity buffers must not change a single block.
         #[test]

@@ -222,7 +222,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(crate::prop::cases(24))]
     #[test]
     fn usage_always_equals_the_stored_shares(ops in proptest::collection::vec(op(), 1..25)) {
         let tmp = tempfile::tempdir().unwrap();
