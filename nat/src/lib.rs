@@ -16,6 +16,58 @@
 //! The libp2p behaviours themselves (identify, AutoNAT v2 client and server, relay client and
 //! server, DCUtR) are composed in the node's network actor, which drives the policy.
 
+/// The four connection-setup methods of a `NetworkBehaviour` that wraps another in its field
+/// `$inner` and lets it decide alone (used by [`candidates::Testable`] and
+/// [`relay_server::Behaviour`], which only filter swarm events and polls). Expects `Multiaddr`,
+/// `PeerId`, `Endpoint`, `PortUse`, `ConnectionDenied`, `ConnectionId` and `THandler` in scope.
+macro_rules! delegate_connections {
+    ($inner:ident) => {
+        fn handle_pending_inbound_connection(
+            &mut self,
+            id: ConnectionId,
+            local: &Multiaddr,
+            remote: &Multiaddr,
+        ) -> Result<(), ConnectionDenied> {
+            self.$inner
+                .handle_pending_inbound_connection(id, local, remote)
+        }
+
+        fn handle_established_inbound_connection(
+            &mut self,
+            id: ConnectionId,
+            peer: PeerId,
+            local: &Multiaddr,
+            remote: &Multiaddr,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            self.$inner
+                .handle_established_inbound_connection(id, peer, local, remote)
+        }
+
+        fn handle_pending_outbound_connection(
+            &mut self,
+            id: ConnectionId,
+            peer: Option<PeerId>,
+            addresses: &[Multiaddr],
+            role: Endpoint,
+        ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+            self.$inner
+                .handle_pending_outbound_connection(id, peer, addresses, role)
+        }
+
+        fn handle_established_outbound_connection(
+            &mut self,
+            id: ConnectionId,
+            peer: PeerId,
+            addr: &Multiaddr,
+            role: Endpoint,
+            port_use: PortUse,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            self.$inner
+                .handle_established_outbound_connection(id, peer, addr, role, port_use)
+        }
+    };
+}
+
 pub mod candidates;
 pub mod policy;
 pub mod relay_server;
