@@ -510,6 +510,20 @@ impl std::fmt::Display for Unhealthy {
 
 impl std::error::Error for Unhealthy {}
 
+/// Prints `v` as pretty JSON with `--json`, for people with `human` otherwise.
+fn show(
+    v: &serde_json::Value,
+    json: bool,
+    human: impl FnOnce(&serde_json::Value),
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        human(v);
+    }
+    Ok(())
+}
+
 /// Prints a deep-check report; `Unhealthy` (exit 4) when anything is.
 fn print_deep_check(v: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     if json {
@@ -816,10 +830,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     println!("connected to {}", v["peer_id"].as_str().unwrap_or_default());
                 }
                 PeerCommand::List { json } => {
-                    let v = api.get("/peers").await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&v)?);
-                    } else {
+                    show(&api.get("/peers").await?, json, |v| {
                         for p in v.as_array().into_iter().flatten() {
                             let c = if p["connected"].as_bool() == Some(true) {
                                 "connected"
@@ -828,7 +839,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                             };
                             println!("{}  {c}", p["addr"].as_str().unwrap_or_default());
                         }
-                    }
+                    })?;
                 }
                 PeerCommand::Remove { peer } => {
                     let v = api.delete(&format!("/peers/{peer}")).await?;
@@ -941,10 +952,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
                 AliasCommand::List { json } => {
-                    let v = api.get("/aliases").await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&v)?);
-                    } else {
+                    show(&api.get("/aliases").await?, json, |v| {
                         for a in v.as_array().into_iter().flatten() {
                             println!(
                                 "{}: {}",
@@ -952,7 +960,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                                 a["cap"].as_str().unwrap_or_default()
                             );
                         }
-                    }
+                    })?;
                 }
                 AliasCommand::Rm { name } => {
                     let v = api
@@ -1093,13 +1101,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Members { json } => {
             let api = Api::connect(&dir)?;
-            let v = api.get("/grid").await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_members(&v);
-            }
-            Ok(())
+            show(&api.get("/grid").await?, json, print_members)
         }
         Command::Expel { peer } => {
             let api = Api::connect(&dir)?;
@@ -1110,13 +1112,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Friends { json } => {
             let api = Api::connect(&dir)?;
-            let v = api.get("/friends").await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print_friends(&v);
-            }
-            Ok(())
+            show(&api.get("/friends").await?, json, print_friends)
         }
         Command::Grant { peer, quota } => {
             let api = Api::connect(&dir)?;
