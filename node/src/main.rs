@@ -1362,6 +1362,11 @@ fn print_members(v: &serde_json::Value) {
 }
 
 fn print_friends(v: &serde_json::Value) {
+    if v["friends"].as_array().is_none_or(Vec::is_empty) {
+        println!(
+            "no friends yet: every other member of the grid shows up here (`kith invite` makes a code for one)"
+        );
+    }
     for f in v["friends"].as_array().into_iter().flatten() {
         let access = &f["access"];
         let state = match access["state"].as_str().unwrap_or("") {

@@ -179,6 +179,9 @@ fn two_nodes_put_and_get_through_the_cli() {
 
     let mut da = run(&a);
     wait_for(&a.join("api.json"));
+    // Alone in her grid, Alice is told where friends come from.
+    let alone = ok(&a, &["friends"]);
+    assert!(alone.starts_with("no friends yet"), "{alone}");
 
     // Alice invites Bob; Bob joins before his daemon runs (the CLI starts the node just long
     // enough), then runs it.
@@ -225,6 +228,11 @@ fn two_nodes_put_and_get_through_the_cli() {
     );
     let table = ok(&a, &["members"]);
     assert!(table.contains("bob") && table.contains("alice"), "{table}");
+    let friends = ok(&a, &["friends"]);
+    assert!(
+        friends.contains("bob") && !friends.contains("no friends yet"),
+        "{friends}"
+    );
     // A second use of the one-time code by another node is refused with a clear message.
     let c = tmp.path().join("c");
     let used = kith(&c, &["join", &code]);
