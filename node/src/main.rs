@@ -526,9 +526,7 @@ fn show(
 
 /// Prints a deep-check report; `Unhealthy` (exit 4) when anything is.
 fn print_deep_check(v: &serde_json::Value, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
+    show(v, json, |v| {
         for n in v["nodes"].as_array().into_iter().flatten() {
             if n["healthy"].as_bool() != Some(true) || n["repair"].is_string() {
                 println!(
@@ -562,7 +560,7 @@ fn print_deep_check(v: &serde_json::Value, json: bool) -> anyhow::Result<()> {
             v["repairs_attempted"],
             v["repairs_successful"]
         );
-    }
+    })?;
     if v["unhealthy"].as_u64().unwrap_or(0) > 0
         || !v["unreadable"].as_array().is_none_or(Vec::is_empty)
     {
@@ -622,12 +620,9 @@ async fn cp(
         let v = api
             .put_file(src, &format!("path={}", urlencode(dest)))
             .await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        } else {
-            println!("{}", v["cap"].as_str().unwrap_or_default());
-        }
-        return Ok(());
+        return show(&v, json, |v| {
+            println!("{}", v["cap"].as_str().unwrap_or_default())
+        });
     }
     if !recursive {
         bail!("{} is a directory: use cp -r", src.display());
@@ -812,13 +807,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { json } => {
             let api = Api::connect(&dir)?;
-            let s = api.get("/status").await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print_status(&s);
-            }
-            Ok(())
+            show(&api.get("/status").await?, json, print_status)
         }
         Command::Peer(cmd) => {
             let api = Api::connect(&dir)?;
@@ -976,18 +965,15 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Ls { path, long, json } => {
             let api = Api::connect(&dir)?;
             let v = api.get(&format!("/ls?path={}", urlencode(&path))).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            let Some(entries) = v["entries"].as_array() else {
-                print_entry(&v, v["path"].as_str().unwrap_or_default(), long);
-                return Ok(());
-            };
-            for e in entries {
-                print_entry(e, e["name"].as_str().unwrap_or_default(), long);
-            }
-            Ok(())
+            show(&v, json, |v| {
+                let Some(entries) = v["entries"].as_array() else {
+                    print_entry(v, v["path"].as_str().unwrap_or_default(), long);
+                    return;
+                };
+                for e in entries {
+                    print_entry(e, e["name"].as_str().unwrap_or_default(), long);
+                }
+            })
         }
         Command::Cp {
             recursive,
@@ -1067,17 +1053,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             if let Some(e) = expires {
                 body["expires_secs"] = e.as_secs().into();
             }
-            let v = api.post_json("/grid/invite", &body).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
+            show(&api.post_json("/grid/invite", &body).await?, json, |v| {
                 eprintln!(
                     "invitation for {} join(s); give this line to your friend, who runs `kith join <code>`:",
                     v["uses"]
                 );
                 println!("{}", v["code"].as_str().unwrap_or_default());
-            }
-            Ok(())
+            })
         }
         Command::Join { code } => {
             let members = if let Ok(api) = Api::connect(&dir) {
@@ -1273,9 +1255,7 @@ async fn check_command(
         )
         .await?;
     let report: kith_node::checker::CheckReport = serde_json::from_value(v.clone())?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
+    show(&v, json, |_| {
         println!("{}", report.summary());
         for c in &report.corrupt {
             let at = c
@@ -1295,7 +1275,7 @@ async fn check_command(
                 eprintln!("  repair: {p}");
             }
         }
-    }
+    })?;
     if report.healthy_now() {
         Ok(())
     } else {

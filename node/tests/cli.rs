@@ -534,6 +534,29 @@ fn directories_aliases_and_mutable_files_through_the_cli() {
     );
     assert_eq!(ok(&d, &["ls", "home:photos"]), "2024/\na.jpg\n");
     assert_eq!(ok(&d, &["get", "home:photos/2024/b.jpg"]).len(), 3_000);
+    // cp of one file prints its cap (or, with --json, the daemon's answer naming it).
+    let a_jpg = src.join("photos/a.jpg");
+    let one = ok(&d, &["cp", a_jpg.to_str().unwrap(), "home:one.jpg"]);
+    assert!(
+        one.trim().starts_with("kith:") && one.lines().count() == 1,
+        "{one}"
+    );
+    let two: serde_json::Value = serde_json::from_str(&ok(
+        &d,
+        &["cp", "--json", a_jpg.to_str().unwrap(), "home:two.jpg"],
+    ))
+    .unwrap();
+    assert_eq!(
+        two["cap"].as_str(),
+        Some(one.trim()),
+        "the same file, the same cap"
+    );
+    assert_eq!(
+        kith(&d, &["get", "home:one.jpg"]).stdout,
+        vec![7u8; 100_000]
+    );
+    ok(&d, &["rm", "home:one.jpg"]);
+    ok(&d, &["rm", "home:two.jpg"]);
     let long = ok(&d, &["ls", "-l", "home:"]);
     assert!(
         long.contains("100000") || long.contains("notes.txt"),
