@@ -1148,20 +1148,28 @@ pub async fn download<W: AsyncWrite + Unpin + Send>(
 }
 
 /// Where a download's decoded segments go, in file order: a writer ([`download`]) or
-/// something that takes each segment's buffer as it is (the HTTP body: no copy).
+/// something that takes each segment's buffers as they are (the HTTP body: no copy).
 pub trait SegmentSink: Send {
-    /// The next segment's bytes; the buffer is the sink's now.
-    fn segment(&mut self, bytes: Vec<u8>) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// The next segment's bytes; the buffers are the sink's now.
+    fn segment(
+        &mut self,
+        bytes: codec::SegmentBytes,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Every segment was given.
     fn finish(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
-/// A writer as a [`SegmentSink`]: each segment is written out, then the writer flushed.
+/// A writer as a [`SegmentSink`]: each segment is written out, then the writer flushed; the
+/// written buffers go back to the block pool for the blocks still to come.
 struct Writes<'a, W>(&'a mut W);
 
 impl<W: AsyncWrite + Unpin + Send> SegmentSink for Writes<'_, W> {
-    async fn segment(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
-        self.0.write_all(&bytes).await
+    async fn segment(&mut self, bytes: codec::SegmentBytes) -> std::io::Result<()> {
+        for piece in bytes.into_pieces() {
+            self.0.write_all(&piece).await?;
+            crate::protocol::recycle_bulk(piece);
+        }
+        Ok(())
     }
 
     async fn finish(&mut self) -> std::io::Result<()> {
@@ -1177,7 +1185,7 @@ pub async fn download_to<S: SegmentSink>(
 ) -> Result<DownloadReport, DownloadError> {
     let cap = match cap {
         ReadCap::Lit(lit) => {
-            out.segment(lit.data.clone()).await?;
+            out.segment(lit.data.clone().into()).await?;
             out.finish().await?;
             return Ok(DownloadReport {
                 size: lit.data.len() as u64,

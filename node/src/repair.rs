@@ -274,7 +274,7 @@ impl Regenerator {
             });
         }
         let crypttext =
-            codec::decode_crypttext(&self.ueb, &self.crypttext_hashes, segment, blocks)?;
+            codec::decode_crypttext(&self.ueb, &self.crypttext_hashes, segment, blocks)?.into_vec();
         let (blocks, hashes) = codec::reencode_crypttext(&self.ueb, segment, &crypttext)?;
         for share in &self.known {
             let shnum = share.shnum();

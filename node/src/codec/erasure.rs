@@ -141,7 +141,23 @@ impl Erasure {
     }
 }
 
-/// A segment of `segment_len` bytes from its k data blocks (padding dropped).
+/// A segment of `segment_len` bytes as its k data blocks with the padding cut: each block keeps
+/// the segment's bytes it holds, in order, and blocks holding none are dropped. Nothing is
+/// copied: a downloader hands these buffers on as they are.
+pub fn trim_data_blocks(data_blocks: Vec<Vec<u8>>, segment_len: usize) -> Vec<Vec<u8>> {
+    let mut left = segment_len;
+    data_blocks
+        .into_iter()
+        .filter_map(|mut b| {
+            let keep = b.len().min(left);
+            left -= keep;
+            b.truncate(keep);
+            (keep > 0).then_some(b)
+        })
+        .collect()
+}
+
+/// A segment of `segment_len` bytes from its k data blocks (padding dropped), in one buffer.
 pub fn join_data_blocks(data_blocks: Vec<Vec<u8>>, segment_len: usize) -> Vec<u8> {
     let mut data_blocks = data_blocks.into_iter();
     // The first block's buffer grows into the segment (a realloc, often in place for blocks

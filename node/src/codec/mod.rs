@@ -41,7 +41,7 @@ pub use wire::FormatError;
 
 use crate::{
     caps::{ChkReadCap, ChkVerifyCap},
-    hash::tagged_hash,
+    hash::{TaggedHasher, tagged_hash},
 };
 use merkle::{merkle_proof, merkle_root, verify_merkle_proof};
 
@@ -620,21 +620,77 @@ impl SegmentBlock {
     }
 }
 
+/// A decoded segment's bytes, in order, in the buffers of the k data blocks it was rebuilt from
+/// (the padding cut): nothing copies them together, so a download hands each block's buffer on
+/// as it is (to an HTTP body: [`crate::client::SegmentSink`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SegmentBytes(Vec<Vec<u8>>);
+
+impl SegmentBytes {
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
+    }
+
+    /// No bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The buffers, in order; none is empty.
+    pub fn pieces(&self) -> &[Vec<u8>] {
+        &self.0
+    }
+
+    /// The buffers, in order; none is empty.
+    pub fn into_pieces(self) -> Vec<Vec<u8>> {
+        self.0
+    }
+
+    /// The bytes in one buffer (the first piece's, grown: one copy of the others).
+    pub fn into_vec(self) -> Vec<u8> {
+        let mut pieces = self.0.into_iter();
+        let mut out = pieces.next().unwrap_or_default();
+        for p in pieces {
+            out.extend_from_slice(&p);
+        }
+        out
+    }
+}
+
+impl From<Vec<Vec<u8>>> for SegmentBytes {
+    /// The pieces in order (empty ones dropped).
+    fn from(mut pieces: Vec<Vec<u8>>) -> Self {
+        pieces.retain(|p| !p.is_empty());
+        SegmentBytes(pieces)
+    }
+}
+
+impl From<Vec<u8>> for SegmentBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        SegmentBytes(if bytes.is_empty() {
+            Vec::new()
+        } else {
+            vec![bytes]
+        })
+    }
+}
+
 /// Rebuilds segment `segment` from at least k blocks, checks it against the verified
-/// `crypttext_hashes`, and decrypts it.
+/// `crypttext_hashes`, and decrypts it, each piece in its own buffer.
 pub fn decode_segment(
     ueb: &UriExtension,
     key: &Key,
     crypttext_hashes: &[[u8; 32]],
     segment: u32,
     blocks: Vec<SegmentBlock>,
-) -> Result<Vec<u8>, VerifyError> {
+) -> Result<SegmentBytes, VerifyError> {
     let mut crypttext = decode_crypttext(ueb, crypttext_hashes, segment, blocks)?;
-    apply_keystream(
-        key,
-        u64::from(segment) * u64::from(ueb.segment_size),
-        &mut crypttext,
-    );
+    let mut offset = u64::from(segment) * u64::from(ueb.segment_size);
+    for piece in &mut crypttext.0 {
+        apply_keystream(key, offset, piece);
+        offset += piece.len() as u64;
+    }
     Ok(crypttext)
 }
 
@@ -646,7 +702,7 @@ pub fn decode_crypttext(
     crypttext_hashes: &[[u8; 32]],
     segment: u32,
     blocks: Vec<SegmentBlock>,
-) -> Result<Vec<u8>, VerifyError> {
+) -> Result<SegmentBytes, VerifyError> {
     let not_enough = |why: String| VerifyError::NotEnoughBlocks { segment, why };
     if segment >= ueb.num_segments {
         return Err(not_enough("no such segment".into()));
@@ -685,8 +741,16 @@ pub fn decode_crypttext(
             Some(crypttext_leaf(&hashes))
         }
     };
-    let crypttext = erasure::join_data_blocks(primaries, len);
-    let leaf = leaf.unwrap_or_else(|| tagged_hash(CRYPTTEXT_TAG_V1, &[&crypttext]));
+    let crypttext = SegmentBytes(erasure::trim_data_blocks(primaries, len));
+    let leaf = leaf.unwrap_or_else(|| {
+        // tagged_hash(CRYPTTEXT_TAG_V1, &[crypttext]) over the pieces, not joined.
+        let mut h = TaggedHasher::new(CRYPTTEXT_TAG_V1);
+        h.update(&(len as u64).to_le_bytes());
+        for p in crypttext.pieces() {
+            h.update(p);
+        }
+        h.finalize()
+    });
     if leaf != *want {
         return Err(VerifyError::CrypttextMismatch { segment });
     }
@@ -755,13 +819,16 @@ mod tests {
                 let b = &seg.blocks[usize::from(s.shnum())];
                 blocks.push(s.verify_block(i as u32, b.clone())?);
             }
-            out.extend(decode_segment(
-                &ueb,
-                &file.cap.key,
-                &file.share_metas[0].crypttext_hashes,
-                i as u32,
-                blocks,
-            )?);
+            out.extend(
+                decode_segment(
+                    &ueb,
+                    &file.cap.key,
+                    &file.share_metas[0].crypttext_hashes,
+                    i as u32,
+                    blocks,
+                )?
+                .into_vec(),
+            );
         }
         Ok(out)
     }
@@ -772,6 +839,57 @@ mod tests {
             happy: k,
             total: n,
             segment_size: seg,
+        }
+    }
+
+    #[test]
+    fn a_decoded_segment_is_its_data_blocks_own_buffers_decrypted_in_place() {
+        // Segments of 3 000 bytes cut in three blocks of 1 000; the last segment is 57 bytes
+        // (blocks of 19: nothing to drop), or 2 bytes, which fill only two of their three
+        // 1-byte blocks (the third is padding alone and goes).
+        for (len, last_pieces) in [(6_057usize, vec![19, 19, 19]), (3_002, vec![1, 1])] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            let (file, segs) = encode_all(&data, params(3, 5, 3_000));
+            let ueb = verify_ueb(&file.cap, &file.share_metas[0].ueb).unwrap();
+            let mut out = Vec::new();
+            for (i, seg) in segs.iter().enumerate() {
+                let i = i as u32;
+                let blocks: Vec<SegmentBlock> = (0..3u8)
+                    .map(|sh| {
+                        let share =
+                            VerifiedShare::new(&ueb, file.share_metas[usize::from(sh)].clone())
+                                .unwrap();
+                        share
+                            .verify_block(i, seg.blocks[usize::from(sh)].clone())
+                            .unwrap()
+                    })
+                    .collect();
+                let addrs: Vec<*const u8> = blocks.iter().map(|b| b.data.as_ptr()).collect();
+                let plain = decode_segment(
+                    &ueb,
+                    &file.cap.key,
+                    &file.share_metas[0].crypttext_hashes,
+                    i,
+                    blocks,
+                )
+                .unwrap();
+                let lens: Vec<usize> = plain.pieces().iter().map(Vec::len).collect();
+                if i + 1 == ueb.num_segments {
+                    assert_eq!(lens, last_pieces, "{len} bytes, segment {i}");
+                } else {
+                    assert_eq!(lens, vec![1_000; 3], "{len} bytes, segment {i}");
+                }
+                for (p, at) in plain.pieces().iter().zip(&addrs) {
+                    assert_eq!(
+                        p.as_ptr(),
+                        *at,
+                        "{len} bytes, segment {i}: a piece was copied"
+                    );
+                }
+                assert_eq!(plain.len(), ueb.segment_len(i) as usize);
+                out.extend(plain.into_vec());
+            }
+            assert_eq!(out, data, "{len} bytes");
         }
     }
 
@@ -951,13 +1069,10 @@ mod tests {
                         SegmentBlock::new(sh, block)
                     });
                 }
-                out.extend(decode_segment(
-                    &ueb,
-                    &cap.key,
-                    &metas[0].crypttext_hashes,
-                    seg,
-                    blocks,
-                )?);
+                out.extend(
+                    decode_segment(&ueb, &cap.key, &metas[0].crypttext_hashes, seg, blocks)?
+                        .into_vec(),
+                );
             }
             Ok::<_, VerifyError>(out)
         };
