@@ -10,7 +10,9 @@
 //! - `GET /api/v1/status` — node id, nickname, addresses, connected peers, storage usage
 //! - `GET /api/v1/id` — dialable multiaddrs with `/p2p/<id>`
 //! - `GET /api/v1/peers`, `POST /api/v1/peers {"addr": …}`, `DELETE /api/v1/peers/{peer}`
-//! - `POST /api/v1/files?random_key=&needed=&happy=&total=` — body is the file; returns the cap
+//! - `POST /api/v1/files?random_key=&needed=&happy=&total=` — body is the file; returns the cap.
+//!   With a convergent key the body is received (spooled to `tmp/` past 1 MiB) before it is
+//!   encoded; with a random key and a `Content-Length` it is encoded and sent as it arrives
 //! - `GET /api/v1/files/{cap}` — body is the file (streamed); header `x-kith-report` names the
 //!   report at `GET /api/v1/reports/{id}` (servers used, bad shares, error if it broke off)
 //! - `POST /api/v1/shutdown` — stops the daemon cleanly
@@ -618,6 +620,9 @@ async fn put_inner(
     total: Option<u64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (params, convergent) = put_params(st, &q)?;
+    if let Some(len) = total.filter(|&t| !convergent && t > SMALL_BODY) {
+        return put_streamed(st, &q, body, op, params, len).await;
+    }
     let mut hasher =
         convergent.then(|| ConvergentKeyHasher::new(st.node.convergence_secret(), &params));
     // Small bodies stay in memory; larger ones are spooled to `tmp/`. Either way the body is
@@ -741,6 +746,64 @@ async fn put_inner(
     Ok(Json(json))
 }
 
+/// Body chunks in flight between the HTTP connection and a streamed upload's encoder.
+const STREAM_CHUNKS: usize = 4;
+
+/// A random-key upload of a body of known length: encoded and sent as it arrives, never
+/// spooled (no receive phase, no copy of the file in `tmp/`, no free space needed for it).
+/// A body that ends early or breaks fails the upload and drops the shares begun.
+async fn put_streamed(
+    st: &ApiState,
+    q: &PutQuery,
+    body: Body,
+    op: u64,
+    params: crate::codec::EncodingParams,
+    len: u64,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
+    let incoming = crate::client::Incoming::new(len, rx);
+    let opts = PutOptions {
+        params,
+        convergent: false,
+        key: None,
+    };
+    // The body is read here while the upload reads the channel; whichever fails first ends
+    // both (a closed channel stops the reader, a dropped sender ends the upload's input).
+    let feed = async move {
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), ApiError>(())
+    };
+    let upload = async {
+        let put = store_put(
+            st,
+            q,
+            crate::client::Source::Stream(&incoming),
+            len,
+            &opts,
+            op,
+        )
+        .await;
+        // Done, or failed early (no servers, say): the body is not wanted any more.
+        incoming.close().await;
+        put
+    };
+    let (fed, put) = tokio::join!(feed, upload);
+    // A broken body is the reason the upload failed, if it did.
+    let mut json = match (fed, put) {
+        (_, Ok(json)) => json,
+        (Err(e), Err(_)) => return Err(e),
+        (Ok(()), Err(e)) => return Err(e),
+    };
+    json["timings"]["receive_ms"] = 0.into();
+    Ok(Json(json))
+}
+
 /// The encoding parameters of a put (the node's, overridden by the query) and whether its key
 /// is convergent.
 pub(crate) fn put_params(
@@ -791,15 +854,7 @@ pub(crate) async fn store_put(
                 ),
             ));
         }
-        let content = match source {
-            crate::client::Source::File(p) => {
-                tokio::fs::read(p).await.map_err(ApiError::internal)?
-            }
-            crate::client::Source::Open(f) => {
-                crate::client::read_exact_at(f, 0, size as usize).map_err(ApiError::internal)?
-            }
-            crate::client::Source::Bytes(b) => b.to_vec(),
-        };
+        let content = source.read_all(size).await.map_err(ApiError::internal)?;
         let m = crate::slot::map(&st.node, &slot).await;
         let v = crate::slot::publish(&st.node, &slot, &content, &m)
             .await
@@ -813,8 +868,11 @@ pub(crate) async fn store_put(
         }));
     }
     let node = st.node.clone();
-    let half = body_len / 2;
-    let progress = move |done: u64| node.op_progress(op, half + done / 2);
+    // A body received first was the first half of the work; a streamed one is sent as it comes.
+    let streamed = matches!(source, crate::client::Source::Stream(_));
+    let half = if streamed { 0 } else { body_len / 2 };
+    let progress =
+        move |done: u64| node.op_progress(op, half + if streamed { done } else { done / 2 });
     let result = crate::client::upload_from(&st.node, source, opts, &progress)
         .await
         .map_err(|e| {

@@ -245,6 +245,73 @@ pub enum Source<'a> {
     Open(&'a std::fs::File),
     /// The whole content.
     Bytes(&'a [u8]),
+    /// Bytes as they arrive (an HTTP body of known length), read once, in order, and never
+    /// stored whole: only for a random key (a convergent key needs every byte before the
+    /// first can be encrypted).
+    Stream(&'a Incoming),
+}
+
+impl Source<'_> {
+    /// All `size` bytes, in memory (for files small enough to go up in one request, and for
+    /// mutable files).
+    pub(crate) async fn read_all(self, size: u64) -> std::io::Result<Vec<u8>> {
+        match self {
+            Source::File(path) => tokio::fs::read(path).await,
+            Source::Open(f) => read_exact_at(f, 0, size as usize),
+            Source::Bytes(b) => Ok(b.to_vec()),
+            Source::Stream(s) => {
+                let mut buf = vec![0; usize::try_from(s.len).map_err(std::io::Error::other)?];
+                s.read_exact(&mut buf).await?;
+                Ok(buf)
+            }
+        }
+    }
+}
+
+/// An upload's bytes as they arrive: `len` bytes in chunks from a channel (the HTTP handler
+/// feeds it from the request body). Reading past what came before the channel closed is an
+/// `UnexpectedEof` error: the client went away or sent less than it announced.
+#[derive(Debug)]
+pub struct Incoming {
+    len: u64,
+    chunks: tokio::sync::Mutex<(mpsc::Receiver<bytes::Bytes>, bytes::Bytes)>,
+}
+
+impl Incoming {
+    /// `len` bytes to come through `chunks`.
+    pub fn new(len: u64, chunks: mpsc::Receiver<bytes::Bytes>) -> Self {
+        Incoming {
+            len,
+            chunks: tokio::sync::Mutex::new((chunks, bytes::Bytes::new())),
+        }
+    }
+
+    /// No more bytes are wanted: the feeder's sends fail from now on.
+    pub async fn close(&self) {
+        self.chunks.lock().await.0.close();
+    }
+
+    /// Fills `buf` with the next bytes.
+    async fn read_exact(&self, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut guard = self.chunks.lock().await;
+        let (chunks, left) = &mut *guard;
+        let mut at = 0;
+        while at < buf.len() {
+            if left.is_empty() {
+                *left = chunks.recv().await.ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the upload's body ended before its announced length",
+                    )
+                })?;
+                continue;
+            }
+            let n = left.len().min(buf.len() - at);
+            buf[at..at + n].copy_from_slice(&left.split_to(n));
+            at += n;
+        }
+        Ok(())
+    }
 }
 
 /// What identifies one version of a file: size, inode, modification and change times (ns).
@@ -289,13 +356,15 @@ enum SegmentSource<'a> {
     File(Arc<std::fs::File>),
     /// Copied into the block buffers.
     Bytes(&'a [u8]),
+    /// Copied into the block buffers as they arrive (segments are asked for in order).
+    Stream(&'a Incoming),
 }
 
 impl SegmentSource<'_> {
     /// Starts encoding segment `index` on the blocking pool: its bytes go straight into `n`
     /// block buffers from the bulk pool (no segment buffer, no copy out of one), which become
     /// the blocks.
-    fn encode(
+    async fn encode(
         &self,
         encoder: &Arc<FileEncoder>,
         index: u32,
@@ -317,6 +386,12 @@ impl SegmentSource<'_> {
                         .and_then(|at| b.get(at..at + real))
                         .ok_or(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
                     block[..real].copy_from_slice(piece);
+                }
+                tokio::task::spawn_blocking(move || encode(blocks))
+            }
+            SegmentSource::Stream(incoming) => {
+                for (block, (_, real)) in blocks.iter_mut().zip(encoder.data_pieces(index)) {
+                    incoming.read_exact(&mut block[..real]).await?;
                 }
                 tokio::task::spawn_blocking(move || encode(blocks))
             }
@@ -444,6 +519,7 @@ pub async fn upload_from(
             (m.len(), Some(FileStamp::from_metadata(&m)))
         }
         Source::Bytes(b) => (b.len() as u64, None),
+        Source::Stream(s) => (s.len, None),
     };
     let unchanged = || -> Result<(), UploadError> {
         match (source, stamp) {
@@ -459,11 +535,7 @@ pub async fn upload_from(
     };
     let params = opts.params;
     if size <= codec::LIT_THRESHOLD as u64 {
-        let data = match source {
-            Source::File(path) => tokio::fs::read(path).await?,
-            Source::Open(f) => read_exact_at(f, 0, size as usize)?,
-            Source::Bytes(b) => b.to_vec(),
-        };
+        let data = source.read_all(size).await?;
         unchanged()?;
         progress(size);
         return Ok(PutResult {
@@ -489,6 +561,11 @@ pub async fn upload_from(
                 convergent_key_of(std::fs::File::open(path)?, size, secret, params).await?
             }
             Source::Open(f) => convergent_key_of(f.try_clone()?, size, secret, params).await?,
+            Source::Stream(_) => {
+                return Err(UploadError::Encode(
+                    "bytes that arrive as they are uploaded take a random key".into(),
+                ));
+            }
         }
     } else {
         codec::random_key(&mut rand::rngs::OsRng)
@@ -501,9 +578,8 @@ pub async fn upload_from(
     lap(&mut timings.key_ms);
     if size <= SMALL_FILE {
         let data = match source {
-            Source::File(path) => std::borrow::Cow::Owned(tokio::fs::read(path).await?),
-            Source::Open(f) => std::borrow::Cow::Owned(read_exact_at(f, 0, size as usize)?),
             Source::Bytes(b) => std::borrow::Cow::Borrowed(b),
+            _ => std::borrow::Cow::Owned(source.read_all(size).await?),
         };
         if data.len() as u64 != size {
             return Err(UploadError::Encode(
@@ -661,6 +737,7 @@ pub async fn upload_from(
         // Positional reads leave the handle's offset alone.
         Source::Open(f) => SegmentSource::File(Arc::new(f.try_clone()?)),
         Source::Bytes(b) => SegmentSource::Bytes(b),
+        Source::Stream(s) => SegmentSource::Stream(s),
     };
     let num_segments = encoder.num_segments();
     let mut encoding: FuturesOrdered<tokio::task::JoinHandle<Result<EncodedSegment, UploadError>>> =
@@ -670,7 +747,15 @@ pub async fn upload_from(
     let mut done_bytes = 0u64;
     loop {
         while encoding.len() < ENCODE_DEPTH && next_read < num_segments {
-            encoding.push_back(file.encode(&encoder, next_read)?);
+            match file.encode(&encoder, next_read).await {
+                Ok(task) => encoding.push_back(task),
+                Err(e) => {
+                    // Nothing more to read (a body cut short): the shares begun are dropped.
+                    drop(writers);
+                    abort_all(node, si, &to_write).await;
+                    return Err(e);
+                }
+            }
             next_read += 1;
         }
         let Some(seg) = encoding.next().await else {

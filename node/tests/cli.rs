@@ -724,3 +724,102 @@ fn kith_check_prints_one_line_and_exits_by_health() {
     );
     ok(&b, &["stop"]);
 }
+
+/// Sends a raw HTTP/1.1 POST's head to an API path, announcing `len` bytes of body, and
+/// returns the connection for the body to follow.
+fn raw_api_post_start(dir: &Path, path: &str, len: usize) -> std::net::TcpStream {
+    use std::io::Write;
+    let node = kith_node::nodedir::NodeDir::new(dir.to_owned());
+    let api: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node.api_file()).unwrap()).unwrap();
+    let url = api["url"].as_str().unwrap();
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        node.api_token().unwrap()
+    )
+    .unwrap();
+    conn
+}
+
+/// The files in a directory and their sizes.
+fn files_in(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .collect()
+}
+
+#[test]
+fn a_random_key_upload_over_http_is_sent_as_it_arrives_and_a_cut_one_keeps_nothing() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("n");
+    ok(
+        &d,
+        &[
+            "init",
+            "--nickname",
+            "solo",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--reserved",
+            "0",
+            "--shares-needed",
+            "1",
+            "--shares-happy",
+            "1",
+            "--shares-total",
+            "1",
+        ],
+    );
+    let _daemon = run(&d);
+    wait_for(&d.join("api.json"));
+    let incoming = d.join("storage").join("incoming");
+    let spool = d.join("tmp");
+    let len = 8 << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 / 7) as u8).collect();
+
+    // Half the body sent: its first segments are already encoded and written to the share
+    // (which the node, its own server here, holds in `incoming/`), and nothing is spooled.
+    let mut conn = raw_api_post_start(&d, "/files?random_key=true", len);
+    conn.write_all(&data[..len / 2]).unwrap();
+    wait_until("the share being written before the body ends", || {
+        files_in(&incoming).iter().any(|(_, size)| *size >= 1 << 20)
+    });
+    assert!(files_in(&spool).is_empty(), "{:?}", files_in(&spool));
+    conn.write_all(&data[len / 2..]).unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let head = String::from_utf8_lossy(&raw[..body_start(&raw)]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let put: serde_json::Value = serde_json::from_slice(&raw[body_start(&raw)..]).unwrap();
+    assert_eq!(put["timings"]["receive_ms"], 0, "{put}");
+    let cap = put["cap"].as_str().unwrap().to_owned();
+    let (got, _) = raw_api_get(&d, &format!("/files/{cap}"));
+    assert!(
+        got[body_start(&got)..] == data[..],
+        "the file came back different"
+    );
+    let stored = share_files(&d).len();
+
+    // A body cut short: the upload fails and the shares it began are dropped.
+    let mut conn = raw_api_post_start(&d, "/files?random_key=true", len);
+    conn.write_all(&data[..3 << 20]).unwrap();
+    wait_until("the cut upload's share being written", || {
+        files_in(&incoming).iter().any(|(_, size)| *size >= 1 << 20)
+    });
+    drop(conn);
+    wait_until("the cut upload's share being dropped", || {
+        files_in(&incoming).is_empty()
+    });
+    assert_eq!(share_files(&d).len(), stored, "the cut upload kept a share");
+    assert!(files_in(&spool).is_empty(), "{:?}", files_in(&spool));
+    ok(&d, &["stop"]);
+}

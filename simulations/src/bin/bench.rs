@@ -1,7 +1,8 @@
 //! `bench grid`: start N real kith daemons on loopback (child processes); for each file size
 //! upload a random file through node 0's local API and download it through node 1's, then
-//! hand another file of the same size to node 0 over its local socket as `kith put` does; then
-//! upload many small files; and print in one table: encoder-only throughput (the same file
+//! hand another file of the same size to node 0 over its local socket as `kith put` does, and
+//! post it once more with a random key (encoded and sent as it arrives); then upload many
+//! small files; and print in one table: encoder-only throughput (the same file
 //! encoded in-process on every core), end-to-end upload and download MiB/s, their ratio to the
 //! encoder, the uploading node's idle RSS and its peak above idle during each upload (sampled
 //! every 5 ms), CPU per process group, and small files per second.
@@ -310,33 +311,52 @@ async fn wait_api(dir: &NodeDir, child: &mut Child) -> anyhow::Result<(String, S
 struct Round {
     size: u64,
     enc: Duration,
-    up: Duration,
+    /// The file posted to node 0's HTTP API (convergent key: received, spooled, then sent).
+    http: Upload,
     down: Duration,
-    peak_rss_kib: u64,
-    cpu_up: Vec<f64>,
     cpu_down: Vec<f64>,
-    timings: serde_json::Value,
     /// A file of the same size handed to node 0 over its local socket (`kith put`).
-    local: Local,
+    local: Upload,
+    /// Another one posted with a random key: encoded and sent as it arrives, never spooled.
+    streamed: Upload,
     ok: bool,
 }
 
-/// The `kith put` upload: time, peak RSS, CPU and phases.
-struct Local {
+/// One upload: time, peak RSS of node 0, every node's CPU, and the phases node 0 reports.
+struct Upload {
     up: Duration,
     peak_rss_kib: u64,
     cpu: Vec<f64>,
     timings: serde_json::Value,
 }
 
-/// Uploads a file through node 0's local socket, as `kith put FILE` does: the daemon reads
-/// the open file itself.
-async fn put_local(daemons: &[Daemon], file: &Path) -> anyhow::Result<Local> {
-    let up = &daemons[0];
+/// Measures `put` as an [`Upload`]; also returns node 0's JSON answer.
+async fn measure_upload(
+    daemons: &[Daemon],
+    put: impl std::future::Future<Output = anyhow::Result<serde_json::Value>>,
+) -> anyhow::Result<(Upload, serde_json::Value)> {
     let pids: Vec<u32> = daemons.iter().map(|d| d.child.id()).collect();
     let cpu_before = cpu_now(&pids);
     let (stop, sampler) = sample_rss(pids[0]);
     let start = Instant::now();
+    let answer = put.await;
+    let up = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_rss_kib = sampler.await?;
+    let cpu = cpu_since(&pids, &cpu_before);
+    let v = answer?;
+    let upload = Upload {
+        up,
+        peak_rss_kib,
+        cpu,
+        timings: v["timings"].clone(),
+    };
+    Ok((upload, v))
+}
+
+/// Uploads a file through node 0's local socket, as `kith put FILE` does: the daemon reads
+/// the open file itself.
+async fn put_local(up: &Daemon, file: &Path) -> anyhow::Result<serde_json::Value> {
     let socket = kith_node::local::socket_path(&up.dir);
     let token = up.token.clone();
     let f = std::fs::File::open(file)?;
@@ -344,17 +364,30 @@ async fn put_local(daemons: &[Daemon], file: &Path) -> anyhow::Result<Local> {
         kith_node::local::put(&socket, &token, &f, "name=bench", |_, _| {})
     })
     .await??;
-    let up_time = start.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak_rss_kib = sampler.await?;
-    let cpu = cpu_since(&pids, &cpu_before);
-    let v = answer.map_err(|(e, status)| anyhow::anyhow!("local upload failed ({status}): {e}"))?;
-    Ok(Local {
-        up: up_time,
-        peak_rss_kib,
-        cpu,
-        timings: v["timings"].clone(),
-    })
+    answer.map_err(|(e, status)| anyhow::anyhow!("local upload failed ({status}): {e}"))
+}
+
+/// Posts a file to node 0's HTTP API (`query` appended to the URL), streamed from disk.
+async fn put_http(
+    http: &reqwest::Client,
+    up: &Daemon,
+    file: &Path,
+    query: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let f = tokio::fs::File::open(file).await?;
+    let size = f.metadata().await?.len();
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
+    let resp = http
+        .post(format!("{}/api/v1/files{query}", up.url))
+        .bearer_auth(&up.token)
+        .header(reqwest::header::CONTENT_LENGTH, size)
+        .body(body)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("upload failed: {}", resp.text().await?);
+    }
+    Ok(resp.json().await?)
 }
 
 /// Samples a process's RSS every 5 ms until told to stop; returns the maximum (KiB).
@@ -393,29 +426,8 @@ async fn round(
     let file = root.join(format!("input-{size}.bin"));
     std::fs::write(&file, &data)?;
     let enc = encoder_only(&data, params)?;
-    let up = &daemons[0];
-    let pid = up.child.id();
+    let (http_up, put) = measure_upload(daemons, put_http(http, &daemons[0], &file, "")).await?;
     let pids: Vec<u32> = daemons.iter().map(|d| d.child.id()).collect();
-    let cpu_before = cpu_now(&pids);
-    let (stop, sampler) = sample_rss(pid);
-    let start = Instant::now();
-    let f = tokio::fs::File::open(&file).await?;
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
-    let resp = http
-        .post(format!("{}/api/v1/files", up.url))
-        .bearer_auth(&up.token)
-        .header(reqwest::header::CONTENT_LENGTH, size)
-        .body(body)
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("upload failed: {}", resp.text().await?);
-    }
-    let put: serde_json::Value = resp.json().await?;
-    let up_time = start.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak_rss_kib = sampler.await?;
-    let cpu_up = cpu_since(&pids, &cpu_before);
     let cap = put["cap"].as_str().unwrap_or_default().to_owned();
     let down = &daemons[1];
     let cpu_before = cpu_now(&pids);
@@ -444,19 +456,27 @@ async fn round(
         rand::rngs::StdRng::seed_from_u64(!size).fill_bytes(&mut other);
         std::fs::write(&file, &other)?;
     }
-    let local = put_local(daemons, &file).await;
+    let local = measure_upload(daemons, put_local(&daemons[0], &file)).await;
+    // And once more over HTTP with a random key (new shares whatever the bytes).
+    let streamed = match local {
+        Ok(_) => {
+            measure_upload(
+                daemons,
+                put_http(http, &daemons[0], &file, "?random_key=true&name=bench"),
+            )
+            .await
+        }
+        Err(_) => Err(anyhow::anyhow!("not run")),
+    };
     let _ = std::fs::remove_file(&file);
-    let local = local?;
     Ok(Round {
         size,
         enc,
-        up: up_time,
+        http: http_up,
         down: down_time,
-        peak_rss_kib,
-        cpu_up,
         cpu_down,
-        timings: put["timings"].clone(),
-        local,
+        local: local?.0,
+        streamed: streamed?.0,
         ok: same && got as u64 == size,
     })
 }
@@ -618,9 +638,9 @@ async fn grid(
         );
         println!(
             "| {name}: upload (node 0 API -> {nodes} servers) | {:.1} MiB/s ({:.2} s), {:.0}% of encoder-only |",
-            mib_s(r.size, r.up),
-            r.up.as_secs_f64(),
-            100.0 * r.enc.as_secs_f64() / r.up.as_secs_f64()
+            mib_s(r.size, r.http.up),
+            r.http.up.as_secs_f64(),
+            100.0 * r.enc.as_secs_f64() / r.http.up.as_secs_f64()
         );
         println!(
             "| {name}: download (node 1 API, verified) | {:.1} MiB/s ({:.2} s){} |",
@@ -630,15 +650,15 @@ async fn grid(
         );
         println!(
             "| {name}: uploading node RSS peak | {:.1} MiB (+{:.1} MiB over idle) |",
-            r.peak_rss_kib as f64 / 1024.0,
-            r.peak_rss_kib.saturating_sub(idle_rss) as f64 / 1024.0
+            r.http.peak_rss_kib as f64 / 1024.0,
+            r.http.peak_rss_kib.saturating_sub(idle_rss) as f64 / 1024.0
         );
         println!(
             "| {name}: CPU during upload | uploader {:.2} s, {} servers {:.2} s, in {:.2} s wall |",
-            r.cpu_up[0],
+            r.http.cpu[0],
             nodes - 1,
-            r.cpu_up[1..].iter().sum::<f64>(),
-            r.up.as_secs_f64()
+            r.http.cpu[1..].iter().sum::<f64>(),
+            r.http.up.as_secs_f64()
         );
         println!(
             "| {name}: CPU during download | downloader {:.2} s, {} others {:.2} s, in {:.2} s wall |",
@@ -647,30 +667,42 @@ async fn grid(
             r.cpu_down[0] + r.cpu_down[2..].iter().sum::<f64>(),
             r.down.as_secs_f64()
         );
-        let t = &r.timings;
+        let t = &r.http.timings;
         println!(
             "| {name}: upload phases (ms) | receive+spool {} / key pass {} / placement {} / encode+send {} / close {} |",
             t["receive_ms"], t["key_ms"], t["placement_ms"], t["stream_ms"], t["close_ms"]
         );
-        let l = &r.local;
-        println!(
-            "| {name}: upload (`kith put`: file handed over the local socket) | {:.1} MiB/s ({:.2} s), {:.0}% of encoder-only; RSS peak +{:.1} MiB |",
-            mib_s(r.size, l.up),
-            l.up.as_secs_f64(),
-            100.0 * r.enc.as_secs_f64() / l.up.as_secs_f64(),
-            l.peak_rss_kib.saturating_sub(idle_rss) as f64 / 1024.0
-        );
-        println!(
-            "| {name}: CPU during `kith put` | uploader {:.2} s, {} servers {:.2} s |",
-            l.cpu[0],
-            nodes - 1,
-            l.cpu[1..].iter().sum::<f64>(),
-        );
-        let t = &l.timings;
-        println!(
-            "| {name}: `kith put` phases (ms) | key pass {} / placement {} / encode+send {} / close {} |",
-            t["key_ms"], t["placement_ms"], t["stream_ms"], t["close_ms"]
-        );
+        for (l, what, short) in [
+            (
+                &r.local,
+                "upload (`kith put`: file handed over the local socket)",
+                "`kith put`",
+            ),
+            (
+                &r.streamed,
+                "upload over HTTP with a random key (sent as it arrives, no spool)",
+                "the random-key upload",
+            ),
+        ] {
+            println!(
+                "| {name}: {what} | {:.1} MiB/s ({:.2} s), {:.0}% of encoder-only; RSS peak +{:.1} MiB |",
+                mib_s(r.size, l.up),
+                l.up.as_secs_f64(),
+                100.0 * r.enc.as_secs_f64() / l.up.as_secs_f64(),
+                l.peak_rss_kib.saturating_sub(idle_rss) as f64 / 1024.0
+            );
+            println!(
+                "| {name}: CPU during {short} | uploader {:.2} s, {} servers {:.2} s |",
+                l.cpu[0],
+                nodes - 1,
+                l.cpu[1..].iter().sum::<f64>(),
+            );
+            let t = &l.timings;
+            println!(
+                "| {name}: {short} phases (ms) | key pass {} / placement {} / encode+send {} / close {} |",
+                t["key_ms"], t["placement_ms"], t["stream_ms"], t["close_ms"]
+            );
+        }
     }
     if let Some(small) = small {
         let (up, down) = small?;
