@@ -76,21 +76,8 @@ fn share_files(dir: &Path) -> Vec<std::path::PathBuf> {
 /// GETs an API path with a bare HTTP/1.1 client: the raw response and whether the
 /// connection ended cleanly.
 fn raw_api_get(dir: &Path, path: &str) -> (Vec<u8>, bool) {
-    use std::io::{Read, Write};
-    let node = kith_node::nodedir::NodeDir::new(dir.to_owned());
-    let api: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(node.api_file()).unwrap()).unwrap();
-    let url = api["url"].as_str().unwrap();
-    let addr = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        conn,
-        "GET /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        node.api_token().unwrap()
-    )
-    .unwrap();
+    use std::io::Read;
+    let mut conn = raw_api_request(dir, "GET", path, "");
     let mut raw = Vec::new();
     let clean = conn.read_to_end(&mut raw).is_ok();
     (raw, clean)
@@ -125,6 +112,48 @@ fn api_json(dir: &Path, path: &str) -> serde_json::Value {
     serde_json::from_slice(&raw[body_start(&raw)..]).unwrap()
 }
 
+/// A node of its own, its only storage server (1-of-1 shares), running: its temporary home,
+/// its node dir and its daemon.
+fn solo_daemon() -> (tempfile::TempDir, std::path::PathBuf, Daemon) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("n");
+    init_solo(&d);
+    let daemon = run(&d);
+    wait_for(&d.join("api.json"));
+    (tmp, d, daemon)
+}
+
+/// Makes `d` a node of its own, its only storage server (1-of-1 shares).
+fn init_solo(d: &Path) {
+    init_node(d, "solo", Some([1, 1, 1]));
+}
+
+/// `kith init` of a node listening on loopback with no space reserved, with its shares
+/// needed, happy and total when given.
+fn init_node(d: &Path, nickname: &str, shares: Option<[u8; 3]>) {
+    let mut args: Vec<String> = [
+        "init",
+        "--nickname",
+        nickname,
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--reserved",
+        "0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let Some([k, h, n]) = shares {
+        for (flag, v) in [
+            ("--shares-needed", k),
+            ("--shares-happy", h),
+            ("--shares-total", n),
+        ] {
+            args.extend([flag.to_owned(), v.to_string()]);
+        }
+    }
+    ok(d, &args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
 /// Waits for a file the daemon writes once its API is up (deadline, no fixed sleep).
 fn wait_for(path: &Path) {
     let end = Instant::now() + Duration::from_secs(30);
@@ -138,36 +167,8 @@ fn wait_for(path: &Path) {
 fn two_nodes_put_and_get_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    ok(
-        &a,
-        &[
-            "init",
-            "--nickname",
-            "alice",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--reserved",
-            "0",
-        ],
-    );
-    ok(
-        &b,
-        &[
-            "init",
-            "--nickname",
-            "bob",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--reserved",
-            "0",
-            "--shares-needed",
-            "1",
-            "--shares-happy",
-            "2",
-            "--shares-total",
-            "2",
-        ],
-    );
+    init_node(&a, "alice", None);
+    init_node(&b, "bob", Some([1, 2, 2]));
     // A second init refuses to overwrite the node dir.
     let again = kith(&a, &["init"]);
     assert_eq!(again.status.code(), Some(1));
@@ -449,29 +450,7 @@ fn two_nodes_put_and_get_through_the_cli() {
 /// write caps), get by path, cp -r, mv, rm, ln, attenuate, deep-check and the exit codes.
 #[test]
 fn directories_aliases_and_mutable_files_through_the_cli() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("n");
-    ok(
-        &d,
-        &[
-            "init",
-            "--nickname",
-            "solo",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--reserved",
-            "0",
-            "--shares-needed",
-            "1",
-            "--shares-happy",
-            "1",
-            "--shares-total",
-            "1",
-        ],
-    );
-    // attenuate works offline, without a daemon.
-    let _daemon = run(&d);
-    wait_for(&d.join("api.json"));
+    let (tmp, d, _daemon) = solo_daemon();
 
     let dircap = ok(&d, &["mkdir"]).trim().to_owned();
     assert!(dircap.starts_with("kith:dir:"), "{dircap}");
@@ -725,9 +704,9 @@ fn kith_check_prints_one_line_and_exits_by_health() {
     ok(&b, &["stop"]);
 }
 
-/// Sends a raw HTTP/1.1 POST's head to an API path, announcing `len` bytes of body, and
-/// returns the connection for the body to follow.
-fn raw_api_post_start(dir: &Path, path: &str, len: usize) -> std::net::TcpStream {
+/// Sends a request's head to an API path with a bare HTTP/1.1 client (`extra` headers end in
+/// `\r\n`) and returns the connection, for a body to follow and the answer to be read.
+fn raw_api_request(dir: &Path, method: &str, path: &str, extra: &str) -> std::net::TcpStream {
     use std::io::Write;
     let node = kith_node::nodedir::NodeDir::new(dir.to_owned());
     let api: serde_json::Value =
@@ -739,7 +718,7 @@ fn raw_api_post_start(dir: &Path, path: &str, len: usize) -> std::net::TcpStream
         .unwrap();
     write!(
         conn,
-        "POST /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        "{method} /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n{extra}Connection: close\r\n\r\n",
         node.api_token().unwrap()
     )
     .unwrap();
@@ -759,40 +738,31 @@ fn files_in(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
 #[test]
 fn a_random_key_upload_over_http_is_sent_as_it_arrives_and_a_cut_one_keeps_nothing() {
     use std::io::{Read, Write};
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("n");
-    ok(
-        &d,
-        &[
-            "init",
-            "--nickname",
-            "solo",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--reserved",
-            "0",
-            "--shares-needed",
-            "1",
-            "--shares-happy",
-            "1",
-            "--shares-total",
-            "1",
-        ],
-    );
-    let _daemon = run(&d);
-    wait_for(&d.join("api.json"));
+    let (_tmp, d, _daemon) = solo_daemon();
     let incoming = d.join("storage").join("incoming");
     let spool = d.join("tmp");
     let len = 8 << 20;
     let data: Vec<u8> = (0..len).map(|i| (i * 31 / 7) as u8).collect();
+    // Announces the whole file, sends its first `sent` bytes and waits until the upload has
+    // written a whole segment's block to its share (which the node, its own server here,
+    // holds in `incoming/` until it is closed).
+    let start = |sent: usize| {
+        let mut conn = raw_api_request(
+            &d,
+            "POST",
+            "/files?random_key=true",
+            &format!("Content-Length: {len}\r\n"),
+        );
+        conn.write_all(&data[..sent]).unwrap();
+        wait_until("the share being written before the body ends", || {
+            files_in(&incoming).iter().any(|(_, size)| *size >= 1 << 20)
+        });
+        conn
+    };
 
-    // Half the body sent: its first segments are already encoded and written to the share
-    // (which the node, its own server here, holds in `incoming/`), and nothing is spooled.
-    let mut conn = raw_api_post_start(&d, "/files?random_key=true", len);
-    conn.write_all(&data[..len / 2]).unwrap();
-    wait_until("the share being written before the body ends", || {
-        files_in(&incoming).iter().any(|(_, size)| *size >= 1 << 20)
-    });
+    // Half the body sent: its first segments are already encoded and written, and nothing is
+    // spooled.
+    let mut conn = start(len / 2);
     assert!(files_in(&spool).is_empty(), "{:?}", files_in(&spool));
     conn.write_all(&data[len / 2..]).unwrap();
     let mut raw = Vec::new();
@@ -810,12 +780,7 @@ fn a_random_key_upload_over_http_is_sent_as_it_arrives_and_a_cut_one_keeps_nothi
     let stored = share_files(&d).len();
 
     // A body cut short: the upload fails and the shares it began are dropped.
-    let mut conn = raw_api_post_start(&d, "/files?random_key=true", len);
-    conn.write_all(&data[..3 << 20]).unwrap();
-    wait_until("the cut upload's share being written", || {
-        files_in(&incoming).iter().any(|(_, size)| *size >= 1 << 20)
-    });
-    drop(conn);
+    drop(start(3 << 20));
     wait_until("the cut upload's share being dropped", || {
         files_in(&incoming).is_empty()
     });
