@@ -745,40 +745,43 @@ pub async fn upload_from(
     let mut hashes = Vec::with_capacity(num_segments as usize);
     let mut next_read: u32 = 0;
     let mut done_bytes = 0u64;
-    loop {
-        while encoding.len() < ENCODE_DEPTH && next_read < num_segments {
-            match file.encode(&encoder, next_read).await {
-                Ok(task) => encoding.push_back(task),
-                Err(e) => {
-                    // Nothing more to read (a body cut short): the shares begun are dropped.
-                    drop(writers);
-                    abort_all(node, si, &to_write).await;
-                    return Err(e);
-                }
+    let sent: Result<(), UploadError> = async {
+        loop {
+            while encoding.len() < ENCODE_DEPTH && next_read < num_segments {
+                encoding.push_back(file.encode(&encoder, next_read).await?);
+                next_read += 1;
             }
-            next_read += 1;
-        }
-        let Some(seg) = encoding.next().await else {
-            break;
-        };
-        let mut seg = seg.map_err(|e| UploadError::Encode(e.to_string()))??;
-        hashes.push(seg.hashes());
-        let offset = encoder.block_offset(seg.index);
-        for (&sh, s) in &to_write {
-            let Some(w) = writers.get(s) else { continue };
-            let Some(block) = seg.blocks.get_mut(usize::from(sh)) else {
-                continue;
+            let Some(seg) = encoding.next().await else {
+                return Ok(());
             };
-            let block = std::mem::take(block);
-            // A failed writer has dropped its queue; its shares are counted as lost below.
-            let _ = w.tx.send((sh, offset, block)).await;
+            let mut seg = seg.map_err(|e| UploadError::Encode(e.to_string()))??;
+            hashes.push(seg.hashes());
+            let offset = encoder.block_offset(seg.index);
+            for (&sh, s) in &to_write {
+                let Some(w) = writers.get(s) else { continue };
+                let Some(block) = seg.blocks.get_mut(usize::from(sh)) else {
+                    continue;
+                };
+                let block = std::mem::take(block);
+                // A failed writer has dropped its queue; its shares are counted as lost below.
+                let _ = w.tx.send((sh, offset, block)).await;
+            }
+            // Blocks of shares already held elsewhere: their buffers serve the next segment.
+            for block in seg.blocks.drain(..) {
+                crate::protocol::recycle_bulk(block);
+            }
+            done_bytes += encoder.segment_len(seg.index) as u64;
+            progress(done_bytes);
         }
-        // Blocks of shares already held elsewhere: their buffers serve the next segment.
-        for block in seg.blocks.drain(..) {
-            crate::protocol::recycle_bulk(block);
-        }
-        done_bytes += encoder.segment_len(seg.index) as u64;
-        progress(done_bytes);
+    }
+    .await;
+    if let Err(e) = sent {
+        // Nothing more to read (a body cut short, a file that shrank) or a segment that would
+        // not encode: the shares begun are dropped, not left for the servers' restart.
+        drop(encoding);
+        drop(writers);
+        abort_all(node, si, &to_write).await;
+        return Err(e);
     }
     let mut failed: BTreeSet<PeerId> = BTreeSet::new();
     for (s, w) in writers {
