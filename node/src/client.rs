@@ -1687,9 +1687,67 @@ async fn send_puts(node: NodeHandle, server: PeerId) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    proptest! {
+        #![proptest_config(crate::prop::cases(64))]
+        /// However the body is chunked and however the encoder asks for it, it reads the bytes
+        /// in order, and asking past a body that ended is an `UnexpectedEof` error.
+        #[test]
+        fn an_incoming_body_reads_in_order_whatever_its_chunks(
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+            cuts in proptest::collection::vec(1usize..700, 1..20),
+            reads in proptest::collection::vec(1usize..900, 1..20),
+            short in 0usize..3,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let sent = data.len().saturating_sub(short);
+            let (got, end) = rt.block_on(async {
+                let (tx, rx) = mpsc::channel(4);
+                let incoming = Incoming::new(data.len() as u64, rx);
+                let body = data[..sent].to_vec();
+                let feed = tokio::spawn(async move {
+                    let mut at = 0;
+                    for c in cuts.iter().cycle() {
+                        if at >= body.len() {
+                            break;
+                        }
+                        let end = (at + c).min(body.len());
+                        if tx.send(bytes::Bytes::copy_from_slice(&body[at..end])).await.is_err() {
+                            break;
+                        }
+                        at = end;
+                    }
+                });
+                let mut got = Vec::new();
+                let mut end = None;
+                for want in reads.iter().cycle() {
+                    let want = (*want).min(data.len() - got.len());
+                    let mut buf = vec![0; want];
+                    if let Err(e) = incoming.read_exact(&mut buf).await {
+                        end = Some(e.kind());
+                        break;
+                    }
+                    got.extend_from_slice(&buf);
+                    if got.len() == data.len() {
+                        break;
+                    }
+                }
+                feed.await.unwrap();
+                (got, end)
+            });
+            if short == 0 || data.is_empty() {
+                prop_assert_eq!(&got, &data);
+                prop_assert_eq!(end, None);
+            } else {
+                prop_assert!(data[..sent].starts_with(&got));
+                prop_assert_eq!(end, Some(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
     }
 
     #[test]
