@@ -795,11 +795,7 @@ async fn put_streamed(
     };
     let (fed, put) = tokio::join!(feed, upload);
     // A broken body is the reason the upload failed, if it did.
-    let mut json = match (fed, put) {
-        (_, Ok(json)) => json,
-        (Err(e), Err(_)) => return Err(e),
-        (Ok(()), Err(e)) => return Err(e),
-    };
+    let mut json = put.map_err(|e| fed.err().unwrap_or(e))?;
     json["timings"]["receive_ms"] = 0.into();
     Ok(Json(json))
 }

@@ -26,6 +26,19 @@ pub fn tagged_hash(tag: &str, parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The tagged hash of one part given in pieces: `tagged_hash(tag, &[&pieces.concat()])`,
+/// without joining them.
+pub fn tagged_hash_of_pieces<P: AsRef<[u8]>>(tag: &str, pieces: &[P]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    netstring(&mut h, tag);
+    let len: usize = pieces.iter().map(|p| p.as_ref().len()).sum();
+    h.update((len as u64).to_le_bytes());
+    for p in pieces {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
 /// A streaming tagged hash over one part whose bytes arrive in pieces (no length prefix: the
 /// caller hashes exactly one stream per hasher).
 #[derive(Clone)]
@@ -74,5 +87,20 @@ mod tests {
         let mut one = TaggedHasher::new("t");
         one.update(b"abc");
         assert_eq!(s.finalize(), one.finalize());
+        // One part in pieces hashes as the part joined, however it is cut.
+        for cut in [
+            vec![&b"abc"[..]],
+            vec![b"a", b"bc"],
+            vec![b"", b"ab", b"c", b""],
+        ] {
+            assert_eq!(
+                tagged_hash_of_pieces("t", &cut),
+                tagged_hash("t", &[b"abc"])
+            );
+        }
+        assert_eq!(
+            tagged_hash_of_pieces::<&[u8]>("t", &[]),
+            tagged_hash("t", &[b""])
+        );
     }
 }

@@ -159,15 +159,19 @@ pub fn trim_data_blocks(data_blocks: Vec<Vec<u8>>, segment_len: usize) -> Vec<Ve
 
 /// A segment of `segment_len` bytes from its k data blocks (padding dropped), in one buffer.
 pub fn join_data_blocks(data_blocks: Vec<Vec<u8>>, segment_len: usize) -> Vec<u8> {
-    let mut data_blocks = data_blocks.into_iter();
-    // The first block's buffer grows into the segment (a realloc, often in place for blocks
-    // this large) and the others are appended.
-    let mut out = data_blocks.next().unwrap_or_default();
-    out.reserve(segment_len.saturating_sub(out.len()));
-    for b in data_blocks {
-        out.extend_from_slice(&b);
+    join_pieces(trim_data_blocks(data_blocks, segment_len))
+}
+
+/// Pieces in one buffer: the first one's, grown (a realloc, often in place for blocks this
+/// large), with the others appended.
+pub fn join_pieces(pieces: Vec<Vec<u8>>) -> Vec<u8> {
+    let len = pieces.iter().map(Vec::len).sum::<usize>();
+    let mut pieces = pieces.into_iter();
+    let mut out = pieces.next().unwrap_or_default();
+    out.reserve(len - out.len());
+    for p in pieces {
+        out.extend_from_slice(&p);
     }
-    out.truncate(segment_len);
     out
 }
 

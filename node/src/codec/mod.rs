@@ -41,7 +41,7 @@ pub use wire::FormatError;
 
 use crate::{
     caps::{ChkReadCap, ChkVerifyCap},
-    hash::{TaggedHasher, tagged_hash},
+    hash::{tagged_hash, tagged_hash_of_pieces},
 };
 use merkle::{merkle_proof, merkle_root, verify_merkle_proof};
 
@@ -649,12 +649,7 @@ impl SegmentBytes {
 
     /// The bytes in one buffer (the first piece's, grown: one copy of the others).
     pub fn into_vec(self) -> Vec<u8> {
-        let mut pieces = self.0.into_iter();
-        let mut out = pieces.next().unwrap_or_default();
-        for p in pieces {
-            out.extend_from_slice(&p);
-        }
-        out
+        erasure::join_pieces(self.0)
     }
 }
 
@@ -667,12 +662,9 @@ impl From<Vec<Vec<u8>>> for SegmentBytes {
 }
 
 impl From<Vec<u8>> for SegmentBytes {
+    /// One piece (none when empty).
     fn from(bytes: Vec<u8>) -> Self {
-        SegmentBytes(if bytes.is_empty() {
-            Vec::new()
-        } else {
-            vec![bytes]
-        })
+        SegmentBytes::from(vec![bytes])
     }
 }
 
@@ -742,15 +734,7 @@ pub fn decode_crypttext(
         }
     };
     let crypttext = SegmentBytes(erasure::trim_data_blocks(primaries, len));
-    let leaf = leaf.unwrap_or_else(|| {
-        // tagged_hash(CRYPTTEXT_TAG_V1, &[crypttext]) over the pieces, not joined.
-        let mut h = TaggedHasher::new(CRYPTTEXT_TAG_V1);
-        h.update(&(len as u64).to_le_bytes());
-        for p in crypttext.pieces() {
-            h.update(p);
-        }
-        h.finalize()
-    });
+    let leaf = leaf.unwrap_or_else(|| tagged_hash_of_pieces(CRYPTTEXT_TAG_V1, crypttext.pieces()));
     if leaf != *want {
         return Err(VerifyError::CrypttextMismatch { segment });
     }

@@ -456,27 +456,24 @@ async fn round(
         rand::rngs::StdRng::seed_from_u64(!size).fill_bytes(&mut other);
         std::fs::write(&file, &other)?;
     }
-    let local = measure_upload(daemons, put_local(&daemons[0], &file)).await;
-    // And once more over HTTP with a random key (new shares whatever the bytes).
-    let streamed = match local {
-        Ok(_) => {
-            measure_upload(
-                daemons,
-                put_http(http, &daemons[0], &file, "?random_key=true&name=bench"),
-            )
-            .await
-        }
-        Err(_) => Err(anyhow::anyhow!("not run")),
-    };
+    let uploads = async {
+        let local = measure_upload(daemons, put_local(&daemons[0], &file)).await?;
+        // And once more over HTTP with a random key (new shares whatever the bytes).
+        let query = "?random_key=true&name=bench";
+        let streamed = measure_upload(daemons, put_http(http, &daemons[0], &file, query)).await?;
+        anyhow::Ok((local.0, streamed.0))
+    }
+    .await;
     let _ = std::fs::remove_file(&file);
+    let (local, streamed) = uploads?;
     Ok(Round {
         size,
         enc,
         http: http_up,
         down: down_time,
         cpu_down,
-        local: local?.0,
-        streamed: streamed?.0,
+        local,
+        streamed,
         ok: same && got as u64 == size,
     })
 }
