@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, stream::FuturesOrdered, stream::FuturesUnordered};
+use futures::{FutureExt, StreamExt, stream::FuturesOrdered, stream::FuturesUnordered};
 use libp2p::PeerId;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
@@ -40,6 +40,7 @@ use crate::{
         self, ConvergentKeyHasher, EncodedSegment, EncodingParams, FileEncoder, Key, SegmentBlock,
         ShareMeta, UriExtension, VerifiedShare,
     },
+    hedge,
     node::NodeHandle,
     placement,
     protocol::{BulkBuf, PutShare, Request, Response, ServerError},
@@ -137,6 +138,15 @@ pub struct BadShare {
     pub problem: String,
 }
 
+/// A share a download stopped reading from because its server was slow.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlowShare {
+    /// The server.
+    pub server: String,
+    /// The share number.
+    pub shnum: u8,
+}
+
 /// What a download did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DownloadReport {
@@ -146,6 +156,12 @@ pub struct DownloadReport {
     pub servers_used: Vec<String>,
     /// Shares that failed verification or could not be read.
     pub bad_shares: Vec<BadShare>,
+    /// Shares read around because their server was far slower than the others: the rest of
+    /// the file came from another share instead.
+    pub slow_shares: Vec<SlowShare>,
+    /// Servers whose share listing had not come when the download started: it did not wait
+    /// for them.
+    pub started_without: Vec<String>,
     /// Set when the download failed (possibly after part of the file was sent).
     pub error: Option<String>,
 }
@@ -202,33 +218,41 @@ pub(crate) async fn list_shares(
         .collect()
 }
 
+/// One server's answer to a listing: its share numbers (or why not), and how long after the
+/// listings were asked for it came.
+type ListAnswer = (PeerId, Result<Vec<u8>, String>, Duration);
+
 /// [`list_shares`] with how long each server took to answer, fastest first.
-async fn list_shares_timed(
-    node: &NodeHandle,
+async fn list_shares_timed(node: &NodeHandle, si: [u8; 16], servers: &[PeerId]) -> Vec<ListAnswer> {
+    ask_listings(node, si, servers).collect().await
+}
+
+/// Asks every server in `servers` which shares of `si` it holds; the answers come as they
+/// arrive (a server that does not answer within [`LIST_TIMEOUT`] answers "timed out").
+fn ask_listings<'a>(
+    node: &'a NodeHandle,
     si: [u8; 16],
     servers: &[PeerId],
-) -> Vec<(PeerId, Result<Vec<u8>, String>, Duration)> {
+) -> FuturesUnordered<futures::future::BoxFuture<'a, ListAnswer>> {
     let start = std::time::Instant::now();
-    let mut asks: FuturesUnordered<_> = servers
+    servers
         .iter()
-        .map(|&s| async move {
-            let r = tokio::time::timeout(LIST_TIMEOUT, node.rpc(s, Request::List { si })).await;
-            let r = match r {
-                Ok(r) => match rpc_error(r) {
-                    Ok(Response::Shares(v)) => Ok(v),
-                    Ok(other) => Err(format!("unexpected answer {other:?}")),
-                    Err(e) => Err(e),
-                },
-                Err(_) => Err("timed out".to_owned()),
-            };
-            (s, r, start.elapsed())
+        .map(|&s| {
+            async move {
+                let r = tokio::time::timeout(LIST_TIMEOUT, node.rpc(s, Request::List { si })).await;
+                let r = match r {
+                    Ok(r) => match rpc_error(r) {
+                        Ok(Response::Shares(v)) => Ok(v),
+                        Ok(other) => Err(format!("unexpected answer {other:?}")),
+                        Err(e) => Err(e),
+                    },
+                    Err(_) => Err("timed out".to_owned()),
+                };
+                (s, r, start.elapsed())
+            }
+            .boxed()
         })
-        .collect();
-    let mut out = Vec::new();
-    while let Some(x) = asks.next().await {
-        out.push(x);
-    }
-    out
+        .collect()
 }
 
 /// What an upload reads: a file, or bytes already in memory (small bodies the local API did
@@ -1170,10 +1194,26 @@ struct ShareSource {
     share: Arc<VerifiedShare>,
 }
 
-struct Sources {
+impl ShareSource {
+    fn planned(&self) -> Planned {
+        (self.server, self.shnum, self.share.clone())
+    }
+}
+
+/// The shares a download reads from, the spare, and the rest.
+struct Sources<'a> {
+    /// `k` shares read from.
     active: Vec<ShareSource>,
+    /// One more verified share, read when one of `active` fails or is slow.
+    spare: Option<ShareSource>,
+    want_spare: bool,
+    /// Listed shares not read from yet, best first.
     candidates: VecDeque<(PeerId, u8)>,
+    /// Listings that had not come when the download started.
+    late: FuturesUnordered<futures::future::BoxFuture<'a, ListAnswer>>,
     bad: Vec<BadShare>,
+    slow: Vec<SlowShare>,
+    started_without: Vec<PeerId>,
     servers_asked: usize,
 }
 
@@ -1198,7 +1238,7 @@ fn order_candidates(
     let near = holding
         .get(k.saturating_sub(1))
         .or(holding.last())
-        .map(|(_, _, t)| t.mul_f64(1.5) + Duration::from_millis(10));
+        .map(|(_, _, t)| hedge::about_as_fast(*t));
     let mut candidates: VecDeque<(PeerId, u8)> = VecDeque::new();
     let mut seen = BTreeSet::new();
     let mut used = BTreeSet::new();
@@ -1299,77 +1339,45 @@ pub async fn download_to<S: SegmentSink>(
     };
     let si = cap.storage_index();
     let servers = node.storage_servers();
-    let listed: Vec<(PeerId, Vec<u8>, Duration)> = list_shares_timed(node, si, &servers)
-        .await
-        .into_iter()
-        .filter_map(|(s, r, t)| Some((s, r.ok()?, t)))
-        .collect();
-    let candidates = order_candidates(&listed, cap.needed, Some(node.peer_id()));
-    let mut src = Sources {
-        active: Vec::new(),
-        candidates,
-        bad: Vec::new(),
-        servers_asked: servers.len(),
-    };
-    let (ueb, crypttext_hashes) = loop {
-        let Some((s, sh)) = src.candidates.pop_front() else {
-            return Err(src.not_enough(cap.needed));
-        };
-        match fetch_meta(node, s, si, sh).await {
-            Ok(meta) => match codec::verify_ueb(cap, &meta.ueb) {
-                Ok(ueb) => {
-                    let ct = meta.crypttext_hashes.clone();
-                    match VerifiedShare::new(&ueb, meta) {
-                        Ok(v) => {
-                            src.active.push(ShareSource {
-                                server: s,
-                                shnum: sh,
-                                share: Arc::new(v),
-                            });
-                            break (ueb, ct);
-                        }
-                        Err(e) => src.report(s, sh, e.to_string()),
-                    }
-                }
-                Err(e) => src.report(s, sh, e.to_string()),
-            },
-            Err(e) => src.report(s, sh, e),
-        }
-    };
+    let mut src = Sources::list(node, si, &servers, cap.needed).await;
+    // A spare share to read around a slow server, for files of more than a few blocks; its
+    // metadata is read with the first shares', in the same round trip.
+    src.want_spare = cap.size > SMALL_FILE;
+    let (ueb, crypttext_hashes) = src.first_shares(node, si, cap).await?;
     let ueb = Arc::new(ueb);
     let crypttext_hashes = Arc::new(crypttext_hashes);
     src.fill(node, si, &ueb, cap.needed).await?;
 
     let key = Arc::new(cap.key.clone());
+    let times = Arc::new(std::sync::Mutex::new(hedge::BlockTimes::default()));
     let mut report = DownloadReport::default();
     let mut fetching: FuturesOrdered<_> = FuturesOrdered::new();
     let mut next = 0u32;
     let num_segments = ueb.num_segments;
+    let needed = usize::from(cap.needed);
     loop {
         while fetching.len() < FETCH_DEPTH && next < num_segments {
-            let plan: Vec<(PeerId, u8, Arc<VerifiedShare>)> = src
-                .active
-                .iter()
-                .map(|a| (a.server, a.shnum, a.share.clone()))
-                .collect();
+            let plan: Vec<Planned> = src.active.iter().map(ShareSource::planned).collect();
+            let spare = src.spare.as_ref().map(ShareSource::planned);
             // Fetch, verify and decode: each segment ahead is its own task, so its blocks are
             // taken in and decoded on the blocking pool while this task writes the previous
             // one out (a future polled only by this loop would sit still during the write),
             // and both cores work. Dropped with the download, the tasks stop.
-            let fetch = fetch_segment(node.clone(), si, ueb.clone(), next, plan);
+            let at = BlockAt::new(si, &ueb, next);
+            let fetch = fetch_segment_hedged(node.clone(), at, needed, plan, spare, times.clone());
             let (u, k, ct) = (ueb.clone(), key.clone(), crypttext_hashes.clone());
-            let needed = usize::from(cap.needed);
             fetching.push_back(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
                 async move {
-                    let (seg, got, failures) = fetch.await;
+                    let (got, failures, slow) = fetch.await;
+                    let seg = at.seg;
                     if got.len() < needed {
-                        return (seg, Err(got), failures);
+                        return (seg, Err(got), failures, slow);
                     }
                     let plain = tokio::task::spawn_blocking(move || {
                         codec::decode_segment(&u, &k, &ct, seg, got)
                     })
                     .await;
-                    (seg, Ok(plain), failures)
+                    (seg, Ok(plain), failures, slow)
                 },
             )));
             next += 1;
@@ -1377,34 +1385,30 @@ pub async fn download_to<S: SegmentSink>(
         let Some(done) = fetching.next().await else {
             break;
         };
-        let (seg, decoded, failures) = done.map_err(|e| std::io::Error::other(e.to_string()))?;
-        for (s, sh, problem) in failures {
-            if src.active.iter().any(|a| a.server == s && a.shnum == sh) {
-                src.active.retain(|a| !(a.server == s && a.shnum == sh));
-                src.report(s, sh, problem);
-            }
+        let (seg, decoded, failures, slow) =
+            done.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if src.drop_failed_and_slow(failures, slow) {
+            // A spare stands in for what was dropped, and a new spare is read.
+            src.fill(node, si, &ueb, cap.needed).await?;
         }
         let plain = match decoded {
             Ok(plain) => plain,
             Err(mut got) => {
                 // Replace failed shares and fetch this segment's missing blocks from the new
                 // ones.
-                while got.len() < usize::from(cap.needed) {
+                while got.len() < needed {
                     src.fill(node, si, &ueb, cap.needed).await?;
                     let have: BTreeSet<u8> = got.iter().map(SegmentBlock::shnum).collect();
-                    let missing: Vec<(PeerId, u8, Arc<VerifiedShare>)> = src
+                    let missing: Vec<Planned> = src
                         .active
                         .iter()
                         .filter(|a| !have.contains(&a.shnum))
-                        .map(|a| (a.server, a.shnum, a.share.clone()))
+                        .map(ShareSource::planned)
                         .collect();
                     let (_, more, failures) =
                         fetch_segment(node.clone(), si, ueb.clone(), seg, missing).await;
                     got.extend(more);
-                    for (s, sh, problem) in failures {
-                        src.active.retain(|a| !(a.server == s && a.shnum == sh));
-                        src.report(s, sh, problem);
-                    }
+                    src.drop_failed_and_slow(failures, Vec::new());
                 }
                 let (u, k, ct) = (ueb.clone(), key.clone(), crypttext_hashes.clone());
                 tokio::task::spawn_blocking(move || codec::decode_segment(&u, &k, &ct, seg, got))
@@ -1437,10 +1441,68 @@ pub async fn download_to<S: SegmentSink>(
     for b in &report.bad_shares {
         tracing::warn!(server = %b.server, shnum = b.shnum, problem = %b.problem, "bad share");
     }
+    report.slow_shares = src.slow;
+    for s in &report.slow_shares {
+        tracing::info!(server = %s.server, shnum = s.shnum, "slow share read around");
+    }
+    report.started_without = src
+        .started_without
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     Ok(report)
 }
 
-impl Sources {
+impl<'a> Sources<'a> {
+    /// Asks every server in `servers` for its shares of `si` and orders the answers
+    /// ([`order_candidates`]); returns once [`hedge::start_after`] says enough came, and keeps
+    /// the listings still out for later.
+    async fn list(
+        node: &'a NodeHandle,
+        si: [u8; 16],
+        servers: &[PeerId],
+        needed: u8,
+    ) -> Sources<'a> {
+        let start = tokio::time::Instant::now();
+        let mut asks = ask_listings(node, si, servers);
+        let mut answers: Vec<ListAnswer> = Vec::new();
+        loop {
+            let holding: Vec<(&[u8], Duration)> = answers
+                .iter()
+                .filter_map(|(_, r, t)| Some((r.as_ref().ok()?.as_slice(), *t)))
+                .collect();
+            let answer = match hedge::start_after(&holding, needed) {
+                None => asks.next().await,
+                Some(after) => tokio::select! {
+                    a = asks.next() => a,
+                    () = tokio::time::sleep_until(start + after) => None,
+                },
+            };
+            let Some(answer) = answer else { break };
+            answers.push(answer);
+        }
+        let answered: BTreeSet<PeerId> = answers.iter().map(|(s, _, _)| *s).collect();
+        let listed: Vec<(PeerId, Vec<u8>, Duration)> = answers
+            .into_iter()
+            .filter_map(|(s, r, t)| Some((s, r.ok()?, t)))
+            .collect();
+        Sources {
+            active: Vec::new(),
+            spare: None,
+            want_spare: false,
+            candidates: order_candidates(&listed, needed, Some(node.peer_id())),
+            late: asks,
+            bad: Vec::new(),
+            slow: Vec::new(),
+            started_without: servers
+                .iter()
+                .filter(|s| !answered.contains(s))
+                .copied()
+                .collect(),
+            servers_asked: servers.len(),
+        }
+    }
+
     fn report(&mut self, server: PeerId, shnum: u8, problem: String) {
         self.bad.push(BadShare {
             server: server.to_string(),
@@ -1458,7 +1520,130 @@ impl Sources {
         }
     }
 
-    /// Tops the active set up to `needed` distinct verified shares.
+    /// The share numbers read from or kept as the spare.
+    fn taken(&self) -> BTreeSet<u8> {
+        self.active
+            .iter()
+            .chain(&self.spare)
+            .map(|a| a.shnum)
+            .collect()
+    }
+
+    /// The next candidate share whose number is not `taken`: from the listings the download
+    /// started with, then from those that came later (waiting for one only when `wait`).
+    async fn next_candidate(&mut self, taken: &BTreeSet<u8>, wait: bool) -> Option<(PeerId, u8)> {
+        loop {
+            if let Some(i) = self
+                .candidates
+                .iter()
+                .position(|(_, sh)| !taken.contains(sh))
+            {
+                return self.candidates.remove(i);
+            }
+            let (s, r, _) = if wait {
+                self.late.next().await
+            } else {
+                self.late.next().now_or_never().flatten()
+            }?;
+            if let Ok(shares) = r {
+                self.candidates.extend(shares.into_iter().map(|sh| (s, sh)));
+            }
+        }
+    }
+
+    /// The metadata of up to `want` more shares with numbers not taken yet, read at once
+    /// (waiting for a late listing only when `wait` and no candidate is left).
+    async fn fetch_metas(
+        &mut self,
+        node: &NodeHandle,
+        si: [u8; 16],
+        want: usize,
+        wait: bool,
+    ) -> Vec<(PeerId, u8, Result<ShareMeta, String>)> {
+        let mut taken = self.taken();
+        let mut picks = Vec::new();
+        while picks.len() < want {
+            let Some((s, sh)) = self.next_candidate(&taken, wait && picks.is_empty()).await else {
+                break;
+            };
+            taken.insert(sh);
+            picks.push((s, sh));
+        }
+        futures::future::join_all(
+            picks
+                .into_iter()
+                .map(|(s, sh)| async move { (s, sh, fetch_meta(node, s, si, sh).await) }),
+        )
+        .await
+    }
+
+    /// The first shares: `k` (and a spare when wanted) whose metadata is read at once, the
+    /// URI extension block checked against the cap on the first that has one that verifies.
+    async fn first_shares(
+        &mut self,
+        node: &NodeHandle,
+        si: [u8; 16],
+        cap: &ChkReadCap,
+    ) -> Result<(UriExtension, Vec<[u8; 32]>), DownloadError> {
+        let want = usize::from(cap.needed) + usize::from(self.want_spare);
+        loop {
+            let metas = self.fetch_metas(node, si, want, true).await;
+            if metas.is_empty() {
+                return Err(self.not_enough(cap.needed));
+            }
+            let mut found = None;
+            let mut read = Vec::new();
+            for (s, sh, meta) in metas {
+                let meta = match meta {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        self.report(s, sh, e);
+                        continue;
+                    }
+                };
+                if found.is_none() {
+                    match codec::verify_ueb(cap, &meta.ueb) {
+                        Ok(ueb) => found = Some((ueb, meta.crypttext_hashes.clone())),
+                        Err(e) => {
+                            self.report(s, sh, e.to_string());
+                            continue;
+                        }
+                    }
+                }
+                read.push((s, sh, meta));
+            }
+            if let Some((ueb, ct)) = found {
+                for (s, sh, meta) in read {
+                    self.add(&ueb, s, sh, meta, cap.needed);
+                }
+                return Ok((ueb, ct));
+            }
+        }
+    }
+
+    /// Verifies a share's metadata against the UEB and takes it: as one to read from while
+    /// fewer than `needed`, else as the spare.
+    fn add(&mut self, ueb: &UriExtension, server: PeerId, shnum: u8, meta: ShareMeta, needed: u8) {
+        match VerifiedShare::new(ueb, meta) {
+            Ok(v) => {
+                let source = ShareSource {
+                    server,
+                    shnum,
+                    share: Arc::new(v),
+                };
+                if self.active.len() < usize::from(needed) {
+                    self.active.push(source);
+                } else if self.spare.is_none() {
+                    self.spare = Some(source);
+                }
+            }
+            Err(e) => self.report(server, shnum, e.to_string()),
+        }
+    }
+
+    /// Tops the shares read from up to `needed` distinct verified ones, the spare first, and
+    /// the spare up when one is wanted (without waiting for late listings: it is only a
+    /// spare).
     async fn fill(
         &mut self,
         node: &NodeHandle,
@@ -1466,26 +1651,76 @@ impl Sources {
         ueb: &UriExtension,
         needed: u8,
     ) -> Result<(), DownloadError> {
-        while self.active.len() < usize::from(needed) {
-            let Some((s, sh)) = self.candidates.pop_front() else {
-                return Err(self.not_enough(needed));
-            };
-            if self.active.iter().any(|a| a.shnum == sh) {
+        let k = usize::from(needed);
+        loop {
+            if self.active.len() < k
+                && let Some(spare) = self.spare.take()
+            {
+                self.active.push(spare);
                 continue;
             }
-            match fetch_meta(node, s, si, sh).await {
-                Ok(meta) => match VerifiedShare::new(ueb, meta) {
-                    Ok(v) => self.active.push(ShareSource {
-                        server: s,
-                        shnum: sh,
-                        share: Arc::new(v),
-                    }),
-                    Err(e) => self.report(s, sh, e.to_string()),
-                },
-                Err(e) => self.report(s, sh, e),
+            let missing = k.saturating_sub(self.active.len());
+            let spare = usize::from(self.want_spare && self.spare.is_none());
+            if missing + spare == 0 {
+                return Ok(());
+            }
+            let metas = if missing > 0 {
+                self.fetch_metas(node, si, missing + spare, true).await
+            } else {
+                // Only a spare is wanted: not worth holding the download up for.
+                let metas = self.fetch_metas(node, si, spare, false);
+                tokio::time::timeout(hedge::HEDGE_FIRST, metas)
+                    .await
+                    .unwrap_or_default()
+            };
+            if metas.is_empty() {
+                return if missing > 0 {
+                    Err(self.not_enough(needed))
+                } else {
+                    Ok(())
+                };
+            }
+            for (s, sh, meta) in metas {
+                match meta {
+                    Ok(meta) => self.add(ueb, s, sh, meta, needed),
+                    Err(e) => self.report(s, sh, e),
+                }
             }
         }
-        Ok(())
+    }
+
+    /// Stops reading from shares that failed (reported) and from shares a segment was read
+    /// around because they were slow (kept as candidates, last); whether any was dropped.
+    fn drop_failed_and_slow(
+        &mut self,
+        failures: Vec<(PeerId, u8, String)>,
+        slow: Vec<(PeerId, u8)>,
+    ) -> bool {
+        let mut dropped = false;
+        for (s, sh, problem) in failures {
+            let is = |a: &ShareSource| a.server == s && a.shnum == sh;
+            if self.active.iter().any(is) {
+                self.active.retain(|a| !is(a));
+            } else if self.spare.as_ref().is_some_and(is) {
+                self.spare = None;
+            } else {
+                continue;
+            }
+            self.report(s, sh, problem);
+            dropped = true;
+        }
+        for (s, sh) in slow {
+            if self.active.iter().any(|a| a.server == s && a.shnum == sh) {
+                self.active.retain(|a| !(a.server == s && a.shnum == sh));
+                self.slow.push(SlowShare {
+                    server: s.to_string(),
+                    shnum: sh,
+                });
+                self.candidates.push_back((s, sh));
+                dropped = true;
+            }
+        }
+        dropped
     }
 }
 
@@ -1503,49 +1738,67 @@ pub(crate) async fn fetch_meta(
     }
 }
 
+/// A share to read blocks from: its server, number and verified metadata.
+pub(crate) type Planned = (PeerId, u8, Arc<VerifiedShare>);
+
 pub(crate) type Fetched = (u32, Vec<SegmentBlock>, Vec<(PeerId, u8, String)>);
 
-/// Fetches and verifies segment `seg`'s blocks from `plan`; returns good blocks and failures.
+/// Where a segment's blocks are in every share.
+#[derive(Clone, Copy, Debug)]
+struct BlockAt {
+    si: [u8; 16],
+    seg: u32,
+    offset: u64,
+    len: u32,
+}
+
+impl BlockAt {
+    fn new(si: [u8; 16], ueb: &UriExtension, seg: u32) -> Self {
+        BlockAt {
+            si,
+            seg,
+            offset: codec::block_offset(ueb, seg),
+            len: codec::block_size_for(ueb, seg) as u32,
+        }
+    }
+}
+
+/// Reads one block and verifies it against its share's hash tree (on the blocking pool).
+async fn read_block(
+    node: &NodeHandle,
+    at: BlockAt,
+    (s, sh, share): Planned,
+) -> Result<SegmentBlock, (PeerId, u8, String)> {
+    let request = Request::Read {
+        si: at.si,
+        shnum: sh,
+        offset: at.offset,
+        len: at.len,
+    };
+    let block = match rpc_error(node.rpc(s, request).await) {
+        Ok(Response::Bytes(b)) => b.into_vec(),
+        Ok(other) => return Err((s, sh, format!("unexpected answer {other:?}"))),
+        Err(e) => return Err((s, sh, e)),
+    };
+    let seg = at.seg;
+    match tokio::task::spawn_blocking(move || share.verify_block(seg, block)).await {
+        Ok(Ok(block)) => Ok(block),
+        Ok(Err(e)) => Err((s, sh, e.to_string())),
+        Err(e) => Err((s, sh, e.to_string())),
+    }
+}
+
+/// Fetches and verifies segment `seg`'s blocks from every share of `plan`; returns good
+/// blocks and failures.
 pub(crate) async fn fetch_segment(
     node: NodeHandle,
     si: [u8; 16],
     ueb: Arc<UriExtension>,
     seg: u32,
-    plan: Vec<(PeerId, u8, Arc<VerifiedShare>)>,
+    plan: Vec<Planned>,
 ) -> Fetched {
-    let offset = codec::block_offset(&ueb, seg);
-    let len = codec::block_size_for(&ueb, seg) as u32;
-    let reads: FuturesUnordered<_> = plan
-        .into_iter()
-        .map(|(s, sh, share)| {
-            let node = node.clone();
-            async move {
-                let r = node
-                    .rpc(
-                        s,
-                        Request::Read {
-                            si,
-                            shnum: sh,
-                            offset,
-                            len,
-                        },
-                    )
-                    .await;
-                let block = match rpc_error(r) {
-                    Ok(Response::Bytes(b)) => b.into_vec(),
-                    Ok(other) => return Err((s, sh, format!("unexpected answer {other:?}"))),
-                    Err(e) => return Err((s, sh, e)),
-                };
-                let checked =
-                    tokio::task::spawn_blocking(move || share.verify_block(seg, block)).await;
-                match checked {
-                    Ok(Ok(block)) => Ok(block),
-                    Ok(Err(e)) => Err((s, sh, e.to_string())),
-                    Err(e) => Err((s, sh, e.to_string())),
-                }
-            }
-        })
-        .collect();
+    let at = BlockAt::new(si, &ueb, seg);
+    let reads: FuturesUnordered<_> = plan.into_iter().map(|p| read_block(&node, at, p)).collect();
     let results: Vec<_> = reads.collect().await;
     let mut good = Vec::new();
     let mut bad = Vec::new();
@@ -1556,6 +1809,77 @@ pub(crate) async fn fetch_segment(
         }
     }
     (seg, good, bad)
+}
+
+/// A download's segment fetch: its verified blocks, failed reads, and the shares still being
+/// read when `needed` blocks were in (the spare was read around them).
+type HedgedFetch = (
+    Vec<SegmentBlock>,
+    Vec<(PeerId, u8, String)>,
+    Vec<(PeerId, u8)>,
+);
+
+/// Fetches and verifies a segment's blocks for a download: `plan`'s shares at once; the
+/// `spare`'s block too when one of them fails, or is still missing after
+/// [`hedge::BlockTimes::hedge_after`]; done as soon as `needed` blocks are verified (a slow
+/// read still out is dropped and named).
+async fn fetch_segment_hedged(
+    node: NodeHandle,
+    at: BlockAt,
+    needed: usize,
+    plan: Vec<Planned>,
+    mut spare: Option<Planned>,
+    times: Arc<std::sync::Mutex<hedge::BlockTimes>>,
+) -> HedgedFetch {
+    let start = tokio::time::Instant::now();
+    let me = node.peer_id();
+    let read = |p: Planned| {
+        let node = node.clone();
+        async move {
+            let (s, sh) = (p.0, p.1);
+            let t0 = std::time::Instant::now();
+            let r = read_block(&node, at, p).await;
+            (s, sh, t0.elapsed(), r)
+        }
+    };
+    let mut outstanding: Vec<(PeerId, u8)> = plan.iter().map(|(s, sh, _)| (*s, *sh)).collect();
+    let mut reads: FuturesUnordered<_> = plan.into_iter().map(read).collect();
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    while good.len() < needed {
+        let hedge_at = spare
+            .as_ref()
+            .map(|_| start + crate::storage::lock(&times).hedge_after());
+        let next = match hedge_at {
+            None => reads.next().await,
+            Some(at) => tokio::select! {
+                r = reads.next() => r,
+                () = tokio::time::sleep_until(at) => {
+                    reads.extend(spare.take().map(read));
+                    continue;
+                }
+            },
+        };
+        let Some((s, sh, took, r)) = next else { break };
+        outstanding.retain(|&o| o != (s, sh));
+        match r {
+            Ok(block) => {
+                if s != me {
+                    crate::storage::lock(&times).observe(took);
+                }
+                good.push(block);
+            }
+            Err(failed) => {
+                bad.push(failed);
+                reads.extend(spare.take().map(read));
+            }
+        }
+    }
+    let slow = if good.len() >= needed {
+        outstanding
+    } else {
+        Vec::new()
+    };
+    (good, bad, slow)
 }
 
 /// Parses a read cap given on the command line or in a URL.

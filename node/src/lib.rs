@@ -12,6 +12,7 @@
 //! - [`mutable`]: mutable slots (RSA-signed versions, write enablers, newest-version choice);
 //! - [`dirnode`]: directory tables (read-only views hide children's write caps);
 //! - [`placement`]: permuted ring and servers of happiness;
+//! - [`hedge`]: when a download stops waiting for a server's listing or block;
 //! - [`repair`]: the repair planner (where regenerated shares go) and the share regenerator
 //!   that rebuilds missing shares from the verify cap alone;
 //! - [`protocol`]: the storage protocol's messages and bounded wire codec.
@@ -47,6 +48,7 @@ pub mod friends;
 pub mod fs;
 pub mod grid;
 pub mod hash;
+pub mod hedge;
 pub mod local;
 pub mod maintenance;
 pub mod mutable;

@@ -1743,6 +1743,21 @@ impl Api {
                     b["problem"].as_str().unwrap_or_default()
                 );
             }
+            for s in r["slow_shares"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "kith: note: server {} was far slower than the others; share {} was read \
+                     around it, from another share",
+                    s["server"].as_str().unwrap_or_default(),
+                    s["shnum"]
+                );
+            }
+            let without = r["started_without"].as_array().map_or(0, Vec::len);
+            if without > 0 {
+                eprintln!(
+                    "kith: note: {without} server(s) had not answered when the download \
+                     started; it went on without them"
+                );
+            }
             if let Some(e) = r["error"].as_str() {
                 bail!("download failed after {got} bytes: {e}");
             }

@@ -1373,6 +1373,11 @@ impl NodeHandle {
                     &[(String::new(), store.direct_bytes() as f64)],
                 );
                 gauge(
+                    "kith_storage_read_bytes_total",
+                    "Share data bytes read for downloaders (this node's own downloads included).",
+                    &[(String::new(), store.read_bytes() as f64)],
+                );
+                gauge(
                     "kith_storage_direct_copied_bytes_total",
                     "Of those, bytes written from an aligned copy (a block that did not arrive at its place in memory, or the page where two blocks meet).",
                     &[(String::new(), store.direct_copied_bytes() as f64)],

@@ -707,6 +707,11 @@ fn kith_check_prints_one_line_and_exits_by_health() {
 /// Sends a request's head to an API path with a bare HTTP/1.1 client (`extra` headers end in
 /// `\r\n`) and returns the connection, for a body to follow and the answer to be read.
 fn raw_api_request(dir: &Path, method: &str, path: &str, extra: &str) -> std::net::TcpStream {
+    raw_request(dir, method, &format!("/api/v1{path}"), extra)
+}
+
+/// [`raw_api_request`] of any path of the daemon's HTTP server (`/metrics`).
+fn raw_request(dir: &Path, method: &str, path: &str, extra: &str) -> std::net::TcpStream {
     use std::io::Write;
     let node = kith_node::nodedir::NodeDir::new(dir.to_owned());
     let api: serde_json::Value =
@@ -718,7 +723,7 @@ fn raw_api_request(dir: &Path, method: &str, path: &str, extra: &str) -> std::ne
         .unwrap();
     write!(
         conn,
-        "{method} /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n{extra}Connection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n{extra}Connection: close\r\n\r\n",
         node.api_token().unwrap()
     )
     .unwrap();
@@ -787,4 +792,150 @@ fn a_random_key_upload_over_http_is_sent_as_it_arrives_and_a_cut_one_keeps_nothi
     assert_eq!(share_files(&d).len(), stored, "the cut upload kept a share");
     assert!(files_in(&spool).is_empty(), "{:?}", files_in(&spool));
     ok(&d, &["stop"]);
+}
+
+/// Stops (`SIGSTOP`) or resumes (`SIGCONT`) a daemon: a process that keeps its connections
+/// open and answers nothing, as a hung machine does.
+fn signal(d: &Daemon, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(d.0.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// A node's share data bytes read for downloaders so far, from its `/metrics`.
+fn read_bytes(dir: &Path) -> u64 {
+    use std::io::Read;
+    let mut raw = String::new();
+    raw_request(dir, "GET", "/metrics", "")
+        .read_to_string(&mut raw)
+        .unwrap();
+    raw.lines()
+        .find_map(|l| l.strip_prefix("kith_storage_read_bytes_total "))
+        .unwrap()
+        .trim()
+        .parse::<f64>()
+        .unwrap() as u64
+}
+
+#[test]
+fn downloads_go_on_without_a_hung_server_and_read_around_one_that_hangs_midway() {
+    use rustix::process::Signal;
+    use std::io::Read;
+
+    // Five nodes, 2-of-5 with happy 5: every node holds one share of the file.
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["ann", "ben", "cat", "dan", "eve"];
+    let dirs: Vec<std::path::PathBuf> = names.iter().map(|n| tmp.path().join(n)).collect();
+    init_node(&dirs[0], names[0], Some([2, 5, 5]));
+    let mut daemons = vec![run(&dirs[0])];
+    wait_for(&dirs[0].join("api.json"));
+    for (d, name) in dirs.iter().zip(names).skip(1) {
+        init_node(d, name, None);
+        let code = ok(&dirs[0], &["invite", "--expires", "1h"])
+            .trim()
+            .to_owned();
+        ok(d, &["join", &code]);
+        daemons.push(run(d));
+        wait_for(&d.join("api.json"));
+    }
+    let a = &dirs[0];
+    wait_until("ann connected to the four others", || {
+        let st: serde_json::Value = serde_json::from_str(&ok(a, &["status", "--json"])).unwrap();
+        st["connected_peers"].as_array().map_or(0, Vec::len) == 4
+    });
+    let peer_id = |d: &Path| -> String {
+        let addr = ok(d, &["id"]).lines().next().unwrap().to_owned();
+        addr.rsplit("/p2p/").next().unwrap().to_owned()
+    };
+    let ids: Vec<String> = dirs.iter().map(|d| peer_id(d)).collect();
+
+    let file = tmp.path().join("film.bin");
+    let data: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    let cap = ok(a, &["put", file.to_str().unwrap()])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    for d in &dirs {
+        assert_eq!(share_files(d).len(), 1, "{} holds one share", d.display());
+    }
+
+    // Ben hangs before the download: his listing never comes, and the download does not wait
+    // for it (it would have, LIST_TIMEOUT = 15 s, and then started with nobody missing).
+    signal(&daemons[1], Signal::STOP);
+    let copy = tmp.path().join("copy.bin");
+    let got = kith(a, &["get", &cap, "-o", copy.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert!(got.status.success(), "{stderr}");
+    assert!(std::fs::read(&copy).unwrap() == data, "the copy differs");
+    assert!(
+        stderr.contains("1 server(s) had not answered when the download started"),
+        "{stderr}"
+    );
+    signal(&daemons[1], Signal::CONT);
+
+    // A server hangs in the middle of a download: its blocks are read around, from a spare
+    // share, instead of waiting for its reads to time out (REQUEST_TIMEOUT = 60 s) and
+    // calling its share bad.
+    let before: Vec<u64> = dirs.iter().map(|d| read_bytes(d)).collect();
+    let mut conn = raw_api_request(a, "GET", &format!("/files/{cap}"), "");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let report_id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-kith-report:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut body = vec![0u8; 1 << 20];
+    conn.read_exact(&mut body).unwrap();
+    // The one other server read from so far (ann reads her own share and one more).
+    let mut serving = Vec::new();
+    wait_until("a server other than ann serves blocks", || {
+        serving = (1..dirs.len())
+            .filter(|&i| read_bytes(&dirs[i]) > before[i])
+            .collect();
+        !serving.is_empty()
+    });
+    assert_eq!(serving.len(), 1, "{serving:?}");
+    let hung = serving[0];
+    signal(&daemons[hung], Signal::STOP);
+    let started = Instant::now();
+    conn.read_to_end(&mut body).unwrap();
+    let took = started.elapsed();
+    signal(&daemons[hung], Signal::CONT);
+    assert!(body == data, "the body differs ({} bytes)", body.len());
+    assert!(
+        took < Duration::from_secs(45),
+        "the rest took {took:?}: the hung server's reads were waited for"
+    );
+    let report = api_json(a, &format!("/reports/{report_id}"));
+    let slow = report["slow_shares"].as_array().unwrap();
+    assert!(
+        !slow.is_empty() && slow.iter().all(|s| s["server"] == ids[hung].as_str()),
+        "{report}"
+    );
+    assert!(
+        report["bad_shares"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    assert!(
+        !report["servers_used"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == ids[hung].as_str()),
+        "{report}"
+    );
+    for d in &dirs {
+        ok(d, &["stop"]);
+    }
 }

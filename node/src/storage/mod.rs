@@ -442,6 +442,8 @@ struct Inner {
     /// Share bytes written with `O_DIRECT`, and those of them that went from an aligned copy.
     direct_bytes: AtomicU64,
     direct_copied: AtomicU64,
+    /// Share data bytes read for downloaders (blocks, not metadata).
+    read_bytes: AtomicU64,
     /// The file system refused an `O_DIRECT` write: later shares go through the page cache.
     direct_refused: AtomicBool,
 }
@@ -648,6 +650,7 @@ impl ShareStore {
                 write_behind_flushes: AtomicU64::new(0),
                 direct_bytes: AtomicU64::new(0),
                 direct_copied: AtomicU64::new(0),
+                read_bytes: AtomicU64::new(0),
                 direct_refused: AtomicBool::new(false),
                 put_jobs: AtomicU64::new(0),
             }),
@@ -1496,6 +1499,12 @@ impl ShareStore {
         self.inner.direct_bytes.load(Ordering::Relaxed)
     }
 
+    /// Share data bytes read for downloaders (this node's own downloads included) since the
+    /// store was opened.
+    pub fn read_bytes(&self) -> u64 {
+        self.inner.read_bytes.load(Ordering::Relaxed)
+    }
+
     /// Of [`ShareStore::direct_bytes`], those written from an aligned copy because the data
     /// did not sit in memory as it sits in the file (see [`crate::protocol::BulkBuf`]); the
     /// first page of a write that continues the one before always does.
@@ -1840,7 +1849,11 @@ impl ShareStore {
                 data_len: row.data_len,
             });
         }
-        bytes.read_vec(offset, len as usize)
+        let data = bytes.read_vec(offset, len as usize)?;
+        self.inner
+            .read_bytes
+            .fetch_add(u64::from(len), Ordering::Relaxed);
+        Ok(data)
     }
 
     /// Complete shares of `si`.
