@@ -315,6 +315,8 @@ struct Round {
     http: Upload,
     down: Duration,
     cpu_down: Vec<f64>,
+    /// Shares the download read around (its report's `slow_shares`): none on an even grid.
+    slow: usize,
     /// A file of the same size handed to node 0 over its local socket (`kith put`).
     local: Upload,
     /// Another one posted with a random key: encoded and sent as it arrives, never spooled.
@@ -448,6 +450,18 @@ async fn round(
     }
     let down_time = start.elapsed();
     let cpu_down = cpu_since(&pids, &cpu_before);
+    let report: serde_json::Value = http
+        .get(format!(
+            "{}/api/v1/reports/{}",
+            down.url,
+            header(&resp, "x-kith-report")
+        ))
+        .bearer_auth(&down.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let slow = report["slow_shares"].as_array().map_or(0, Vec::len);
     // The same size again through the local socket, with other bytes (the same ones would be
     // found already stored), after the download so that it measures what it did before.
     {
@@ -472,6 +486,7 @@ async fn round(
         http: http_up,
         down: down_time,
         cpu_down,
+        slow,
         local,
         streamed,
         ok: same && got as u64 == size,
@@ -640,9 +655,14 @@ async fn grid(
             100.0 * r.enc.as_secs_f64() / r.http.up.as_secs_f64()
         );
         println!(
-            "| {name}: download (node 1 API, verified) | {:.1} MiB/s ({:.2} s){} |",
+            "| {name}: download (node 1 API, verified) | {:.1} MiB/s ({:.2} s){}{} |",
             mib_s(r.size, r.down),
             r.down.as_secs_f64(),
+            if r.slow > 0 {
+                format!(", {} slow share(s) read around", r.slow)
+            } else {
+                String::new()
+            },
             if r.ok { "" } else { " NOT IDENTICAL" }
         );
         println!(
@@ -966,4 +986,13 @@ mod tests {
     fn no_code_symbols_say_so() {
         assert_eq!(hot_order_report("", LISTED), "0 of 3 (no code symbols)");
     }
+}
+
+/// A response header's value as text ("" when absent).
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
