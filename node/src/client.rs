@@ -162,6 +162,8 @@ pub struct DownloadReport {
     /// Servers whose share listing had not come when the download started: it did not wait
     /// for them.
     pub started_without: Vec<String>,
+    /// Segments whose block was also asked of the spare share (a read slow or failed).
+    pub spare_reads: u64,
     /// Set when the download failed (possibly after part of the file was sent).
     pub error: Option<String>,
 }
@@ -1368,16 +1370,18 @@ pub async fn download_to<S: SegmentSink>(
             let (u, k, ct) = (ueb.clone(), key.clone(), crypttext_hashes.clone());
             fetching.push_back(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
                 async move {
-                    let (got, failures, slow) = fetch.await;
+                    let mut fetched = fetch.await;
                     let seg = at.seg;
-                    if got.len() < needed {
-                        return (seg, Err(got), failures, slow);
+                    if fetched.good.len() < needed {
+                        let got = std::mem::take(&mut fetched.good);
+                        return (seg, Err(got), fetched);
                     }
+                    let got = std::mem::take(&mut fetched.good);
                     let plain = tokio::task::spawn_blocking(move || {
                         codec::decode_segment(&u, &k, &ct, seg, got)
                     })
                     .await;
-                    (seg, Ok(plain), failures, slow)
+                    (seg, Ok(plain), fetched)
                 },
             )));
             next += 1;
@@ -1385,9 +1389,9 @@ pub async fn download_to<S: SegmentSink>(
         let Some(done) = fetching.next().await else {
             break;
         };
-        let (seg, decoded, failures, slow) =
-            done.map_err(|e| std::io::Error::other(e.to_string()))?;
-        if src.drop_failed_and_slow(failures, slow) {
+        let (seg, decoded, fetched) = done.map_err(|e| std::io::Error::other(e.to_string()))?;
+        report.spare_reads += u64::from(fetched.spare_read);
+        if src.drop_failed_and_slow(fetched.failures, fetched.slow) {
             // A spare stands in for what was dropped, and a new spare is read.
             src.fill(node, si, &ueb, cap.needed).await?;
         }
@@ -1811,13 +1815,17 @@ pub(crate) async fn fetch_segment(
     (seg, good, bad)
 }
 
-/// A download's segment fetch: its verified blocks, failed reads, and the shares still being
-/// read when `needed` blocks were in (the spare was read around them).
-type HedgedFetch = (
-    Vec<SegmentBlock>,
-    Vec<(PeerId, u8, String)>,
-    Vec<(PeerId, u8)>,
-);
+/// What a download's segment fetch found.
+struct HedgedFetch {
+    /// Verified blocks.
+    good: Vec<SegmentBlock>,
+    /// Failed reads.
+    failures: Vec<(PeerId, u8, String)>,
+    /// Shares still being read when `needed` blocks were in (the spare was read around them).
+    slow: Vec<(PeerId, u8)>,
+    /// Whether the spare was read (also when its block came too late to be used).
+    spare_read: bool,
+}
 
 /// Fetches and verifies a segment's blocks for a download: `plan`'s shares at once; the
 /// `spare`'s block too when one of them fails, or is still missing after
@@ -1845,6 +1853,7 @@ async fn fetch_segment_hedged(
     let mut outstanding: Vec<(PeerId, u8)> = plan.iter().map(|(s, sh, _)| (*s, *sh)).collect();
     let mut reads: FuturesUnordered<_> = plan.into_iter().map(read).collect();
     let (mut good, mut bad) = (Vec::new(), Vec::new());
+    let mut spare_read = false;
     while good.len() < needed {
         let hedge_at = spare
             .as_ref()
@@ -1854,6 +1863,7 @@ async fn fetch_segment_hedged(
             Some(at) => tokio::select! {
                 r = reads.next() => r,
                 () = tokio::time::sleep_until(at) => {
+                    spare_read = true;
                     reads.extend(spare.take().map(read));
                     continue;
                 }
@@ -1870,6 +1880,7 @@ async fn fetch_segment_hedged(
             }
             Err(failed) => {
                 bad.push(failed);
+                spare_read |= spare.is_some();
                 reads.extend(spare.take().map(read));
             }
         }
@@ -1879,7 +1890,12 @@ async fn fetch_segment_hedged(
     } else {
         Vec::new()
     };
-    (good, bad, slow)
+    HedgedFetch {
+        good,
+        failures: bad,
+        slow,
+        spare_read,
+    }
 }
 
 /// Parses a read cap given on the command line or in a URL.

@@ -317,6 +317,8 @@ struct Round {
     cpu_down: Vec<f64>,
     /// Shares the download read around (its report's `slow_shares`): none on an even grid.
     slow: usize,
+    /// Segments whose block the download also asked of its spare share.
+    spare_reads: u64,
     /// A file of the same size handed to node 0 over its local socket (`kith put`).
     local: Upload,
     /// Another one posted with a random key: encoded and sent as it arrives, never spooled.
@@ -462,6 +464,7 @@ async fn round(
         .json()
         .await?;
     let slow = report["slow_shares"].as_array().map_or(0, Vec::len);
+    let spare_reads = report["spare_reads"].as_u64().unwrap_or(0);
     // The same size again through the local socket, with other bytes (the same ones would be
     // found already stored), after the download so that it measures what it did before.
     {
@@ -487,6 +490,7 @@ async fn round(
         down: down_time,
         cpu_down,
         slow,
+        spare_reads,
         local,
         streamed,
         ok: same && got as u64 == size,
@@ -658,8 +662,11 @@ async fn grid(
             "| {name}: download (node 1 API, verified) | {:.1} MiB/s ({:.2} s){}{} |",
             mib_s(r.size, r.down),
             r.down.as_secs_f64(),
-            if r.slow > 0 {
-                format!(", {} slow share(s) read around", r.slow)
+            if r.slow > 0 || r.spare_reads > 0 {
+                format!(
+                    ", {} slow share(s) read around, {} spare read(s)",
+                    r.slow, r.spare_reads
+                )
             } else {
                 String::new()
             },
