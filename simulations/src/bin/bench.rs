@@ -962,6 +962,15 @@ async fn join_bench(nodes: usize, rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A response header's value as text ("" when absent).
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::hot_order_report;
@@ -993,13 +1002,4 @@ mod tests {
     fn no_code_symbols_say_so() {
         assert_eq!(hot_order_report("", LISTED), "0 of 3 (no code symbols)");
     }
-}
-
-/// A response header's value as text ("" when absent).
-fn header(resp: &reqwest::Response, name: &str) -> String {
-    resp.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
 }
