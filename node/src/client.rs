@@ -147,6 +147,16 @@ pub struct SlowShare {
     pub shnum: u8,
 }
 
+/// A server whose share listing a download went without.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unanswered {
+    /// The server.
+    pub server: String,
+    /// What it answered, if it did (timed out, unreachable, refused); none: it was still
+    /// silent when the download ended.
+    pub error: Option<String>,
+}
+
 /// What a download did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DownloadReport {
@@ -159,9 +169,9 @@ pub struct DownloadReport {
     /// Shares read around because their server was far slower than the others: the rest of
     /// the file came from another share instead.
     pub slow_shares: Vec<SlowShare>,
-    /// Servers whose share listing had not come when the download started: it did not wait
-    /// for them.
-    pub started_without: Vec<String>,
+    /// Servers that had not listed their shares by the end of the download: the download did
+    /// not wait for them (one that answers a little late is not named).
+    pub unanswered: Vec<Unanswered>,
     /// Segments whose block was also asked of the spare share (a read slow or failed).
     pub spare_reads: u64,
     /// Set when the download failed (possibly after part of the file was sent).
@@ -1215,7 +1225,8 @@ struct Sources<'a> {
     late: FuturesUnordered<futures::future::BoxFuture<'a, ListAnswer>>,
     bad: Vec<BadShare>,
     slow: Vec<SlowShare>,
-    started_without: Vec<PeerId>,
+    /// Servers whose listing has not come, or came as an error.
+    unanswered: BTreeMap<PeerId, Option<String>>,
     servers_asked: usize,
 }
 
@@ -1441,18 +1452,24 @@ pub async fn download_to<S: SegmentSink>(
     used.sort();
     used.dedup();
     report.servers_used = used;
-    report.bad_shares = src.bad;
+    report.bad_shares = std::mem::take(&mut src.bad);
     for b in &report.bad_shares {
         tracing::warn!(server = %b.server, shnum = b.shnum, problem = %b.problem, "bad share");
     }
-    report.slow_shares = src.slow;
+    report.slow_shares = std::mem::take(&mut src.slow);
     for s in &report.slow_shares {
         tracing::info!(server = %s.server, shnum = s.shnum, "slow share read around");
     }
-    report.started_without = src
-        .started_without
+    while let Some(Some((s, r, _))) = src.late.next().now_or_never() {
+        src.listed(s, r.err());
+    }
+    report.unanswered = src
+        .unanswered
         .iter()
-        .map(ToString::to_string)
+        .map(|(s, error)| Unanswered {
+            server: s.to_string(),
+            error: error.clone(),
+        })
         .collect();
     Ok(report)
 }
@@ -1485,7 +1502,14 @@ impl<'a> Sources<'a> {
             let Some(answer) = answer else { break };
             answers.push(answer);
         }
-        let answered: BTreeSet<PeerId> = answers.iter().map(|(s, _, _)| *s).collect();
+        let mut unanswered: BTreeMap<PeerId, Option<String>> =
+            servers.iter().map(|s| (*s, None)).collect();
+        for (s, r, _) in &answers {
+            match r {
+                Ok(_) => unanswered.remove(s),
+                Err(e) => unanswered.insert(*s, Some(e.clone())),
+            };
+        }
         let listed: Vec<(PeerId, Vec<u8>, Duration)> = answers
             .into_iter()
             .filter_map(|(s, r, t)| Some((s, r.ok()?, t)))
@@ -1498,11 +1522,7 @@ impl<'a> Sources<'a> {
             late: asks,
             bad: Vec::new(),
             slow: Vec::new(),
-            started_without: servers
-                .iter()
-                .filter(|s| !answered.contains(s))
-                .copied()
-                .collect(),
+            unanswered,
             servers_asked: servers.len(),
         }
     }
@@ -1522,6 +1542,14 @@ impl<'a> Sources<'a> {
             servers: self.servers_asked,
             bad: self.bad.clone(),
         }
+    }
+
+    /// A listing came late: the server's shares (`error` none) or why not.
+    fn listed(&mut self, server: PeerId, error: Option<String>) {
+        match error {
+            None => self.unanswered.remove(&server),
+            Some(e) => self.unanswered.insert(server, Some(e)),
+        };
     }
 
     /// The share numbers read from or kept as the spare.
@@ -1549,8 +1577,12 @@ impl<'a> Sources<'a> {
             } else {
                 self.late.next().now_or_never().flatten()
             }?;
-            if let Ok(shares) = r {
-                self.candidates.extend(shares.into_iter().map(|sh| (s, sh)));
+            match r {
+                Ok(shares) => {
+                    self.listed(s, None);
+                    self.candidates.extend(shares.into_iter().map(|sh| (s, sh)));
+                }
+                Err(e) => self.listed(s, Some(e)),
             }
         }
     }

@@ -1751,11 +1751,14 @@ impl Api {
                     s["shnum"]
                 );
             }
-            let without = r["started_without"].as_array().map_or(0, Vec::len);
-            if without > 0 {
+            for u in r["unanswered"].as_array().into_iter().flatten() {
                 eprintln!(
-                    "kith: note: {without} server(s) had not answered when the download \
-                     started; it went on without them"
+                    "kith: note: server {} {}; the download went on without it",
+                    u["server"].as_str().unwrap_or_default(),
+                    match u["error"].as_str() {
+                        Some(e) => format!("did not list its shares ({e})"),
+                        None => "did not answer during the download".to_owned(),
+                    }
                 );
             }
             if let Some(e) = r["error"].as_str() {
