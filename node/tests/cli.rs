@@ -805,13 +805,18 @@ fn signal(d: &Daemon, sig: rustix::process::Signal) {
 
 /// A node's share data bytes read for downloaders so far, from its `/metrics`.
 fn read_bytes(dir: &Path) -> u64 {
+    metric(dir, "kith_storage_read_bytes_total")
+}
+
+/// A value of a node's `/metrics`.
+fn metric(dir: &Path, name: &str) -> u64 {
     use std::io::Read;
     let mut raw = String::new();
     raw_request(dir, "GET", "/metrics", "")
         .read_to_string(&mut raw)
         .unwrap();
     raw.lines()
-        .find_map(|l| l.strip_prefix("kith_storage_read_bytes_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .unwrap()
         .trim()
         .parse::<f64>()
@@ -819,7 +824,7 @@ fn read_bytes(dir: &Path) -> u64 {
 }
 
 #[test]
-fn downloads_go_on_without_a_hung_server_and_read_around_one_that_hangs_midway() {
+fn a_hung_server_holds_no_download_up_and_an_upload_ends_happy_without_it() {
     use rustix::process::Signal;
     use std::io::Read;
 
@@ -947,6 +952,51 @@ fn downloads_go_on_without_a_hung_server_and_read_around_one_that_hangs_midway()
             .iter()
             .any(|s| s == ids[hung].as_str()),
         "{report}"
+    );
+
+    // Ben hangs in the middle of an upload (2-of-5, happy 4): his writes fail (the stream of
+    // a write he no longer reads times out in about 10 s, before the request's 60 s) and the
+    // upload ends happy without him.
+    use std::io::Write;
+    let ben_before = metric(&dirs[1], "kith_storage_direct_bytes_total");
+    let mut conn = raw_api_request(
+        a,
+        "POST",
+        "/files?random_key=true&happy=4",
+        &format!("Content-Length: {}\r\n", data.len()),
+    );
+    conn.write_all(&data[..8 << 20]).unwrap();
+    wait_until("ben receiving blocks of the upload", || {
+        metric(&dirs[1], "kith_storage_direct_bytes_total") > ben_before
+    });
+    signal(&daemons[1], Signal::STOP);
+    let started = Instant::now();
+    conn.write_all(&data[8 << 20..]).unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let took = started.elapsed();
+    signal(&daemons[1], Signal::CONT);
+    let head = String::from_utf8_lossy(&raw[..body_start(&raw)]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let put: serde_json::Value = serde_json::from_slice(&raw[body_start(&raw)..]).unwrap();
+    assert_eq!(put["happiness"], 4, "{put}");
+    assert!(
+        put["placement"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|s| s != ids[1].as_str()),
+        "{put}"
+    );
+    assert!(
+        took < Duration::from_secs(45),
+        "the rest of the upload took {took:?}: ben's writes were waited for to the end"
+    );
+    let cap = put["cap"].as_str().unwrap().to_owned();
+    let (got, _) = raw_api_get(a, &format!("/files/{cap}"));
+    assert!(
+        got[body_start(&got)..] == data[..],
+        "the upload came back different"
     );
     for d in &dirs {
         ok(d, &["stop"]);
