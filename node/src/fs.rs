@@ -271,26 +271,46 @@ pub async fn link(
     })?;
     let dir = ensure_dir(node, &parent).await?;
     let display = t.display();
+    let mut retry = false;
     modify_dir(node, &dir, |table| {
-        let ctime = match table.get(&name) {
-            Some(_) if !replace => return Err(FsError::Dir(DirError::Exists(display.clone()))),
-            Some(old) => old.meta.ctime,
-            None => now(),
-        };
-        table.insert(
-            name.clone(),
-            Entry {
-                cap: cap.clone(),
-                meta: Meta {
-                    size,
-                    ctime,
-                    mtime: now(),
-                },
-            },
-        );
-        Ok(true)
+        let again = std::mem::replace(&mut retry, true);
+        let linked = link_entry(table, &name, cap, size, replace, again, now());
+        linked.map_err(|()| FsError::Dir(DirError::Exists(display.clone())))
     })
     .await
+}
+
+/// Links `cap` as `name` in `table` (an attempt of [`link`]; `again` on a retry of the
+/// read-modify-write): whether the table changed, or `Err` when the name is taken. A write of
+/// ours that a concurrent writer made look failed may have landed anyway, so on a retry the
+/// same cap already there is success, not "exists".
+fn link_entry(
+    table: &mut Table,
+    name: &str,
+    cap: &Cap,
+    size: Option<u64>,
+    replace: bool,
+    again: bool,
+    time: u64,
+) -> Result<bool, ()> {
+    let ctime = match table.get(name) {
+        Some(old) if again && !replace && old.cap == *cap => return Ok(false),
+        Some(_) if !replace => return Err(()),
+        Some(old) => old.meta.ctime,
+        None => time,
+    };
+    table.insert(
+        name.to_owned(),
+        Entry {
+            cap: cap.clone(),
+            meta: Meta {
+                size,
+                ctime,
+                mtime: time,
+            },
+        },
+    );
+    Ok(true)
 }
 
 /// Links many children into the directory at `t` in one write (what `cp -r` and large
@@ -305,11 +325,18 @@ pub async fn link_many(
         dirnode::check_name(name)?;
     }
     let dir = ensure_dir(node, t).await?;
+    let mut retry = false;
     modify_dir(node, &dir, |table| {
+        let again = std::mem::replace(&mut retry, true);
+        let mut changed = false;
         for (name, cap, size) in &children {
-            if table.contains_key(name) && !replace {
-                return Err(FsError::Dir(DirError::Exists(name.clone())));
+            match table.get(name) {
+                // Ours, from an attempt that landed (see `link`).
+                Some(e) if again && !replace && e.cap == *cap => continue,
+                Some(_) if !replace => return Err(FsError::Dir(DirError::Exists(name.clone()))),
+                _ => {}
             }
+            changed = true;
             table.insert(
                 name.clone(),
                 Entry {
@@ -322,7 +349,7 @@ pub async fn link_many(
                 },
             );
         }
-        Ok(!children.is_empty())
+        Ok(changed)
     })
     .await
 }
@@ -337,12 +364,12 @@ pub async fn unlink(node: &NodeHandle, t: &Target) -> Result<Cap, FsError> {
     let mut removed = None;
     let display = t.display();
     modify_dir(node, &dir, |table| {
-        removed = Some(
-            table
-                .remove(&name)
-                .ok_or_else(|| FsError::NotFound(display.clone()))?
-                .cap,
-        );
+        match table.remove(&name) {
+            Some(e) => removed = Some(e.cap),
+            // Gone on a retry: an attempt of ours that landed removed it.
+            None if removed.is_some() => return Ok(false),
+            None => return Err(FsError::NotFound(display.clone())),
+        }
         Ok(true)
     })
     .await?;
@@ -370,8 +397,16 @@ pub async fn rename(node: &NodeHandle, from: &Target, to: &Target) -> Result<(),
         }
     };
     if fdir.storage_index() == tdir.storage_index() {
+        let mut moved: Option<Cap> = None;
         return modify_dir(node, &fdir, |table| {
             if fname == tname {
+                return Ok(false);
+            }
+            if !table.contains_key(&fname)
+                && moved.is_some()
+                && table.get(&tname).map(|e| &e.cap) == moved.as_ref()
+            {
+                // A retry after an attempt of ours that landed.
                 return Ok(false);
             }
             check_dest(table)?;
@@ -379,6 +414,7 @@ pub async fn rename(node: &NodeHandle, from: &Target, to: &Target) -> Result<(),
                 .remove(&fname)
                 .ok_or_else(|| FsError::NotFound(fdisp.clone()))?;
             e.meta.mtime = now();
+            moved = Some(e.cap.clone());
             table.insert(tname.clone(), e);
             Ok(true)
         })
@@ -605,4 +641,45 @@ pub async fn upload_bytes(node: &NodeHandle, bytes: &[u8]) -> Result<Cap, FsErro
     r.cap
         .parse::<Cap>()
         .map_err(|e| FsError::Local(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(n: u8) -> Cap {
+        Cap::Read(ReadCap::Lit(crate::caps::LitCap { data: vec![n; 3] }))
+    }
+
+    #[test]
+    fn a_retried_link_that_finds_its_own_entry_is_done_and_a_first_one_is_refused() {
+        let mut table = Table::new();
+        assert_eq!(
+            link_entry(&mut table, "a", &cap(1), Some(3), false, false, 10),
+            Ok(true)
+        );
+        // A user linking again: the name is taken, whatever the cap.
+        assert_eq!(
+            link_entry(&mut table, "a", &cap(1), Some(3), false, false, 11),
+            Err(())
+        );
+        // A retry of the read-modify-write that finds its own cap: it landed, nothing to do.
+        assert_eq!(
+            link_entry(&mut table, "a", &cap(1), Some(3), false, true, 12),
+            Ok(false)
+        );
+        assert_eq!(table["a"].meta.mtime, 10);
+        // A retry that finds another cap there: someone else took the name.
+        assert_eq!(
+            link_entry(&mut table, "a", &cap(2), Some(3), false, true, 13),
+            Err(())
+        );
+        // Replacing keeps the first link's ctime.
+        assert_eq!(
+            link_entry(&mut table, "a", &cap(2), None, true, false, 14),
+            Ok(true)
+        );
+        assert_eq!((table["a"].meta.ctime, table["a"].meta.mtime), (10, 14));
+        assert!(table["a"].cap == cap(2));
+    }
 }
