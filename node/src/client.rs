@@ -82,6 +82,9 @@ pub struct PutResult {
     pub happiness: usize,
     /// Shares that servers already had (convergent dedupe).
     pub already_present: usize,
+    /// Servers whose listing had not come when shares were placed: the upload went on
+    /// without them (hung, or far slower than the others).
+    pub unanswered: Vec<String>,
     /// Where the time went, in milliseconds.
     pub timings: Timings,
 }
@@ -265,6 +268,40 @@ fn ask_listings<'a>(
             .boxed()
         })
         .collect()
+}
+
+/// An upload's listings: every server's answer that came before [`hedge::upload_listing_until`]
+/// (or all of them), and the servers still silent then.
+async fn list_for_upload(
+    node: &NodeHandle,
+    si: [u8; 16],
+    servers: &[PeerId],
+    happy: u8,
+) -> (Vec<(PeerId, Result<Vec<u8>, String>)>, Vec<PeerId>) {
+    let start = tokio::time::Instant::now();
+    let mut asks = ask_listings(node, si, servers);
+    let mut answers = Vec::new();
+    let mut good = Vec::new();
+    loop {
+        let answer = match hedge::upload_listing_until(&good, happy) {
+            None => asks.next().await,
+            Some(until) => tokio::select! {
+                a = asks.next() => a,
+                () = tokio::time::sleep_until(start + until) => None,
+            },
+        };
+        let Some((s, r, t)) = answer else { break };
+        if r.is_ok() {
+            good.push(t);
+        }
+        answers.push((s, r));
+    }
+    let silent = servers
+        .iter()
+        .filter(|s| !answers.iter().any(|(a, _)| a == *s))
+        .copied()
+        .collect();
+    (answers, silent)
 }
 
 /// What an upload reads: a file, or bytes already in memory (small bodies the local API did
@@ -580,6 +617,7 @@ pub async fn upload_from(
             placement: BTreeMap::new(),
             happiness: 0,
             already_present: 0,
+            unanswered: Vec::new(),
             timings,
         });
     }
@@ -629,7 +667,8 @@ pub async fn upload_from(
     let (servers, mut refusals) = candidates(node, params).await;
     let mut existing: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
     let mut usable: Vec<PeerId> = Vec::new();
-    for (s, r) in list_shares(node, si, &servers).await {
+    let (listed, unanswered) = list_for_upload(node, si, &servers, params.happy).await;
+    for (s, r) in listed {
         match r {
             Ok(v) => {
                 usable.push(s);
@@ -896,6 +935,7 @@ pub async fn upload_from(
         placement: placed,
         happiness,
         already_present: held_shares.len(),
+        unanswered: unanswered.iter().map(ToString::to_string).collect(),
         timings: {
             lap(&mut timings.close_ms);
             timings
@@ -1154,6 +1194,7 @@ async fn upload_small(
         placement,
         happiness,
         already_present,
+        unanswered: Vec::new(),
         timings,
     })
 }

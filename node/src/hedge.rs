@@ -13,6 +13,11 @@
 //!   bottleneck every block is slow alike and the typical time follows, so only a server far
 //!   slower than the others is read around.
 //!
+//! - **Upload listings**: an upload asks every server which shares it holds (to place shares
+//!   and skip those already stored); once `happy` servers have answered it waits for the
+//!   rest only up to [`upload_listing_until`] (ten times as long, plus a second), then places
+//!   shares on the servers that answered.
+//!
 //! Pure: times are durations measured by the caller.
 
 use std::{collections::BTreeSet, time::Duration};
@@ -24,6 +29,20 @@ pub const HEDGE_FACTOR: u32 = 4;
 pub const HEDGE_FLOOR: Duration = Duration::from_millis(500);
 /// How long a block may take before any block of the download has come from another server.
 pub const HEDGE_FIRST: Duration = Duration::from_secs(3);
+
+/// An upload waits for listings up to this many times the time the `happy`-th answer took...
+pub const STRAGGLER_FACTOR: u32 = 10;
+/// ... plus this.
+pub const STRAGGLER_SLACK: Duration = Duration::from_secs(1);
+
+/// How long after asking an upload waits for the servers' listings, given when the good
+/// answers so far came (in order): `None` until `happy` came (wait for more), then ten times
+/// the `happy`-th answer's time plus a second: on a LAN about a second, over the internet a
+/// few, over Tor tens; a hung server no longer costs every upload the listing's timeout.
+pub fn upload_listing_until(answered: &[Duration], happy: u8) -> Option<Duration> {
+    let t = *answered.get(usize::from(happy).max(1) - 1)?;
+    Some(t * STRAGGLER_FACTOR + STRAGGLER_SLACK)
+}
 
 /// The latest answer time still "about as fast" as an answer that took `t`: 1.5 times + 10 ms
 /// (on loopback or a LAN every server is, even on a busy machine; over the internet only
@@ -139,6 +158,20 @@ mod tests {
             t.observe(ms(2));
         }
         assert_eq!(t.hedge_after(), HEDGE_FLOOR);
+    }
+
+    #[test]
+    fn an_upload_waits_for_listings_until_well_after_the_happy_th_answer() {
+        assert_eq!(upload_listing_until(&[ms(3), ms(4)], 3), None);
+        assert_eq!(
+            upload_listing_until(&[ms(3), ms(4), ms(5)], 3),
+            Some(ms(1050))
+        );
+        assert_eq!(
+            upload_listing_until(&[ms(3), ms(4), ms(5), ms(900)], 3),
+            Some(ms(1050))
+        );
+        assert_eq!(upload_listing_until(&[ms(2000)], 1), Some(ms(21_000)));
     }
 
     proptest! {

@@ -892,6 +892,23 @@ fn a_hung_server_holds_no_download_up_and_an_upload_ends_happy_without_it() {
         took < Duration::from_secs(15),
         "the download took {took:?}: it waited for the hung server's listing to time out"
     );
+    // An upload (2-of-5, happy 4) waits for the stragglers' listings only about a second past
+    // the fourth answer, and places its shares on the servers that answered.
+    let other: Vec<u8> = data[..2 << 20].iter().map(|b| b ^ 0x5a).collect();
+    let mut conn = raw_api_request(
+        a,
+        "POST",
+        "/files?happy=4",
+        &format!("Content-Length: {}\r\n", other.len()),
+    );
+    std::io::Write::write_all(&mut conn, &other).unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let head = String::from_utf8_lossy(&raw[..body_start(&raw)]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let put: serde_json::Value = serde_json::from_slice(&raw[body_start(&raw)..]).unwrap();
+    assert_eq!(put["unanswered"], serde_json::json!([ids[1]]), "{put}");
+    assert_eq!(put["happiness"], 4, "{put}");
     signal(&daemons[1], Signal::CONT);
 
     // A server hangs in the middle of a download: its blocks are read around, from a spare
