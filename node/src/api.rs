@@ -14,7 +14,8 @@
 //!   With a convergent key the body is received (spooled to `tmp/` past 1 MiB) before it is
 //!   encoded; with a random key and a `Content-Length` it is encoded and sent as it arrives
 //! - `GET /api/v1/files/{cap}` — body is the file (streamed); header `x-kith-report` names the
-//!   report at `GET /api/v1/reports/{id}` (servers used, bad shares, error if it broke off)
+//!   report at `GET /api/v1/reports/{id}` (servers used, bad shares, shares read around
+//!   because their server was slow, servers whose listing never came, error if it broke off)
 //! - `POST /api/v1/shutdown` — stops the daemon cleanly
 //! - directories, paths, aliases, mutable files and deep-check: see `api_fs`
 //! - `POST /api/v1/check {"cap": …, "verify": bool, "repair": bool}` — checks (verifies,
