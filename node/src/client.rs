@@ -226,21 +226,15 @@ pub(crate) async fn list_shares(
     si: [u8; 16],
     servers: &[PeerId],
 ) -> Vec<(PeerId, Result<Vec<u8>, String>)> {
-    list_shares_timed(node, si, servers)
-        .await
-        .into_iter()
+    ask_listings(node, si, servers)
         .map(|(s, r, _)| (s, r))
         .collect()
+        .await
 }
 
 /// One server's answer to a listing: its share numbers (or why not), and how long after the
 /// listings were asked for it came.
 type ListAnswer = (PeerId, Result<Vec<u8>, String>, Duration);
-
-/// [`list_shares`] with how long each server took to answer, fastest first.
-async fn list_shares_timed(node: &NodeHandle, si: [u8; 16], servers: &[PeerId]) -> Vec<ListAnswer> {
-    ask_listings(node, si, servers).collect().await
-}
 
 /// Asks every server in `servers` which shares of `si` it holds; the answers come as they
 /// arrive (a server that does not answer within [`LIST_TIMEOUT`] answers "timed out").
@@ -270,6 +264,29 @@ fn ask_listings<'a>(
         .collect()
 }
 
+/// Takes listing answers from `asks` as they come until every server answered or the time
+/// `until` gives (counted from `start`, from the answers so far; `None`: wait for the next)
+/// has passed; the listings still out stay in `asks`.
+async fn answers_until(
+    asks: &mut FuturesUnordered<futures::future::BoxFuture<'_, ListAnswer>>,
+    start: tokio::time::Instant,
+    until: impl Fn(&[ListAnswer]) -> Option<Duration>,
+) -> Vec<ListAnswer> {
+    let mut answers = Vec::new();
+    loop {
+        let answer = match until(&answers) {
+            None => asks.next().await,
+            Some(after) => tokio::select! {
+                a = asks.next() => a,
+                () = tokio::time::sleep_until(start + after) => None,
+            },
+        };
+        let Some(answer) = answer else { break };
+        answers.push(answer);
+    }
+    answers
+}
+
 /// An upload's listings: every server's answer that came before [`hedge::upload_listing_until`]
 /// (or all of them), and the servers still silent then.
 async fn list_for_upload(
@@ -280,28 +297,24 @@ async fn list_for_upload(
 ) -> (Vec<(PeerId, Result<Vec<u8>, String>)>, Vec<PeerId>) {
     let start = tokio::time::Instant::now();
     let mut asks = ask_listings(node, si, servers);
-    let mut answers = Vec::new();
-    let mut good = Vec::new();
-    loop {
-        let answer = match hedge::upload_listing_until(&good, happy) {
-            None => asks.next().await,
-            Some(until) => tokio::select! {
-                a = asks.next() => a,
-                () = tokio::time::sleep_until(start + until) => None,
-            },
-        };
-        let Some((s, r, t)) = answer else { break };
-        if r.is_ok() {
-            good.push(t);
-        }
-        answers.push((s, r));
-    }
+    let answers = answers_until(&mut asks, start, |answers| {
+        let good: Vec<Duration> = answers
+            .iter()
+            .filter(|(_, r, _)| r.is_ok())
+            .map(|(_, _, t)| *t)
+            .collect();
+        hedge::upload_listing_until(&good, happy)
+    })
+    .await;
     let silent = servers
         .iter()
-        .filter(|s| !answers.iter().any(|(a, _)| a == *s))
+        .filter(|s| !answers.iter().any(|(a, _, _)| a == *s))
         .copied()
         .collect();
-    (answers, silent)
+    (
+        answers.into_iter().map(|(s, r, _)| (s, r)).collect(),
+        silent,
+    )
 }
 
 /// What an upload reads: a file, or bytes already in memory (small bodies the local API did
@@ -1251,6 +1264,10 @@ impl ShareSource {
     fn planned(&self) -> Planned {
         (self.server, self.shnum, self.share.clone())
     }
+
+    fn is(&self, server: PeerId, shnum: u8) -> bool {
+        self.server == server && self.shnum == shnum
+    }
 }
 
 /// The shares a download reads from, the spare, and the rest.
@@ -1423,12 +1440,10 @@ pub async fn download_to<S: SegmentSink>(
             fetching.push_back(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
                 async move {
                     let mut fetched = fetch.await;
-                    let seg = at.seg;
-                    if fetched.good.len() < needed {
-                        let got = std::mem::take(&mut fetched.good);
+                    let (seg, got) = (at.seg, std::mem::take(&mut fetched.good));
+                    if got.len() < needed {
                         return (seg, Err(got), fetched);
                     }
-                    let got = std::mem::take(&mut fetched.good);
                     let plain = tokio::task::spawn_blocking(move || {
                         codec::decode_segment(&u, &k, &ct, seg, got)
                     })
@@ -1527,22 +1542,14 @@ impl<'a> Sources<'a> {
     ) -> Sources<'a> {
         let start = tokio::time::Instant::now();
         let mut asks = ask_listings(node, si, servers);
-        let mut answers: Vec<ListAnswer> = Vec::new();
-        loop {
+        let answers = answers_until(&mut asks, start, |answers| {
             let holding: Vec<(&[u8], Duration)> = answers
                 .iter()
                 .filter_map(|(_, r, t)| Some((r.as_ref().ok()?.as_slice(), *t)))
                 .collect();
-            let answer = match hedge::start_after(&holding, needed) {
-                None => asks.next().await,
-                Some(after) => tokio::select! {
-                    a = asks.next() => a,
-                    () = tokio::time::sleep_until(start + after) => None,
-                },
-            };
-            let Some(answer) = answer else { break };
-            answers.push(answer);
-        }
+            hedge::start_after(&holding, needed)
+        })
+        .await;
         let mut unanswered: BTreeMap<PeerId, Option<String>> =
             servers.iter().map(|s| (*s, None)).collect();
         for (s, r, _) in &answers {
@@ -1766,6 +1773,13 @@ impl<'a> Sources<'a> {
         }
     }
 
+    /// Stops reading from share `shnum` on `server`; whether it was read from.
+    fn drop_active(&mut self, server: PeerId, shnum: u8) -> bool {
+        let before = self.active.len();
+        self.active.retain(|a| !a.is(server, shnum));
+        self.active.len() < before
+    }
+
     /// Stops reading from shares that failed (reported) and from shares a segment was read
     /// around because they were slow (kept as candidates, last); whether any was dropped.
     fn drop_failed_and_slow(
@@ -1775,20 +1789,17 @@ impl<'a> Sources<'a> {
     ) -> bool {
         let mut dropped = false;
         for (s, sh, problem) in failures {
-            let is = |a: &ShareSource| a.server == s && a.shnum == sh;
-            if self.active.iter().any(is) {
-                self.active.retain(|a| !is(a));
-            } else if self.spare.as_ref().is_some_and(is) {
+            let spare = self.spare.as_ref().is_some_and(|a| a.is(s, sh));
+            if spare {
                 self.spare = None;
-            } else {
+            } else if !self.drop_active(s, sh) {
                 continue;
             }
             self.report(s, sh, problem);
             dropped = true;
         }
         for (s, sh) in slow {
-            if self.active.iter().any(|a| a.server == s && a.shnum == sh) {
-                self.active.retain(|a| !(a.server == s && a.shnum == sh));
+            if self.drop_active(s, sh) {
                 self.slow.push(SlowShare {
                     server: s.to_string(),
                     shnum: sh,

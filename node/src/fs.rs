@@ -364,16 +364,67 @@ pub async fn unlink(node: &NodeHandle, t: &Target) -> Result<Cap, FsError> {
     let mut removed = None;
     let display = t.display();
     modify_dir(node, &dir, |table| {
-        match table.remove(&name) {
-            Some(e) => removed = Some(e.cap),
-            // Gone on a retry: an attempt of ours that landed removed it.
-            None if removed.is_some() => return Ok(false),
-            None => return Err(FsError::NotFound(display.clone())),
-        }
-        Ok(true)
+        unlink_entry(table, &name, &mut removed).map_err(|()| FsError::NotFound(display.clone()))
     })
     .await?;
     removed.ok_or_else(|| FsError::NotFound(t.display()))
+}
+
+/// Removes `name` from `table` (an attempt of [`unlink`]), keeping its cap in `removed`:
+/// whether the table changed, or `Err` when there is no such entry. Gone on a retry, after an
+/// attempt that removed it, means an attempt of ours landed.
+fn unlink_entry(table: &mut Table, name: &str, removed: &mut Option<Cap>) -> Result<bool, ()> {
+    match table.remove(name) {
+        Some(e) => {
+            *removed = Some(e.cap);
+            Ok(true)
+        }
+        None if removed.is_some() => Ok(false),
+        None => Err(()),
+    }
+}
+
+/// Why a move within one directory was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum MoveRefused {
+    /// No entry by the source name.
+    NotFound,
+    /// A directory is at the destination.
+    DirAtDestination,
+}
+
+/// Moves `from` to `to` within `table` (an attempt of [`rename`] in one directory), keeping
+/// the moved cap in `moved`: whether the table changed. On a retry, the source gone and the
+/// cap it moved at the destination mean an attempt of ours landed.
+fn move_entry(
+    table: &mut Table,
+    from: &str,
+    to: &str,
+    moved: &mut Option<Cap>,
+    time: u64,
+) -> Result<bool, MoveRefused> {
+    if from == to {
+        return Ok(false);
+    }
+    if !table.contains_key(from)
+        && moved.is_some()
+        && table.get(to).map(|e| &e.cap) == moved.as_ref()
+    {
+        return Ok(false);
+    }
+    if dir_at(table, to) {
+        return Err(MoveRefused::DirAtDestination);
+    }
+    let mut e = table.remove(from).ok_or(MoveRefused::NotFound)?;
+    e.meta.mtime = time;
+    *moved = Some(e.cap.clone());
+    table.insert(to.to_owned(), e);
+    Ok(true)
+}
+
+/// Whether a directory is linked as `name` (a move does not replace one).
+fn dir_at(table: &Table, name: &str) -> bool {
+    table.get(name).is_some_and(|e| e.cap.is_dir())
 }
 
 /// Moves the entry at `from` to `to` (one write when both are in the same directory). An
@@ -390,33 +441,14 @@ pub async fn rename(node: &NodeHandle, from: &Target, to: &Target) -> Result<(),
     let tcap = resolve(node, &tparent).await?;
     let tdir = writable_dir(&tcap, &tparent.display())?;
     let (fdisp, tdisp) = (from.display(), to.display());
-    let check_dest = |table: &Table| -> Result<(), FsError> {
-        match table.get(&tname) {
-            Some(e) if e.cap.is_dir() => Err(FsError::Dir(DirError::Exists(tdisp.clone()))),
-            _ => Ok(()),
-        }
-    };
+    let exists = || FsError::Dir(DirError::Exists(tdisp.clone()));
     if fdir.storage_index() == tdir.storage_index() {
         let mut moved: Option<Cap> = None;
         return modify_dir(node, &fdir, |table| {
-            if fname == tname {
-                return Ok(false);
-            }
-            if !table.contains_key(&fname)
-                && moved.is_some()
-                && table.get(&tname).map(|e| &e.cap) == moved.as_ref()
-            {
-                // A retry after an attempt of ours that landed.
-                return Ok(false);
-            }
-            check_dest(table)?;
-            let mut e = table
-                .remove(&fname)
-                .ok_or_else(|| FsError::NotFound(fdisp.clone()))?;
-            e.meta.mtime = now();
-            moved = Some(e.cap.clone());
-            table.insert(tname.clone(), e);
-            Ok(true)
+            move_entry(table, &fname, &tname, &mut moved, now()).map_err(|e| match e {
+                MoveRefused::NotFound => FsError::NotFound(fdisp.clone()),
+                MoveRefused::DirAtDestination => exists(),
+            })
         })
         .await;
     }
@@ -426,7 +458,9 @@ pub async fn rename(node: &NodeHandle, from: &Target, to: &Target) -> Result<(),
         .remove(&fname)
         .ok_or_else(|| FsError::NotFound(fdisp.clone()))?;
     modify_dir(node, &tdir, |table| {
-        check_dest(table)?;
+        if dir_at(table, &tname) {
+            return Err(exists());
+        }
         table.insert(tname.clone(), entry.clone());
         Ok(true)
     })
@@ -681,5 +715,57 @@ mod tests {
         );
         assert_eq!((table["a"].meta.ctime, table["a"].meta.mtime), (10, 14));
         assert!(table["a"].cap == cap(2));
+    }
+
+    #[test]
+    fn a_retried_unlink_or_move_that_finds_its_own_change_landed_is_done() {
+        let entry = |c| Entry {
+            cap: c,
+            meta: Meta {
+                size: None,
+                ctime: 1,
+                mtime: 1,
+            },
+        };
+        let mut table = Table::from([("a".to_owned(), entry(cap(1)))]);
+        let mut removed = None;
+        // Nothing by that name on a first attempt: not found.
+        assert_eq!(unlink_entry(&mut table, "b", &mut removed), Err(()));
+        assert_eq!(unlink_entry(&mut table, "a", &mut removed), Ok(true));
+        assert!(removed == Some(cap(1)) && table.is_empty());
+        // The retry of an attempt that removed it finds it gone: done.
+        assert_eq!(unlink_entry(&mut table, "a", &mut removed), Ok(false));
+
+        let mut table = Table::from([("a".to_owned(), entry(cap(1)))]);
+        let mut moved = None;
+        assert_eq!(
+            move_entry(&mut table, "b", "c", &mut moved, 5),
+            Err(MoveRefused::NotFound)
+        );
+        assert_eq!(move_entry(&mut table, "a", "c", &mut moved, 5), Ok(true));
+        assert_eq!(table["c"].meta.mtime, 5);
+        // The retry finds the source gone and its cap at the destination: done.
+        assert_eq!(move_entry(&mut table, "a", "c", &mut moved, 6), Ok(false));
+        assert_eq!(table["c"].meta.mtime, 5);
+        // Someone else's entry at the destination is not taken for ours.
+        table.insert("c".to_owned(), entry(cap(2)));
+        assert_eq!(
+            move_entry(&mut table, "a", "c", &mut moved, 7),
+            Err(MoveRefused::NotFound)
+        );
+        // A directory at the destination is not replaced.
+        let dir = Cap::Ssk(crate::caps::SskCap {
+            dir: true,
+            access: crate::caps::SskAccess::Write { writekey: [1; 32] },
+            fingerprint: [2; 32],
+        });
+        let mut table = Table::from([
+            ("a".to_owned(), entry(cap(1))),
+            ("d".to_owned(), entry(dir)),
+        ]);
+        assert_eq!(
+            move_entry(&mut table, "a", "d", &mut None, 5),
+            Err(MoveRefused::DirAtDestination)
+        );
     }
 }

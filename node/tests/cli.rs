@@ -88,6 +88,21 @@ fn body_start(raw: &[u8]) -> usize {
     raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4
 }
 
+/// A raw response's JSON body, after checking it is a 200.
+fn ok_json(raw: &[u8]) -> serde_json::Value {
+    let head = String::from_utf8_lossy(&raw[..body_start(raw)]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    serde_json::from_slice(&raw[body_start(raw)..]).unwrap()
+}
+
+/// A header's value in a lowercased response head.
+fn header<'a>(head: &'a str, name: &str) -> &'a str {
+    head.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap()
+        .trim()
+}
+
 /// GETs a cap from the node's API with a bare HTTP/1.1 client: (Content-Length, body bytes
 /// received, whether the connection ended cleanly after them).
 fn raw_get(dir: &Path, cap: &str) -> (usize, usize, bool) {
@@ -95,13 +110,7 @@ fn raw_get(dir: &Path, cap: &str) -> (usize, usize, bool) {
     let split = body_start(&raw);
     let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    let declared = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let declared = header(&head, "content-length").parse().unwrap();
     let got = raw.len() - split;
     (declared, got, clean && got == declared)
 }
@@ -774,9 +783,7 @@ fn a_random_key_upload_over_http_is_sent_as_it_arrives_and_a_cut_one_keeps_nothi
     conn.write_all(&data[len / 2..]).unwrap();
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw).unwrap();
-    let head = String::from_utf8_lossy(&raw[..body_start(&raw)]).to_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    let put: serde_json::Value = serde_json::from_slice(&raw[body_start(&raw)..]).unwrap();
+    let put = ok_json(&raw);
     assert_eq!(put["timings"]["receive_ms"], 0, "{put}");
     let cap = put["cap"].as_str().unwrap().to_owned();
     let (got, _) = raw_api_get(&d, &format!("/files/{cap}"));
@@ -904,9 +911,7 @@ fn a_hung_server_holds_no_download_up_and_an_upload_ends_happy_without_it() {
     std::io::Write::write_all(&mut conn, &other).unwrap();
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw).unwrap();
-    let head = String::from_utf8_lossy(&raw[..body_start(&raw)]).to_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    let put: serde_json::Value = serde_json::from_slice(&raw[body_start(&raw)..]).unwrap();
+    let put = ok_json(&raw);
     assert_eq!(put["unanswered"], serde_json::json!([ids[1]]), "{put}");
     assert_eq!(put["happiness"], 4, "{put}");
     signal(&daemons[1], Signal::CONT);
@@ -924,12 +929,7 @@ fn a_hung_server_holds_no_download_up_and_an_upload_ends_happy_without_it() {
     }
     let head = String::from_utf8(head).unwrap().to_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    let report_id = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-kith-report:"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let report_id = header(&head, "x-kith-report").to_owned();
     let mut body = vec![0u8; 1 << 20];
     conn.read_exact(&mut body).unwrap();
     // The one other server read from so far (ann reads her own share and one more).
@@ -993,9 +993,7 @@ fn a_hung_server_holds_no_download_up_and_an_upload_ends_happy_without_it() {
     conn.read_to_end(&mut raw).unwrap();
     let took = started.elapsed();
     signal(&daemons[1], Signal::CONT);
-    let head = String::from_utf8_lossy(&raw[..body_start(&raw)]).to_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    let put: serde_json::Value = serde_json::from_slice(&raw[body_start(&raw)..]).unwrap();
+    let put = ok_json(&raw);
     assert_eq!(put["happiness"], 4, "{put}");
     assert!(
         put["placement"]
