@@ -606,6 +606,9 @@ fn print_entry(e: &serde_json::Value, name: &str, long: bool) {
     );
 }
 
+/// Small files `kith cp -r` uploads at once.
+const CP_IN_FLIGHT: u32 = 16;
+
 /// `kith cp`: uploads files (immutable) and links them; directories are created on the way and
 /// each directory's entries are linked in one write.
 async fn cp(
@@ -660,8 +663,28 @@ async fn cp(
     let mut by_dir: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
         dirs.iter().map(|(_, r)| (r.clone(), Vec::new())).collect();
     let mut caps = Vec::new();
+    // Several files at once (one round trip each is mostly waiting): up to CP_IN_FLIGHT small
+    // ones, a large one alone (its upload streams with both cores and bounded buffers already).
+    let limit = tokio::sync::Semaphore::new(CP_IN_FLIGHT as usize);
+    let mut uploads = futures::stream::iter(&files)
+        .map(|(path, _, size)| {
+            let weight = if *size <= kith_node::client::SMALL_FILE {
+                1
+            } else {
+                CP_IN_FLIGHT
+            };
+            let limit = &limit;
+            async move {
+                let _turn = limit.acquire_many(weight).await?;
+                api.put_file_quiet(path).await
+            }
+        })
+        .buffered(CP_IN_FLIGHT as usize);
     for (path, remote, size) in &files {
-        let v = api.put_file_quiet(path).await?;
+        let v = uploads
+            .next()
+            .await
+            .ok_or_else(|| anyhow!("an upload went missing"))??;
         let cap = v["cap"].as_str().unwrap_or_default().to_owned();
         let name = path
             .file_name()
