@@ -287,7 +287,7 @@ async fn answers_until(
     answers
 }
 
-/// An upload's listings: every server's answer that came before [`hedge::upload_listing_until`]
+/// An upload's listings: every server's answer that came before [`hedge::stragglers_until`]
 /// (or all of them), and the servers still silent then.
 async fn list_for_upload(
     node: &NodeHandle,
@@ -303,7 +303,7 @@ async fn list_for_upload(
             .filter(|(_, r, _)| r.is_ok())
             .map(|(_, _, t)| *t)
             .collect();
-        hedge::upload_listing_until(&good, happy)
+        hedge::stragglers_until(&good, happy)
     })
     .await;
     let silent = servers
@@ -681,6 +681,9 @@ pub async fn upload_from(
     let mut existing: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
     let mut usable: Vec<PeerId> = Vec::new();
     let (listed, unanswered) = list_for_upload(node, si, &servers, params.happy).await;
+    for s in &unanswered {
+        node.went_silent(*s);
+    }
     for (s, r) in listed {
         match r {
             Ok(v) => {
@@ -961,7 +964,8 @@ pub async fn upload_from(
 pub const SMALL_FILE: u64 = 128 * 1024;
 
 /// Storage servers to place shares on, and why others were left out. Servers that failed
-/// audits get no new shares while enough others remain.
+/// audits, and servers lately silent ([`crate::hedge::Silent`]), get no new shares while
+/// enough others remain.
 async fn candidates(node: &NodeHandle, params: EncodingParams) -> (Vec<PeerId>, Vec<String>) {
     let (mut servers, refusing) = node.storage_candidates();
     let suspects = {
@@ -980,6 +984,9 @@ async fn candidates(node: &NodeHandle, params: EncodingParams) -> (Vec<PeerId>, 
             servers = trusted;
         }
     }
+    // Servers that left a request unanswered lately wait their turn while enough others
+    // remain (a hung friend costs the first upload that met it, not every one after).
+    servers = node.put_silent_aside(servers, usize::from(params.happy));
     // Members whose published grants refuse this node are not asked, unless the others are
     // too few (their record may be older than their owner's latest decision): then they
     // answer for themselves.
@@ -1100,6 +1107,7 @@ async fn upload_small(
     let mut held: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
     let mut written: BTreeMap<PeerId, u64> = BTreeMap::new();
     let mut already_present = 0usize;
+    let mut unanswered: Vec<PeerId> = Vec::new();
     for _round in 0..3 {
         let usable_b: Vec<Vec<u8>> = usable.iter().map(|p| p.to_bytes()).collect();
         let fixed_b: BTreeMap<Vec<u8>, BTreeSet<u8>> = held
@@ -1150,6 +1158,14 @@ async fn upload_small(
                 }
             }
         }
+        // Requests still unanswered per server: once the placement is happy, the rest are
+        // waited for only up to `hedge::stragglers_until`.
+        let mut waiting: BTreeMap<PeerId, usize> = BTreeMap::new();
+        for (s, ..) in &batches {
+            *waiting.entry(*s).or_default() += 1;
+        }
+        let asked_at = tokio::time::Instant::now();
+        let mut cutoff: Option<tokio::time::Instant> = None;
         let mut puts: FuturesUnordered<_> = batches
             .into_iter()
             .map(|(s, shnums, shares, _)| async move {
@@ -1157,7 +1173,18 @@ async fn upload_small(
             })
             .collect();
         let mut all_placed = true;
-        while let Some((s, asked, r)) = puts.next().await {
+        loop {
+            let next = match cutoff {
+                None => puts.next().await,
+                Some(at) => tokio::select! {
+                    r = puts.next() => r,
+                    () = tokio::time::sleep_until(at) => None,
+                },
+            };
+            let Some((s, asked, r)) = next else { break };
+            if let Some(n) = waiting.get_mut(&s) {
+                *n -= 1;
+            }
             match r {
                 Ok(Response::Stored {
                     already_have,
@@ -1186,6 +1213,23 @@ async fn upload_small(
                     all_placed = false;
                 }
             }
+            if cutoff.is_none() && placement::happiness(&held) >= usize::from(params.happy) {
+                // Ten times as long as it took to be happy, plus a second.
+                let after = hedge::stragglers_until(&[asked_at.elapsed()], 1);
+                cutoff = after.map(|d| asked_at + d);
+            }
+        }
+        drop(puts);
+        // Servers still silent at the cutoff: their shares go to the others next round.
+        for (s, n) in waiting {
+            if n > 0 {
+                node.went_silent(s);
+                usable.retain(|x| *x != s);
+                if !unanswered.contains(&s) {
+                    unanswered.push(s);
+                }
+                all_placed = false;
+            }
         }
         if all_placed {
             break;
@@ -1207,7 +1251,7 @@ async fn upload_small(
         placement,
         happiness,
         already_present,
-        unanswered: Vec::new(),
+        unanswered: unanswered.iter().map(ToString::to_string).collect(),
         timings,
     })
 }
@@ -2051,6 +2095,11 @@ async fn send_puts(node: NodeHandle, server: PeerId) {
             };
             let mut bytes = 0usize;
             while let Some(next) = q.front() {
+                if next.reply.is_closed() {
+                    // Its upload stopped waiting for this server (a straggler cut off).
+                    q.pop_front();
+                    continue;
+                }
                 if !batch.is_empty()
                     && (batch.len() == MAX_PUT_MANY || bytes + next.bytes > MAX_PUT)
                 {

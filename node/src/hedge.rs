@@ -13,14 +13,23 @@
 //!   bottleneck every block is slow alike and the typical time follows, so only a server far
 //!   slower than the others is read around.
 //!
-//! - **Upload listings**: an upload asks every server which shares it holds (to place shares
-//!   and skip those already stored); once `happy` servers have answered it waits for the
-//!   rest only up to [`upload_listing_until`] (ten times as long, plus a second), then places
-//!   shares on the servers that answered.
+//! - **Stragglers**: where every server is asked and `happy` answers are enough (an upload's
+//!   listings, a small file's puts, a mutable file's map), the rest are waited for only up to
+//!   [`stragglers_until`] (ten times as long as the `happy`-th answer took, plus a second);
+//!   then the operation goes on with the servers that answered (a small file's shares meant
+//!   for a straggler are placed on the others).
+//! - **Silent servers**: a server that left a request unanswered that way, or whose request
+//!   failed, is [`Silent`] for [`SILENT_FOR`]: new uploads and mutable writes leave it out
+//!   while enough others remain ([`Silent::put_aside`]), so a friend's hung machine costs
+//!   the first operation that meets it about a second, not every operation after it. Any
+//!   answer from it ends that at once.
 //!
-//! Pure: times are durations measured by the caller.
+//! Pure: times are durations or instants measured by the caller.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
 /// A block is read from a spare share once it has taken this many times the download's
 /// typical block time...
@@ -35,13 +44,83 @@ pub const STRAGGLER_FACTOR: u32 = 10;
 /// ... plus this.
 pub const STRAGGLER_SLACK: Duration = Duration::from_secs(1);
 
-/// How long after asking an upload waits for the servers' listings, given when the good
-/// answers so far came (in order): `None` until `happy` came (wait for more), then ten times
-/// the `happy`-th answer's time plus a second: on a LAN about a second, over the internet a
-/// few, over Tor tens; a hung server no longer costs every upload the listing's timeout.
-pub fn upload_listing_until(answered: &[Duration], happy: u8) -> Option<Duration> {
+/// How long after asking every server an operation that needs `happy` of them waits for the
+/// rest, given when the good answers so far came (in order): `None` until `happy` came (wait
+/// for more), then ten times the `happy`-th answer's time plus a second: on a LAN about a
+/// second, over the internet a few, over Tor tens; a hung server no longer costs every
+/// operation a request's timeout.
+pub fn stragglers_until(answered: &[Duration], happy: u8) -> Option<Duration> {
     let t = *answered.get(usize::from(happy).max(1) - 1)?;
     Some(t * STRAGGLER_FACTOR + STRAGGLER_SLACK)
+}
+
+/// How long a server stays [`Silent`] after it last left a request unanswered.
+pub const SILENT_FOR: Duration = Duration::from_secs(60);
+
+/// Servers that recently left a request unanswered (a straggler cut off, a request that
+/// failed or timed out), each with when it last did. An answer clears a server at once; the
+/// mark fades after [`SILENT_FOR`], so a server that came back without being asked anything
+/// is tried again by the next operation (which costs that operation at most its straggler
+/// wait if it is still hung).
+#[derive(Clone, Debug)]
+pub struct Silent<K> {
+    since: BTreeMap<K, Instant>,
+}
+
+impl<K> Default for Silent<K> {
+    fn default() -> Self {
+        Silent {
+            since: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> Silent<K> {
+    /// `server` left a request unanswered at `now`.
+    pub fn went_silent(&mut self, server: K, now: Instant) {
+        self.since.insert(server, now);
+    }
+
+    /// `server` answered: it is not silent any more.
+    pub fn answered(&mut self, server: &K) {
+        self.since.remove(server);
+    }
+
+    /// Whether `server` left a request unanswered less than [`SILENT_FOR`] before `now`.
+    pub fn is_silent(&self, server: &K, now: Instant) -> bool {
+        self.since
+            .get(server)
+            .is_some_and(|t| now.saturating_duration_since(*t) < SILENT_FOR)
+    }
+
+    /// The servers silent at `now`, oldest mark first.
+    pub fn silent(&self, now: Instant) -> Vec<K> {
+        let mut v: Vec<(&K, &Instant)> = self
+            .since
+            .iter()
+            .filter(|(k, _)| self.is_silent(k, now))
+            .collect();
+        v.sort_by_key(|(_, t)| **t);
+        v.into_iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    /// `servers` without the silent ones, when at least `keep` remain; otherwise all of them
+    /// (too few would answer: the silent ones get their chance, bounded by the straggler
+    /// wait).
+    pub fn put_aside(&self, servers: Vec<K>, keep: usize, now: Instant) -> Vec<K> {
+        let heard: Vec<K> = servers
+            .iter()
+            .filter(|s| !self.is_silent(s, now))
+            .cloned()
+            .collect();
+        if heard.len() >= keep { heard } else { servers }
+    }
+
+    /// Forgets marks older than [`SILENT_FOR`] (keeps the map as small as the silent set).
+    pub fn prune(&mut self, now: Instant) {
+        self.since
+            .retain(|_, t| now.saturating_duration_since(*t) < SILENT_FOR);
+    }
 }
 
 /// The latest answer time still "about as fast" as an answer that took `t`: 1.5 times + 10 ms
@@ -161,17 +240,47 @@ mod tests {
     }
 
     #[test]
-    fn an_upload_waits_for_listings_until_well_after_the_happy_th_answer() {
-        assert_eq!(upload_listing_until(&[ms(3), ms(4)], 3), None);
+    fn stragglers_are_waited_for_until_well_after_the_happy_th_answer() {
+        assert_eq!(stragglers_until(&[ms(3), ms(4)], 3), None);
+        assert_eq!(stragglers_until(&[ms(3), ms(4), ms(5)], 3), Some(ms(1050)));
         assert_eq!(
-            upload_listing_until(&[ms(3), ms(4), ms(5)], 3),
+            stragglers_until(&[ms(3), ms(4), ms(5), ms(900)], 3),
             Some(ms(1050))
         );
+        assert_eq!(stragglers_until(&[ms(2000)], 1), Some(ms(21_000)));
+    }
+
+    #[test]
+    fn a_silent_server_is_put_aside_while_enough_others_remain_until_it_answers_or_the_mark_fades()
+    {
+        let t0 = Instant::now();
+        let mut s: Silent<char> = Silent::default();
+        let all = vec!['a', 'b', 'c', 'd', 'e'];
+        assert_eq!(s.put_aside(all.clone(), 4, t0), all);
+        s.went_silent('b', t0);
+        assert!(s.is_silent(&'b', t0 + ms(59_999)));
+        assert_eq!(s.put_aside(all.clone(), 4, t0), vec!['a', 'c', 'd', 'e']);
+        // Too few would remain: everyone is asked.
+        s.went_silent('d', t0 + ms(10));
+        assert_eq!(s.silent(t0 + ms(20)), vec!['b', 'd']);
+        assert_eq!(s.put_aside(all.clone(), 4, t0 + ms(20)), all);
         assert_eq!(
-            upload_listing_until(&[ms(3), ms(4), ms(5), ms(900)], 3),
-            Some(ms(1050))
+            s.put_aside(all.clone(), 3, t0 + ms(20)),
+            vec!['a', 'c', 'e']
         );
-        assert_eq!(upload_listing_until(&[ms(2000)], 1), Some(ms(21_000)));
+        // An answer clears at once; the other mark fades after SILENT_FOR.
+        s.answered(&'d');
+        assert_eq!(
+            s.put_aside(all.clone(), 4, t0 + ms(30)),
+            vec!['a', 'c', 'd', 'e']
+        );
+        assert!(!s.is_silent(&'b', t0 + SILENT_FOR));
+        assert_eq!(s.put_aside(all.clone(), 4, t0 + SILENT_FOR), all);
+        // A new failure renews the mark.
+        s.went_silent('b', t0 + ms(50_000));
+        assert!(s.is_silent(&'b', t0 + ms(100_000)));
+        s.prune(t0 + ms(200_000));
+        assert!(s.silent(t0).is_empty());
     }
 
     proptest! {
@@ -221,6 +330,38 @@ mod tests {
             let max = ms(*took.iter().max().unwrap_or(&0));
             prop_assert!(t.hedge_after() >= HEDGE_FLOOR);
             prop_assert!(t.hedge_after() <= (max * HEDGE_FACTOR).max(HEDGE_FLOOR));
+        }
+
+        /// Putting silent servers aside keeps the order, never drops a server heard from,
+        /// and never leaves fewer than `keep` unless there were fewer to begin with.
+        #[test]
+        fn put_aside_keeps_enough_servers_and_every_one_heard_from(
+            marks in proptest::collection::vec((0u8..12, 0u64..120_000, any::<bool>()), 0..30),
+            servers in proptest::collection::btree_set(0u8..12, 0..12),
+            keep in 0usize..12,
+            at in 0u64..200_000,
+        ) {
+            let t0 = Instant::now();
+            let mut s: Silent<u8> = Silent::default();
+            let mut marks = marks;
+            marks.sort_by_key(|m| m.1);
+            for (k, t, answered) in marks {
+                if answered { s.answered(&k) } else { s.went_silent(k, t0 + ms(t)) }
+            }
+            let now = t0 + ms(at);
+            let servers: Vec<u8> = servers.into_iter().collect();
+            let kept = s.put_aside(servers.clone(), keep, now);
+            prop_assert!(kept.len() >= keep.min(servers.len()));
+            prop_assert!(kept.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(kept.iter().all(|k| servers.contains(k)));
+            for k in &servers {
+                if !s.is_silent(k, now) {
+                    prop_assert!(kept.contains(k));
+                }
+            }
+            if kept.len() < servers.len() {
+                prop_assert!(kept.iter().all(|k| !s.is_silent(k, now)));
+            }
         }
     }
 }

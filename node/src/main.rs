@@ -1444,7 +1444,7 @@ fn print_status(s: &serde_json::Value) {
             .map(|r| format!("{r:.1} ms"))
             .unwrap_or_default();
         println!(
-            "  {:<12} {}  {:<12}  {}  {}{}",
+            "  {:<12} {}  {:<12}  {}  {}{}{}",
             p["nickname"].as_str().unwrap_or("-"),
             str_of(&p["peer_id"]),
             str_of(&p["path"]),
@@ -1458,6 +1458,11 @@ fn print_status(s: &serde_json::Value) {
                 ""
             } else {
                 "  (no storage)"
+            },
+            if p["silent"].as_bool() == Some(true) {
+                "  (not answering: left out of new uploads for now)"
+            } else {
+                ""
             }
         );
     }

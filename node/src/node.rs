@@ -171,6 +171,7 @@ struct Inner {
     collect_now: tokio::sync::Notify,
     next_report: Mutex<u64>,
     puts: crate::client::PutQueues,
+    silent: Mutex<crate::hedge::Silent<PeerId>>,
 }
 
 /// Cloneable handle to a running node.
@@ -338,6 +339,7 @@ impl Node {
                 collect_now: tokio::sync::Notify::new(),
                 next_report: Mutex::new(0),
                 puts: Default::default(),
+                silent: Default::default(),
             }),
         };
         for peer in handle.static_peers() {
@@ -645,6 +647,10 @@ pub struct PeerStatus {
     pub nickname: Option<String>,
     /// A static peer (`kith peer add`).
     pub static_peer: bool,
+    /// It left a storage request unanswered lately (failed, or still silent when the others
+    /// had answered): new uploads and mutable writes leave it out while enough others remain,
+    /// until it answers or [`crate::hedge::SILENT_FOR`] passes.
+    pub silent: bool,
 }
 
 /// Storage server usage.
@@ -857,7 +863,8 @@ impl NodeHandle {
         &self.inner.puts
     }
 
-    /// Sends a storage request to `server` (answered locally when it is this node).
+    /// Sends a storage request to `server` (answered locally when it is this node). A failed
+    /// request marks the server [silent](crate::hedge::Silent), any answer clears the mark.
     pub async fn rpc(&self, server: PeerId, req: Request) -> Result<Response, RpcError> {
         if server == self.inner.peer_id {
             Ok(self
@@ -866,8 +873,40 @@ impl NodeHandle {
                 .handle(server, RequestFrame::Request(req))
                 .await)
         } else {
-            self.inner.net.request(server, req).await
+            let r = self.inner.net.request(server, req).await;
+            match &r {
+                Ok(_) => self.silent().answered(&server),
+                Err(RpcError::Failed { .. }) => self.went_silent(server),
+                Err(_) => {}
+            }
+            r
         }
+    }
+
+    fn silent(&self) -> std::sync::MutexGuard<'_, crate::hedge::Silent<PeerId>> {
+        self.inner.silent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `server` left a request unanswered (a straggler an operation stopped waiting for): new
+    /// uploads and mutable writes leave it out for a while ([`crate::hedge::SILENT_FOR`]).
+    pub fn went_silent(&self, server: PeerId) {
+        if server != self.inner.peer_id {
+            let now = std::time::Instant::now();
+            let mut s = self.silent();
+            s.prune(now);
+            s.went_silent(server, now);
+        }
+    }
+
+    /// Servers that left a request unanswered lately, oldest first.
+    pub fn silent_servers(&self) -> Vec<PeerId> {
+        self.silent().silent(std::time::Instant::now())
+    }
+
+    /// `servers` without the silent ones, when at least `keep` remain.
+    pub fn put_silent_aside(&self, servers: Vec<PeerId>, keep: usize) -> Vec<PeerId> {
+        self.silent()
+            .put_aside(servers, keep, std::time::Instant::now())
     }
 
     /// Waits until at least `n` storage servers (this node included) are available.
@@ -983,6 +1022,7 @@ impl NodeHandle {
         };
         let net = self.inner.net.state();
         let statics: Vec<PeerId> = self.static_peers().iter().map(|p| p.peer).collect();
+        let silent = self.silent_servers();
         let storage = match self.inner.server.store().cloned() {
             Some(store) => tokio::task::spawn_blocking(move || store.usage())
                 .await
@@ -1043,6 +1083,7 @@ impl NodeHandle {
                     path: s.path.to_string(),
                     nickname: names.get(p).cloned(),
                     static_peer: statics.contains(p),
+                    silent: silent.contains(p),
                 })
                 .collect(),
             storage,

@@ -28,6 +28,7 @@ use serde_bytes::ByteBuf;
 use crate::{
     caps::SskCap,
     client::BadShare,
+    hedge,
     mutable::{self, MutableError, MutableShare, Version},
     node::NodeHandle,
     placement,
@@ -165,10 +166,15 @@ async fn read_server(
     Ok(out)
 }
 
-/// Asks every storage server for its shares of the slot and verifies them.
+/// Asks every storage server for its shares of the slot and verifies them. Once `happy`
+/// servers have answered, the rest are waited for only up to [`hedge::stragglers_until`]
+/// (they count as unreachable, and as [silent](hedge::Silent) for a while), and servers
+/// already silent not at all.
 pub async fn map(node: &NodeHandle, cap: &SskCap) -> ServerMap {
     let si = cap.storage_index();
     let servers = node.storage_servers();
+    let happy = node.config().encoding.happy;
+    let asked_at = tokio::time::Instant::now();
     let mut asks: FuturesUnordered<_> = servers
         .iter()
         .map(|&s| async move {
@@ -179,7 +185,26 @@ pub async fn map(node: &NodeHandle, cap: &SskCap) -> ServerMap {
         })
         .collect();
     let mut m = ServerMap::default();
-    while let Some((s, r)) = asks.next().await {
+    let mut good: Vec<Duration> = Vec::new();
+    // Servers silent lately are asked but not waited for once `happy` others answered.
+    let silent = node.silent_servers();
+    let mut pending: BTreeSet<PeerId> = servers.iter().copied().collect();
+    loop {
+        if good.len() >= usize::from(happy) && pending.iter().all(|p| silent.contains(p)) {
+            break;
+        }
+        let next = match hedge::stragglers_until(&good, happy) {
+            None => asks.next().await,
+            Some(after) => tokio::select! {
+                a = asks.next() => a,
+                () = tokio::time::sleep_until(asked_at + after) => None,
+            },
+        };
+        let Some((s, r)) = next else { break };
+        pending.remove(&s);
+        if r.is_ok() {
+            good.push(asked_at.elapsed());
+        }
         match r {
             Ok(shares) => {
                 m.answered.push(s);
@@ -203,6 +228,16 @@ pub async fn map(node: &NodeHandle, cap: &SskCap) -> ServerMap {
                 }
             }
             Err(e) => m.unreachable.push((s, e)),
+        }
+    }
+    let waited = asked_at.elapsed().as_millis();
+    for s in servers {
+        if !m.answered.contains(&s) && !m.unreachable.iter().any(|(u, _)| *u == s) {
+            node.went_silent(s);
+            m.unreachable.push((
+                s,
+                format!("no answer within {waited} ms, when the others had answered"),
+            ));
         }
     }
     m
@@ -336,8 +371,10 @@ pub async fn write_shares(
         .iter()
         .map(|(p, shs)| (p.to_bytes(), shs.keys().copied().collect()))
         .collect();
-    let usable_b: Vec<Vec<u8>> = usable.iter().map(|p| p.to_bytes()).collect();
     let happy = params.happy.min(total);
+    // New copies go to servers heard from lately, while enough of them remain.
+    let usable = node.put_silent_aside(usable, usize::from(happy));
+    let usable_b: Vec<Vec<u8>> = usable.iter().map(|p| p.to_bytes()).collect();
     let plan = placement::plan(&si, &usable_b, &fixed, total, happy).map_err(|e| {
         SlotError::NotHappy(format!(
             "a mutable file needs shares on {happy} distinct servers; {e} ({} servers reachable)",
@@ -461,13 +498,26 @@ pub async fn write_shares(
             Err(WriteFail::Other(e)) => failures.push(format!("{a}: {e}")),
         }
     }
-    let mut rest: FuturesUnordered<_> = order
+    let mut waiting: BTreeSet<PeerId> = order
         .iter()
         .filter(|p| Some(**p) != arbiter)
-        .map(|&p| write_one(p))
+        .copied()
         .collect();
+    let mut rest: FuturesUnordered<_> = waiting.iter().map(|&p| write_one(p)).collect();
     let mut conflict: Option<u64> = None;
-    while let Some((p, r, written)) = rest.next().await {
+    // Once the version is happy, the rest are waited for only up to `stragglers_until`.
+    let asked_at = tokio::time::Instant::now();
+    let mut cutoff: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match cutoff {
+            None => rest.next().await,
+            Some(at) => tokio::select! {
+                r = rest.next() => r,
+                () = tokio::time::sleep_until(at) => None,
+            },
+        };
+        let Some((p, r, written)) = next else { break };
+        waiting.remove(&p);
         if !written.is_empty() {
             holdings.entry(p).or_default().extend(written);
         }
@@ -476,6 +526,14 @@ pub async fn write_shares(
             Err(WriteFail::Conflict(c)) => conflict = Some(conflict.unwrap_or(0).max(c)),
             Err(WriteFail::Other(e)) => failures.push(format!("{p}: {e}")),
         }
+        if cutoff.is_none() && placement::happiness(&holdings) >= usize::from(happy) {
+            // Ten times as long as it took to be happy, plus a second.
+            cutoff = hedge::stragglers_until(&[asked_at.elapsed()], 1).map(|d| asked_at + d);
+        }
+    }
+    drop(rest);
+    for p in waiting {
+        node.went_silent(p);
     }
     if let Some(current) = conflict {
         return Err(SlotError::Uncoordinated { current });
