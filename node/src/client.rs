@@ -82,8 +82,9 @@ pub struct PutResult {
     pub happiness: usize,
     /// Shares that servers already had (convergent dedupe).
     pub already_present: usize,
-    /// Servers whose listing had not come when shares were placed: the upload went on
-    /// without them (hung, or far slower than the others).
+    /// Servers whose listing (a small file: whose put) had not come when the upload stopped
+    /// waiting: it went on without them (hung, or far slower than the others), and a small
+    /// file's shares meant for them went to the others.
     pub unanswered: Vec<String>,
     /// Where the time went, in milliseconds.
     pub timings: Timings,
@@ -273,18 +274,25 @@ async fn answers_until(
     until: impl Fn(&[ListAnswer]) -> Option<Duration>,
 ) -> Vec<ListAnswer> {
     let mut answers = Vec::new();
-    loop {
-        let answer = match until(&answers) {
-            None => asks.next().await,
-            Some(after) => tokio::select! {
-                a = asks.next() => a,
-                () = tokio::time::sleep_until(start + after) => None,
-            },
-        };
-        let Some(answer) = answer else { break };
+    while let Some(answer) = next_before(asks, until(&answers).map(|after| start + after)).await {
         answers.push(answer);
     }
     answers
+}
+
+/// The next item of `s`, or `None` when `cutoff` (if any) comes first: how an operation
+/// stops waiting for stragglers.
+pub(crate) async fn next_before<S: futures::Stream + Unpin>(
+    s: &mut S,
+    cutoff: Option<tokio::time::Instant>,
+) -> Option<S::Item> {
+    match cutoff {
+        None => s.next().await,
+        Some(at) => tokio::select! {
+            r = s.next() => r,
+            () = tokio::time::sleep_until(at) => None,
+        },
+    }
 }
 
 /// An upload's listings: every server's answer that came before [`hedge::stragglers_until`]
@@ -1173,15 +1181,7 @@ async fn upload_small(
             })
             .collect();
         let mut all_placed = true;
-        loop {
-            let next = match cutoff {
-                None => puts.next().await,
-                Some(at) => tokio::select! {
-                    r = puts.next() => r,
-                    () = tokio::time::sleep_until(at) => None,
-                },
-            };
-            let Some((s, asked, r)) = next else { break };
+        while let Some((s, asked, r)) = next_before(&mut puts, cutoff).await {
             if let Some(n) = waiting.get_mut(&s) {
                 *n -= 1;
             }

@@ -21,8 +21,9 @@
 //! - **Silent servers**: a server that left a request unanswered that way, or whose request
 //!   failed, is [`Silent`] for [`SILENT_FOR`]: new uploads and mutable writes leave it out
 //!   while enough others remain ([`Silent::put_aside`]), so a friend's hung machine costs
-//!   the first operation that meets it about a second, not every operation after it. Any
-//!   answer from it ends that at once.
+//!   the first operation that meets it about a second, not every operation after it. An
+//!   answer to a request it is still asked (a download's or a check's listing, a read) ends
+//!   that at once; a late answer to a request given up on does not (it was not waited for).
 //!
 //! Pure: times are durations or instants measured by the caller.
 
@@ -58,9 +59,9 @@ pub fn stragglers_until(answered: &[Duration], happy: u8) -> Option<Duration> {
 pub const SILENT_FOR: Duration = Duration::from_secs(60);
 
 /// Servers that recently left a request unanswered (a straggler cut off, a request that
-/// failed or timed out), each with when it last did. An answer clears a server at once; the
-/// mark fades after [`SILENT_FOR`], so a server that came back without being asked anything
-/// is tried again by the next operation (which costs that operation at most its straggler
+/// failed or timed out), each with when it last did. An answer to a later request clears a
+/// server at once; the mark fades after [`SILENT_FOR`], so a server that came back without
+/// being asked anything is tried again by the next operation (which costs that operation at most its straggler
 /// wait if it is still hung).
 #[derive(Clone, Debug)]
 pub struct Silent<K> {

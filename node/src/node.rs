@@ -649,7 +649,7 @@ pub struct PeerStatus {
     pub static_peer: bool,
     /// It left a storage request unanswered lately (failed, or still silent when the others
     /// had answered): new uploads and mutable writes leave it out while enough others remain,
-    /// until it answers or [`crate::hedge::SILENT_FOR`] passes.
+    /// until it answers a request or [`crate::hedge::SILENT_FOR`] passes.
     pub silent: bool,
 }
 
@@ -864,7 +864,8 @@ impl NodeHandle {
     }
 
     /// Sends a storage request to `server` (answered locally when it is this node). A failed
-    /// request marks the server [silent](crate::hedge::Silent), any answer clears the mark.
+    /// request marks the server [silent](crate::hedge::Silent), an answer clears the mark (a
+    /// request whose caller stopped waiting for it counts as neither).
     pub async fn rpc(&self, server: PeerId, req: Request) -> Result<Response, RpcError> {
         if server == self.inner.peer_id {
             Ok(self

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, stream::FuturesUnordered};
+use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     caps::SskCap,
-    client::BadShare,
+    client::{BadShare, next_before},
     hedge,
     mutable::{self, MutableError, MutableShare, Version},
     node::NodeHandle,
@@ -193,14 +193,10 @@ pub async fn map(node: &NodeHandle, cap: &SskCap) -> ServerMap {
         if good.len() >= usize::from(happy) && pending.iter().all(|p| silent.contains(p)) {
             break;
         }
-        let next = match hedge::stragglers_until(&good, happy) {
-            None => asks.next().await,
-            Some(after) => tokio::select! {
-                a = asks.next() => a,
-                () = tokio::time::sleep_until(asked_at + after) => None,
-            },
+        let cutoff = hedge::stragglers_until(&good, happy).map(|after| asked_at + after);
+        let Some((s, r)) = next_before(&mut asks, cutoff).await else {
+            break;
         };
-        let Some((s, r)) = next else { break };
         pending.remove(&s);
         if r.is_ok() {
             good.push(asked_at.elapsed());
@@ -508,15 +504,7 @@ pub async fn write_shares(
     // Once the version is happy, the rest are waited for only up to `stragglers_until`.
     let asked_at = tokio::time::Instant::now();
     let mut cutoff: Option<tokio::time::Instant> = None;
-    loop {
-        let next = match cutoff {
-            None => rest.next().await,
-            Some(at) => tokio::select! {
-                r = rest.next() => r,
-                () = tokio::time::sleep_until(at) => None,
-            },
-        };
-        let Some((p, r, written)) = next else { break };
+    while let Some((p, r, written)) = next_before(&mut rest, cutoff).await {
         waiting.remove(&p);
         if !written.is_empty() {
             holdings.entry(p).or_default().extend(written);

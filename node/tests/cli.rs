@@ -945,6 +945,21 @@ fn a_hung_server_holds_no_download_up_and_uploads_and_directory_writes_go_on_wit
     ok(a, &["alias", "add", "home", &home]);
     let ben_shares = share_files(&dirs[1]).len();
     signal(&daemons[1], Signal::STOP);
+    // The first small file to meet him: all five shares placed, on the four others.
+    let lone = tmp.path().join("lone");
+    std::fs::write(&lone, vec![0xab; 4096]).unwrap();
+    let out = ok(a, &["put", lone.to_str().unwrap(), "--json"]);
+    // The result, then the cap as the last line.
+    let put: serde_json::Value = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(put["unanswered"], serde_json::json!([ids[1]]), "{put}");
+    let placement = put["placement"].as_object().unwrap();
+    assert_eq!(placement.len(), 5, "{put}");
+    assert!(placement.values().all(|s| s != ids[1].as_str()), "{put}");
+    assert_eq!(put["happiness"], 4, "{put}");
     let started = Instant::now();
     let copied = kith(a, &["cp", "-r", small.to_str().unwrap(), "home:small"]);
     let took = started.elapsed();
