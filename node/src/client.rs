@@ -1214,9 +1214,7 @@ async fn upload_small(
                 }
             }
             if cutoff.is_none() && placement::happiness(&held) >= usize::from(params.happy) {
-                // Ten times as long as it took to be happy, plus a second.
-                let after = hedge::stragglers_until(&[asked_at.elapsed()], 1);
-                cutoff = after.map(|d| asked_at + d);
+                cutoff = Some(asked_at + hedge::stragglers_after(asked_at.elapsed()));
             }
         }
         drop(puts);
@@ -1594,29 +1592,29 @@ impl<'a> Sources<'a> {
             hedge::start_after(&holding, needed)
         })
         .await;
-        let mut unanswered: BTreeMap<PeerId, Option<String>> =
-            servers.iter().map(|s| (*s, None)).collect();
-        for (s, r, _) in &answers {
-            match r {
-                Ok(_) => unanswered.remove(s),
-                Err(e) => unanswered.insert(*s, Some(e.clone())),
-            };
-        }
-        let listed: Vec<(PeerId, Vec<u8>, Duration)> = answers
-            .into_iter()
-            .filter_map(|(s, r, t)| Some((s, r.ok()?, t)))
-            .collect();
-        Sources {
+        let mut src = Sources {
             active: Vec::new(),
             spare: None,
             want_spare: false,
-            candidates: order_candidates(&listed, needed, Some(node.peer_id())),
+            candidates: VecDeque::new(),
             late: asks,
             bad: Vec::new(),
             slow: Vec::new(),
-            unanswered,
+            unanswered: servers.iter().map(|s| (*s, None)).collect(),
             servers_asked: servers.len(),
+        };
+        let mut listed: Vec<(PeerId, Vec<u8>, Duration)> = Vec::new();
+        for (s, r, t) in answers {
+            match r {
+                Ok(shares) => {
+                    src.listed(s, None);
+                    listed.push((s, shares, t));
+                }
+                Err(e) => src.listed(s, Some(e)),
+            }
         }
+        src.candidates = order_candidates(&listed, needed, Some(node.peer_id()));
+        src
     }
 
     fn report(&mut self, server: PeerId, shnum: u8, problem: String) {

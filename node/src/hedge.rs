@@ -52,7 +52,14 @@ pub const STRAGGLER_SLACK: Duration = Duration::from_secs(1);
 /// operation a request's timeout.
 pub fn stragglers_until(answered: &[Duration], happy: u8) -> Option<Duration> {
     let t = *answered.get(usize::from(happy).max(1) - 1)?;
-    Some(t * STRAGGLER_FACTOR + STRAGGLER_SLACK)
+    Some(stragglers_after(t))
+}
+
+/// How long after asking an operation that became happy `t` after asking waits for the
+/// rest: ten times as long, plus a second (where "happy" is the placement's happiness, not a
+/// count of answers: a small file's puts, a mutable version's writes).
+pub fn stragglers_after(t: Duration) -> Duration {
+    t * STRAGGLER_FACTOR + STRAGGLER_SLACK
 }
 
 /// How long a server stays [`Silent`] after it last left a request unanswered.
@@ -61,8 +68,8 @@ pub const SILENT_FOR: Duration = Duration::from_secs(60);
 /// Servers that recently left a request unanswered (a straggler cut off, a request that
 /// failed or timed out), each with when it last did. An answer to a later request clears a
 /// server at once; the mark fades after [`SILENT_FOR`], so a server that came back without
-/// being asked anything is tried again by the next operation (which costs that operation at most its straggler
-/// wait if it is still hung).
+/// being asked anything is tried again by the next operation (which costs that operation at
+/// most its straggler wait if it is still hung).
 #[derive(Clone, Debug)]
 pub struct Silent<K> {
     since: BTreeMap<K, Instant>,
@@ -77,8 +84,10 @@ impl<K> Default for Silent<K> {
 }
 
 impl<K: Ord + Clone> Silent<K> {
-    /// `server` left a request unanswered at `now`.
+    /// `server` left a request unanswered at `now` (marks that faded are forgotten).
     pub fn went_silent(&mut self, server: K, now: Instant) {
+        self.since
+            .retain(|_, t| now.saturating_duration_since(*t) < SILENT_FOR);
         self.since.insert(server, now);
     }
 
@@ -94,15 +103,13 @@ impl<K: Ord + Clone> Silent<K> {
             .is_some_and(|t| now.saturating_duration_since(*t) < SILENT_FOR)
     }
 
-    /// The servers silent at `now`, oldest mark first.
+    /// The servers silent at `now`.
     pub fn silent(&self, now: Instant) -> Vec<K> {
-        let mut v: Vec<(&K, &Instant)> = self
-            .since
-            .iter()
-            .filter(|(k, _)| self.is_silent(k, now))
-            .collect();
-        v.sort_by_key(|(_, t)| **t);
-        v.into_iter().map(|(k, _)| k.clone()).collect()
+        self.since
+            .keys()
+            .filter(|k| self.is_silent(k, now))
+            .cloned()
+            .collect()
     }
 
     /// `servers` without the silent ones, when at least `keep` remain; otherwise all of them
@@ -115,12 +122,6 @@ impl<K: Ord + Clone> Silent<K> {
             .cloned()
             .collect();
         if heard.len() >= keep { heard } else { servers }
-    }
-
-    /// Forgets marks older than [`SILENT_FOR`] (keeps the map as small as the silent set).
-    pub fn prune(&mut self, now: Instant) {
-        self.since
-            .retain(|_, t| now.saturating_duration_since(*t) < SILENT_FOR);
     }
 }
 
@@ -280,8 +281,9 @@ mod tests {
         // A new failure renews the mark.
         s.went_silent('b', t0 + ms(50_000));
         assert!(s.is_silent(&'b', t0 + ms(100_000)));
-        s.prune(t0 + ms(200_000));
-        assert!(s.silent(t0).is_empty());
+        // Faded marks are forgotten when a new one is made.
+        s.went_silent('c', t0 + ms(200_000));
+        assert_eq!(s.since.keys().copied().collect::<Vec<_>>(), vec!['c']);
     }
 
     proptest! {

@@ -892,14 +892,11 @@ impl NodeHandle {
     /// uploads and mutable writes leave it out for a while ([`crate::hedge::SILENT_FOR`]).
     pub fn went_silent(&self, server: PeerId) {
         if server != self.inner.peer_id {
-            let now = std::time::Instant::now();
-            let mut s = self.silent();
-            s.prune(now);
-            s.went_silent(server, now);
+            self.silent().went_silent(server, std::time::Instant::now());
         }
     }
 
-    /// Servers that left a request unanswered lately, oldest first.
+    /// Servers that left a request unanswered lately.
     pub fn silent_servers(&self) -> Vec<PeerId> {
         self.silent().silent(std::time::Instant::now())
     }

@@ -515,8 +515,7 @@ pub async fn write_shares(
             Err(WriteFail::Other(e)) => failures.push(format!("{p}: {e}")),
         }
         if cutoff.is_none() && placement::happiness(&holdings) >= usize::from(happy) {
-            // Ten times as long as it took to be happy, plus a second.
-            cutoff = hedge::stragglers_until(&[asked_at.elapsed()], 1).map(|d| asked_at + d);
+            cutoff = Some(asked_at + hedge::stragglers_after(asked_at.elapsed()));
         }
     }
     drop(rest);
