@@ -229,7 +229,11 @@ pub async fn map(node: &NodeHandle, cap: &SskCap) -> ServerMap {
     let waited = asked_at.elapsed().as_millis();
     for s in servers {
         if !m.answered.contains(&s) && !m.unreachable.iter().any(|(u, _)| *u == s) {
-            node.went_silent(s);
+            // Only a server waited for gets a new mark: renewing the mark of one not waited
+            // for would keep it silent as long as maps come, even after it came back.
+            if !silent.contains(&s) {
+                node.went_silent(s);
+            }
             m.unreachable.push((
                 s,
                 format!("no answer within {waited} ms, when the others had answered"),
