@@ -859,7 +859,7 @@ async fn regenerate_and_write(
     for &s in to_write.values() {
         writers
             .entry(s)
-            .or_insert_with(|| Writer::spawn(node.clone(), s, si));
+            .or_insert_with(|| Writer::spawn(node.clone(), s, si, None));
     }
     let k = usize::from(ueb.needed);
     while let Some(seg) = regen.next_segment() {

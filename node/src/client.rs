@@ -54,6 +54,8 @@ const WRITE_QUEUE: usize = 2;
 const WRITES_IN_FLIGHT: usize = 2;
 /// Segments fetched ahead while downloading.
 const FETCH_DEPTH: usize = 4;
+/// How often an upload waiting for room in a server's queue looks for laggards.
+const LAG_CHECK: Duration = Duration::from_millis(250);
 /// How long to wait for a server to answer a listing.
 const LIST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -86,6 +88,10 @@ pub struct PutResult {
     /// waiting: it went on without them (hung, or far slower than the others), and a small
     /// file's shares meant for them went to the others.
     pub unanswered: Vec<String>,
+    /// Servers far slower than the others ([`hedge::Pace::laggards`]) whose shares the upload
+    /// left behind to go on at the others' pace: the file is short of those shares (still
+    /// happy) until a repair (`kith check --repair`, the automatic repairer) places them.
+    pub left_behind: Vec<String>,
     /// Where the time went, in milliseconds.
     pub timings: Timings,
 }
@@ -639,6 +645,7 @@ pub async fn upload_from(
             happiness: 0,
             already_present: 0,
             unanswered: Vec::new(),
+            left_behind: Vec::new(),
             timings,
         });
     }
@@ -823,12 +830,22 @@ pub async fn upload_from(
     lap(&mut timings.placement_ms);
     // 3. Stream: read, encode (in parallel), write.
     let encoder = Arc::new(encoder);
+    let pace: SharedPace = Arc::new(std::sync::Mutex::new(hedge::Pace::new(
+        to_write.values().copied().collect::<BTreeSet<_>>(),
+    )));
     let mut writers: BTreeMap<PeerId, Writer> = BTreeMap::new();
     for &s in to_write.values() {
         writers
             .entry(s)
-            .or_insert_with(|| Writer::spawn(node.clone(), s, si));
+            .or_insert_with(|| Writer::spawn(node.clone(), s, si, Some(pace.clone())));
     }
+    // The servers of happiness that are not written to (they held their shares already):
+    // the others the upload cannot do without are the reference for laggards.
+    let keep = usize::from(params.happy)
+        .saturating_sub(held.keys().filter(|s| !writers.contains_key(s)).count())
+        .max(1);
+    let mut left: BTreeMap<u8, PeerId> = BTreeMap::new();
+    let mut last_check = std::time::Instant::now();
     let file = match source {
         Source::File(path) => SegmentSource::File(Arc::new(
             tokio::fs::File::open(path).await?.into_std().await,
@@ -856,14 +873,52 @@ pub async fn upload_from(
             let mut seg = seg.map_err(|e| UploadError::Encode(e.to_string()))??;
             hashes.push(seg.hashes());
             let offset = encoder.block_offset(seg.index);
-            for (&sh, s) in &to_write {
-                let Some(w) = writers.get(s) else { continue };
+            let targets: Vec<(u8, PeerId)> = to_write.iter().map(|(&sh, &s)| (sh, s)).collect();
+            for (sh, s) in targets {
+                // A server left behind while this segment was being sent gets no more.
+                let Some(tx) = writers.get(&s).map(|w| w.tx.clone()) else {
+                    continue;
+                };
                 let Some(block) = seg.blocks.get_mut(usize::from(sh)) else {
                     continue;
                 };
-                let block = std::mem::take(block);
+                let item = (sh, offset, std::mem::take(block));
                 // A failed writer has dropped its queue; its shares are counted as lost below.
-                let _ = w.tx.send((sh, offset, block)).await;
+                let mut since = std::time::Instant::now();
+                let mut item = Some(item);
+                while let Some(it) = item.take() {
+                    let waited = tokio::time::timeout(LAG_CHECK, tx.reserve()).await;
+                    let now = std::time::Instant::now();
+                    pace_of(&pace).waited(&s, now - since);
+                    since = now;
+                    match waited {
+                        Ok(Ok(permit)) => permit.send(it),
+                        Ok(Err(_closed)) => {}
+                        Err(_still_full) => item = Some(it),
+                    }
+                    if now.duration_since(last_check) >= LAG_CHECK {
+                        last_check = now;
+                        let laggards = pace_of(&pace).laggards(keep, now);
+                        for l in laggards {
+                            leave_behind(
+                                node,
+                                si,
+                                l,
+                                params.happy,
+                                &held,
+                                &mut to_write,
+                                &mut writers,
+                                &mut left,
+                                &pace,
+                            );
+                        }
+                        if !writers.contains_key(&s)
+                            && let Some(it) = item.take()
+                        {
+                            crate::protocol::recycle_bulk(it.2);
+                        }
+                    }
+                }
             }
             // Blocks of shares already held elsewhere: their buffers serve the next segment.
             for block in seg.blocks.drain(..) {
@@ -960,11 +1015,68 @@ pub async fn upload_from(
         happiness,
         already_present: held_shares.len(),
         unanswered: unanswered.iter().map(ToString::to_string).collect(),
+        left_behind: left
+            .values()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(ToString::to_string)
+            .collect(),
         timings: {
             lap(&mut timings.close_ms);
             timings
         },
     })
+}
+
+/// Leaves laggard `server` behind (its writer stopped, its shares dropped, the server asked
+/// to abort them in the background) when the shares held and still being written keep the
+/// upload happy without it; a server that has not answered a write for [`hedge::LAG_FLOOR`]
+/// is also marked silent.
+#[allow(clippy::too_many_arguments)]
+fn leave_behind(
+    node: &NodeHandle,
+    si: [u8; 16],
+    server: PeerId,
+    happy: u8,
+    held: &BTreeMap<PeerId, BTreeSet<u8>>,
+    to_write: &mut BTreeMap<u8, PeerId>,
+    writers: &mut BTreeMap<PeerId, Writer>,
+    left: &mut BTreeMap<u8, PeerId>,
+    pace: &SharedPace,
+) {
+    let mut without = held.clone();
+    for (&sh, &s) in to_write.iter().filter(|(_, s)| **s != server) {
+        without.entry(s).or_default().insert(sh);
+    }
+    if placement::happiness(&without) < usize::from(happy) {
+        return;
+    }
+    let stalled = {
+        let mut p = pace_of(pace);
+        let stalled = p.stalled(&server, std::time::Instant::now());
+        p.remove(&server);
+        stalled
+    };
+    if stalled >= hedge::LAG_FLOOR {
+        node.went_silent(server);
+    }
+    if let Some(w) = writers.remove(&server) {
+        w.task.abort();
+    }
+    let dropped: BTreeMap<u8, PeerId> = to_write
+        .iter()
+        .filter(|(_, s)| **s == server)
+        .map(|(&sh, &s)| (sh, s))
+        .collect();
+    to_write.retain(|_, s| *s != server);
+    tracing::info!(
+        %server,
+        shares = ?dropped.keys().collect::<Vec<_>>(),
+        "a server far slower than the others is left behind; the upload goes on without its shares"
+    );
+    left.extend(dropped.iter().map(|(&sh, &s)| (sh, s)));
+    let node = node.clone();
+    tokio::spawn(async move { abort_all(&node, si, &dropped).await });
 }
 
 /// Files up to this size are encoded whole in memory and placed with one [`Request::Put`] per
@@ -1250,6 +1362,7 @@ async fn upload_small(
         happiness,
         already_present,
         unanswered: unanswered.iter().map(ToString::to_string).collect(),
+        left_behind: Vec::new(),
         timings,
     })
 }
@@ -1268,8 +1381,22 @@ pub(crate) struct Writer {
     pub(crate) task: tokio::task::JoinHandle<Result<(), String>>,
 }
 
+/// An upload's [`hedge::Pace`], shared by its writers (who time their writes) and the loop
+/// that feeds them (which times its waits).
+pub(crate) type SharedPace = Arc<std::sync::Mutex<hedge::Pace<PeerId>>>;
+
+fn pace_of(p: &SharedPace) -> std::sync::MutexGuard<'_, hedge::Pace<PeerId>> {
+    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Writer {
-    pub(crate) fn spawn(node: NodeHandle, server: PeerId, si: [u8; 16]) -> Writer {
+    /// A writer to `server`; with `pace`, each write's start and answer are noted there.
+    pub(crate) fn spawn(
+        node: NodeHandle,
+        server: PeerId,
+        si: [u8; 16],
+        pace: Option<SharedPace>,
+    ) -> Writer {
         let (tx, mut rx) = mpsc::channel::<(u8, u64, Vec<u8>)>(WRITE_QUEUE);
         let task = tokio::spawn(async move {
             let mut inflight = FuturesUnordered::new();
@@ -1279,8 +1406,15 @@ impl Writer {
                     item = rx.recv(), if open && inflight.len() < WRITES_IN_FLIGHT => match item {
                         Some((shnum, offset, data)) => {
                             let node = node.clone();
+                            let pace = pace.clone();
+                            if let Some(p) = &pace {
+                                pace_of(p).sent(&server, std::time::Instant::now());
+                            }
                             inflight.push(async move {
                                 let r = node.rpc(server, Request::Write { si, shnum, offset, data: BulkBuf::from(data) }).await;
+                                if let Some(p) = &pace {
+                                    pace_of(p).answered(&server, std::time::Instant::now());
+                                }
                                 rpc_error(r).map(|_| ()).map_err(|e| format!("writing share {shnum}: {e}"))
                             });
                         }

@@ -25,6 +25,16 @@
 //!   answer to a request it is still asked (a download's or a check's listing, a read) ends
 //!   that at once; a late answer to a request given up on does not (it was not waited for).
 //!
+//! - **Laggards**: a large upload sends every segment's blocks to every server with a share,
+//!   a few blocks queued per server, so the slowest server sets the pace of all of them. A
+//!   server that has held the upload back for [`LAG_FLOOR`] in all and takes at least
+//!   [`LAG_FACTOR`] times as long per block as the others needed for happiness (or has left a
+//!   block unanswered that long) is a laggard ([`Pace::laggards`]): the upload leaves its
+//!   shares behind when the rest still reach `happy`, and the file is placed at the pace of
+//!   the others, one share short per laggard until a repair places it. A friend on a slow home
+//!   link or behind Tor no longer sets every large upload's speed; a server that hangs
+//!   mid-upload costs about two seconds instead of a write's timeout.
+//!
 //! Pure: times are durations or instants measured by the caller.
 
 use std::{
@@ -184,6 +194,139 @@ impl BlockTimes {
     }
 }
 
+/// An upload leaves a server behind only once it has waited on it this long in all...
+pub const LAG_FLOOR: Duration = Duration::from_secs(2);
+/// ... and that server takes this many times as long per block as the reference server (or
+/// has left a block unanswered that long, and at least [`LAG_FLOOR`]).
+pub const LAG_FACTOR: u32 = 4;
+
+/// One server's writes in an upload.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lane {
+    in_flight: u32,
+    /// Since when it has had a write in flight without a break.
+    busy_since: Option<Instant>,
+    /// Time with a write in flight, stretches that ended.
+    busy: Duration,
+    /// Writes answered.
+    done: u64,
+    /// When it last answered.
+    last_answer: Option<Instant>,
+    /// How long the upload waited for room in its queue.
+    waited: Duration,
+}
+
+impl Lane {
+    fn busy_until(&self, now: Instant) -> Duration {
+        self.busy
+            + self
+                .busy_since
+                .map_or(Duration::ZERO, |b| now.saturating_duration_since(b))
+    }
+
+    /// Time per answered write while it had writes in flight (a server the upload keeps busy
+    /// overlaps two writes, so this is its throughput, not its latency).
+    fn per_block(&self, now: Instant) -> Duration {
+        self.busy_until(now) / u32::try_from(self.done.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// How long its oldest unanswered write has gone without any answer.
+    fn stalled(&self, now: Instant) -> Duration {
+        let Some(since) = self.busy_since else {
+            return Duration::ZERO;
+        };
+        let from = self.last_answer.map_or(since, |a| a.max(since));
+        now.saturating_duration_since(from)
+    }
+}
+
+/// How fast each server of an upload takes its blocks; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Pace<K> {
+    lanes: BTreeMap<K, Lane>,
+}
+
+impl<K: Ord + Clone> Pace<K> {
+    /// An upload writing to `servers`.
+    pub fn new(servers: impl IntoIterator<Item = K>) -> Self {
+        Pace {
+            lanes: servers.into_iter().map(|k| (k, Lane::default())).collect(),
+        }
+    }
+
+    /// A write went to `server` at `now`.
+    pub fn sent(&mut self, server: &K, now: Instant) {
+        if let Some(l) = self.lanes.get_mut(server) {
+            if l.in_flight == 0 {
+                l.busy_since = Some(now);
+            }
+            l.in_flight += 1;
+        }
+    }
+
+    /// `server` answered a write at `now` (success or error alike: it answered).
+    pub fn answered(&mut self, server: &K, now: Instant) {
+        if let Some(l) = self.lanes.get_mut(server) {
+            l.done += 1;
+            l.last_answer = Some(now);
+            l.in_flight = l.in_flight.saturating_sub(1);
+            if l.in_flight == 0
+                && let Some(b) = l.busy_since.take()
+            {
+                l.busy += now.saturating_duration_since(b);
+            }
+        }
+    }
+
+    /// The upload waited `d` for room in `server`'s queue.
+    pub fn waited(&mut self, server: &K, d: Duration) {
+        if let Some(l) = self.lanes.get_mut(server) {
+            l.waited += d;
+        }
+    }
+
+    /// The upload stopped writing to `server`.
+    pub fn remove(&mut self, server: &K) {
+        self.lanes.remove(server);
+    }
+
+    /// How long `server`'s oldest unanswered write has gone without any answer from it.
+    pub fn stalled(&self, server: &K, now: Instant) -> Duration {
+        self.lanes
+            .get(server)
+            .map_or(Duration::ZERO, |l| l.stalled(now))
+    }
+
+    /// The servers the upload would go at least [`LAG_FACTOR`] times faster without, slowest
+    /// first: waited on for [`LAG_FLOOR`] in all, and slower per block (or stalled longer)
+    /// than `LAG_FACTOR` times the `keep`-th fastest server. The caller leaves them behind
+    /// while the others still make the upload happy. None while the reference server has
+    /// answered nothing (no measure yet), or when there are no more than `keep` servers.
+    pub fn laggards(&self, keep: usize, now: Instant) -> Vec<K> {
+        let mut speeds: Vec<(Duration, &K, &Lane)> = self
+            .lanes
+            .iter()
+            .map(|(k, l)| (l.per_block(now).max(l.stalled(now)), k, l))
+            .collect();
+        speeds.sort_by_key(|&(t, _, _)| t);
+        let keep = keep.max(1);
+        let Some(&(reference, _, ref_lane)) = speeds.get(keep - 1) else {
+            return Vec::new();
+        };
+        if speeds.len() <= keep || ref_lane.done == 0 {
+            return Vec::new();
+        }
+        let bar = reference * LAG_FACTOR;
+        speeds[keep..]
+            .iter()
+            .rev()
+            .filter(|(_, _, l)| l.waited >= LAG_FLOOR)
+            .filter(|(_, _, l)| l.per_block(now) >= bar || l.stalled(now) >= bar.max(LAG_FLOOR))
+            .map(|(_, k, _)| (*k).clone())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +429,100 @@ mod tests {
         assert_eq!(s.since.keys().copied().collect::<Vec<_>>(), vec!['c']);
     }
 
+    /// Drives a `Pace`: every `every` ms each listed server answers its write and gets the
+    /// next, the upload waiting `waits` ms on `slow` each time.
+    fn drive(
+        p: &mut Pace<char>,
+        t0: Instant,
+        from_ms: u64,
+        to_ms: u64,
+        lanes: &[(char, u64)],
+        slow: char,
+    ) {
+        for t in from_ms..to_ms {
+            for &(k, every) in lanes {
+                if t % every == 0 {
+                    p.answered(&k, t0 + ms(t));
+                    p.sent(&k, t0 + ms(t));
+                }
+            }
+            p.waited(&slow, ms(1));
+        }
+    }
+
+    #[test]
+    fn a_server_far_slower_than_the_others_needed_is_a_laggard_once_it_held_the_upload_long_enough()
+    {
+        let t0 = Instant::now();
+        let servers = ['a', 'b', 'c', 'd', 'e'];
+        let mut p = Pace::new(servers);
+        for k in servers {
+            p.sent(&k, t0);
+        }
+        let lanes = [('a', 10), ('b', 10), ('c', 12), ('d', 10), ('e', 100)];
+        drive(&mut p, t0, 1, 1_900, &lanes, 'e');
+        // Ten times slower, but the upload has waited on it less than LAG_FLOOR.
+        assert_eq!(p.laggards(3, t0 + ms(1_900)), Vec::<char>::new());
+        drive(&mut p, t0, 1_900, 2_500, &lanes, 'e');
+        assert_eq!(p.laggards(3, t0 + ms(2_500)), vec!['e']);
+        // Nobody is left behind when every server is needed.
+        assert_eq!(p.laggards(5, t0 + ms(2_500)), Vec::<char>::new());
+        p.remove(&'e');
+        assert_eq!(p.laggards(3, t0 + ms(2_500)), Vec::<char>::new());
+    }
+
+    #[test]
+    fn servers_all_slow_alike_or_a_little_slower_or_briefly_stalled_are_not_laggards() {
+        let t0 = Instant::now();
+        let servers = ['a', 'b', 'c', 'd', 'e'];
+        // The uploader's own link is the bottleneck: everyone is slow alike.
+        let mut p = Pace::new(servers);
+        for k in servers {
+            p.sent(&k, t0);
+        }
+        let alike = [('a', 90), ('b', 100), ('c', 110), ('d', 100), ('e', 120)];
+        drive(&mut p, t0, 1, 10_000, &alike, 'e');
+        assert_eq!(p.laggards(3, t0 + ms(10_000)), Vec::<char>::new());
+        // Three times slower: not enough to give up a share for.
+        let mut p = Pace::new(servers);
+        for k in servers {
+            p.sent(&k, t0);
+        }
+        let lanes = [('a', 10), ('b', 10), ('c', 10), ('d', 10), ('e', 30)];
+        drive(&mut p, t0, 1, 10_000, &lanes, 'e');
+        assert_eq!(p.laggards(3, t0 + ms(10_000)), Vec::<char>::new());
+        // A second's stall after that: its mean and its stall both stay under the bars.
+        drive(&mut p, t0, 10_000, 11_000, &lanes[..4], 'e');
+        assert_eq!(p.stalled(&'e', t0 + ms(11_000)), ms(1_010));
+        assert_eq!(p.laggards(3, t0 + ms(11_000)), Vec::<char>::new());
+    }
+
+    #[test]
+    fn a_server_that_stops_answering_mid_upload_is_a_laggard_after_the_floor() {
+        let t0 = Instant::now();
+        let servers = ['a', 'b', 'c', 'd', 'e'];
+        let mut p = Pace::new(servers);
+        for k in servers {
+            p.sent(&k, t0);
+            p.sent(&k, t0);
+        }
+        let all = [('a', 10), ('b', 10), ('c', 10), ('d', 10), ('e', 10)];
+        drive(&mut p, t0, 1, 20_000, &all, 'a');
+        // 'e' hangs: two writes in flight, never answered; the upload waits on it.
+        drive(&mut p, t0, 20_000, 21_900, &all[..4], 'e');
+        assert!(p.laggards(4, t0 + ms(21_900)).is_empty());
+        drive(&mut p, t0, 21_900, 22_100, &all[..4], 'e');
+        assert_eq!(p.stalled(&'e', t0 + ms(22_100)), ms(2_110));
+        assert_eq!(p.laggards(4, t0 + ms(22_100)), vec!['e']);
+        // Before any server answered there is no reference.
+        let mut p = Pace::new(servers);
+        for k in servers {
+            p.sent(&k, t0);
+            p.waited(&k, ms(5_000));
+        }
+        assert!(p.laggards(1, t0 + ms(5_000)).is_empty());
+    }
+
     proptest! {
         #![proptest_config(crate::prop::cases(256))]
 
@@ -333,6 +570,46 @@ mod tests {
             let max = ms(*took.iter().max().unwrap_or(&0));
             prop_assert!(t.hedge_after() >= HEDGE_FLOOR);
             prop_assert!(t.hedge_after() <= (max * HEDGE_FACTOR).max(HEDGE_FLOOR));
+        }
+
+        /// Whatever the timings, at most all but `keep` servers are laggards, each one the
+        /// upload waited on for the floor, and `keep` servers kept are no slower than it.
+        #[test]
+        fn laggards_leave_keep_servers_and_are_all_slower_than_every_server_kept(
+            events in proptest::collection::vec((0u8..6, 0u8..3, 1u64..400), 0..300),
+            keep in 0usize..7,
+        ) {
+            let t0 = Instant::now();
+            let mut p: Pace<u8> = Pace::new(0u8..6);
+            let mut now = t0;
+            let mut in_flight = [0u32; 6];
+            for (k, what, dt) in events {
+                now += ms(dt);
+                match what {
+                    0 => {
+                        p.sent(&k, now);
+                        in_flight[usize::from(k)] += 1;
+                    }
+                    1 if in_flight[usize::from(k)] > 0 => {
+                        p.answered(&k, now);
+                        in_flight[usize::from(k)] -= 1;
+                    }
+                    _ => p.waited(&k, ms(dt * 10)),
+                }
+            }
+            let lag = p.laggards(keep, now);
+            prop_assert!(lag.len() <= 6usize.saturating_sub(keep.max(1)));
+            let speed = |k: &u8| {
+                let l = &p.lanes[k];
+                l.per_block(now).max(l.stalled(now))
+            };
+            for k in &lag {
+                prop_assert!(p.lanes[k].waited >= LAG_FLOOR);
+                let no_slower = (0u8..6)
+                    .filter(|o| !lag.contains(o) && speed(o) <= speed(k))
+                    .count();
+                prop_assert!(no_slower >= keep.max(1));
+            }
         }
 
         /// Putting silent servers aside keeps the order, never drops a server heard from,

@@ -913,6 +913,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
+            for s in v["left_behind"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "kith: note: server {} was far slower than the others; the upload went on \
+                     without its shares (`kith check --repair` places them)",
+                    s.as_str().unwrap_or_default()
+                );
+            }
             println!(
                 "{}",
                 v["cap"]

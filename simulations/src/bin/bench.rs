@@ -349,6 +349,14 @@ async fn measure_upload(
     let peak_rss_kib = sampler.await?;
     let cpu = cpu_since(&pids, &cpu_before);
     let v = answer?;
+    // Every server here is alike: one left behind as a laggard would mean fewer shares sent
+    // than the figures claim (or a node hung during the run).
+    if v["left_behind"].as_array().is_some_and(|l| !l.is_empty()) {
+        eprintln!(
+            "bench: warning: the upload left {} behind; this run placed fewer shares",
+            v["left_behind"]
+        );
+    }
     let upload = Upload {
         up,
         peak_rss_kib,
