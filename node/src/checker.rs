@@ -357,7 +357,7 @@ pub async fn check(
     let mut unreachable = Vec::new();
     let mut listed: Vec<(PeerId, u8)> = Vec::new();
     let mut corrupt: Vec<(PeerId, CorruptShare)> = Vec::new();
-    for (s, r) in client::list_shares(node, si, &servers).await {
+    for (s, r) in client::list_for_check(node, si, &servers).await {
         match r {
             Ok(shares) => {
                 usable.push(s);

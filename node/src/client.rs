@@ -58,6 +58,8 @@ const FETCH_DEPTH: usize = 4;
 const LAG_CHECK: Duration = Duration::from_millis(250);
 /// How long to wait for a server to answer a listing.
 const LIST_TIMEOUT: Duration = Duration::from_secs(15);
+/// What a listing that ran out of [`LIST_TIMEOUT`] answers.
+const LIST_TIMED_OUT: &str = "timed out";
 
 /// Per-upload options.
 #[derive(Clone, Debug)]
@@ -228,15 +230,43 @@ pub(crate) fn rpc_error(resp: Result<Response, crate::net::RpcError>) -> Result<
     }
 }
 
-pub(crate) async fn list_shares(
+/// A check's listings: every server's answer, each waited for up to [`LIST_TIMEOUT`], except
+/// that servers [silent](hedge::Silent) lately are asked but not waited for once the others
+/// answered (only about as long as those took, [`hedge::about_as_fast`]): one friend's hung
+/// machine costs the first check that meets it the listing's timeout, not every check of a
+/// repairer's pass. A listing that times out marks its server silent; the silent ones still
+/// out count as unreachable, as a timed-out one always did.
+pub(crate) async fn list_for_check(
     node: &NodeHandle,
     si: [u8; 16],
     servers: &[PeerId],
 ) -> Vec<(PeerId, Result<Vec<u8>, String>)> {
-    ask_listings(node, si, servers)
-        .map(|(s, r, _)| (s, r))
-        .collect()
-        .await
+    let silent = node.silent_servers();
+    let start = tokio::time::Instant::now();
+    let mut asks = ask_listings(node, si, servers);
+    let mut pending: BTreeSet<PeerId> = servers.iter().copied().collect();
+    let mut out = Vec::new();
+    let mut cutoff = None;
+    while !pending.is_empty() {
+        if cutoff.is_none() && pending.iter().all(|p| silent.contains(p)) {
+            cutoff = Some(start + hedge::about_as_fast(start.elapsed()));
+        }
+        let Some((s, r, _)) = next_before(&mut asks, cutoff).await else {
+            break;
+        };
+        pending.remove(&s);
+        if matches!(&r, Err(e) if e == LIST_TIMED_OUT) {
+            node.went_silent(s);
+        }
+        out.push((s, r));
+    }
+    out.extend(pending.into_iter().map(|s| {
+        (
+            s,
+            Err("not answering lately: asked, not waited for".to_owned()),
+        )
+    }));
+    out
 }
 
 /// One server's answer to a listing: its share numbers (or why not), and how long after the
@@ -254,15 +284,21 @@ fn ask_listings<'a>(
     servers
         .iter()
         .map(|&s| {
+            // Its own task: an operation that stops waiting drops the handle, not the request,
+            // so a late answer still reaches `NodeHandle::rpc` and ends the server's silence.
+            let node = node.clone();
+            let asked = tokio::spawn(async move {
+                tokio::time::timeout(LIST_TIMEOUT, node.rpc(s, Request::List { si })).await
+            });
             async move {
-                let r = tokio::time::timeout(LIST_TIMEOUT, node.rpc(s, Request::List { si })).await;
-                let r = match r {
-                    Ok(r) => match rpc_error(r) {
+                let r = match asked.await {
+                    Ok(Ok(r)) => match rpc_error(r) {
                         Ok(Response::Shares(v)) => Ok(v),
                         Ok(other) => Err(format!("unexpected answer {other:?}")),
                         Err(e) => Err(e),
                     },
-                    Err(_) => Err("timed out".to_owned()),
+                    Ok(Err(_)) => Err(LIST_TIMED_OUT.to_owned()),
+                    Err(e) => Err(e.to_string()),
                 };
                 (s, r, start.elapsed())
             }
@@ -884,6 +920,14 @@ pub async fn upload_from(
                 };
                 let item = (sh, offset, std::mem::take(block));
                 // A failed writer has dropped its queue; its shares are counted as lost below.
+                let item = match tx.try_reserve() {
+                    Ok(permit) => {
+                        permit.send(item);
+                        continue;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => continue,
+                    Err(mpsc::error::TrySendError::Full(())) => item,
+                };
                 let mut since = std::time::Instant::now();
                 let mut item = Some(item);
                 while let Some(it) = item.take() {

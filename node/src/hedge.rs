@@ -23,7 +23,9 @@
 //!   while enough others remain ([`Silent::put_aside`]), so a friend's hung machine costs
 //!   the first operation that meets it about a second, not every operation after it. An
 //!   answer to a request it is still asked (a download's or a check's listing, a read) ends
-//!   that at once; a late answer to a request given up on does not (it was not waited for).
+//!   that at once, and so does a listing's late answer (listings run on their own tasks);
+//!   a late answer to another request given up on does not (it was not waited for). Checks
+//!   ask silent servers but wait for them only as long as the others took.
 //!
 //! - **Laggards**: a large upload sends every segment's blocks to every server with a share,
 //!   a few blocks queued per server, so the slowest server sets the pace of all of them. A
@@ -450,15 +452,23 @@ mod tests {
         }
     }
 
+    /// Servers a to e, each with `writes` writes sent at `t0`.
+    fn five_sent(t0: Instant, writes: usize) -> Pace<char> {
+        let servers = ['a', 'b', 'c', 'd', 'e'];
+        let mut p = Pace::new(servers);
+        for k in servers {
+            for _ in 0..writes {
+                p.sent(&k, t0);
+            }
+        }
+        p
+    }
+
     #[test]
     fn a_server_far_slower_than_the_others_needed_is_a_laggard_once_it_held_the_upload_long_enough()
     {
         let t0 = Instant::now();
-        let servers = ['a', 'b', 'c', 'd', 'e'];
-        let mut p = Pace::new(servers);
-        for k in servers {
-            p.sent(&k, t0);
-        }
+        let mut p = five_sent(t0, 1);
         let lanes = [('a', 10), ('b', 10), ('c', 12), ('d', 10), ('e', 100)];
         drive(&mut p, t0, 1, 1_900, &lanes, 'e');
         // Ten times slower, but the upload has waited on it less than LAG_FLOOR.
@@ -474,20 +484,13 @@ mod tests {
     #[test]
     fn servers_all_slow_alike_or_a_little_slower_or_briefly_stalled_are_not_laggards() {
         let t0 = Instant::now();
-        let servers = ['a', 'b', 'c', 'd', 'e'];
         // The uploader's own link is the bottleneck: everyone is slow alike.
-        let mut p = Pace::new(servers);
-        for k in servers {
-            p.sent(&k, t0);
-        }
+        let mut p = five_sent(t0, 1);
         let alike = [('a', 90), ('b', 100), ('c', 110), ('d', 100), ('e', 120)];
         drive(&mut p, t0, 1, 10_000, &alike, 'e');
         assert_eq!(p.laggards(3, t0 + ms(10_000)), Vec::<char>::new());
         // Three times slower: not enough to give up a share for.
-        let mut p = Pace::new(servers);
-        for k in servers {
-            p.sent(&k, t0);
-        }
+        let mut p = five_sent(t0, 1);
         let lanes = [('a', 10), ('b', 10), ('c', 10), ('d', 10), ('e', 30)];
         drive(&mut p, t0, 1, 10_000, &lanes, 'e');
         assert_eq!(p.laggards(3, t0 + ms(10_000)), Vec::<char>::new());
@@ -500,12 +503,7 @@ mod tests {
     #[test]
     fn a_server_that_stops_answering_mid_upload_is_a_laggard_after_the_floor() {
         let t0 = Instant::now();
-        let servers = ['a', 'b', 'c', 'd', 'e'];
-        let mut p = Pace::new(servers);
-        for k in servers {
-            p.sent(&k, t0);
-            p.sent(&k, t0);
-        }
+        let mut p = five_sent(t0, 2);
         let all = [('a', 10), ('b', 10), ('c', 10), ('d', 10), ('e', 10)];
         drive(&mut p, t0, 1, 20_000, &all, 'a');
         // 'e' hangs: two writes in flight, never answered; the upload waits on it.
@@ -515,9 +513,8 @@ mod tests {
         assert_eq!(p.stalled(&'e', t0 + ms(22_100)), ms(2_110));
         assert_eq!(p.laggards(4, t0 + ms(22_100)), vec!['e']);
         // Before any server answered there is no reference.
-        let mut p = Pace::new(servers);
-        for k in servers {
-            p.sent(&k, t0);
+        let mut p = five_sent(t0, 1);
+        for k in ['a', 'b', 'c', 'd', 'e'] {
             p.waited(&k, ms(5_000));
         }
         assert!(p.laggards(1, t0 + ms(5_000)).is_empty());

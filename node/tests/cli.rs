@@ -860,6 +860,16 @@ fn five_daemons(root: &Path) -> (Vec<std::path::PathBuf>, Vec<Daemon>, Vec<Strin
     (dirs, daemons, ids)
 }
 
+/// A 64 MiB file `film.bin` in `dir` (its bytes differ with `shift`), and its bytes.
+fn film(dir: &Path, shift: u32) -> (std::path::PathBuf, Vec<u8>) {
+    let file = dir.join("film.bin");
+    let data: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> shift) as u8)
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    (file, data)
+}
+
 /// The first JSON value `kith put --json` prints (the cap line follows it).
 fn first_json(out: &str) -> serde_json::Value {
     serde_json::Deserializer::from_str(out)
@@ -891,9 +901,23 @@ fn a_server_far_slower_than_the_others_is_left_behind_and_a_repair_places_its_sh
     let tmp = tempfile::tempdir().unwrap();
     let (dirs, daemons, ids) = five_daemons(tmp.path());
     let a = &dirs[0];
-    // Ben's machine is starved: it runs 10 ms in every 310 (stopped the rest), so it takes
-    // its blocks far slower than the others; it still answers each request within 0.3 s (its
-    // listing is not cut off as a straggler's: that is the hung-server test's case).
+    let (file, data) = film(tmp.path(), 11);
+    let ben_before = metric(&dirs[1], "kith_storage_direct_bytes_total");
+    let put = Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--dir")
+        .arg(a)
+        .args(["put", "--json", file.to_str().unwrap()])
+        .env("KITH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once ben has his share to write (his listing answered, blocks coming), his machine is
+    // starved: it runs 10 ms in every 310 (stopped the rest), so it takes its blocks far
+    // slower than the others.
+    wait_until("ben receiving blocks of the upload", || {
+        metric(&dirs[1], "kith_storage_direct_bytes_total") > ben_before
+    });
     let ben = rustix::process::Pid::from_raw(i32::try_from(daemons[1].0.id()).unwrap()).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let starve = {
@@ -909,12 +933,7 @@ fn a_server_far_slower_than_the_others_is_left_behind_and_a_repair_places_its_sh
             rustix::process::kill_process(ben, Signal::CONT).unwrap();
         })
     };
-    let file = tmp.path().join("film.bin");
-    let data: Vec<u8> = (0..64u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect();
-    std::fs::write(&file, &data).unwrap();
-    let put = kith(a, &["put", "--json", file.to_str().unwrap()]);
+    let put = put.wait_with_output().unwrap();
     done.store(true, Ordering::Relaxed);
     starve.join().unwrap();
     let stderr = String::from_utf8_lossy(&put.stderr);
@@ -922,7 +941,7 @@ fn a_server_far_slower_than_the_others_is_left_behind_and_a_repair_places_its_sh
     let out = String::from_utf8(put.stdout).unwrap();
     let result = first_json(&out);
     let cap = out.lines().last().unwrap().to_owned();
-    // Ben answered his listing and got a share to write, but the upload went on without it.
+    // Ben answered his listing and got a share to write, but the upload went on without him.
     assert_eq!(result["unanswered"], serde_json::json!([]), "{result}");
     assert_eq!(
         result["left_behind"],
@@ -971,11 +990,7 @@ fn a_hung_server_holds_no_download_up_and_uploads_and_directory_writes_go_on_wit
     let (dirs, daemons, ids) = five_daemons(tmp.path());
     let a = &dirs[0];
 
-    let file = tmp.path().join("film.bin");
-    let data: Vec<u8> = (0..64u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(&file, &data).unwrap();
+    let (file, data) = film(tmp.path(), 13);
     let cap = ok(a, &["put", file.to_str().unwrap()])
         .lines()
         .last()
@@ -1089,8 +1104,33 @@ fn a_hung_server_holds_no_download_up_and_uploads_and_directory_writes_go_on_wit
         took < Duration::from_secs(30),
         "copying 24 small files took {took:?}: ben's requests were waited for"
     );
+    // A check while he is known silent asks him but does not wait for his listing (it waited
+    // for the listing's timeout, 15 s, every time): his share counts as unreachable, so the
+    // file is unhealthy, as it was after the timeout.
+    let started = Instant::now();
+    let checked = kith(a, &["check", "--json", &cap]);
+    let took = started.elapsed();
+    let report: serde_json::Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert!(!checked.status.success(), "{report}");
+    assert_eq!(
+        report["unreachable"],
+        serde_json::json!([{
+            "server": ids[1],
+            "problem": "not answering lately: asked, not waited for",
+        }]),
+        "{report}"
+    );
+    assert_eq!(report["good_shares"], 4, "{report}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the check took {took:?}: it waited for ben's listing to time out"
+    );
     signal(&daemons[1], Signal::CONT);
-    ok(a, &["check", &cap]);
+    // His late answer to that listing (or to the next check's) ends his silence; a check
+    // then waits for him again and finds the file healthy.
+    wait_until("a check finds ben again", || {
+        kith(a, &["check", &cap]).status.success()
+    });
     assert!(silent(a).is_empty(), "{:?}", silent(a));
     // A file copied after the first ones met ben has all five shares on the four others and
     // none on him, now that he runs again (left out, or its put to him given up on before it

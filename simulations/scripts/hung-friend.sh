@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What one hung friend costs: five real daemons on loopback (2-of-5, happy 4), one of them
 # stopped with SIGSTOP (a closed laptop lid, a frozen process); times `kith cp -r` of N small
-# files, `kith put` of a small file and `kith ls` with all five up and with the fifth stopped.
+# files, `kith put` of a small file, `kith ls` and `kith check` with all five up and with the fifth
+# stopped.
 #
 #   cargo build --release -p kith && simulations/scripts/hung-friend.sh [target/release/kith] [N]
 #
@@ -58,3 +59,8 @@ up=$(secs "$K" --dir "$T/ann" ls home:a); stop
 first=$(secs "$K" --dir "$T/ann" ls home:a)
 known=$(secs "$K" --dir "$T/ann" ls home:b)
 echo "| kith ls, $N entries | $up | $first | $known |"
+resume
+up=$(secs "$K" --dir "$T/ann" check "$cap"); stop
+first=$(secs "$K" --dir "$T/ann" check "$cap")
+known=$(secs "$K" --dir "$T/ann" check "$cap")
+echo "| kith check (unhealthy while the fifth is stopped) | $up | $first | $known |"
