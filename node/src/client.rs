@@ -58,8 +58,6 @@ const FETCH_DEPTH: usize = 4;
 const LAG_CHECK: Duration = Duration::from_millis(250);
 /// How long to wait for a server to answer a listing.
 const LIST_TIMEOUT: Duration = Duration::from_secs(15);
-/// What a listing that ran out of [`LIST_TIMEOUT`] answers.
-const LIST_TIMED_OUT: &str = "timed out";
 
 /// Per-upload options.
 #[derive(Clone, Debug)]
@@ -234,8 +232,8 @@ pub(crate) fn rpc_error(resp: Result<Response, crate::net::RpcError>) -> Result<
 /// that servers [silent](hedge::Silent) lately are asked but not waited for once the others
 /// answered (only about as long as those took, [`hedge::about_as_fast`]): one friend's hung
 /// machine costs the first check that meets it the listing's timeout, not every check of a
-/// repairer's pass. A listing that times out marks its server silent; the silent ones still
-/// out count as unreachable, as a timed-out one always did.
+/// repairer's pass. The silent ones still out count as unreachable, as a timed-out one always
+/// did.
 pub(crate) async fn list_for_check(
     node: &NodeHandle,
     si: [u8; 16],
@@ -255,9 +253,6 @@ pub(crate) async fn list_for_check(
             break;
         };
         pending.remove(&s);
-        if matches!(&r, Err(e) if e == LIST_TIMED_OUT) {
-            node.went_silent(s);
-        }
         out.push((s, r));
     }
     out.extend(pending.into_iter().map(|s| {
@@ -274,7 +269,8 @@ pub(crate) async fn list_for_check(
 type ListAnswer = (PeerId, Result<Vec<u8>, String>, Duration);
 
 /// Asks every server in `servers` which shares of `si` it holds; the answers come as they
-/// arrive (a server that does not answer within [`LIST_TIMEOUT`] answers "timed out").
+/// arrive (a server that does not answer within [`LIST_TIMEOUT`] answers "timed out" and is
+/// marked [silent](hedge::Silent), whether or not anyone still waits for it).
 fn ask_listings<'a>(
     node: &'a NodeHandle,
     si: [u8; 16],
@@ -288,7 +284,11 @@ fn ask_listings<'a>(
             // so a late answer still reaches `NodeHandle::rpc` and ends the server's silence.
             let node = node.clone();
             let asked = tokio::spawn(async move {
-                tokio::time::timeout(LIST_TIMEOUT, node.rpc(s, Request::List { si })).await
+                let r = tokio::time::timeout(LIST_TIMEOUT, node.rpc(s, Request::List { si })).await;
+                if r.is_err() {
+                    node.went_silent(s);
+                }
+                r
             });
             async move {
                 let r = match asked.await {
@@ -297,7 +297,7 @@ fn ask_listings<'a>(
                         Ok(other) => Err(format!("unexpected answer {other:?}")),
                         Err(e) => Err(e),
                     },
-                    Ok(Err(_)) => Err(LIST_TIMED_OUT.to_owned()),
+                    Ok(Err(_)) => Err("timed out".to_owned()),
                     Err(e) => Err(e.to_string()),
                 };
                 (s, r, start.elapsed())
@@ -880,7 +880,7 @@ pub async fn upload_from(
     let keep = usize::from(params.happy)
         .saturating_sub(held.keys().filter(|s| !writers.contains_key(s)).count())
         .max(1);
-    let mut left: BTreeMap<u8, PeerId> = BTreeMap::new();
+    let mut left: BTreeSet<PeerId> = BTreeSet::new();
     let mut last_check = std::time::Instant::now();
     let file = match source {
         Source::File(path) => SegmentSource::File(Arc::new(
@@ -1059,12 +1059,7 @@ pub async fn upload_from(
         happiness,
         already_present: held_shares.len(),
         unanswered: unanswered.iter().map(ToString::to_string).collect(),
-        left_behind: left
-            .values()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .map(ToString::to_string)
-            .collect(),
+        left_behind: left.iter().map(ToString::to_string).collect(),
         timings: {
             lap(&mut timings.close_ms);
             timings
@@ -1085,7 +1080,7 @@ fn leave_behind(
     held: &BTreeMap<PeerId, BTreeSet<u8>>,
     to_write: &mut BTreeMap<u8, PeerId>,
     writers: &mut BTreeMap<PeerId, Writer>,
-    left: &mut BTreeMap<u8, PeerId>,
+    left: &mut BTreeSet<PeerId>,
     pace: &SharedPace,
 ) {
     let mut without = held.clone();
@@ -1118,7 +1113,7 @@ fn leave_behind(
         shares = ?dropped.keys().collect::<Vec<_>>(),
         "a server far slower than the others is left behind; the upload goes on without its shares"
     );
-    left.extend(dropped.iter().map(|(&sh, &s)| (sh, s)));
+    left.insert(server);
     let node = node.clone();
     tokio::spawn(async move { abort_all(&node, si, &dropped).await });
 }
