@@ -430,6 +430,22 @@ const RELAYED_DIAL_DELAY: Duration = Duration::from_millis(300);
 /// How long a relayed connection stays open after a direct one to the same peer appeared.
 const RELAYED_GRACE: Duration = Duration::from_secs(5);
 
+/// The path one connection gives: `punched` whether a hole punch to its peer succeeded,
+/// `upnp` whether this node is reachable at a UPnP mapping, `announced` whether the connection
+/// was dialed at an address its peer announces.
+fn conn_path(c: &Conn, punched: bool, upnp: bool, announced: bool) -> Path {
+    match c {
+        Conn { relayed: true, .. } => Path::Relayed,
+        // Reached at our UPnP mapping, whether or not a hole punch prompted the dial.
+        Conn { inbound: true, .. } if upnp => Path::Upnp,
+        // Dialed at an address the peer announces (public, mapped or forwarded): direct, even
+        // when DCUtR made the dial.
+        Conn { inbound: false, .. } if announced => Path::Direct,
+        _ if punched => Path::HolePunched,
+        _ => Path::Direct,
+    }
+}
+
 fn rank(p: Path) -> u8 {
     match p {
         Path::Relayed => 0,
@@ -609,6 +625,7 @@ pub fn spawn(
         dial_errors: HashMap::new(),
         punch_rounds: HashMap::new(),
         punched: std::collections::HashSet::new(),
+        known_direct: HashMap::new(),
         serving: HashMap::new(),
         redial_after_close: std::collections::HashSet::new(),
         relay_offers: std::collections::HashSet::new(),
@@ -703,6 +720,11 @@ struct Actor {
     serving: HashMap<PeerId, usize>,
     /// Peers reached by a successful hole punch (until they disconnect).
     punched: std::collections::HashSet<PeerId>,
+    /// Per connected peer, the direct addresses it had when it connected and those dialed
+    /// since: one that appears in its record later (its owner turned UPnP on, forwarded a
+    /// port) is dialed while the peer is reached only through a relay, whatever hole
+    /// punching concluded before.
+    known_direct: HashMap<PeerId, std::collections::HashSet<Multiaddr>>,
     /// Hole-punch rounds that failed per peer (reset by a success).
     punch_rounds: HashMap<PeerId, u32>,
     /// Peers to redial once their (relayed) connections closed, for another punch.
@@ -755,6 +777,7 @@ impl Actor {
                 _ = tick.tick() => {
                     protocol::trim_idle_bulk();
                     self.redial_due();
+                    self.dial_new_direct_addresses();
                     self.run_policy();
                 }
                 Some(event) = self.swarm.next() => {
@@ -1108,6 +1131,16 @@ impl Actor {
                         remote: endpoint.get_remote_address().clone(),
                     },
                 );
+                if !self.known_direct.contains_key(&peer_id) {
+                    let known = self.direct_addresses(&peer_id).into_iter().collect();
+                    self.known_direct.insert(peer_id, known);
+                }
+                if !endpoint.is_relayed() && self.has_relayed(&peer_id) {
+                    // Storage goes over the direct connection (however it came about); the
+                    // relayed one is closed once requests already on it have had time to
+                    // finish.
+                    self.later(RELAYED_GRACE, Command::CloseRelayed { peer: peer_id });
+                }
                 let path = self.path(&peer_id);
                 if let Some(r) = self.redial.get_mut(&peer_id) {
                     r.backoff = Duration::from_secs(1);
@@ -1161,6 +1194,7 @@ impl Actor {
                 }
                 if num_established == 0 {
                     self.punched.remove(&peer_id);
+                    self.known_direct.remove(&peer_id);
                 }
                 if num_established == 0 && self.redial_after_close.remove(&peer_id) {
                     self.ensure_dial(peer_id);
@@ -1254,14 +1288,8 @@ impl Actor {
                                 true
                             })
                         });
-                        // Storage goes over the direct connection; the relayed one is closed
-                        // once requests already on it have had time to finish.
-                        self.later(
-                            RELAYED_GRACE,
-                            Command::CloseRelayed {
-                                peer: remote_peer_id,
-                            },
-                        );
+                        // The relayed connection closes as for any direct one (see
+                        // `ConnectionEstablished`).
                         true
                     }
                     Err(e) => {
@@ -1347,6 +1375,54 @@ impl Actor {
         self.conns.values().any(|c| c.peer == *peer && !c.relayed)
     }
 
+    fn has_relayed(&self, peer: &PeerId) -> bool {
+        self.conns.values().any(|c| c.peer == *peer && c.relayed)
+    }
+
+    /// The addresses of `peer` to dial that are not through a relay.
+    fn direct_addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let mut addrs = self.addresses(peer);
+        addrs.retain(|a| !is_relayed(a));
+        addrs
+    }
+
+    /// Dials, for each peer reached only through relays, the direct addresses that appeared
+    /// in its record since it connected (see `known_direct`). A connection that succeeds
+    /// replaces the relayed ones (see `ConnectionEstablished`); one that fails is not retried
+    /// until the address changes again or the peer reconnects.
+    fn dial_new_direct_addresses(&mut self) {
+        let relayed_only: Vec<PeerId> = self
+            .known_direct
+            .keys()
+            .filter(|p| !self.has_direct(p))
+            .copied()
+            .collect();
+        for peer in relayed_only {
+            let fresh: Vec<Multiaddr> = {
+                let known = &self.known_direct[&peer];
+                self.direct_addresses(&peer)
+                    .into_iter()
+                    .filter(|a| !known.contains(a))
+                    .collect()
+            };
+            if fresh.is_empty() {
+                continue;
+            }
+            if let Some(known) = self.known_direct.get_mut(&peer) {
+                known.extend(fresh.iter().cloned());
+            }
+            tracing::info!(%peer, "a peer reached through a relay announced a new direct address; dialing it");
+            tracing::debug!(%peer, addresses = ?fresh, "new direct addresses");
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::Always)
+                .addresses(fresh)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "dialing a new direct address failed");
+            }
+        }
+    }
+
     /// Closes the relayed connections to `peer`; whether there were any.
     fn close_relayed(&mut self, peer: &PeerId) -> bool {
         let relayed: Vec<ConnectionId> = self
@@ -1369,14 +1445,17 @@ impl Actor {
     fn path(&self, peer: &PeerId) -> Path {
         let upnp = matches!(self.policy.upnp(), kith_nat::policy::Upnp::Mapped { .. })
             && self.policy.is_public();
+        let announced = |remote: &Multiaddr| {
+            let bare = |a: &Multiaddr| {
+                kith_transports::split_peer_id(a).map_or_else(|| a.clone(), |(_, bare)| bare)
+            };
+            let remote = bare(remote);
+            self.addresses(peer).iter().any(|a| bare(a) == remote)
+        };
+        let punched = self.punched.contains(peer);
         let mut best = Path::Relayed;
         for c in self.conns.values().filter(|c| c.peer == *peer) {
-            let p = match c {
-                Conn { relayed: true, .. } => Path::Relayed,
-                _ if self.punched.contains(peer) => Path::HolePunched,
-                Conn { inbound: true, .. } if upnp => Path::Upnp,
-                _ => Path::Direct,
-            };
+            let p = conn_path(c, punched, upnp, !c.inbound && announced(&c.remote));
             if rank(p) > rank(best) {
                 best = p;
             }
@@ -1829,5 +1908,27 @@ mod tests {
         assert_eq!(dial_set(onion_only.clone(), false, true), onion_only);
         // Tor running anyway (mode both): everything, in parallel.
         assert_eq!(dial_set(dual.clone(), false, false), dual);
+    }
+
+    #[test]
+    fn a_connection_to_an_announced_address_is_direct_even_when_a_punch_made_it() {
+        let conn = |relayed, inbound| Conn {
+            peer: PeerId::random(),
+            relayed,
+            inbound,
+            remote: ma("/ip4/11.0.0.11/tcp/4002"),
+        };
+        let (out, inb, relayed) = (conn(false, false), conn(false, true), conn(true, false));
+        // Relayed stays relayed, whatever else holds.
+        assert_eq!(conn_path(&relayed, true, true, true), Path::Relayed);
+        // DCUtR dialed the peer's announced (say, UPnP-mapped) address: direct; its own
+        // observed address (not announced): hole-punched.
+        assert_eq!(conn_path(&out, true, false, true), Path::Direct);
+        assert_eq!(conn_path(&out, true, false, false), Path::HolePunched);
+        // The other end: reached at its mapping, punch or not.
+        assert_eq!(conn_path(&inb, true, true, false), Path::Upnp);
+        assert_eq!(conn_path(&inb, true, false, false), Path::HolePunched);
+        assert_eq!(conn_path(&inb, false, false, false), Path::Direct);
+        assert_eq!(conn_path(&out, false, false, false), Path::Direct);
     }
 }

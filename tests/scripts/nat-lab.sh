@@ -11,11 +11,12 @@
 # 11.0.0.0/24 stands in for the internet because miniupnpd and UPnP clients refuse a
 # private WAN address; it never leaves these namespaces.
 #
-# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1] | down
+# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] | down
 #   MODE: moderate = Linux masquerade (endpoint-independent mapping, port-dependent filtering)
 #         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
 #   upnp: run a real miniupnpd (nftables backend, secure mode) on r1, speaking IGDv2;
 #   upnp1: the same, forced to describe itself as IGDv1 (WANIPConnection:1)
+#   upnp-start: start that miniupnpd later, on a lab that is up without one
 # Namespace names get the prefix $NATLAB_PREFIX (default "kl-") so the lab never touches
 # namespaces it did not make; files go to $NATLAB_DIR (default /tmp/kith-natlab).
 set -euo pipefail
@@ -90,7 +91,13 @@ up() {
   router "${P}r1" "$m1"
   router "${P}r2" "$m2"
   if [ "$upnp" = upnp ] || [ "$upnp" = upnp1 ]; then
-    cat > "$LAB/miniupnpd.conf" <<CONF
+    start_upnp "$upnp"
+  fi
+}
+
+# Starts miniupnpd on r1 (upnp: IGDv2, upnp1: IGDv1) and waits until its HTTP port answers.
+start_upnp() {
+  cat > "$LAB/miniupnpd.conf" <<CONF
 ext_ifname=wan
 listening_ip=lan
 http_port=5000
@@ -100,23 +107,24 @@ secure_mode=yes
 system_uptime=yes
 uuid=$(cat /proc/sys/kernel/random/uuid)
 lease_file=$LAB/upnp.leases
-force_igd_desc_v1=$([ "$upnp" = upnp1 ] && echo yes || echo no)
+force_igd_desc_v1=$([ "$1" = upnp1 ] && echo yes || echo no)
 allow 1024-65535 192.168.1.0/24 1024-65535
 deny 0-65535 0.0.0.0/0 0-65535
 CONF
-    : > "$LAB/upnp.leases"
-    ip netns exec "${P}r1" miniupnpd -d -f "$LAB/miniupnpd.conf" -P "$LAB/miniupnpd.pid" \
-      > "$LAB/miniupnpd.log" 2>&1 &
-    # Ready when its HTTP port answers.
-    for _ in $(seq 50); do
-      ip netns exec "${P}r1" bash -c 'exec 3<>/dev/tcp/192.168.1.1/5000' 2>/dev/null && break
-      sleep 0.1
-    done
-  fi
+  : > "$LAB/upnp.leases"
+  ip netns exec "${P}r1" miniupnpd -d -f "$LAB/miniupnpd.conf" -P "$LAB/miniupnpd.pid" \
+    > "$LAB/miniupnpd.log" 2>&1 &
+  for _ in $(seq 50); do
+    ip netns exec "${P}r1" bash -c 'exec 3<>/dev/tcp/192.168.1.1/5000' 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "miniupnpd did not answer on 192.168.1.1:5000" >&2
+  return 1
 }
 
 case "${1:-}" in
   up) down; up "${2:-moderate}" "${3:-moderate}" "${4:-}" ;;
   down) down ;;
-  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | down"; exit 2 ;;
+  upnp-start) start_upnp "${2:-upnp}" ;;
+  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] | down"; exit 2 ;;
 esac

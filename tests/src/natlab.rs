@@ -165,6 +165,27 @@ impl Lab {
         Lab { _lock: lock }
     }
 
+    /// Starts miniupnpd on router 1 now (on a lab built with [`Igd::None`]): a router whose
+    /// owner turns UPnP on while nodes run behind it.
+    pub fn start_upnp(&self, igd: Igd) {
+        let arg = match igd {
+            Igd::None => return,
+            Igd::V1 => "upnp1",
+            Igd::V2 => "upnp",
+        };
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["upnp-start", arg])
+            .env("NATLAB_DIR", LAB_DIR)
+            .output()
+            .expect("run nat-lab.sh");
+        assert!(
+            out.status.success(),
+            "nat-lab.sh upnp-start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// miniupnpd's lease file (one `PROTO:EXT:INT_IP:INT_PORT:...` line per mapping).
     pub fn upnp_leases(&self) -> String {
         std::fs::read_to_string(Path::new(LAB_DIR).join("upnp.leases")).unwrap_or_default()

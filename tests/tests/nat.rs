@@ -52,6 +52,23 @@ fn path_to(from: &NodeHandle, to: &NodeHandle) -> Option<String> {
         .map(|p| p.path.to_string())
 }
 
+/// Waits (up to [`BOUND`]) for `from`'s path to `to` to be one of `want`; a timeout names the
+/// path seen last.
+async fn path_becomes(what: &str, from: &NodeHandle, to: &NodeHandle, want: &[&str]) {
+    let end = Instant::now() + BOUND;
+    loop {
+        let seen = path_to(from, to);
+        if seen.as_deref().is_some_and(|p| want.contains(&p)) {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {BOUND:?} waiting for {what} to become {want:?}; it is {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn put(node: &NodeHandle, data: &[u8]) -> ReadCap {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("file");
@@ -83,6 +100,9 @@ struct Case {
     r2: Nat,
     /// miniupnpd on router 1.
     router_upnp: Igd,
+    /// Whether router 1's miniupnpd starts only once B reaches A through the relay (and hole
+    /// punching gave up), as when a router's owner turns UPnP on while friends are connected.
+    upnp_later: bool,
     /// Where A runs (the public segment for the "open" case, else home 1).
     a_ns: &'static str,
     /// Whether A's node may use UPnP.
@@ -120,6 +140,7 @@ impl Case {
             r1,
             r2,
             router_upnp: Igd::None,
+            upnp_later: false,
             a_ns: ns::H1,
             a_upnp: true,
             expect_b: &["hole-punched"],
@@ -150,7 +171,15 @@ async fn run_case(c: &Case) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let lab = Lab::up(c.r1, c.r2, c.router_upnp);
+    let lab = Lab::up(
+        c.r1,
+        c.r2,
+        if c.upnp_later {
+            Igd::None
+        } else {
+            c.router_upnp
+        },
+    );
     let _squatter = (c.upnp == Upnp::Moved).then(squat_tcp_4002);
     let tmp = tempfile::tempdir().unwrap();
     let dir = |n: &str| NodeDir::new(tmp.path().join(n));
@@ -161,10 +190,14 @@ async fn run_case(c: &Case) {
         "/ip4/11.0.0.1/udp/4001/quic-v1".into(),
     ];
     dir("r").init(r).unwrap();
-    dir("a")
-        .init(lab_config("alice", c.a_port, true, c.a_upnp))
-        .unwrap();
-    dir("b").init(lab_config("bob", 4002, false, true)).unwrap();
+    // With UPnP turned on later, hole punching is off: the move to the mapping can only come
+    // from B dialing the address A announces once mapped.
+    let mut a = lab_config("alice", c.a_port, true, c.a_upnp);
+    let mut b = lab_config("bob", 4002, false, true);
+    a.nat.hole_punching = !c.upnp_later;
+    b.nat.hole_punching = !c.upnp_later;
+    dir("a").init(a).unwrap();
+    dir("b").init(b).unwrap();
     let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
     let start = Instant::now();
     let an = NsNode::start(c.a_ns, dir("a")).await.expect("start A");
@@ -200,7 +233,11 @@ async fn run_case(c: &Case) {
     let reachable = start.elapsed();
 
     // A knows how it is reachable (the hole-punch part of its line needs a connection).
-    let a_reach = c.a_reach.split(", direct").next().unwrap_or(c.a_reach);
+    let a_reach = if c.upnp_later {
+        "behind NAT, relayed via relay"
+    } else {
+        c.a_reach.split(", direct").next().unwrap_or(c.a_reach)
+    };
     until(
         &format!("{}: A to say it is {a_reach:?}", c.name),
         BOUND,
@@ -223,20 +260,17 @@ async fn run_case(c: &Case) {
         t_get.elapsed().as_secs_f64()
     );
     let first_byte = start.elapsed();
+    if c.upnp_later {
+        // B reaches A through the relay, over one connection that stays open (connections
+        // idle for a day before they close, and hole punching is off here, so nothing closes
+        // it) until the router's owner turns UPnP on.
+        path_becomes(&format!("{}: B's path to A", c.name), &bh, &ah, &["relayed"]).await;
+        lab.start_upnp(c.router_upnp);
+    }
     let connected = Instant::now();
 
-    until(
-        &format!("{}: B's path to A to become {:?}", c.name, c.expect_b),
-        BOUND,
-        async || path_to(&bh, &ah).is_some_and(|p| c.expect_b.contains(&p.as_str())),
-    )
-    .await;
-    until(
-        &format!("{}: A's path to B to become {:?}", c.name, c.expect_a),
-        BOUND,
-        async || path_to(&ah, &bh).is_some_and(|p| c.expect_a.contains(&p.as_str())),
-    )
-    .await;
+    path_becomes(&format!("{}: B's path to A", c.name), &bh, &ah, c.expect_b).await;
+    path_becomes(&format!("{}: A's path to B", c.name), &ah, &bh, c.expect_a).await;
     let settled = connected.elapsed();
     until(
         &format!("{}: A to say it is {:?}", c.name, c.a_reach),
@@ -385,6 +419,21 @@ async fn upnp_x_strict_connects_through_the_mapping() {
         a_reach: "public (UPnP mapping 11.0.0.11:4002 on the router)",
         upnp: Upnp::Mapped,
         ..Case::homes("moderate+UPnP (IGDv1) x strict", Nat::Moderate, Nat::Strict)
+    };
+    run_case(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upnp_turned_on_later_moves_a_relayed_friend_onto_the_mapping() {
+    let c = Case {
+        router_upnp: Igd::V2,
+        upnp_later: true,
+        expect_b: &["direct"],
+        expect_a: &["UPnP"],
+        a_reach: "public (UPnP mapping 11.0.0.11:4002 on the router)",
+        upnp: Upnp::Mapped,
+        size: 1 << 20,
+        ..Case::homes("strict, UPnP turned on later x strict", Nat::Strict, Nat::Strict)
     };
     run_case(&c).await;
 }
