@@ -631,7 +631,10 @@ async fn repair_file(
     let last = ueb.num_segments.saturating_sub(1);
     let data_len = codec::block_offset(&ueb, last) + codec::block_size_for(&ueb, last);
 
-    // 1. Plan and allocate; servers that refuse are dropped and the rest re-planned.
+    // 1. Plan and allocate; servers that refuse are dropped and the rest re-planned. Servers
+    // an upload left behind lately as far slower than the others get no new shares while
+    // enough others remain (the share an upload left behind goes to a faster server).
+    let usable = node.put_aside(input.usable.to_vec(), usize::from(happy));
     let mut excluded: BTreeSet<PeerId> = BTreeSet::new();
     let mut to_write: BTreeMap<u8, PeerId> = BTreeMap::new();
     let mut also_held: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
@@ -643,8 +646,7 @@ async fn repair_file(
         for (s, sh) in &also_held {
             fixed.entry(*s).or_default().extend(sh);
         }
-        let candidates: Vec<PeerId> = input
-            .usable
+        let candidates: Vec<PeerId> = usable
             .iter()
             .filter(|s| !excluded.contains(s))
             .copied()

@@ -92,6 +92,10 @@ pub struct PutResult {
     /// left behind to go on at the others' pace: the file is short of those shares (still
     /// happy) until a repair (`kith check --repair`, the automatic repairer) places them.
     pub left_behind: Vec<String>,
+    /// Servers this upload did not ask, because they left a request unanswered lately or an
+    /// upload left them behind as far slower than the others ([`crate::hedge::LAGGING_FOR`]),
+    /// while enough others remained.
+    pub put_aside: Vec<String>,
     /// Where the time went, in milliseconds.
     pub timings: Timings,
 }
@@ -682,6 +686,7 @@ pub async fn upload_from(
             already_present: 0,
             unanswered: Vec::new(),
             left_behind: Vec::new(),
+            put_aside: Vec::new(),
             timings,
         });
     }
@@ -728,7 +733,7 @@ pub async fn upload_from(
         return upload_small(node, encoder, &data, params, timings, progress).await;
     }
     // 1. Who is there, and what do they already hold?
-    let (servers, mut refusals) = candidates(node, params).await;
+    let (servers, mut refusals, put_aside) = candidates(node, params).await;
     let mut existing: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
     let mut usable: Vec<PeerId> = Vec::new();
     let (listed, unanswered) = list_for_upload(node, si, &servers, params.happy).await;
@@ -1060,6 +1065,7 @@ pub async fn upload_from(
         already_present: held_shares.len(),
         unanswered: unanswered.iter().map(ToString::to_string).collect(),
         left_behind: left.iter().map(ToString::to_string).collect(),
+        put_aside: put_aside.iter().map(ToString::to_string).collect(),
         timings: {
             lap(&mut timings.close_ms);
             timings
@@ -1099,6 +1105,7 @@ fn leave_behind(
     if stalled >= hedge::LAG_FLOOR {
         node.went_silent(server);
     }
+    node.went_slow(server);
     if let Some(w) = writers.remove(&server) {
         w.task.abort();
     }
@@ -1122,10 +1129,13 @@ fn leave_behind(
 /// server: no listing, no allocate/write/close round trips.
 pub const SMALL_FILE: u64 = 128 * 1024;
 
-/// Storage servers to place shares on, and why others were left out. Servers that failed
-/// audits, and servers lately silent ([`crate::hedge::Silent`]), get no new shares while
-/// enough others remain.
-async fn candidates(node: &NodeHandle, params: EncodingParams) -> (Vec<PeerId>, Vec<String>) {
+/// Storage servers to place shares on, why others were left out, and the servers put aside as
+/// silent or lagging. Servers that failed audits, and servers lately silent or far slower
+/// than the others ([`crate::hedge::Silent`]), get no new shares while enough others remain.
+async fn candidates(
+    node: &NodeHandle,
+    params: EncodingParams,
+) -> (Vec<PeerId>, Vec<String>, Vec<PeerId>) {
     let (mut servers, refusing) = node.storage_candidates();
     let suspects = {
         let f = node.friends().clone();
@@ -1143,9 +1153,13 @@ async fn candidates(node: &NodeHandle, params: EncodingParams) -> (Vec<PeerId>, 
             servers = trusted;
         }
     }
-    // Servers that left a request unanswered lately wait their turn while enough others
-    // remain (a hung friend costs the first upload that met it, not every one after).
-    servers = node.put_silent_aside(servers, usize::from(params.happy));
+    // Servers that left a request unanswered lately, or that an upload left behind as far
+    // slower than the others, wait their turn while enough others remain (a hung friend costs
+    // the first upload that met it, not every one after; a friend on a slow link the first
+    // large upload in ten minutes).
+    let kept = node.put_aside(servers.clone(), usize::from(params.happy));
+    let put_aside: Vec<PeerId> = servers.into_iter().filter(|s| !kept.contains(s)).collect();
+    servers = kept;
     // Members whose published grants refuse this node are not asked, unless the others are
     // too few (their record may be older than their owner's latest decision): then they
     // answer for themselves.
@@ -1155,7 +1169,7 @@ async fn candidates(node: &NodeHandle, params: EncodingParams) -> (Vec<PeerId>, 
     } else {
         refusals.extend(refusing.iter().map(|(p, why)| format!("{p}: {why}")));
     }
-    (servers, refusals)
+    (servers, refusals, put_aside)
 }
 
 /// A server that refused or failed during placement: say why, and plan without it.
@@ -1261,7 +1275,7 @@ async fn upload_small(
     timings.stream_ms = phase.elapsed().as_millis() as u64;
     phase = std::time::Instant::now();
 
-    let (mut usable, mut refusals) = candidates(node, params).await;
+    let (mut usable, mut refusals, put_aside) = candidates(node, params).await;
     // Who holds what (confirmed by the server), and what each server newly stored.
     let mut held: BTreeMap<PeerId, BTreeSet<u8>> = BTreeMap::new();
     let mut written: BTreeMap<PeerId, u64> = BTreeMap::new();
@@ -1402,6 +1416,7 @@ async fn upload_small(
         already_present,
         unanswered: unanswered.iter().map(ToString::to_string).collect(),
         left_behind: Vec::new(),
+        put_aside: put_aside.iter().map(ToString::to_string).collect(),
         timings,
     })
 }

@@ -35,7 +35,11 @@
 //!   shares behind when the rest still reach `happy`, and the file is placed at the pace of
 //!   the others, one share short per laggard until a repair places it. A friend on a slow home
 //!   link or behind Tor no longer sets every large upload's speed; a server that hangs
-//!   mid-upload costs about two seconds instead of a write's timeout.
+//!   mid-upload costs about two seconds instead of a write's timeout. A laggard is then
+//!   *lagging* for [`LAGGING_FOR`] (a [`Silent`] whose marks answers do not clear): later
+//!   uploads and repairs put it aside while enough others remain, so the repair places the
+//!   share it was left behind with on a faster server, and the next large upload does not pay
+//!   the two seconds of measuring it again.
 //!
 //! Pure: times are durations or instants measured by the caller.
 
@@ -77,6 +81,12 @@ pub fn stragglers_after(t: Duration) -> Duration {
 /// How long a server stays [`Silent`] after it last left a request unanswered.
 pub const SILENT_FOR: Duration = Duration::from_secs(60);
 
+/// How long a server an upload left behind as a laggard ([`Pace::laggards`]) is put aside by
+/// later uploads and repairs (a [`Silent::fading_after`] mark that answers do not clear: a
+/// slow server answers, slowly). Its friend's link is not going to be faster a minute later;
+/// after this, the next large upload measures it again.
+pub const LAGGING_FOR: Duration = Duration::from_secs(10 * 60);
+
 /// Servers that recently left a request unanswered (a straggler cut off, a request that
 /// failed or timed out), each with when it last did. An answer to a later request clears a
 /// server at once; the mark fades after [`SILENT_FOR`], so a server that came back without
@@ -85,12 +95,21 @@ pub const SILENT_FOR: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct Silent<K> {
     since: BTreeMap<K, Instant>,
+    fade: Duration,
 }
 
 impl<K> Default for Silent<K> {
     fn default() -> Self {
+        Silent::fading_after(SILENT_FOR)
+    }
+}
+
+impl<K> Silent<K> {
+    /// Marks that fade `fade` after they were set (the default: [`SILENT_FOR`]).
+    pub fn fading_after(fade: Duration) -> Self {
         Silent {
             since: BTreeMap::new(),
+            fade,
         }
     }
 }
@@ -98,8 +117,9 @@ impl<K> Default for Silent<K> {
 impl<K: Ord + Clone> Silent<K> {
     /// `server` left a request unanswered at `now` (marks that faded are forgotten).
     pub fn went_silent(&mut self, server: K, now: Instant) {
+        let fade = self.fade;
         self.since
-            .retain(|_, t| now.saturating_duration_since(*t) < SILENT_FOR);
+            .retain(|_, t| now.saturating_duration_since(*t) < fade);
         self.since.insert(server, now);
     }
 
@@ -108,11 +128,12 @@ impl<K: Ord + Clone> Silent<K> {
         self.since.remove(server);
     }
 
-    /// Whether `server` left a request unanswered less than [`SILENT_FOR`] before `now`.
+    /// Whether `server` left a request unanswered less than [`SILENT_FOR`] (the fade) before
+    /// `now`.
     pub fn is_silent(&self, server: &K, now: Instant) -> bool {
         self.since
             .get(server)
-            .is_some_and(|t| now.saturating_duration_since(*t) < SILENT_FOR)
+            .is_some_and(|t| now.saturating_duration_since(*t) < self.fade)
     }
 
     /// The servers silent at `now`.
@@ -429,6 +450,23 @@ mod tests {
         // Faded marks are forgotten when a new one is made.
         s.went_silent('c', t0 + ms(200_000));
         assert_eq!(s.since.keys().copied().collect::<Vec<_>>(), vec!['c']);
+    }
+
+    #[test]
+    fn a_lagging_mark_lasts_its_own_fade() {
+        let t0 = Instant::now();
+        let mut lagging: Silent<char> = Silent::fading_after(LAGGING_FOR);
+        lagging.went_silent('b', t0);
+        assert!(lagging.is_silent(&'b', t0 + SILENT_FOR * 5));
+        assert!(!lagging.is_silent(&'b', t0 + LAGGING_FOR));
+        // A faded mark is forgotten by the next one, not before.
+        lagging.went_silent('c', t0 + ms(1));
+        assert_eq!(lagging.since.len(), 2);
+        lagging.went_silent('d', t0 + LAGGING_FOR);
+        assert_eq!(
+            lagging.since.keys().copied().collect::<Vec<_>>(),
+            vec!['c', 'd']
+        );
     }
 
     /// Drives a `Pace`: every `every` ms each listed server answers its write and gets the

@@ -1468,6 +1468,8 @@ fn print_status(s: &serde_json::Value) {
             },
             if p["silent"].as_bool() == Some(true) {
                 "  (not answering: left out of new uploads for now)"
+            } else if p["slow"].as_bool() == Some(true) {
+                "  (far slower than the others lately: left out of new uploads for now)"
             } else {
                 ""
             }

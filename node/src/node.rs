@@ -172,6 +172,8 @@ struct Inner {
     next_report: Mutex<u64>,
     puts: crate::client::PutQueues,
     silent: Mutex<crate::hedge::Silent<PeerId>>,
+    /// Servers uploads left behind as far slower than the others, lately.
+    lagging: Mutex<crate::hedge::Silent<PeerId>>,
 }
 
 /// Cloneable handle to a running node.
@@ -340,6 +342,9 @@ impl Node {
                 next_report: Mutex::new(0),
                 puts: Default::default(),
                 silent: Default::default(),
+                lagging: Mutex::new(crate::hedge::Silent::fading_after(
+                    crate::hedge::LAGGING_FOR,
+                )),
             }),
         };
         for peer in handle.static_peers() {
@@ -651,6 +656,9 @@ pub struct PeerStatus {
     /// had answered): new uploads and mutable writes leave it out while enough others remain,
     /// until it answers a request or [`crate::hedge::SILENT_FOR`] passes.
     pub silent: bool,
+    /// An upload left it behind lately, far slower than the others: new uploads and repairs
+    /// leave it out while enough others remain, for [`crate::hedge::LAGGING_FOR`].
+    pub slow: bool,
 }
 
 /// Storage server usage.
@@ -901,10 +909,30 @@ impl NodeHandle {
         self.silent().silent(std::time::Instant::now())
     }
 
-    /// `servers` without the silent ones, when at least `keep` remain.
-    pub fn put_silent_aside(&self, servers: Vec<PeerId>, keep: usize) -> Vec<PeerId> {
-        self.silent()
-            .put_aside(servers, keep, std::time::Instant::now())
+    /// An upload left `server` behind, far slower than the others: new uploads and repairs
+    /// leave it out for a while ([`crate::hedge::LAGGING_FOR`]) while enough others remain.
+    pub fn went_slow(&self, server: PeerId) {
+        if server != self.inner.peer_id {
+            self.lagging()
+                .went_silent(server, std::time::Instant::now());
+        }
+    }
+
+    fn lagging(&self) -> std::sync::MutexGuard<'_, crate::hedge::Silent<PeerId>> {
+        self.inner.lagging.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Servers uploads left behind lately as far slower than the others.
+    pub fn slow_servers(&self) -> Vec<PeerId> {
+        self.lagging().silent(std::time::Instant::now())
+    }
+
+    /// `servers` without the silent ones, when at least `keep` remain, and then without the
+    /// lagging ones, when at least `keep` still remain.
+    pub fn put_aside(&self, servers: Vec<PeerId>, keep: usize) -> Vec<PeerId> {
+        let now = std::time::Instant::now();
+        let heard = self.silent().put_aside(servers, keep, now);
+        self.lagging().put_aside(heard, keep, now)
     }
 
     /// Waits until at least `n` storage servers (this node included) are available.
@@ -1021,6 +1049,7 @@ impl NodeHandle {
         let net = self.inner.net.state();
         let statics: Vec<PeerId> = self.static_peers().iter().map(|p| p.peer).collect();
         let silent = self.silent_servers();
+        let slow = self.slow_servers();
         let storage = match self.inner.server.store().cloned() {
             Some(store) => tokio::task::spawn_blocking(move || store.usage())
                 .await
@@ -1082,6 +1111,7 @@ impl NodeHandle {
                     nickname: names.get(p).cloned(),
                     static_peer: statics.contains(p),
                     silent: silent.contains(p),
+                    slow: slow.contains(p),
                 })
                 .collect(),
             storage,

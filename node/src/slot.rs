@@ -373,7 +373,7 @@ pub async fn write_shares(
         .collect();
     let happy = params.happy.min(total);
     // New copies go to servers heard from lately, while enough of them remain.
-    let usable = node.put_silent_aside(usable, usize::from(happy));
+    let usable = node.put_aside(usable, usize::from(happy));
     let usable_b: Vec<Vec<u8>> = usable.iter().map(|p| p.to_bytes()).collect();
     let plan = placement::plan(&si, &usable_b, &fixed, total, happy).map_err(|e| {
         SlotError::NotHappy(format!(

@@ -891,7 +891,8 @@ fn holders(check: &serde_json::Value) -> Vec<String> {
 }
 
 #[test]
-fn a_server_far_slower_than_the_others_is_left_behind_and_a_repair_places_its_share_later() {
+fn a_server_far_slower_than_the_others_is_left_behind_and_left_out_of_repairs_and_uploads_for_a_while()
+ {
     use rustix::process::Signal;
     use std::sync::{
         Arc,
@@ -970,13 +971,36 @@ fn a_server_far_slower_than_the_others_is_left_behind_and_a_repair_places_its_sh
     let copy = tmp.path().join("copy.bin");
     ok(a, &["get", &cap, "-o", copy.to_str().unwrap()]);
     assert!(std::fs::read(&copy).unwrap() == data, "the copy differs");
-    // A repair places the missing share: five of five, on five servers.
+    // Ben is marked far slower than the others (for ten minutes, though he runs at full speed
+    // again): a repair places the missing share on one of the four others (five of five,
+    // happiness 4), not back on him.
+    let st: serde_json::Value = serde_json::from_str(&ok(a, &["status", "--json"])).unwrap();
+    let slow: Vec<&str> = st["connected_peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["slow"] == true)
+        .map(|p| p["peer_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(slow, [ids[1].as_str()], "{st}");
     let repaired: serde_json::Value =
         serde_json::from_str(&ok(a, &["check", "--repair", "--json", &cap])).unwrap();
     let check: serde_json::Value =
         serde_json::from_str(&ok(a, &["check", "--json", &cap])).unwrap();
     assert_eq!(check["good_shares"], 5, "{repaired} {check}");
     assert_eq!(check["healthy"], true, "{repaired} {check}");
+    assert!(!holders(&check).contains(&ids[1]), "{repaired} {check}");
+    // The next upload does not measure him again: it leaves him out from the start.
+    let next = tmp.path().join("next.bin");
+    std::fs::write(&next, &data[..2 << 20]).unwrap();
+    let out = ok(a, &["put", "--json", next.to_str().unwrap()]);
+    let result = first_json(&out);
+    assert_eq!(result["put_aside"], serde_json::json!([ids[1]]), "{result}");
+    assert_eq!(result["left_behind"], serde_json::json!([]), "{result}");
+    let placement = result["placement"].as_object().unwrap();
+    assert_eq!(placement.len(), 5, "{result}");
+    assert!(placement.values().all(|s| s != ids[1].as_str()), "{result}");
+    assert_eq!(result["happiness"], 4, "{result}");
     drop(daemons);
 }
 

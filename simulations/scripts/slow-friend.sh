@@ -3,8 +3,8 @@
 # this machine's network stack, the fifth runs in its own network namespace behind a veth
 # whose direction towards it is limited by a token bucket (tc tbf) to RATE: a home link or a
 # Tor circuit slower than the others. Times `kith put` of a SIZE MiB file with the fifth at
-# full speed and limited, then the `kith check --repair` that places shares an upload left
-# behind.
+# full speed and limited, the `kith check --repair` that places shares an upload left
+# behind, and the next upload (which puts the fifth aside from the start, for ten minutes).
 #
 #   cargo build --release -p kith && simulations/scripts/slow-friend.sh [target/release/kith] [SIZE_MiB] [RATE]
 #
@@ -71,17 +71,20 @@ import json, sys
 s, e, out, size = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 r = json.JSONDecoder().raw_decode(open(out).read())[0]
 left = len(r.get("left_behind", []))
-print(f"{e - s:.2f} s ({size / (e - s):.1f} MiB/s) | {len(r['placement'])} | {left} |")
+aside = len(r.get("put_aside", []))
+print(f"{e - s:.2f} s ({size / (e - s):.1f} MiB/s) | {len(r['placement'])} | {left} | {aside} |")
 EOF
 }
 cap() { tail -1 "$T/out"; }
-echo "| kith put, $SIZE MiB (5 daemons, 2-of-5, happy 4) | time | shares placed | servers left behind |"
-echo "|---|---|---|---|"
+echo "| kith put, $SIZE MiB (5 daemons, 2-of-5, happy 4) | time | shares placed | servers left behind | servers put aside |"
+echo "|---|---|---|---|---|"
 echo "| the fifth at full speed | $(put) "
 limit "$RATE"
 echo "| the fifth limited to $RATE | $(put) "
 s=$(date +%s.%N)
 "$K" --dir "$T/ann" check --repair "$(cap)" >"$T/repair" 2>&1 || true
 e=$(date +%s.%N)
+repair_took=$(python3 -c "print(f'{$e-$s:.2f} s')")
+echo "| the fifth still limited, the next upload | $(put) "
 echo
-echo "then \`kith check --repair\` with the fifth still limited: $(python3 -c "print(f'{$e-$s:.2f} s')"): $(tail -1 "$T/repair")"
+echo "between the two: \`kith check --repair\` of the first: $repair_took: $(tail -1 "$T/repair")"

@@ -264,7 +264,13 @@ async fn run_case(c: &Case) {
         // B reaches A through the relay, over one connection that stays open (connections
         // idle for a day before they close, and hole punching is off here, so nothing closes
         // it) until the router's owner turns UPnP on.
-        path_becomes(&format!("{}: B's path to A", c.name), &bh, &ah, &["relayed"]).await;
+        path_becomes(
+            &format!("{}: B's path to A", c.name),
+            &bh,
+            &ah,
+            &["relayed"],
+        )
+        .await;
         lab.start_upnp(c.router_upnp);
     }
     let connected = Instant::now();
@@ -433,7 +439,11 @@ async fn upnp_turned_on_later_moves_a_relayed_friend_onto_the_mapping() {
         a_reach: "public (UPnP mapping 11.0.0.11:4002 on the router)",
         upnp: Upnp::Mapped,
         size: 1 << 20,
-        ..Case::homes("strict, UPnP turned on later x strict", Nat::Strict, Nat::Strict)
+        ..Case::homes(
+            "strict, UPnP turned on later x strict",
+            Nat::Strict,
+            Nat::Strict,
+        )
     };
     run_case(&c).await;
 }
