@@ -15,7 +15,10 @@
 //!   node is not reachable, the relay server (members only, storage-sized limits) serves when
 //!   it is, and DCUtR upgrades relayed connections to direct ones. What to try next is decided
 //!   by [`kith_nat::Policy`]; this actor only carries out its actions and feeds it events.
-//!   Every advertised address of a peer is dialed in parallel; the first to connect wins.
+//!   Every advertised address of a peer is dialed in parallel; the first to connect wins. A
+//!   peer reached only through a relay is dialed again at any direct address its record gains
+//!   later (UPnP turned on, a port forwarded), and relayed connections close a few seconds
+//!   after a direct one to the same peer exists, however it came about.
 
 use std::{
     collections::{BTreeMap, HashMap},
