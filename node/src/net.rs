@@ -843,10 +843,10 @@ impl Actor {
         let (relayed, direct): (Vec<Multiaddr>, Vec<Multiaddr>) =
             addrs.into_iter().partition(is_relayed);
         if direct.is_empty() {
-            self.dial_addresses(peer, relayed);
+            self.dial_addresses(peer, relayed, PeerCondition::Disconnected);
             return;
         }
-        self.dial_addresses(peer, direct);
+        self.dial_addresses(peer, direct, PeerCondition::Disconnected);
         if !relayed.is_empty() {
             self.later(
                 RELAYED_DIAL_DELAY,
@@ -858,9 +858,9 @@ impl Actor {
         }
     }
 
-    fn dial_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+    fn dial_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, condition: PeerCondition) {
         let opts = DialOpts::peer_id(peer)
-            .condition(PeerCondition::Disconnected)
+            .condition(condition)
             .addresses(addrs)
             .build();
         if let Err(e) = self.swarm.dial(opts) {
@@ -981,7 +981,7 @@ impl Actor {
             }
             Command::DialRelayed { peer, addrs } => {
                 if !self.swarm.is_connected(&peer) {
-                    self.dial_addresses(peer, addrs);
+                    self.dial_addresses(peer, addrs, PeerCondition::Disconnected);
                 }
             }
             Command::Repunch { peer } => {
@@ -1416,13 +1416,7 @@ impl Actor {
             }
             tracing::info!(%peer, "a peer reached through a relay announced a new direct address; dialing it");
             tracing::debug!(%peer, addresses = ?fresh, "new direct addresses");
-            let opts = DialOpts::peer_id(peer)
-                .condition(PeerCondition::Always)
-                .addresses(fresh)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, error = %e, "dialing a new direct address failed");
-            }
+            self.dial_addresses(peer, fresh, PeerCondition::Always);
         }
     }
 

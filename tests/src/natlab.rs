@@ -71,6 +71,19 @@ pub struct Lab {
     _lock: MutexGuard<'static, ()>,
 }
 
+/// Runs `nat-lab.sh` as `cmd` says (its `what` subcommand); panics with its stderr if it fails.
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd
+        .env("NATLAB_DIR", LAB_DIR)
+        .output()
+        .expect("run nat-lab.sh");
+    assert!(
+        out.status.success(),
+        "nat-lab.sh {what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nat-lab.sh")
 }
@@ -153,15 +166,7 @@ impl Lab {
                 cmd.arg("upnp");
             }
         }
-        let out = cmd
-            .env("NATLAB_DIR", LAB_DIR)
-            .output()
-            .expect("run nat-lab.sh");
-        assert!(
-            out.status.success(),
-            "nat-lab.sh up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(cmd, "up");
         Lab { _lock: lock }
     }
 
@@ -173,17 +178,9 @@ impl Lab {
             Igd::V1 => "upnp1",
             Igd::V2 => "upnp",
         };
-        let out = Command::new("bash")
-            .arg(script())
-            .args(["upnp-start", arg])
-            .env("NATLAB_DIR", LAB_DIR)
-            .output()
-            .expect("run nat-lab.sh");
-        assert!(
-            out.status.success(),
-            "nat-lab.sh upnp-start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).args(["upnp-start", arg]);
+        run(cmd, "upnp-start");
     }
 
     /// miniupnpd's lease file (one `PROTO:EXT:INT_IP:INT_PORT:...` line per mapping).
