@@ -6,7 +6,10 @@
 //!   hash, share hash chain, crypttext hashes). Healthy = all n distinct shares are present and
 //!   servers of happiness reach the node's `encoding.shares_happy`.
 //! - **Verify** (`verify: true`): also fetch every block of every share and check its hash; a
-//!   share with a bad block is reported corrupt (server, segment) and does not count.
+//!   share with a bad block is reported corrupt (server, segment) and does not count. A server
+//!   that stops answering in the middle (a block unanswered ten times as long as its own blocks
+//!   took so far, plus a second: [`crate::hedge::stragglers_after`]) is reported unreachable,
+//!   not corrupt, and marked silent; its other shares are not waited for.
 //! - **Repair** (`repair: true`, unhealthy files only): plan where missing shares go
 //!   ([`crate::repair::plan_repair`]: servers of happiness with the good holdings fixed, never on
 //!   a server holding a corrupt copy of the same share), allocate, regenerate them segment by
@@ -447,6 +450,7 @@ pub async fn check(
     if opts.verify
         && let Some(u) = &ueb
     {
+        let mut stopped: BTreeMap<PeerId, String> = BTreeMap::new();
         let u = Arc::new(u.clone());
         let results = bounded(
             good.into_iter()
@@ -465,8 +469,22 @@ pub async fn check(
         for (g, r) in results {
             match r {
                 Ok(()) => good.push(g),
-                Err((segment, reason)) => bad(g.server, g.shnum, Some(segment), reason),
+                Err(VerifyFailure::Bad(segment, reason)) => {
+                    bad(g.server, g.shnum, Some(segment), reason)
+                }
+                Err(VerifyFailure::Stopped(why)) => {
+                    stopped.entry(g.server).or_insert(why);
+                }
             }
+        }
+        // A server that stopped answering holds no verified share, and takes no repair.
+        good.retain(|g| !stopped.contains_key(&g.server));
+        usable.retain(|s| !stopped.contains_key(s));
+        for (s, problem) in stopped {
+            unreachable.push(ServerProblem {
+                server: s.to_string(),
+                problem,
+            });
         }
     }
     good.sort_by_key(|g| (g.server, g.shnum));
@@ -568,31 +586,89 @@ async fn bounded<F: std::future::Future>(futs: Vec<F>, limit: usize) -> Vec<F::O
     out
 }
 
+/// Why a share's verification ended early.
+enum VerifyFailure {
+    /// A block failed its hash, or the server answered something else or an error: corrupt or
+    /// unreadable, at this segment.
+    Bad(u32, String),
+    /// The server stopped answering (or is known to have): unreachable, not corrupt.
+    Stopped(String),
+}
+
 /// Reads and checks every block of one share, one block at a time; the first bad one ends it.
+/// A block unanswered [`crate::hedge::stragglers_after`] the share's typical block time so far
+/// ends it too, as [`VerifyFailure::Stopped`], and marks the server silent (the first block
+/// has the request's own timeout: nothing to compare it with yet).
 async fn verify_share(
     node: &NodeHandle,
     si: [u8; 16],
     ueb: Arc<UriExtension>,
     g: &GoodShare,
-) -> Result<(), (u32, String)> {
+) -> Result<(), VerifyFailure> {
+    let mut times = crate::hedge::BlockTimes::default();
     for seg in 0..ueb.num_segments {
+        if node.is_silent(&g.server) {
+            return Err(VerifyFailure::Stopped(format!(
+                "not answering lately: share {} not verified past block {seg}",
+                g.shnum
+            )));
+        }
         let req = Request::Read {
             si,
             shnum: g.shnum,
             offset: codec::block_offset(&ueb, seg),
             len: codec::block_size_for(&ueb, seg) as u32,
         };
-        let block = match client::rpc_error(node.rpc(g.server, req).await) {
-            Ok(Response::Bytes(b)) => b.into_vec(),
-            Ok(other) => return Err((seg, format!("unexpected answer {other:?}"))),
-            Err(e) => return Err((seg, format!("block {seg} unreadable: {e}"))),
+        let asked = Instant::now();
+        let read = node.rpc(g.server, req);
+        let answer = match times.typical().map(crate::hedge::stragglers_after) {
+            None => read.await,
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(a) => a,
+                Err(_) => {
+                    node.went_silent(g.server);
+                    return Err(VerifyFailure::Stopped(format!(
+                        "stopped answering during the verify: block {seg} of share {} not \
+                         answered in {:.1} s (its blocks took {:.0} ms before)",
+                        g.shnum,
+                        limit.as_secs_f64(),
+                        times.typical().unwrap_or_default().as_secs_f64() * 1000.0
+                    )));
+                }
+            },
         };
+        // A request that failed (the connection, a timeout) says nothing about the share.
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(VerifyFailure::Stopped(format!(
+                    "block {seg} of share {} not read: {e}",
+                    g.shnum
+                )));
+            }
+        };
+        let block = match client::rpc_error(Ok(answer)) {
+            Ok(Response::Bytes(b)) => b.into_vec(),
+            Ok(other) => {
+                return Err(VerifyFailure::Bad(
+                    seg,
+                    format!("unexpected answer {other:?}"),
+                ));
+            }
+            Err(e) => {
+                return Err(VerifyFailure::Bad(
+                    seg,
+                    format!("block {seg} unreadable: {e}"),
+                ));
+            }
+        };
+        times.observe(asked.elapsed());
         let share = g.share.clone();
         let checked = tokio::task::spawn_blocking(move || share.check_block(seg, &block)).await;
         match checked {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err((seg, e.to_string())),
-            Err(e) => return Err((seg, e.to_string())),
+            Ok(Err(e)) => return Err(VerifyFailure::Bad(seg, e.to_string())),
+            Err(e) => return Err(VerifyFailure::Bad(seg, e.to_string())),
         }
     }
     Ok(())

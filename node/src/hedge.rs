@@ -208,6 +208,11 @@ impl BlockTimes {
         });
     }
 
+    /// The typical block time so far (`None` before the first block).
+    pub fn typical(&self) -> Option<Duration> {
+        self.typical
+    }
+
     /// How long a segment's blocks may take before a spare share is read too.
     pub fn hedge_after(&self) -> Duration {
         match self.typical {

@@ -904,6 +904,11 @@ impl NodeHandle {
         }
     }
 
+    /// Whether `server` left a request unanswered lately.
+    pub fn is_silent(&self, server: &PeerId) -> bool {
+        self.silent().is_silent(server, std::time::Instant::now())
+    }
+
     /// Servers that left a request unanswered lately.
     pub fn silent_servers(&self) -> Vec<PeerId> {
         self.silent().silent(std::time::Instant::now())

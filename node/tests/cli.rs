@@ -848,10 +848,31 @@ fn five_daemons(root: &Path) -> (Vec<std::path::PathBuf>, Vec<Daemon>, Vec<Strin
         wait_for(&d.join("api.json"));
     }
     let a = &dirs[0];
-    wait_until("ann connected to the four others", || {
-        let st: serde_json::Value = serde_json::from_str(&ok(a, &["status", "--json"])).unwrap();
-        st["connected_peers"].as_array().map_or(0, Vec::len) == 4
-    });
+    let connected = |d: &Path| -> Vec<String> {
+        let st: serde_json::Value = serde_json::from_str(&ok(d, &["status", "--json"])).unwrap();
+        st["connected_peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| format!("{} ({})", p["nickname"], p["path"]))
+            .collect()
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while connected(a).len() != 4 {
+        if Instant::now() >= end {
+            // Who sees whom, to tell a node that never came up from one nobody dialed.
+            let views: Vec<String> = dirs
+                .iter()
+                .zip(names)
+                .map(|(d, n)| format!("{n}: {:?}; members: {}", connected(d), ok(d, &["members"])))
+                .collect();
+            panic!(
+                "ann did not connect to the four others in 30 s:\n{}",
+                views.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let peer_id = |d: &Path| -> String {
         let addr = ok(d, &["id"]).lines().next().unwrap().to_owned();
         addr.rsplit("/p2p/").next().unwrap().to_owned()
@@ -1001,6 +1022,77 @@ fn a_server_far_slower_than_the_others_is_left_behind_and_left_out_of_repairs_an
     assert_eq!(placement.len(), 5, "{result}");
     assert!(placement.values().all(|s| s != ids[1].as_str()), "{result}");
     assert_eq!(result["happiness"], 4, "{result}");
+    drop(daemons);
+}
+
+#[test]
+fn a_server_that_hangs_during_a_verify_is_reported_unreachable_not_corrupt_in_seconds() {
+    use rustix::process::Signal;
+
+    // Five nodes, 2-of-5 with happy 4: every node holds one 32 MiB share of the file.
+    let tmp = tempfile::tempdir().unwrap();
+    let (dirs, daemons, ids) = five_daemons(tmp.path());
+    let a = &dirs[0];
+    let (file, _) = film(tmp.path(), 17);
+    let cap = ok(a, &["put", file.to_str().unwrap()])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    // Ben hangs once the verify has read a few of his blocks.
+    let before = read_bytes(&dirs[1]);
+    let verify = Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--dir")
+        .arg(a)
+        .args(["check", "--verify", "--json", &cap])
+        .env("KITH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while read_bytes(&dirs[1]) < before + (1 << 20) {
+        assert!(Instant::now() < end, "ben never served the verify");
+    }
+    signal(&daemons[1], Signal::STOP);
+    let started = Instant::now();
+    let out = verify.wait_with_output().unwrap();
+    let took = started.elapsed();
+    signal(&daemons[1], Signal::CONT);
+    eprintln!("the verify ended {took:?} after ben stopped");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    // His share is neither good nor corrupt: he is unreachable, and said why.
+    assert_eq!(report["good_shares"], 4, "{report}");
+    assert_eq!(report["healthy"], false, "{report}");
+    assert_eq!(report["corrupt"], serde_json::json!([]), "{report}");
+    let problem = report["unreachable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["server"] == ids[1].as_str())
+        .unwrap_or_else(|| panic!("ben is not unreachable: {report}"))["problem"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        problem.starts_with("stopped answering during the verify: block "),
+        "{problem}"
+    );
+    // Before, the verify waited for his read to time out (REQUEST_TIMEOUT = 60 s) and called
+    // his share corrupt.
+    assert!(
+        took < Duration::from_secs(20),
+        "the verify took {took:?} after ben stopped"
+    );
+    // Running again, ben's share verifies once something hears from him (a check's listing
+    // ends his silence).
+    wait_until("a verify finds all five shares good", || {
+        let r: serde_json::Value =
+            serde_json::from_slice(&kith(a, &["check", "--verify", "--json", &cap]).stdout)
+                .unwrap();
+        r["good_shares"] == 5
+    });
     drop(daemons);
 }
 
