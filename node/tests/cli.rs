@@ -891,6 +891,28 @@ fn film(dir: &Path, shift: u32) -> (std::path::PathBuf, Vec<u8>) {
     (file, data)
 }
 
+/// `kith ARGS` started with its output piped, not waited for.
+fn spawn_kith(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kith"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env("KITH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `kith put FILE`'s cap (its last line).
+fn put_cap(dir: &Path, file: &Path) -> String {
+    ok(dir, &["put", file.to_str().unwrap()])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
 /// The first JSON value `kith put --json` prints (the cap line follows it).
 fn first_json(out: &str) -> serde_json::Value {
     serde_json::Deserializer::from_str(out)
@@ -925,15 +947,7 @@ fn a_server_far_slower_than_the_others_is_left_behind_and_left_out_of_repairs_an
     let a = &dirs[0];
     let (file, data) = film(tmp.path(), 11);
     let ben_before = metric(&dirs[1], "kith_storage_direct_bytes_total");
-    let put = Command::new(env!("CARGO_BIN_EXE_kith"))
-        .arg("--dir")
-        .arg(a)
-        .args(["put", "--json", file.to_str().unwrap()])
-        .env("KITH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let put = spawn_kith(a, &["put", "--json", file.to_str().unwrap()]);
     // Once ben has his share to write (his listing answered, blocks coming), his machine is
     // starved: it runs 10 ms in every 310 (stopped the rest), so it takes its blocks far
     // slower than the others.
@@ -1034,22 +1048,10 @@ fn a_server_that_hangs_during_a_verify_is_reported_unreachable_not_corrupt_in_se
     let (dirs, daemons, ids) = five_daemons(tmp.path());
     let a = &dirs[0];
     let (file, _) = film(tmp.path(), 17);
-    let cap = ok(a, &["put", file.to_str().unwrap()])
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let cap = put_cap(a, &file);
     // Ben hangs once the verify has read a few of his blocks.
     let before = read_bytes(&dirs[1]);
-    let verify = Command::new(env!("CARGO_BIN_EXE_kith"))
-        .arg("--dir")
-        .arg(a)
-        .args(["check", "--verify", "--json", &cap])
-        .env("KITH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let verify = spawn_kith(a, &["check", "--verify", "--json", &cap]);
     let end = Instant::now() + Duration::from_secs(60);
     while read_bytes(&dirs[1]) < before + (1 << 20) {
         assert!(Instant::now() < end, "ben never served the verify");
@@ -1107,11 +1109,7 @@ fn a_hung_server_holds_no_download_up_and_uploads_and_directory_writes_go_on_wit
     let a = &dirs[0];
 
     let (file, data) = film(tmp.path(), 13);
-    let cap = ok(a, &["put", file.to_str().unwrap()])
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let cap = put_cap(a, &file);
     for d in &dirs {
         assert_eq!(share_files(d).len(), 1, "{} holds one share", d.display());
     }
