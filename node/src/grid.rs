@@ -497,11 +497,7 @@ fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
             })
         })
         // Only a trailing `/p2p/<self>` goes: a relayed address keeps its relay's `/p2p/`.
-        .map(|a| {
-            kith_transports::split_peer_id(a)
-                .map(|(_, rest)| rest)
-                .unwrap_or_else(|| a.clone())
-        })
+        .map(kith_transports::without_peer_id)
         .collect()
 }
 

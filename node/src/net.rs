@@ -890,9 +890,7 @@ impl Actor {
     /// process's). libp2p fails the whole dial when any of its concurrent attempts reaches the
     /// wrong peer, so an address left in the book would spoil every later dial; forget it.
     fn forget_wrong_address(&self, peer: PeerId, obtained: PeerId, addr: &Multiaddr) {
-        let bare = |a: &Multiaddr| {
-            kith_transports::split_peer_id(a).map_or_else(|| a.clone(), |(_, bare)| bare)
-        };
+        let bare = kith_transports::without_peer_id;
         let wrong = bare(addr);
         let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
         let Some(addrs) = book.get_mut(&peer) else {
@@ -1442,17 +1440,17 @@ impl Actor {
     fn path(&self, peer: &PeerId) -> Path {
         let upnp = matches!(self.policy.upnp(), kith_nat::policy::Upnp::Mapped { .. })
             && self.policy.is_public();
-        let announced = |remote: &Multiaddr| {
-            let bare = |a: &Multiaddr| {
-                kith_transports::split_peer_id(a).map_or_else(|| a.clone(), |(_, bare)| bare)
-            };
-            let remote = bare(remote);
-            self.addresses(peer).iter().any(|a| bare(a) == remote)
-        };
+        let announced: Vec<Multiaddr> = self
+            .addresses(peer)
+            .iter()
+            .map(kith_transports::without_peer_id)
+            .collect();
         let punched = self.punched.contains(peer);
         let mut best = Path::Relayed;
         for c in self.conns.values().filter(|c| c.peer == *peer) {
-            let p = conn_path(c, punched, upnp, !c.inbound && announced(&c.remote));
+            let dialed_announced =
+                !c.inbound && announced.contains(&kith_transports::without_peer_id(&c.remote));
+            let p = conn_path(c, punched, upnp, dialed_announced);
             if rank(p) > rank(best) {
                 best = p;
             }

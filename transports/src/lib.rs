@@ -256,6 +256,11 @@ pub fn split_peer_id(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
     }
 }
 
+/// `addr` without a trailing `/p2p/<peer>` (a relayed address keeps its relay's).
+pub fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
+    split_peer_id(addr).map_or_else(|| addr.clone(), |(_, bare)| bare)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
