@@ -6,6 +6,8 @@
 //!   result in one line for `kith status`. No IO, clocks or RNG: `now` is an argument.
 //! - [`upnp`]: UPnP IGD (v1 and v2) mappings through igd-next, with leases, renewal, a
 //!   fallback external port and removal on shutdown.
+//! - [`ssdp`]: hears routers announce themselves (SSDP `NOTIFY`), so a router that turns UPnP
+//!   on or restarts is asked at once instead of after the retry backoff.
 //! - [`candidates`]: a small libp2p behaviour that feeds UPnP-mapped addresses to AutoNAT as
 //!   candidates, so only confirmed mappings are announced.
 //! - [`relay_server`]: libp2p's relay server behind two corrections (direct addresses only
@@ -71,6 +73,7 @@ macro_rules! delegate_connections {
 pub mod candidates;
 pub mod policy;
 pub mod relay_server;
+pub mod ssdp;
 pub mod upnp;
 
 pub use policy::{Action, Event, Features, Policy, Reachability, Source};

@@ -36,6 +36,11 @@ pub const FIRST_BACKOFF_MS: u64 = 30_000;
 pub const FIRST_RESERVE_BACKOFF_MS: u64 = 1_000;
 /// Longest retry delay.
 pub const MAX_BACKOFF_MS: u64 = 30 * 60_000;
+/// Shortest time between the start of one UPnP attempt and one that a gateway's announcement
+/// brings forward (anyone on the LAN can send announcements).
+pub const MIN_ANNOUNCED_GAP_MS: u64 = 5_000;
+/// Most gateways remembered (with their boot ids) from announcements.
+pub const MAX_GATEWAYS: usize = 16;
 
 /// Which automatic behaviours are on. `Features::default()` is the home-user setting (all on);
 /// [`Features::sysadmin`] switches every one off.
@@ -106,6 +111,17 @@ pub enum Event {
     },
     /// The UPnP attempt failed (no gateway, refused, ...).
     UpnpFailed(String),
+    /// A gateway announced itself on the LAN (SSDP `ssdp:alive`). One not heard before, or
+    /// with a new boot id (it restarted and lost its mappings), brings the next UPnP attempt
+    /// forward to now (or [`MIN_ANNOUNCED_GAP_MS`] after the last one).
+    GatewayAnnounced {
+        /// The device's `uuid:` id.
+        id: String,
+        /// Its `BOOTID.UPNP.ORG`, if it sends one.
+        boot_id: Option<u32>,
+    },
+    /// A gateway said it is leaving (`ssdp:byebye`): its next `alive` counts as new.
+    GatewayLeft(String),
     /// A connected member offers the relay protocol.
     RelayAvailable(PeerId),
     /// A relay is no longer connected or no longer offers relaying.
@@ -161,6 +177,28 @@ pub enum Upnp {
     },
 }
 
+/// What started a UPnP attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The node started.
+    Start,
+    /// The backoff after a failure ran out.
+    Retry,
+    /// Half the lease went by.
+    Renewal,
+    /// A gateway announced itself (new, or restarted).
+    Announced,
+}
+
+/// How a gateway was last heard of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    boot_id: Option<u32>,
+    /// It said goodbye.
+    left: bool,
+}
+
 /// One relay reservation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reservation {
@@ -196,6 +234,12 @@ pub struct Policy {
     public_since: Option<u64>,
     upnp: Upnp,
     upnp_backoff: u64,
+    /// When the last UPnP attempt started and why.
+    upnp_last: Option<(u64, Trigger)>,
+    /// The next attempt was brought forward by an announcement.
+    upnp_announced: bool,
+    /// Gateways heard announcing themselves.
+    gateways: BTreeMap<String, Seen>,
     relays: BTreeSet<PeerId>,
     reservations: BTreeMap<PeerId, Reservation>,
     refused: BTreeMap<PeerId, (u64, u64)>,
@@ -217,6 +261,9 @@ impl Policy {
             configured: configured.iter().cloned().collect(),
             upnp: if features.upnp { Upnp::Idle } else { Upnp::Off },
             upnp_backoff: FIRST_BACKOFF_MS,
+            upnp_last: None,
+            upnp_announced: false,
+            gateways: BTreeMap::new(),
             relays: BTreeSet::new(),
             reservations: BTreeMap::new(),
             refused: BTreeMap::new(),
@@ -263,6 +310,7 @@ impl Policy {
             Event::UpnpMapped { external, lease_ms } => {
                 if self.features.upnp {
                     self.upnp_backoff = FIRST_BACKOFF_MS;
+                    self.upnp_announced = false;
                     let renew_at = if lease_ms == 0 {
                         u64::MAX
                     } else {
@@ -278,12 +326,52 @@ impl Policy {
             }
             Event::UpnpFailed(reason) => {
                 if self.features.upnp {
-                    self.upnp = Upnp::Failed {
-                        reason,
-                        retry_at: now + self.upnp_backoff,
-                    };
+                    let mut retry_at = now + self.upnp_backoff;
+                    if self.upnp_announced {
+                        let gap = self.upnp_last.map_or(0, |(t, _)| t + MIN_ANNOUNCED_GAP_MS);
+                        retry_at = retry_at.min(now.max(gap));
+                    }
+                    self.upnp = Upnp::Failed { reason, retry_at };
                     self.upnp_backoff = (self.upnp_backoff * 2).min(MAX_BACKOFF_MS);
                 }
+            }
+            Event::GatewayAnnounced { id, boot_id } => {
+                let seen = Seen {
+                    boot_id,
+                    left: false,
+                };
+                let before = self.remember_gateway(id, seen);
+                let restarted = before.is_some_and(|b| b != seen);
+                let new = before.is_none();
+                let at = self
+                    .upnp_last
+                    .map_or(now, |(t, _)| now.max(t + MIN_ANNOUNCED_GAP_MS));
+                match &mut self.upnp {
+                    Upnp::Failed { retry_at, .. } if new || restarted => {
+                        *retry_at = (*retry_at).min(at);
+                        self.upnp_backoff = FIRST_BACKOFF_MS;
+                    }
+                    // The router we mapped on (or another on the LAN) restarted: our mappings
+                    // may be gone. A gateway merely heard for the first time is most likely
+                    // the one that mapped, announcing itself as it does every few minutes.
+                    Upnp::Mapped { renew_at, .. } if restarted => {
+                        *renew_at = (*renew_at).min(at);
+                    }
+                    // The attempt under way may fail for coming too early: its failure then
+                    // retries at `at` instead of after the backoff.
+                    Upnp::Trying if new || restarted => {}
+                    _ => return,
+                }
+                self.upnp_announced = true;
+            }
+            Event::GatewayLeft(id) => {
+                self.remember_gateway(
+                    id,
+                    Seen {
+                        boot_id: None,
+                        left: true,
+                    },
+                );
             }
             Event::RelayAvailable(peer) => {
                 self.relays.insert(peer);
@@ -319,6 +407,20 @@ impl Policy {
         }
     }
 
+    /// Records how a gateway was last heard of; returns how it was heard of before. A
+    /// goodbye keeps the boot id it had (an `alive` after it counts as a restart).
+    fn remember_gateway(&mut self, id: String, mut seen: Seen) -> Option<Seen> {
+        if !self.gateways.contains_key(&id) && self.gateways.len() >= MAX_GATEWAYS {
+            self.gateways.pop_first();
+        }
+        let before = self.gateways.get(&id).copied();
+        if seen.left {
+            seen.boot_id = before.and_then(|b| b.boot_id);
+        }
+        self.gateways.insert(id, seen);
+        before
+    }
+
     fn upnp_external(&self) -> impl Iterator<Item = &Multiaddr> {
         match &self.upnp {
             Upnp::Mapped { external, .. } => external.as_slice(),
@@ -342,6 +444,13 @@ impl Policy {
             Upnp::Off | Upnp::Trying => false,
         };
         if upnp_due {
+            let trigger = match &self.upnp {
+                _ if std::mem::take(&mut self.upnp_announced) => Trigger::Announced,
+                Upnp::Mapped { .. } => Trigger::Renewal,
+                Upnp::Failed { .. } => Trigger::Retry,
+                _ => Trigger::Start,
+            };
+            self.upnp_last = Some((now, trigger));
             if let Upnp::Mapped { renew_at, .. } = &mut self.upnp {
                 // Stay "mapped" while renewing; a failed renewal reports UpnpFailed.
                 *renew_at = u64::MAX;
@@ -416,6 +525,11 @@ impl Policy {
     /// The UPnP state.
     pub fn upnp(&self) -> &Upnp {
         &self.upnp
+    }
+
+    /// What started the last UPnP attempt, if one was made.
+    pub fn upnp_trigger(&self) -> Option<Trigger> {
+        self.upnp_last.map(|(_, t)| t)
     }
 
     /// Hole punches that ended in a direct connection, and all that finished.
@@ -559,6 +673,111 @@ mod tests {
         let text = p.explain(&|x| format!("n{}", r.iter().position(|y| y == x).unwrap()));
         assert!(text.starts_with("behind NAT, relayed via n"), "{text}");
         assert!(text.contains("UPnP: no gateway found"), "{text}");
+    }
+
+    #[test]
+    fn a_gateway_announcing_itself_brings_the_next_upnp_attempt_forward_once() {
+        let mut p = Policy::new(Features::default(), &[], 0);
+        let gw = |id: &str, boot_id| Event::GatewayAnnounced {
+            id: id.into(),
+            boot_id,
+        };
+        assert_eq!(p.poll(0), vec![Action::MapPorts]);
+        assert_eq!(p.upnp_trigger(), Some(Trigger::Start));
+        p.on(Event::UpnpFailed("no gateway found".into()), 3_000);
+        assert!(p.poll(10_000).is_empty(), "backoff: 30 s");
+        // The router's owner turns UPnP on: its first announcement means "now".
+        p.on(gw("uuid:r", Some(1)), 10_000);
+        assert_eq!(p.poll(10_000), vec![Action::MapPorts]);
+        assert_eq!(p.upnp_trigger(), Some(Trigger::Announced));
+        let ext = vec![addr("/ip4/11.0.0.11/tcp/4002")];
+        p.on(
+            Event::UpnpMapped {
+                external: ext.clone(),
+                lease_ms: 3_600_000,
+            },
+            10_100,
+        );
+        // Its periodic announcements change nothing, nor does another device heard while
+        // mapped.
+        p.on(gw("uuid:r", Some(1)), 40_000);
+        p.on(gw("uuid:other", Some(1)), 40_000);
+        assert!(p.poll(40_000).is_empty());
+        // It restarts (new boot id, mappings gone): renew now, not at half the lease.
+        p.on(gw("uuid:r", Some(2)), 50_000);
+        assert_eq!(p.poll(50_000), vec![Action::MapPorts]);
+        assert_eq!(p.upnp_trigger(), Some(Trigger::Announced));
+        p.on(
+            Event::UpnpMapped {
+                external: ext,
+                lease_ms: 3_600_000,
+            },
+            50_100,
+        );
+        // Leaves and comes back (a 1.0 device without boot ids): counts as new again, but
+        // no sooner than MIN_ANNOUNCED_GAP_MS after the last attempt.
+        p.on(Event::GatewayLeft("uuid:r".into()), 51_000);
+        p.on(gw("uuid:r", None), 52_000);
+        assert!(p.poll(52_000).is_empty());
+        assert_eq!(
+            p.poll(50_000 + MIN_ANNOUNCED_GAP_MS),
+            vec![Action::MapPorts]
+        );
+        // A renewal at half the lease is a renewal.
+        p.on(
+            Event::UpnpMapped {
+                external: vec![],
+                lease_ms: 1_000,
+            },
+            60_000,
+        );
+        assert_eq!(p.poll(60_500), vec![Action::MapPorts]);
+        assert_eq!(p.upnp_trigger(), Some(Trigger::Renewal));
+    }
+
+    #[test]
+    fn an_announcement_during_an_attempt_retries_its_failure_early() {
+        let mut p = Policy::new(Features::default(), &[], 0);
+        assert_eq!(p.poll(0), vec![Action::MapPorts]);
+        // The router comes up while the search is under way and the search misses it.
+        p.on(
+            Event::GatewayAnnounced {
+                id: "uuid:r".into(),
+                boot_id: Some(1),
+            },
+            1_000,
+        );
+        p.on(Event::UpnpFailed("no gateway found".into()), 3_000);
+        assert!(p.poll(4_000).is_empty());
+        assert_eq!(p.poll(MIN_ANNOUNCED_GAP_MS), vec![Action::MapPorts]);
+        assert_eq!(p.upnp_trigger(), Some(Trigger::Announced));
+        // Without an announcement the backoff holds (doubled by the first failure).
+        p.on(Event::UpnpFailed("no gateway found".into()), 8_000);
+        assert!(p.poll(8_000 + 2 * FIRST_BACKOFF_MS - 1).is_empty());
+        assert_eq!(p.poll(8_000 + 2 * FIRST_BACKOFF_MS), vec![Action::MapPorts]);
+        assert_eq!(p.upnp_trigger(), Some(Trigger::Retry));
+    }
+
+    #[test]
+    fn announcements_do_nothing_with_upnp_off_and_stay_bounded() {
+        let mut off = Policy::new(Features::sysadmin(), &[], 0);
+        let mut on = Policy::new(Features::default(), &[], 0);
+        on.poll(0);
+        on.on(Event::UpnpFailed("no gateway found".into()), 1);
+        for i in 0..100u32 {
+            let e = Event::GatewayAnnounced {
+                id: format!("uuid:{i}"),
+                boot_id: Some(i),
+            };
+            off.on(e.clone(), 10_000 + u64::from(i));
+            on.on(e, 10_000 + u64::from(i));
+        }
+        assert!(off.poll(20_000).is_empty());
+        assert_eq!(*off.upnp(), Upnp::Off);
+        assert!(on.gateways.len() <= MAX_GATEWAYS);
+        // A flood of "new" gateways: one attempt, not one per announcement.
+        assert_eq!(on.poll(20_000), vec![Action::MapPorts]);
+        assert!(on.poll(20_001).is_empty());
     }
 
     #[test]

@@ -644,7 +644,18 @@ pub fn spawn(
         redial: BTreeMap::new(),
         answers_tx: answer_tx,
     };
-    let task = tokio::spawn(actor.run(cmd_rx, answer_rx, upnp_rx));
+    // Routers' announcements bring a UPnP attempt forward (a Tor-only node opens no clearnet
+    // socket at all).
+    let ssdp = (features.upnp && !nat.tor_only)
+        .then(|| {
+            kith_nat::ssdp::Listener::bind(kith_nat::ssdp::PORT)
+                .inspect_err(|e| {
+                    tracing::info!(error = %e, "not listening for routers' announcements (SSDP port)")
+                })
+                .ok()
+        })
+        .flatten();
+    let task = tokio::spawn(actor.run(cmd_rx, answer_rx, upnp_rx, ssdp));
     Ok((
         NetHandle {
             local,
@@ -759,8 +770,13 @@ impl Actor {
         mut cmds: mpsc::Receiver<Command>,
         mut answers: mpsc::Receiver<Answer>,
         mut upnp_results: mpsc::Receiver<UpnpResult>,
+        ssdp: Option<kith_nat::ssdp::Listener>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let announcement = async || match &ssdp {
+            Some(l) => l.next().await,
+            None => std::future::pending().await,
+        };
         loop {
             tokio::select! {
                 biased;
@@ -777,6 +793,7 @@ impl Actor {
                     Some(cmd) => self.on_command(cmd),
                 },
                 Some(result) = upnp_results.recv() => self.on_upnp(result),
+                a = announcement() => self.on_announcement(a),
                 _ = tick.tick() => {
                     protocol::trim_idle_bulk();
                     self.redial_due();
@@ -1539,6 +1556,21 @@ impl Actor {
                 self.state.send_modify(|s| s.nat.upnp.clear());
             }
         }
+        self.run_policy();
+    }
+
+    /// A router announced itself on the LAN (or said goodbye).
+    fn on_announcement(&mut self, a: kith_nat::ssdp::Announcement) {
+        tracing::debug!(gateway = %a.id, alive = a.alive, boot_id = ?a.boot_id, "a router announced itself");
+        let event = if a.alive {
+            kith_nat::Event::GatewayAnnounced {
+                id: a.id,
+                boot_id: a.boot_id,
+            }
+        } else {
+            kith_nat::Event::GatewayLeft(a.id)
+        };
+        self.policy.on(event, self.now_ms());
         self.run_policy();
     }
 

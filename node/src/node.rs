@@ -615,6 +615,9 @@ pub struct NatStatus {
     pub reservations: Vec<(String, &'static str)>,
     /// UPnP: `off`, `idle`, `trying`, `mapped` or `failed: <why>`.
     pub upnp: String,
+    /// What started the last UPnP attempt (`start`, `retry`, `renewal`, `announced`: the
+    /// router announced itself), if one was made.
+    pub upnp_trigger: Option<kith_nat::policy::Trigger>,
     /// UPnP mappings in place (`internal -> external`).
     pub upnp_mappings: Vec<String>,
     /// The router's IGD service (`WANIPConnection:1` or `:2`).
@@ -1202,6 +1205,7 @@ impl NodeHandle {
                 Upnp::Mapped { .. } => "mapped".into(),
                 Upnp::Failed { reason, .. } => format!("failed: {reason}"),
             },
+            upnp_trigger: policy.upnp_trigger(),
             upnp_mappings: net
                 .nat
                 .upnp

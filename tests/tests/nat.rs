@@ -322,6 +322,22 @@ async fn run_case(c: &Case) {
             );
         }
     }
+    if c.upnp_later {
+        // Mapped because the router announced itself when it came up, not by the retry 30 s
+        // after the first attempt found no router.
+        assert_eq!(
+            st.nat.upnp_trigger,
+            Some(kith_nat::policy::Trigger::Announced),
+            "what made A try UPnP again"
+        );
+    } else if c.upnp == Upnp::Mapped || c.upnp == Upnp::Moved {
+        // The router's periodic announcements do not make A map again.
+        assert_eq!(
+            st.nat.upnp_trigger,
+            Some(kith_nat::policy::Trigger::Start),
+            "what made A's last UPnP attempt"
+        );
+    }
     if c.upnp == Upnp::Refused {
         assert!(
             st.nat.upnp.starts_with("failed: the router refused"),
