@@ -859,30 +859,54 @@ impl Actor {
         self.dialing.insert(peer, addrs.clone());
         let (relayed, direct): (Vec<Multiaddr>, Vec<Multiaddr>) =
             addrs.into_iter().partition(is_relayed);
-        if direct.is_empty() {
-            self.dial_addresses(peer, relayed, PeerCondition::Disconnected);
-            return;
+        let (first, then) = if direct.is_empty() {
+            (relayed, Vec::new())
+        } else {
+            (direct, relayed)
+        };
+        let mut result = self.dial_addresses(peer, first, PeerCondition::Disconnected);
+        if !then.is_empty() {
+            if result.is_ok() {
+                self.later(
+                    RELAYED_DIAL_DELAY,
+                    Command::DialRelayed { peer, addrs: then },
+                );
+            } else {
+                // Nothing direct to wait for.
+                result = self.dial_addresses(peer, then, PeerCondition::Disconnected);
+            }
         }
-        self.dial_addresses(peer, direct, PeerCondition::Disconnected);
-        if !relayed.is_empty() {
-            self.later(
-                RELAYED_DIAL_DELAY,
-                Command::DialRelayed {
-                    peer,
-                    addrs: relayed,
-                },
-            );
+        // A dial the swarm refused at once (every address is one of ours, a behaviour denied
+        // it) reports no event later: end it here, or it would count as under way forever.
+        if let Err(e) = result {
+            self.dial_ended(peer, e.to_string());
         }
     }
 
-    fn dial_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, condition: PeerCondition) {
+    fn dial_addresses(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        condition: PeerCondition,
+    ) -> Result<(), libp2p::swarm::DialError> {
         let opts = DialOpts::peer_id(peer)
             .condition(condition)
             .addresses(addrs)
             .build();
-        if let Err(e) = self.swarm.dial(opts) {
+        self.swarm.dial(opts).inspect_err(|e| {
             tracing::debug!(%peer, error = %e, "dialing a member failed");
+        })
+    }
+
+    /// A dial of `peer` ended without a connection: requests waiting for it fail with `error`,
+    /// which later failures quote.
+    fn dial_ended(&mut self, peer: PeerId, error: String) {
+        self.dialing.remove(&peer);
+        if self.dial_errors.len() >= MAX_DIAL_ERRORS {
+            self.dial_errors.clear();
         }
+        self.dial_errors.insert(peer, error.clone());
+        self.dial_failed(peer, error);
     }
 
     fn send_join(&mut self, peer: PeerId, msg: Vec<u8>, reply: JoinReply, attempt: u8) {
@@ -996,7 +1020,7 @@ impl Actor {
             }
             Command::DialRelayed { peer, addrs } => {
                 if !self.swarm.is_connected(&peer) {
-                    self.dial_addresses(peer, addrs, PeerCondition::Disconnected);
+                    let _ = self.dial_addresses(peer, addrs, PeerCondition::Disconnected);
                 }
             }
             Command::Repunch { peer } => {
@@ -1235,13 +1259,7 @@ impl Actor {
                 if self.swarm.is_connected(&peer) {
                     return false;
                 }
-                self.dialing.remove(&peer);
-                let error = error.to_string();
-                if self.dial_errors.len() >= MAX_DIAL_ERRORS {
-                    self.dial_errors.clear();
-                }
-                self.dial_errors.insert(peer, error.clone());
-                self.dial_failed(peer, error);
+                self.dial_ended(peer, error.to_string());
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -1431,7 +1449,7 @@ impl Actor {
             }
             tracing::info!(%peer, "a peer reached through a relay announced a new direct address; dialing it");
             tracing::debug!(%peer, addresses = ?fresh, "new direct addresses");
-            self.dial_addresses(peer, fresh, PeerCondition::Always);
+            let _ = self.dial_addresses(peer, fresh, PeerCondition::Always);
         }
     }
 
