@@ -125,6 +125,8 @@ pub enum UpnpError {
 #[derive(Debug)]
 pub struct Mapper {
     gateway: Option<Gateway<Tokio>>,
+    /// The address of the gateway that holds `mappings`.
+    mapped_at: Option<IpAddr>,
     mappings: Vec<Mapping>,
     lease: Duration,
     description: String,
@@ -135,6 +137,7 @@ impl Mapper {
     pub fn new(lease: Duration, description: &str) -> Self {
         Self {
             gateway: None,
+            mapped_at: None,
             mappings: Vec::new(),
             lease,
             description: description.chars().take(64).collect(),
@@ -155,7 +158,28 @@ impl Mapper {
 
     /// Maps (or renews) `ports`. Returns the mappings now in place; ports that failed are
     /// left out, and the first failure is returned if none succeeded.
+    ///
+    /// The gateway found by the first search is kept; a request to it that fails for any other
+    /// reason than a refusal or a conflict forgets it, so the next call searches again (a
+    /// router that restarted may serve its control URL on another port; a laptop may be on
+    /// another network).
     pub async fn map(&mut self, ports: &[Port]) -> Result<Vec<Mapping>, UpnpError> {
+        let result = self.map_on_gateway(ports).await;
+        if let Err(UpnpError::Request(e)) = &result
+            && self.gateway.take().is_some()
+        {
+            tracing::info!(error = %e, "UPnP gateway stopped answering; searching again next time");
+        }
+        result
+    }
+
+    /// Forgets the gateway: the next [`Mapper::map`] searches for one (after a router announced
+    /// that it restarted).
+    pub fn forget_gateway(&mut self) {
+        self.gateway = None;
+    }
+
+    async fn map_on_gateway(&mut self, ports: &[Port]) -> Result<Vec<Mapping>, UpnpError> {
         let gateway = match &self.gateway {
             Some(g) => g.clone(),
             None => {
@@ -165,6 +189,11 @@ impl Mapper {
                 let g = igd_next::aio::tokio::search_gateway(opts)
                     .await
                     .map_err(|_| UpnpError::NoGateway)?;
+                // Mappings on another router (the node moved) are not this one's to remove.
+                if self.mapped_at != Some(g.addr.ip()) {
+                    self.mappings.clear();
+                }
+                self.mapped_at = Some(g.addr.ip());
                 self.gateway = Some(g.clone());
                 g
             }

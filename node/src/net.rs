@@ -1604,8 +1604,14 @@ impl Actor {
                         let ports =
                             upnp::Port::from_listen_addrs(&self.state.borrow().listen_addrs);
                         let (mapper, tx) = (self.mapper.clone(), self.upnp_tx.clone());
+                        // A router that announced a restart may serve its control URL elsewhere.
+                        let search = self.policy.upnp_trigger()
+                            == Some(kith_nat::policy::Trigger::Announced);
                         tokio::spawn(async move {
                             let mut m = mapper.lock().await;
+                            if search {
+                                m.forget_gateway();
+                            }
                             let r = if ports.is_empty() {
                                 Err(upnp::UpnpError::Request(
                                     "no IPv4 TCP or QUIC listen port to map".into(),

@@ -11,12 +11,16 @@
 # 11.0.0.0/24 stands in for the internet because miniupnpd and UPnP clients refuse a
 # private WAN address; it never leaves these namespaces.
 #
-# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] | down
+# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] [HTTP_PORT] |
+#        upnp-stop | down
 #   MODE: moderate = Linux masquerade (endpoint-independent mapping, port-dependent filtering)
 #         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
 #   upnp: run a real miniupnpd (nftables backend, secure mode) on r1, speaking IGDv2;
 #   upnp1: the same, forced to describe itself as IGDv1 (WANIPConnection:1)
-#   upnp-start: start that miniupnpd later, on a lab that is up without one
+#   upnp-start: start that miniupnpd later, on a lab that is up without one (or restart it
+#     after upnp-stop, with an empty lease table, maybe on another HTTP port like a router
+#     that rebooted)
+#   upnp-stop: stop it (SIGTERM, as a router shutting down)
 # Namespace names get the prefix $NATLAB_PREFIX (default "kl-") so the lab never touches
 # namespaces it did not make; files go to $NATLAB_DIR (default /tmp/kith-natlab).
 set -euo pipefail
@@ -27,7 +31,7 @@ NS="${P}inet ${P}r1 ${P}r2 ${P}h1 ${P}h2"
 down() {
   for n in $NS; do ip netns pids "$n" 2>/dev/null | xargs -r kill 2>/dev/null || true; done
   for n in $NS; do ip netns del "$n" 2>/dev/null || true; done
-  rm -f "$LAB/upnp.leases"
+  rm -f "$LAB/upnp.leases" "$LAB/miniupnpd.uuid"
 }
 
 router() { # router NAME MODE
@@ -95,17 +99,21 @@ up() {
   fi
 }
 
-# Starts miniupnpd on r1 (upnp: IGDv2, upnp1: IGDv1) and waits until its HTTP port answers.
+# Starts miniupnpd on r1 (upnp: IGDv2, upnp1: IGDv1; HTTP on port $2, default 5000) with an
+# empty lease file and waits until its HTTP port answers.
 start_upnp() {
+  local port="${2:-5000}"
+  # A router keeps its device uuid across restarts (its boot id changes).
+  [ -s "$LAB/miniupnpd.uuid" ] || cat /proc/sys/kernel/random/uuid > "$LAB/miniupnpd.uuid"
   cat > "$LAB/miniupnpd.conf" <<CONF
 ext_ifname=wan
 listening_ip=lan
-http_port=5000
+http_port=$port
 enable_natpmp=yes
 enable_upnp=yes
 secure_mode=yes
 system_uptime=yes
-uuid=$(cat /proc/sys/kernel/random/uuid)
+uuid=$(cat "$LAB/miniupnpd.uuid")
 lease_file=$LAB/upnp.leases
 force_igd_desc_v1=$([ "$1" = upnp1 ] && echo yes || echo no)
 allow 1024-65535 192.168.1.0/24 1024-65535
@@ -115,16 +123,31 @@ CONF
   ip netns exec "${P}r1" miniupnpd -d -f "$LAB/miniupnpd.conf" -P "$LAB/miniupnpd.pid" \
     > "$LAB/miniupnpd.log" 2>&1 &
   for _ in $(seq 50); do
-    ip netns exec "${P}r1" bash -c 'exec 3<>/dev/tcp/192.168.1.1/5000' 2>/dev/null && return 0
+    ip netns exec "${P}r1" bash -c "exec 3<>/dev/tcp/192.168.1.1/$port" 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "miniupnpd did not answer on 192.168.1.1:5000" >&2
+  echo "miniupnpd did not answer on 192.168.1.1:$port" >&2
+  return 1
+}
+
+# Stops r1's miniupnpd the way a router shutting down does (SIGTERM: it says goodbye and
+# removes its rules) and waits until it is gone.
+stop_upnp() {
+  local pid
+  pid=$(cat "$LAB/miniupnpd.pid" 2>/dev/null) || { echo "no miniupnpd running" >&2; return 1; }
+  kill "$pid"
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  echo "miniupnpd ($pid) did not stop" >&2
   return 1
 }
 
 case "${1:-}" in
   up) down; up "${2:-moderate}" "${3:-moderate}" "${4:-}" ;;
   down) down ;;
-  upnp-start) start_upnp "${2:-upnp}" ;;
-  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] | down"; exit 2 ;;
+  upnp-start) start_upnp "${2:-upnp}" "${3:-5000}" ;;
+  upnp-stop) stop_upnp ;;
+  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] [HTTP_PORT] | upnp-stop | down"; exit 2 ;;
 esac

@@ -173,14 +173,28 @@ impl Lab {
     /// Starts miniupnpd on router 1 now (on a lab built with [`Igd::None`]): a router whose
     /// owner turns UPnP on while nodes run behind it.
     pub fn start_upnp(&self, igd: Igd) {
+        self.start_upnp_on(igd, 5000);
+    }
+
+    /// Starts router 1's miniupnpd with an empty lease table, its HTTP (control URL) server on
+    /// `http_port`.
+    pub fn start_upnp_on(&self, igd: Igd, http_port: u16) {
         let arg = match igd {
             Igd::None => return,
             Igd::V1 => "upnp1",
             Igd::V2 => "upnp",
         };
         let mut cmd = Command::new("bash");
-        cmd.arg(script()).args(["upnp-start", arg]);
+        cmd.arg(script())
+            .args(["upnp-start", arg, &http_port.to_string()]);
         run(cmd, "upnp-start");
+    }
+
+    /// Stops router 1's miniupnpd (SIGTERM: it says goodbye and removes its rules).
+    pub fn stop_upnp(&self) {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).arg("upnp-stop");
+        run(cmd, "upnp-stop");
     }
 
     /// miniupnpd's lease file (one `PROTO:EXT:INT_IP:INT_PORT:...` line per mapping).

@@ -670,3 +670,59 @@ async fn relay_serves_members_and_refuses_everyone_else() {
     mn.shutdown().await;
     rn.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_restarts_on_another_control_port_gets_the_mappings_back_at_once() {
+    if !Lab::available() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let lab = Lab::up(Nat::Moderate, Nat::Strict, Igd::V2);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = NodeDir::new(tmp.path().join("a"));
+    dir.init(lab_config("alice", 4002, false, true)).unwrap();
+    let an = NsNode::start(ns::H1, dir).await.expect("start A");
+    let ah = an.handle();
+    let mapped = || {
+        let leases = lab.upnp_leases();
+        ["TCP", "UDP"]
+            .iter()
+            .all(|p| leases.contains(&format!("{p}:4002:192.168.1.10:4002:")))
+    };
+    until("A maps TCP and UDP 4002 on the router", BOUND, async || {
+        mapped()
+    })
+    .await;
+    assert_eq!(
+        ah.status().await.nat.upnp_trigger,
+        Some(kith_nat::policy::Trigger::Start)
+    );
+    // The router reboots: its mapping table is empty afterwards and its control URL is on
+    // another port (miniupnpd picks a random one unless configured). A's lease runs for an
+    // hour, so without hearing the router A would renew in 30 minutes, at the old URL.
+    lab.stop_upnp();
+    let restarted = Instant::now();
+    lab.start_upnp_on(Igd::V2, 5001);
+    assert!(!mapped(), "the restarted router starts with an empty table");
+    until(
+        "A maps again after the router's restart",
+        BOUND,
+        async || mapped(),
+    )
+    .await;
+    let again = restarted.elapsed();
+    let st = ah.status().await;
+    assert_eq!(st.nat.upnp, "mapped");
+    assert_eq!(
+        st.nat.upnp_trigger,
+        Some(kith_nat::policy::Trigger::Announced),
+        "what made A map again"
+    );
+    eprintln!(
+        "router restarted on another control port: A mapped again {:.2} s after",
+        again.as_secs_f64()
+    );
+}
