@@ -120,8 +120,12 @@ pub enum Event {
         /// Its `BOOTID.UPNP.ORG`, if it sends one.
         boot_id: Option<u32>,
     },
-    /// A gateway said it is leaving (`ssdp:byebye`): its next `alive` counts as new.
+    /// A gateway said it is leaving (`ssdp:byebye`): its next `alive` counts as a restart.
     GatewayLeft(String),
+    /// The node's own addresses changed after the first UPnP attempt (an interface came or
+    /// went, DHCP gave another address, a laptop joined another network): the next attempt
+    /// comes now (or [`MIN_ANNOUNCED_GAP_MS`] after the last one), mapped or not.
+    NetworkChanged,
     /// A connected member offers the relay protocol.
     RelayAvailable(PeerId),
     /// A relay is no longer connected or no longer offers relaying.
@@ -189,6 +193,8 @@ pub enum Trigger {
     Renewal,
     /// A gateway announced itself (new, or restarted).
     Announced,
+    /// The node's addresses changed.
+    NetworkChanged,
 }
 
 /// How a gateway was last heard of.
@@ -236,8 +242,8 @@ pub struct Policy {
     upnp_backoff: u64,
     /// When the last UPnP attempt started and why.
     upnp_last: Option<(u64, Trigger)>,
-    /// The next attempt was brought forward by an announcement.
-    upnp_announced: bool,
+    /// Why the next attempt was brought forward, if it was.
+    upnp_early: Option<Trigger>,
     /// Gateways heard announcing themselves.
     gateways: BTreeMap<String, Seen>,
     relays: BTreeSet<PeerId>,
@@ -262,7 +268,7 @@ impl Policy {
             upnp: if features.upnp { Upnp::Idle } else { Upnp::Off },
             upnp_backoff: FIRST_BACKOFF_MS,
             upnp_last: None,
-            upnp_announced: false,
+            upnp_early: None,
             gateways: BTreeMap::new(),
             relays: BTreeSet::new(),
             reservations: BTreeMap::new(),
@@ -310,12 +316,18 @@ impl Policy {
             Event::UpnpMapped { external, lease_ms } => {
                 if self.features.upnp {
                     self.upnp_backoff = FIRST_BACKOFF_MS;
-                    self.upnp_announced = false;
-                    let renew_at = if lease_ms == 0 {
+                    let mut renew_at = if lease_ms == 0 {
                         u64::MAX
                     } else {
                         now + lease_ms / 2
                     };
+                    // The network changed while this attempt was under way: it may have
+                    // mapped the old address.
+                    if self.upnp_early == Some(Trigger::NetworkChanged) {
+                        renew_at = renew_at.min(self.early_at(now));
+                    } else {
+                        self.upnp_early = None;
+                    }
                     for a in &external {
                         if let Some(s) = self.confirmed.get_mut(a) {
                             *s = Source::Upnp;
@@ -327,9 +339,8 @@ impl Policy {
             Event::UpnpFailed(reason) => {
                 if self.features.upnp {
                     let mut retry_at = now + self.upnp_backoff;
-                    if self.upnp_announced {
-                        let gap = self.upnp_last.map_or(0, |(t, _)| t + MIN_ANNOUNCED_GAP_MS);
-                        retry_at = retry_at.min(now.max(gap));
+                    if self.upnp_early.is_some() {
+                        retry_at = retry_at.min(self.early_at(now));
                     }
                     self.upnp = Upnp::Failed { reason, retry_at };
                     self.upnp_backoff = (self.upnp_backoff * 2).min(MAX_BACKOFF_MS);
@@ -343,26 +354,12 @@ impl Policy {
                 let before = self.remember_gateway(id, seen);
                 let restarted = before.is_some_and(|b| b != seen);
                 let new = before.is_none();
-                let at = self
-                    .upnp_last
-                    .map_or(now, |(t, _)| now.max(t + MIN_ANNOUNCED_GAP_MS));
-                match &mut self.upnp {
-                    Upnp::Failed { retry_at, .. } if new || restarted => {
-                        *retry_at = (*retry_at).min(at);
-                        self.upnp_backoff = FIRST_BACKOFF_MS;
-                    }
-                    // The router we mapped on (or another on the LAN) restarted: our mappings
-                    // may be gone. A gateway merely heard for the first time is most likely
-                    // the one that mapped, announcing itself as it does every few minutes.
-                    Upnp::Mapped { renew_at, .. } if restarted => {
-                        *renew_at = (*renew_at).min(at);
-                    }
-                    // The attempt under way may fail for coming too early: its failure then
-                    // retries at `at` instead of after the backoff.
-                    Upnp::Trying if new || restarted => {}
-                    _ => return,
-                }
-                self.upnp_announced = true;
+                // A gateway merely heard for the first time while mapped is most likely the
+                // one that mapped, announcing itself as it does every few minutes.
+                self.bring_upnp_forward(now, Trigger::Announced, new || restarted, restarted);
+            }
+            Event::NetworkChanged => {
+                self.bring_upnp_forward(now, Trigger::NetworkChanged, true, true);
             }
             Event::GatewayLeft(id) => {
                 self.remember_gateway(
@@ -407,6 +404,31 @@ impl Policy {
         }
     }
 
+    /// The earliest moment for an attempt brought forward: now, but no sooner than
+    /// [`MIN_ANNOUNCED_GAP_MS`] after the last one started.
+    fn early_at(&self, now: u64) -> u64 {
+        self.upnp_last
+            .map_or(now, |(t, _)| now.max(t + MIN_ANNOUNCED_GAP_MS))
+    }
+
+    /// Brings the next UPnP attempt forward for `why`: a failed or running attempt's retry
+    /// when `unmapped`, a mapping's renewal when `mapped`.
+    fn bring_upnp_forward(&mut self, now: u64, why: Trigger, unmapped: bool, mapped: bool) {
+        let at = self.early_at(now);
+        match &mut self.upnp {
+            Upnp::Failed { retry_at, .. } if unmapped => {
+                *retry_at = (*retry_at).min(at);
+                self.upnp_backoff = FIRST_BACKOFF_MS;
+            }
+            Upnp::Mapped { renew_at, .. } if mapped => *renew_at = (*renew_at).min(at),
+            // The attempt under way may fail for coming too early: its failure then retries at
+            // `at` instead of after the backoff.
+            Upnp::Trying if unmapped => {}
+            _ => return,
+        }
+        self.upnp_early = Some(why);
+    }
+
     /// Records how a gateway was last heard of; returns how it was heard of before. A
     /// goodbye keeps the boot id it had (an `alive` after it counts as a restart).
     fn remember_gateway(&mut self, id: String, mut seen: Seen) -> Option<Seen> {
@@ -444,11 +466,11 @@ impl Policy {
             Upnp::Off | Upnp::Trying => false,
         };
         if upnp_due {
-            let trigger = match &self.upnp {
-                _ if std::mem::take(&mut self.upnp_announced) => Trigger::Announced,
-                Upnp::Mapped { .. } => Trigger::Renewal,
-                Upnp::Failed { .. } => Trigger::Retry,
-                _ => Trigger::Start,
+            let trigger = match (self.upnp_early.take(), &self.upnp) {
+                (Some(why), _) => why,
+                (None, Upnp::Mapped { .. }) => Trigger::Renewal,
+                (None, Upnp::Failed { .. }) => Trigger::Retry,
+                (None, _) => Trigger::Start,
             };
             self.upnp_last = Some((now, trigger));
             if let Upnp::Mapped { renew_at, .. } = &mut self.upnp {
@@ -756,6 +778,43 @@ mod tests {
         assert!(p.poll(8_000 + 2 * FIRST_BACKOFF_MS - 1).is_empty());
         assert_eq!(p.poll(8_000 + 2 * FIRST_BACKOFF_MS), vec![Action::MapPorts]);
         assert_eq!(p.upnp_trigger(), Some(Trigger::Retry));
+    }
+
+    #[test]
+    fn a_network_change_remaps_at_once_mapped_or_not_and_again_if_it_came_mid_attempt() {
+        let mut p = Policy::new(Features::default(), &[], 0);
+        let mapped = |p: &mut Policy, now| {
+            p.on(
+                Event::UpnpMapped {
+                    external: vec![addr("/ip4/11.0.0.11/tcp/4002")],
+                    lease_ms: 3_600_000,
+                },
+                now,
+            )
+        };
+        assert_eq!(p.poll(0), vec![Action::MapPorts]);
+        mapped(&mut p, 100);
+        p.on(Event::NetworkChanged, 60_000);
+        assert_eq!(p.poll(60_000), vec![Action::MapPorts]);
+        assert_eq!(p.upnp_trigger(), Some(Trigger::NetworkChanged));
+        // Another change while that attempt runs: once it is done, again (gap-limited).
+        p.on(Event::NetworkChanged, 60_200);
+        mapped(&mut p, 60_300);
+        assert!(p.poll(60_300).is_empty());
+        assert_eq!(
+            p.poll(60_000 + MIN_ANNOUNCED_GAP_MS),
+            vec![Action::MapPorts]
+        );
+        assert_eq!(p.upnp_trigger(), Some(Trigger::NetworkChanged));
+        mapped(&mut p, 65_100);
+        assert!(
+            p.poll(70_000).is_empty(),
+            "nothing more until half the lease"
+        );
+        // Failed, then the laptop joins a network with a router: now, not after the backoff.
+        p.on(Event::UpnpFailed("no gateway found".into()), 80_000);
+        p.on(Event::NetworkChanged, 90_000);
+        assert_eq!(p.poll(90_000), vec![Action::MapPorts]);
     }
 
     #[test]

@@ -1113,12 +1113,16 @@ impl Actor {
                     return true;
                 }
                 tracing::info!(%address, "listening");
+                self.addresses_changed(&address);
                 self.state.send_modify(|s| s.listen_addrs.push(address));
                 return true;
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(%address, "no longer listening");
+                self.addresses_changed(&address);
                 self.state
                     .send_modify(|s| s.listen_addrs.retain(|a| a != &address));
+                return true;
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
@@ -1577,6 +1581,19 @@ impl Actor {
         self.run_policy();
     }
 
+    /// A listen address of this node's came or went: once the first UPnP attempt is made,
+    /// a change of an address worth mapping means another network (or another address on
+    /// it), and the router is asked again now.
+    fn addresses_changed(&mut self, address: &Multiaddr) {
+        if self.policy.upnp_trigger().is_some()
+            && !is_relayed(address)
+            && !upnp::Port::from_listen_addrs([address]).is_empty()
+        {
+            self.policy
+                .on(kith_nat::Event::NetworkChanged, self.now_ms());
+        }
+    }
+
     /// A router announced itself on the LAN (or said goodbye).
     fn on_announcement(&mut self, a: kith_nat::ssdp::Announcement) {
         tracing::debug!(gateway = %a.id, alive = a.alive, boot_id = ?a.boot_id, "a router announced itself");
@@ -1604,9 +1621,15 @@ impl Actor {
                         let ports =
                             upnp::Port::from_listen_addrs(&self.state.borrow().listen_addrs);
                         let (mapper, tx) = (self.mapper.clone(), self.upnp_tx.clone());
-                        // A router that announced a restart may serve its control URL elsewhere.
-                        let search = self.policy.upnp_trigger()
-                            == Some(kith_nat::policy::Trigger::Announced);
+                        // A router that announced a restart may serve its control URL
+                        // elsewhere; after a network change it may be another router.
+                        let search = matches!(
+                            self.policy.upnp_trigger(),
+                            Some(
+                                kith_nat::policy::Trigger::Announced
+                                    | kith_nat::policy::Trigger::NetworkChanged
+                            )
+                        );
                         tokio::spawn(async move {
                             let mut m = mapper.lock().await;
                             if search {

@@ -12,7 +12,7 @@
 # private WAN address; it never leaves these namespaces.
 #
 # usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] [HTTP_PORT] |
-#        upnp-stop | down
+#        upnp-stop | h1-readdress IP | down
 #   MODE: moderate = Linux masquerade (endpoint-independent mapping, port-dependent filtering)
 #         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
 #   upnp: run a real miniupnpd (nftables backend, secure mode) on r1, speaking IGDv2;
@@ -21,6 +21,7 @@
 #     after upnp-stop, with an empty lease table, maybe on another HTTP port like a router
 #     that rebooted)
 #   upnp-stop: stop it (SIGTERM, as a router shutting down)
+#   h1-readdress IP: home 1's host moves from 192.168.1.10 to IP (same /24)
 # Namespace names get the prefix $NATLAB_PREFIX (default "kl-") so the lab never touches
 # namespaces it did not make; files go to $NATLAB_DIR (default /tmp/kith-natlab).
 set -euo pipefail
@@ -144,10 +145,19 @@ stop_upnp() {
   return 1
 }
 
+# Home 1's host gets another address (what a new DHCP lease or another network does): the
+# old one goes, the new one and the default route come.
+readdress_h1() {
+  ip -n "${P}h1" addr del 192.168.1.10/24 dev eth0
+  ip -n "${P}h1" addr add "$1/24" dev eth0
+  ip -n "${P}h1" route replace default via 192.168.1.1
+}
+
 case "${1:-}" in
   up) down; up "${2:-moderate}" "${3:-moderate}" "${4:-}" ;;
   down) down ;;
   upnp-start) start_upnp "${2:-upnp}" "${3:-5000}" ;;
   upnp-stop) stop_upnp ;;
-  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] [HTTP_PORT] | upnp-stop | down"; exit 2 ;;
+  h1-readdress) readdress_h1 "$2" ;;
+  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] [HTTP_PORT] | upnp-stop | h1-readdress IP | down"; exit 2 ;;
 esac

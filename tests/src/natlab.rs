@@ -197,6 +197,13 @@ impl Lab {
         run(cmd, "upnp-stop");
     }
 
+    /// Home 1's host moves from 192.168.1.10 to `ip` (same /24), as with a new DHCP lease.
+    pub fn readdress_h1(&self, ip: &str) {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).args(["h1-readdress", ip]);
+        run(cmd, "h1-readdress");
+    }
+
     /// miniupnpd's lease file (one `PROTO:EXT:INT_IP:INT_PORT:...` line per mapping).
     pub fn upnp_leases(&self) -> String {
         std::fs::read_to_string(Path::new(LAB_DIR).join("upnp.leases")).unwrap_or_default()

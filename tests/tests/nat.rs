@@ -671,35 +671,76 @@ async fn relay_serves_members_and_refuses_everyone_else() {
     rn.shutdown().await;
 }
 
+/// Whether router 1's table maps TCP and UDP 4002 to `ip` (at any external port).
+fn maps_4002_to(lab: &Lab, ip: &str) -> bool {
+    let leases = lab.upnp_leases();
+    ["TCP:", "UDP:"].iter().all(|p| {
+        leases
+            .lines()
+            .any(|l| l.starts_with(p) && l.contains(&format!(":{ip}:4002:")))
+    })
+}
+
+/// A alone behind router 1 (UPnP, IGDv2), once its first attempt mapped 4002.
+async fn mapped_alone(lab: &Lab, tmp: &tempfile::TempDir) -> NsNode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = NodeDir::new(tmp.path().join("a"));
+    dir.init(lab_config("alice", 4002, false, true)).unwrap();
+    let an = NsNode::start(ns::H1, dir).await.expect("start A");
+    until("A maps TCP and UDP 4002 on the router", BOUND, async || {
+        maps_4002_to(lab, "192.168.1.10")
+    })
+    .await;
+    assert_eq!(
+        an.handle().status().await.nat.upnp_trigger,
+        Some(kith_nat::policy::Trigger::Start)
+    );
+    an
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_address_changes_maps_its_new_address_at_once() {
+    if !Lab::available() {
+        return;
+    }
+    let lab = Lab::up(Nat::Moderate, Nat::Strict, Igd::V2);
+    let tmp = tempfile::tempdir().unwrap();
+    let an = mapped_alone(&lab, &tmp).await;
+    // A new DHCP lease: the mapping points at an address nobody has now. Without noticing,
+    // A would renew at half its hour-long lease.
+    lab.readdress_h1("192.168.1.20");
+    let moved = Instant::now();
+    until("A maps its new address", BOUND, async || {
+        maps_4002_to(&lab, "192.168.1.20")
+    })
+    .await;
+    let st = an.handle().status().await;
+    assert_eq!(st.nat.upnp, "mapped");
+    assert_eq!(
+        st.nat.upnp_trigger,
+        Some(kith_nat::policy::Trigger::NetworkChanged),
+        "what made A map again"
+    );
+    eprintln!(
+        "home 1 readdressed: A mapped its new address {:.2} s after; leases:\n{}",
+        moved.elapsed().as_secs_f64(),
+        lab.upnp_leases()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_that_restarts_on_another_control_port_gets_the_mappings_back_at_once() {
     if !Lab::available() {
         return;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
     let lab = Lab::up(Nat::Moderate, Nat::Strict, Igd::V2);
     let tmp = tempfile::tempdir().unwrap();
-    let dir = NodeDir::new(tmp.path().join("a"));
-    dir.init(lab_config("alice", 4002, false, true)).unwrap();
-    let an = NsNode::start(ns::H1, dir).await.expect("start A");
+    let an = mapped_alone(&lab, &tmp).await;
     let ah = an.handle();
-    let mapped = || {
-        let leases = lab.upnp_leases();
-        ["TCP", "UDP"]
-            .iter()
-            .all(|p| leases.contains(&format!("{p}:4002:192.168.1.10:4002:")))
-    };
-    until("A maps TCP and UDP 4002 on the router", BOUND, async || {
-        mapped()
-    })
-    .await;
-    assert_eq!(
-        ah.status().await.nat.upnp_trigger,
-        Some(kith_nat::policy::Trigger::Start)
-    );
+    let mapped = || maps_4002_to(&lab, "192.168.1.10");
     // The router reboots: its mapping table is empty afterwards and its control URL is on
     // another port (miniupnpd picks a random one unless configured). A's lease runs for an
     // hour, so without hearing the router A would renew in 30 minutes, at the old URL.
