@@ -13,7 +13,8 @@
 //! # Addresses to listen on (TCP and/or QUIC multiaddrs). `kith init` picks a free port once so
 //! # the addresses stay the same across restarts (a TCP port found in use at start is replaced
 //! # by a free one for that run, with a warning).
-//! listen = ["/ip4/0.0.0.0/tcp/41234", "/ip4/0.0.0.0/udp/41234/quic-v1"]
+//! listen = ["/ip4/0.0.0.0/tcp/41234", "/ip4/0.0.0.0/udp/41234/quic-v1",
+//!           "/ip6/::/tcp/41234", "/ip6/::/udp/41234/quic-v1"]
 //! # Addresses to tell peers about, in addition to the listen addresses.
 //! announce = []
 //! # Static peers, dialed at start and redialed when they drop (`kith peer add` adds more).
@@ -329,9 +330,13 @@ pub struct RawNetwork {
 impl Default for RawNetwork {
     fn default() -> Self {
         Self {
+            // Both families: at home, IPv6 often reaches a friend directly (or by hole
+            // punching through a firewall, with no NAT in the way) where IPv4 needs a relay.
             listen: vec![
                 "/ip4/0.0.0.0/tcp/0".into(),
                 "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+                "/ip6/::/tcp/0".into(),
+                "/ip6/::/udp/0/quic-v1".into(),
             ],
             announce: Vec::new(),
             peers: Vec::new(),

@@ -483,15 +483,17 @@ pub fn is_onion_with_peer(a: &Multiaddr) -> bool {
         )
 }
 
-/// Addresses others can dial: no unspecified IPs, no wildcard onion listen address (onion
-/// addresses are kept: peers with Tor dial them), no trailing `/p2p/<self>`.
+/// Addresses others can dial: no unspecified IPs, no link-local ones (`fe80::/10` needs the
+/// interface it belongs to, which a peer's host does not have; `169.254/16` likewise), no
+/// wildcard onion listen address (onion addresses are kept: peers with Tor dial them), no
+/// trailing `/p2p/<self>`.
 fn dialable(addrs: &[Multiaddr]) -> Vec<Multiaddr> {
     addrs
         .iter()
         .filter(|a| {
             !a.iter().any(|p| match p {
-                Protocol::Ip4(ip) => ip.is_unspecified(),
-                Protocol::Ip6(ip) => ip.is_unspecified(),
+                Protocol::Ip4(ip) => ip.is_unspecified() || ip.is_link_local(),
+                Protocol::Ip6(ip) => ip.is_unspecified() || ip.is_unicast_link_local(),
                 Protocol::Onion3(o) => o.hash().iter().all(|b| *b == 0),
                 _ => false,
             })
@@ -1097,7 +1099,13 @@ impl Task {
         // then the listen addresses (useful on the same LAN).
         let mut all: Vec<Multiaddr> = self.profile.announce.clone();
         all.extend(st.external_addrs.iter().cloned());
-        all.extend(st.listen_addrs.iter().cloned());
+        // IPv4 listen addresses before IPv6 ones: a host may hold many IPv6 addresses
+        // (temporary ones rotate daily and linger), and the record keeps MAX_ADDRS.
+        let (v4, v6): (Vec<&Multiaddr>, Vec<&Multiaddr>) = st
+            .listen_addrs
+            .iter()
+            .partition(|a| !matches!(a.iter().next(), Some(Protocol::Ip6(_))));
+        all.extend(v4.into_iter().chain(v6).cloned());
         let mut out: Vec<Multiaddr> = Vec::new();
         for a in announceable(dialable(&all)) {
             if !out.contains(&a) {
@@ -1212,6 +1220,23 @@ mod tests {
     }
 
     const ONION: &str = "/onion3/vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd:4001";
+
+    #[test]
+    fn link_local_addresses_are_not_dialable() {
+        let keep = [
+            "/ip6/2001:db8::7/tcp/1",
+            "/ip6/fd00::2/udp/1/quic-v1",
+            "/ip4/192.168.1.10/tcp/1",
+        ];
+        let mut all: Vec<Multiaddr> = keep.iter().map(|s| ma(s)).collect();
+        all.push(ma("/ip6/fe80::fc:ff:fe00:1/tcp/1"));
+        all.push(ma("/ip4/169.254.3.4/tcp/1"));
+        all.push(ma("/ip6/::/tcp/1"));
+        assert_eq!(
+            dialable(&all),
+            keep.iter().map(|s| ma(s)).collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn onion_addresses_are_dialable_and_announceable() {

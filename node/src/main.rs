@@ -353,7 +353,8 @@ struct InitArgs {
     /// A name for humans.
     #[arg(long)]
     nickname: Option<String>,
-    /// Listen multiaddr (repeatable) [default: TCP and QUIC on all interfaces, a free port].
+    /// Listen multiaddr (repeatable) [default: TCP and QUIC on all interfaces, IPv4 and IPv6,
+    /// a free port].
     #[arg(long)]
     listen: Vec<String>,
     /// Extra multiaddr to announce (repeatable).

@@ -595,9 +595,16 @@ pub fn spawn(
         } else {
             addr.clone()
         };
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen(addr.clone(), transport_error(&e)))?;
+        match swarm.listen_on(addr.clone()) {
+            Ok(_) => {}
+            // The default listens on both families; a host without IPv6 still runs.
+            Err(e) if is_ip6_wildcard(&addr) => tracing::warn!(
+                address = %addr,
+                error = %transport_error(&e),
+                "not listening on IPv6 (is it switched off on this host?)"
+            ),
+            Err(e) => return Err(NetError::Listen(addr.clone(), transport_error(&e))),
+        }
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (state_tx, state_rx) = watch::channel(NetState::default());
@@ -1942,6 +1949,11 @@ fn with_port_zero(addr: &Multiaddr) -> Multiaddr {
 }
 
 /// A transport error with its cause: libp2p's `TransportError::Other` displays as nothing.
+/// Whether `addr` listens on every IPv6 address (`/ip6/::/…`).
+fn is_ip6_wildcard(addr: &Multiaddr) -> bool {
+    matches!(addr.iter().next(), Some(Protocol::Ip6(ip)) if ip.is_unspecified())
+}
+
 fn transport_error<E: std::error::Error>(e: &libp2p::TransportError<E>) -> String {
     match e {
         libp2p::TransportError::Other(inner) => {

@@ -26,6 +26,10 @@ pub enum Listen {
     Tcp,
     /// `/ip4/127.0.0.1/udp/<port>/quic-v1`.
     Quic,
+    /// `/ip6/::1/tcp/<port>`.
+    Tcp6,
+    /// `/ip6/::1/udp/<port>/quic-v1`.
+    Quic6,
 }
 
 /// Encoding for a grid's nodes.
@@ -122,6 +126,8 @@ impl Grid {
             raw.network.listen = vec![match listen {
                 Listen::Tcp => "/ip4/127.0.0.1/tcp/0".into(),
                 Listen::Quic => "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+                Listen::Tcp6 => "/ip6/::1/tcp/0".into(),
+                Listen::Quic6 => "/ip6/::1/udp/0/quic-v1".into(),
             }];
             raw.encoding.shares_needed = enc.needed;
             raw.encoding.shares_happy = enc.happy;

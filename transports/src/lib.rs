@@ -240,8 +240,11 @@ pub fn tcp_port_taken(addr: &Multiaddr) -> bool {
     ) else {
         return false;
     };
-    // As libp2p's listener does, so that connections in TIME_WAIT do not count.
-    if socket.set_reuse_address(true).is_err() {
+    // As libp2p's listener does, so that connections in TIME_WAIT do not count, and an IPv6
+    // socket does not collide with the IPv4 listener on the same port.
+    if socket.set_reuse_address(true).is_err()
+        || (sa.is_ipv6() && socket.set_only_v6(true).is_err())
+    {
         return false;
     }
     matches!(socket.bind(&sa.into()), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)

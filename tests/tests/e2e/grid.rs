@@ -340,3 +340,106 @@ async fn quic_only_nodes_exchange_a_file_and_tiny_files_live_in_the_cap() {
     let (got, _) = get_bytes(&grid.node(1), &cap).await;
     assert_eq!(got, tiny);
 }
+
+/// Whether this host has IPv6 loopback; without it the IPv6 tests skip, saying so, except
+/// under `CI=true`, where they fail.
+fn have_ipv6() -> bool {
+    match std::net::TcpListener::bind("[::1]:0") {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            println!("skipped: no IPv6 loopback on this host ({e})");
+            false
+        }
+        Err(e) => panic!("no IPv6 loopback on this CI host: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_only_nodes_exchange_a_file_over_tcp_and_over_quic() {
+    if !have_ipv6() {
+        return;
+    }
+    let enc = Encoding {
+        needed: 2,
+        happy: 3,
+        total: 3,
+    };
+    for (listen, transport) in [(Listen::Tcp6, "/tcp/"), (Listen::Quic6, "/quic-v1/")] {
+        let grid = Grid::start(3, listen, enc).await.expect("grid");
+        for h in grid.handles() {
+            let addrs = h.addrs();
+            assert!(
+                addrs.iter().all(|a| {
+                    let a = a.to_string();
+                    a.starts_with("/ip6/::1/") && a.contains(transport)
+                }),
+                "{listen:?}: {addrs:?}"
+            );
+        }
+        let params = grid.node(0).config().encoding;
+        let data = random_bytes(2 << 20, 6);
+        let cap = put_bytes(&grid.node(0), &data, params)
+            .await
+            .expect("upload");
+        let (got, _) = get_bytes(&grid.node(2), &cap).await;
+        assert!(got == data, "{listen:?}: bytes differ");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_default_addresses_listens_on_both_families_and_announces_no_link_local() {
+    if !have_ipv6() {
+        return;
+    }
+    // Listen addresses left at their defaults (every interface, both families).
+    let grid = Grid::start_with(
+        2,
+        Listen::Tcp,
+        Encoding {
+            needed: 1,
+            happy: 2,
+            total: 2,
+        },
+        |_, raw| raw.network.listen = kith_node::config::RawConfig::default().network.listen,
+    )
+    .await
+    .expect("grid");
+    let a = grid.node(0);
+    let listening: Vec<String> = a.net().listen_addrs.iter().map(|m| m.to_string()).collect();
+    for family in ["/ip4/", "/ip6/"] {
+        for transport in ["/tcp/", "/quic-v1"] {
+            assert!(
+                listening
+                    .iter()
+                    .any(|l| l.starts_with(family) && l.contains(transport)),
+                "no {family}…{transport} listener in {listening:?}"
+            );
+        }
+    }
+    // One port for both families (`kith init` picked it; the IPv6 listener does not take the
+    // IPv4 one's port for taken).
+    let tcp_port = |family: &str| {
+        listening
+            .iter()
+            .filter(|l| l.starts_with(family))
+            .find_map(|l| l.split("/tcp/").nth(1).map(str::to_owned))
+    };
+    assert_eq!(tcp_port("/ip4/"), tcp_port("/ip6/"), "{listening:?}");
+    let me = a.peer_id().to_string();
+    let info = grid.node(1).grid_info().await;
+    let record = &info
+        .members
+        .iter()
+        .find(|m| m.peer_id == me)
+        .expect("node 1 has node 0's record")
+        .addrs;
+    assert!(
+        record.iter().all(|r| !r.starts_with("/ip6/fe80:")),
+        "link-local addresses in the record: {record:?}"
+    );
+    // The pair formed over whatever the records offered; a file crosses it.
+    let data = random_bytes(1 << 20, 8);
+    let cap = put_bytes(&a, &data, a.config().encoding).await.unwrap();
+    let (got, _) = get_bytes(&grid.node(1), &cap).await;
+    assert!(got == data);
+}
