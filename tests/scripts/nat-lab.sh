@@ -11,7 +11,7 @@
 # 11.0.0.0/24 stands in for the internet because miniupnpd and UPnP clients refuse a
 # private WAN address; it never leaves these namespaces.
 #
-# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] [HTTP_PORT] |
+# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1|none] [v6] | upnp-start [upnp|upnp1] [HTTP_PORT] |
 #        upnp-stop | h1-readdress IP | down
 #   MODE: moderate = Linux masquerade (endpoint-independent mapping, port-dependent filtering)
 #         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
@@ -56,7 +56,7 @@ table inet filter {
   chain postrouting {
     type nat hook postrouting priority 100; policy accept;
     jump postrouting_miniupnpd
-    oifname "wan" masquerade$flag
+    meta nfproto ipv4 oifname "wan" masquerade$flag
   }
   chain prerouting_miniupnpd { }
   chain postrouting_miniupnpd { }
@@ -71,7 +71,7 @@ NFT
 }
 
 up() {
-  local m1=$1 m2=$2 upnp=${3:-}
+  local m1=$1 m2=$2 upnp=${3:-} v6=${4:-}
   mkdir -p "$LAB"
   for n in $NS; do ip netns add "$n"; ip -n "$n" link set lo up; done
   ip -n "${P}inet" link add br0 type bridge
@@ -93,11 +93,32 @@ up() {
     ip -n "$hn" route add default via "192.168.$i.1"
     ip netns exec "$rn" sysctl -qw net.ipv4.ip_forward=1
   done
+  [ "$v6" = v6 ] && ipv6
   router "${P}r1" "$m1"
   router "${P}r2" "$m2"
   if [ "$upnp" = upnp ] || [ "$upnp" = upnp1 ]; then
     start_upnp "$upnp"
   fi
+}
+
+# Global IPv6 as homes get it: no NAT, each home a /64 routed to its router, whose stateful
+# firewall (the forward chain above, for both families) lets replies and nothing new in.
+# 2a0f::/64 is the public segment (the relay at 2a0f::1, router i's WAN at 2a0f::1i), home i
+# is 2a0f:i::/64 (router 2a0f:i::1, host 2a0f:i::10). Not a documentation prefix: software
+# may treat those as not global.
+ipv6() {
+  ip -n "${P}inet" addr add 2a0f::1/64 dev br0 nodad
+  ip netns exec "${P}inet" sysctl -qw net.ipv6.conf.all.forwarding=1
+  for i in 1 2; do
+    local rn="${P}r$i" hn="${P}h$i"
+    ip netns exec "$rn" sysctl -qw net.ipv6.conf.all.forwarding=1
+    ip -n "$rn" addr add "2a0f::1$i/64" dev wan nodad
+    ip -n "$rn" addr add "2a0f:$i::1/64" dev lan nodad
+    ip -n "$rn" -6 route add default via 2a0f::1
+    ip -n "$hn" addr add "2a0f:$i::10/64" dev eth0 nodad
+    ip -n "$hn" -6 route add default via "2a0f:$i::1"
+    ip -n "${P}inet" -6 route add "2a0f:$i::/64" via "2a0f::1$i"
+  done
 }
 
 # Starts miniupnpd on r1 (upnp: IGDv2, upnp1: IGDv1; HTTP on port $2, default 5000) with an
@@ -154,10 +175,10 @@ readdress_h1() {
 }
 
 case "${1:-}" in
-  up) down; up "${2:-moderate}" "${3:-moderate}" "${4:-}" ;;
+  up) down; up "${2:-moderate}" "${3:-moderate}" "${4:-}" "${5:-}" ;;
   down) down ;;
   upnp-start) start_upnp "${2:-upnp}" "${3:-5000}" ;;
   upnp-stop) stop_upnp ;;
   h1-readdress) readdress_h1 "$2" ;;
-  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] [HTTP_PORT] | upnp-stop | h1-readdress IP | down"; exit 2 ;;
+  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] [HTTP_PORT] | upnp-stop | h1-readdress IP | down  (up ... v6: global IPv6 behind stateful firewalls too)"; exit 2 ;;
 esac

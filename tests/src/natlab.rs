@@ -154,17 +154,27 @@ impl Lab {
     /// Builds the lab: router 1 and 2 translating as `r1` and `r2`, router 1 running a real
     /// miniupnpd as `igd` says.
     pub fn up(r1: Nat, r2: Nat, igd: Igd) -> Lab {
+        Self::build(r1, r2, igd, false)
+    }
+
+    /// [`Lab::up`] with global IPv6 too: the public segment 2a0f::/64 (the relay's host at
+    /// 2a0f::1), home i's /64 2a0f:i::/64 (its host at 2a0f:i::10) routed without NAT through
+    /// router i's stateful firewall (replies in, nothing new).
+    pub fn up_v6(r1: Nat, r2: Nat, igd: Igd) -> Lab {
+        Self::build(r1, r2, igd, true)
+    }
+
+    fn build(r1: Nat, r2: Nat, igd: Igd, v6: bool) -> Lab {
         let lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut cmd = Command::new("bash");
         cmd.arg(script()).args(["up", r1.arg(), r2.arg()]);
-        match igd {
-            Igd::None => {}
-            Igd::V1 => {
-                cmd.arg("upnp1");
-            }
-            Igd::V2 => {
-                cmd.arg("upnp");
-            }
+        cmd.arg(match igd {
+            Igd::None => "none",
+            Igd::V1 => "upnp1",
+            Igd::V2 => "upnp",
+        });
+        if v6 {
+            cmd.arg("v6");
         }
         run(cmd, "up");
         Lab { _lock: lock }

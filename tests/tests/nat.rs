@@ -767,3 +767,90 @@ async fn a_router_that_restarts_on_another_control_port_gets_the_mappings_back_a
         again.as_secs_f64()
     );
 }
+
+/// Adds IPv6 listeners on `port` (TCP and QUIC, every address) to a lab node's config.
+fn with_ipv6(mut raw: RawConfig, port: u16) -> RawConfig {
+    raw.network.listen.push(format!("/ip6/::/tcp/{port}"));
+    raw.network
+        .listen
+        .push(format!("/ip6/::/udp/{port}/quic-v1"));
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_x_strict_with_ipv6_behind_firewalls_goes_direct_over_ipv6() {
+    if !Lab::available() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    // IPv4 behind strict NATs (only a relay joins them there), IPv6 global behind the routers'
+    // stateful firewalls, as many homes have both now.
+    let _lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::None);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    let mut r = with_ipv6(lab_config("relay", 4001, false, false), 4001);
+    r.network.announce = vec![
+        "/ip4/11.0.0.1/tcp/4001".into(),
+        "/ip4/11.0.0.1/udp/4001/quic-v1".into(),
+        "/ip6/2a0f::1/tcp/4001".into(),
+        "/ip6/2a0f::1/udp/4001/quic-v1".into(),
+    ];
+    dir("r").init(r).unwrap();
+    dir("a")
+        .init(with_ipv6(lab_config("alice", 4002, true, false), 4002))
+        .unwrap();
+    dir("b")
+        .init(with_ipv6(lab_config("bob", 4002, false, false), 4002))
+        .unwrap();
+    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
+    let start = Instant::now();
+    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let bn = NsNode::start(ns::H2, dir("b")).await.expect("start B");
+    let (rh, ah, bh) = (rn.handle(), an.handle(), bn.handle());
+    for h in [&ah, &bh] {
+        let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
+        h.join(&code).await.expect("join through R");
+    }
+    bh.wait_for_storage_servers(1, BOUND)
+        .await
+        .expect("B learns A");
+    let small = random_bytes(256 << 10, 11);
+    let cap = put(&ah, &small).await;
+    assert!(get(&bh, &cap, &ah).await == small, "bytes differ");
+    let first_byte = start.elapsed();
+
+    // Neither firewall lets a new connection in, so the direct path comes from a hole punch,
+    // and over IPv6 (IPv4's strict NATs defeat it).
+    let paths = ["hole-punched", "direct"];
+    path_becomes("B's path to A", &bh, &ah, &paths).await;
+    path_becomes("A's path to B", &ah, &bh, &paths).await;
+    let direct = start.elapsed();
+    let a_home = "/ip6/2a0f:1::10/";
+    until("only the IPv6 connection left", BOUND, async || {
+        bh.net()
+            .peers
+            .get(&ah.peer_id())
+            .is_some_and(|p| p.addrs.iter().all(|a| a.to_string().starts_with(a_home)))
+    })
+    .await;
+    let data = random_bytes(4 << 20, 12);
+    let cap = put(&ah, &data).await;
+    let t = Instant::now();
+    assert!(get(&bh, &cap, &ah).await == data, "bytes differ");
+    let speed = 4.0 / t.elapsed().as_secs_f64();
+    // The firewall kept AutoNAT's dial-back out: A does not claim to be public.
+    let reach = ah.status().await.reachability;
+    assert!(reach.starts_with("behind NAT"), "A says {reach:?}");
+    eprintln!(
+        "IPv4 strict x strict, IPv6 firewalled: path {} (A sees {}) over {:?}; first byte {:.2} s, \
+         direct {:.2} s after start, {speed:.1} MiB/s; A: {reach}",
+        path_to(&bh, &ah).unwrap_or_default(),
+        path_to(&ah, &bh).unwrap_or_default(),
+        bh.net().peers.get(&ah.peer_id()).map(|p| p.addrs.clone()),
+        first_byte.as_secs_f64(),
+        direct.as_secs_f64(),
+    );
+}
