@@ -522,6 +522,30 @@ pub(crate) fn announceable(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     addrs.into_iter().filter(|a| !loopback(a)).collect()
 }
 
+/// The addresses a node tells others (its record, its invitations, `kith id`), without
+/// `/p2p/`: announced ones, then confirmed external ones (AutoNAT, UPnP, relayed), then the
+/// listen addresses (useful on the same LAN), IPv4 before IPv6 (a host may hold many IPv6
+/// addresses: temporary ones rotate daily and linger, and a record keeps
+/// [`kith_gossip::membership::MAX_ADDRS`]); [`dialable`] and [`announceable`] ones only, each
+/// once.
+pub(crate) fn advertised(announce: &[Multiaddr], st: &crate::net::NetState) -> Vec<Multiaddr> {
+    let mut all: Vec<Multiaddr> = announce.to_vec();
+    all.extend(st.external_addrs.iter().cloned());
+    let (v4, v6): (Vec<&Multiaddr>, Vec<&Multiaddr>) = st
+        .listen_addrs
+        .iter()
+        .partition(|a| !matches!(a.iter().next(), Some(Protocol::Ip6(_))));
+    all.extend(v4.into_iter().chain(v6).cloned());
+    let mut out: Vec<Multiaddr> = Vec::new();
+    for a in announceable(dialable(&all)) {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out.truncate(kith_gossip::membership::MAX_ADDRS);
+    out
+}
+
 fn record_addrs(r: &NodeRecord) -> Vec<Multiaddr> {
     r.body
         .addrs
@@ -1094,26 +1118,7 @@ impl Task {
     }
 
     fn my_addrs(&self) -> Vec<Multiaddr> {
-        let st = self.net.state();
-        // Confirmed external addresses first (configured, AutoNAT-confirmed, UPnP, relayed),
-        // then the listen addresses (useful on the same LAN).
-        let mut all: Vec<Multiaddr> = self.profile.announce.clone();
-        all.extend(st.external_addrs.iter().cloned());
-        // IPv4 listen addresses before IPv6 ones: a host may hold many IPv6 addresses
-        // (temporary ones rotate daily and linger), and the record keeps MAX_ADDRS.
-        let (v4, v6): (Vec<&Multiaddr>, Vec<&Multiaddr>) = st
-            .listen_addrs
-            .iter()
-            .partition(|a| !matches!(a.iter().next(), Some(Protocol::Ip6(_))));
-        all.extend(v4.into_iter().chain(v6).cloned());
-        let mut out: Vec<Multiaddr> = Vec::new();
-        for a in announceable(dialable(&all)) {
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
-        out.truncate(kith_gossip::membership::MAX_ADDRS);
-        out
+        advertised(&self.profile.announce, &self.net.state())
     }
 
     fn publish_record(&mut self) {

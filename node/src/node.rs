@@ -717,25 +717,13 @@ impl NodeHandle {
         &self.inner.server
     }
 
-    /// Dialable addresses: listen addresses (unspecified ones expanded by libp2p) plus announced
-    /// ones, each with `/p2p/<peer id>`.
+    /// The addresses this node tells others (as its record does, see [`grid::advertised`]),
+    /// each with `/p2p/<peer id>`.
     pub fn addrs(&self) -> Vec<Multiaddr> {
-        let mut out: Vec<Multiaddr> = Vec::new();
-        let net = self.inner.net.state();
-        for a in self
-            .inner
-            .config
-            .announce
+        grid::advertised(&self.inner.config.announce, &self.inner.net.state())
             .iter()
-            .chain(net.external_addrs.iter())
-            .chain(net.listen_addrs.iter())
-        {
-            let a = kith_transports::with_peer_id(a, self.inner.peer_id);
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
-        grid::announceable(out)
+            .map(|a| kith_transports::with_peer_id(a, self.inner.peer_id))
+            .collect()
     }
 
     /// Candidate storage servers: grid members whose records offer storage (connections open

@@ -437,6 +437,12 @@ async fn a_node_with_the_default_addresses_listens_on_both_families_and_announce
         record.iter().all(|r| !r.starts_with("/ip6/fe80:")),
         "link-local addresses in the record: {record:?}"
     );
+    // `kith id` and invitations say the same.
+    let id: Vec<String> = a.addrs().iter().map(ToString::to_string).collect();
+    assert!(
+        id.iter().all(|r| !r.starts_with("/ip6/fe80:")) && !id.is_empty(),
+        "{id:?}"
+    );
     // The pair formed over whatever the records offered; a file crosses it.
     let data = random_bytes(1 << 20, 8);
     let cap = put_bytes(&a, &data, a.config().encoding).await.unwrap();
