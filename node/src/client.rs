@@ -986,18 +986,65 @@ pub async fn upload_from(
         abort_all(node, si, &to_write).await;
         return Err(e);
     }
+    // Every block is queued; the writers finish their queues. A server that turns slow now
+    // (its queue and what is in flight may be a few MiB) is left behind like one that turned
+    // slow earlier: the wait for it counts as holding the upload back.
     let mut failed: BTreeSet<PeerId> = BTreeSet::new();
-    for (s, w) in writers {
-        drop(w.tx);
-        match w.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+    let mut aborts: BTreeMap<PeerId, tokio::task::AbortHandle> = BTreeMap::new();
+    let mut draining: FuturesUnordered<_> = writers
+        .into_iter()
+        .map(|(s, w)| {
+            drop(w.tx);
+            aborts.insert(s, w.task.abort_handle());
+            let task = w.task;
+            async move { (s, task.await) }
+        })
+        .collect();
+    let mut last = std::time::Instant::now();
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + LAG_CHECK, LAG_CHECK);
+    loop {
+        tokio::select! {
+            next = draining.next() => {
+                let Some((s, r)) = next else { break };
+                aborts.remove(&s);
+                let e = match r {
+                    Ok(Ok(())) => continue,
+                    // Left behind during the drain: its task was stopped.
+                    Err(e) if e.is_cancelled() && left.contains(&s) => continue,
+                    Ok(Err(e)) => e,
+                    Err(e) => e.to_string(),
+                };
                 refusals.push(format!("{s}: {e}"));
                 failed.insert(s);
             }
-            Err(e) => {
-                refusals.push(format!("{s}: {e}"));
-                failed.insert(s);
+            _ = check.tick() => {
+                let now = std::time::Instant::now();
+                let laggards = {
+                    let mut p = pace_of(&pace);
+                    for s in aborts.keys() {
+                        p.waited(s, now - last);
+                    }
+                    p.laggards(keep, now)
+                };
+                last = now;
+                for l in laggards {
+                    leave_behind(
+                        node,
+                        si,
+                        l,
+                        params.happy,
+                        &held,
+                        &mut to_write,
+                        &mut BTreeMap::new(),
+                        &mut left,
+                        &pace,
+                    );
+                    if left.contains(&l)
+                        && let Some(a) = aborts.remove(&l)
+                    {
+                        a.abort();
+                    }
+                }
             }
         }
     }
