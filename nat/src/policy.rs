@@ -262,7 +262,10 @@ impl Policy {
             .collect();
         Self {
             features,
-            public_since: (!confirmed.is_empty()).then_some(now),
+            public_since: confirmed
+                .iter()
+                .any(|(a, s)| reaches_everyone(a, *s))
+                .then_some(now),
             confirmed,
             configured: configured.iter().cloned().collect(),
             upnp: if features.upnp { Upnp::Idle } else { Upnp::Off },
@@ -302,14 +305,16 @@ impl Policy {
                     return;
                 }
                 self.confirmed.insert(addr, source);
-                self.public_since.get_or_insert(now);
+                if self.needs_no_relay() {
+                    self.public_since.get_or_insert(now);
+                }
             }
             Event::Expired(addr) => {
                 if self.configured.contains(&addr) {
                     return;
                 }
                 self.confirmed.remove(&addr);
-                if self.confirmed.is_empty() {
+                if !self.needs_no_relay() {
                     self.public_since = None;
                 }
             }
@@ -456,6 +461,13 @@ impl Policy {
         !self.confirmed.is_empty()
     }
 
+    /// Whether every member can reach this node without a relay: a confirmed IPv4 address (or
+    /// one the owner configured). A node reachable only at an IPv6 address keeps its relays
+    /// for members that have no IPv6.
+    pub fn needs_no_relay(&self) -> bool {
+        self.confirmed.iter().any(|(a, s)| reaches_everyone(a, *s))
+    }
+
     /// What to do now. Call after every event and on a timer.
     pub fn poll(&mut self, now: u64) -> Vec<Action> {
         let mut out = Vec::new();
@@ -490,7 +502,7 @@ impl Policy {
             }
             return out;
         }
-        if self.is_public() {
+        if self.needs_no_relay() {
             return out;
         }
         let wanted = WANTED_RELAYS.saturating_sub(self.reservations.len());
@@ -568,7 +580,7 @@ impl Policy {
         let mut text = match self.reachability() {
             Reachability::Public { addrs } => {
                 let upnp = addrs.iter().find(|(_, s)| *s == Source::Upnp);
-                match upnp {
+                let public = match upnp {
                     Some((a, _)) => {
                         format!("public (UPnP mapping {} on the router)", host_port(a))
                     }
@@ -583,6 +595,13 @@ impl Policy {
                         };
                         format!("public at {} ({how})", list.join(", "))
                     }
+                };
+                let relays = self.accepted_relays();
+                if relays.is_empty() || self.needs_no_relay() {
+                    public
+                } else {
+                    let names: Vec<String> = relays.iter().map(name).collect();
+                    format!("{public}, relayed via {} for IPv4", names.join(" and "))
                 }
             }
             Reachability::Private { relays } if relays.is_empty() => {
@@ -614,6 +633,16 @@ impl Policy {
         }
         text
     }
+}
+
+/// Whether a confirmed address serves every member: IPv4 (every member has it), or written
+/// in the configuration (the owner's call).
+fn reaches_everyone(addr: &Multiaddr, source: Source) -> bool {
+    source == Source::Configured
+        || matches!(
+            addr.iter().next(),
+            Some(libp2p::multiaddr::Protocol::Ip4(_))
+        )
 }
 
 /// `addr` without a trailing `/p2p/<peer>`.
@@ -913,6 +942,51 @@ mod tests {
             vec![Action::Release(r[0])]
         );
         assert!(p.reservations().is_empty());
+    }
+
+    #[test]
+    fn a_node_public_only_over_ipv6_keeps_its_relays_for_ipv4_members() {
+        let mut p = Policy::new(
+            Features {
+                upnp: false,
+                ..Features::default()
+            },
+            &[],
+            0,
+        );
+        let r = peers(2);
+        for x in &r {
+            p.on(Event::RelayAvailable(*x), 0);
+        }
+        assert_eq!(p.poll(0).len(), WANTED_RELAYS);
+        p.on(Event::ReservationAccepted(r[0]), 1);
+        p.on(Event::ReservationFailed(r[1], "busy".into()), 1);
+        // AutoNAT confirms the IPv6 address (no NAT, an open firewall); IPv4 is behind NAT.
+        p.on(Event::Confirmed(addr("/ip6/2a0f:1::10/tcp/4002")), 1000);
+        assert!(p.is_public() && !p.needs_no_relay());
+        let later = 1000 + 10 * RELEASE_AFTER_PUBLIC_MS;
+        // Relays are kept, and a refused one is asked again after its backoff.
+        assert_eq!(p.poll(later), vec![Action::Reserve(r[1])]);
+        assert_eq!(
+            p.explain(&|x| format!("n{}", r.iter().position(|y| y == x).unwrap())),
+            "public at [2a0f:1::10]:4002 (confirmed by AutoNAT), relayed via n0 for IPv4"
+        );
+        // An IPv4 address confirmed too: every member reaches it, the relays go.
+        p.on(Event::Confirmed(addr("/ip4/198.51.100.1/tcp/4002")), later);
+        assert!(p.needs_no_relay());
+        assert!(p.poll(later + 1).is_empty());
+        let released = p.poll(later + RELEASE_AFTER_PUBLIC_MS);
+        assert_eq!(released.len(), 2, "{released:?}");
+        assert!(released.iter().all(|a| matches!(a, Action::Release(_))));
+        // The IPv4 address lapses: back to relays for IPv4.
+        p.on(
+            Event::Expired(addr("/ip4/198.51.100.1/tcp/4002")),
+            later + 2 * RELEASE_AFTER_PUBLIC_MS,
+        );
+        assert_eq!(
+            p.poll(later + 2 * RELEASE_AFTER_PUBLIC_MS).len(),
+            WANTED_RELAYS
+        );
     }
 
     #[test]
