@@ -1121,6 +1121,16 @@ impl Actor {
                 }
                 tracing::info!(%address, "listening");
                 self.addresses_changed(&address);
+                // A global IPv6 address is not translated on its way out: it is the external
+                // address if the firewall in front lets connections in. AutoNAT finds out, even
+                // when no peer happened to connect over IPv6 and observe it.
+                if self.policy.features().detect_addresses
+                    && !self.tor_only
+                    && matches!(address.iter().next(), Some(Protocol::Ip6(_)))
+                    && is_global_addr(&address)
+                {
+                    self.swarm.behaviour_mut().candidates.add(address.clone());
+                }
                 self.state.send_modify(|s| s.listen_addrs.push(address));
                 return true;
             }

@@ -214,6 +214,35 @@ impl Lab {
         run(cmd, "h1-readdress");
     }
 
+    /// Router 1 lets new IPv6 connections in to home 1's host (an open IPv6 firewall, or a
+    /// pinhole its owner made), on a lab built with [`Lab::up_v6`].
+    pub fn open_v6_to_h1(&self) {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            "kl-r1",
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "filter",
+            "forward",
+            "ip6",
+            "daddr",
+            "2a0f:1::10",
+            "accept",
+        ]);
+        run(cmd, "open IPv6 to h1");
+    }
+
+    /// Home 2's host loses its IPv6 address (a home whose ISP gives IPv4 only).
+    pub fn no_v6_in_h2(&self) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", "kl-h2", "addr", "del", "2a0f:2::10/64", "dev", "eth0"]);
+        run(cmd, "remove h2's IPv6 address");
+    }
+
     /// miniupnpd's lease file (one `PROTO:EXT:INT_IP:INT_PORT:...` line per mapping).
     pub fn upnp_leases(&self) -> String {
         std::fs::read_to_string(Path::new(LAB_DIR).join("upnp.leases")).unwrap_or_default()

@@ -854,3 +854,82 @@ async fn strict_x_strict_with_ipv6_behind_firewalls_goes_direct_over_ipv6() {
         direct.as_secs_f64(),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_public_over_ipv6_only_keeps_a_relay_for_an_ipv4_only_friend() {
+    if !Lab::available() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    // Home 1: IPv4 behind a strict NAT, IPv6 open to the world. Home 2: IPv4 only.
+    let lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::None);
+    lab.open_v6_to_h1();
+    lab.no_v6_in_h2();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    let mut r = with_ipv6(lab_config("relay", 4001, false, false), 4001);
+    r.network.announce = vec![
+        "/ip4/11.0.0.1/tcp/4001".into(),
+        "/ip6/2a0f::1/tcp/4001".into(),
+    ];
+    dir("r").init(r).unwrap();
+    dir("a")
+        .init(with_ipv6(lab_config("alice", 4002, true, false), 4002))
+        .unwrap();
+    dir("b")
+        .init(lab_config("bob", 4002, false, false))
+        .unwrap();
+    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
+    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let bn = NsNode::start(ns::H2, dir("b")).await.expect("start B");
+    let (rh, ah, bh) = (rn.handle(), an.handle(), bn.handle());
+    for h in [&ah, &bh] {
+        let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
+        h.join(&code).await.expect("join through R");
+    }
+    // AutoNAT confirms A's IPv6 address; A keeps its relay for members without IPv6 (before,
+    // it counted itself public and let the relay go 30 s later).
+    let want = "public at [2a0f:1::10]:4002 (confirmed by AutoNAT), relayed via relay for IPv4";
+    until(&format!("A to say {want:?}"), BOUND, async || {
+        ah.status().await.reachability == want
+    })
+    .await;
+    // A public node lets its relays go RELEASE_AFTER_PUBLIC_MS after it became public; A must
+    // hold its reservation all through that moment and a while after.
+    let window = Duration::from_millis(kith_nat::policy::RELEASE_AFTER_PUBLIC_MS + 5_000);
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        let st = ah.status().await;
+        assert!(
+            st.nat.reservations.iter().any(|(_, s)| *s == "accepted"),
+            "A let its relay go {:.1} s after saying it is public over IPv6: {}",
+            (window - (end - Instant::now())).as_secs_f64(),
+            st.reachability
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bh.wait_for_storage_servers(1, BOUND)
+        .await
+        .expect("B learns A");
+    // B has no IPv6: it reaches A through the relay.
+    let data = random_bytes(1 << 20, 13);
+    let cap = put(&ah, &data).await;
+    assert!(get(&bh, &cap, &ah).await == data, "bytes differ");
+    assert_eq!(path_to(&bh, &ah).as_deref(), Some("relayed"));
+    let a_id = ah.peer_id().to_string();
+    let record = bh
+        .grid_info()
+        .await
+        .members
+        .into_iter()
+        .find(|m| m.peer_id == a_id)
+        .expect("A's record")
+        .addrs;
+    assert!(
+        record.iter().any(|a| a.contains("/p2p-circuit")),
+        "A's record keeps a relayed address: {record:?}"
+    );
+}
