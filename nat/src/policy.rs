@@ -690,6 +690,18 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A home-user policy with UPnP off (no MapPorts in the way).
+    fn without_upnp() -> Policy {
+        Policy::new(
+            Features {
+                upnp: false,
+                ..Features::default()
+            },
+            &[],
+            0,
+        )
+    }
+
     fn peers(n: u8) -> Vec<PeerId> {
         (0..n)
             .map(|i| {
@@ -870,14 +882,7 @@ mod tests {
 
     #[test]
     fn refused_relay_is_skipped_then_retried_after_backoff() {
-        let mut p = Policy::new(
-            Features {
-                upnp: false,
-                ..Features::default()
-            },
-            &[],
-            0,
-        );
+        let mut p = without_upnp();
         let r = peers(1);
         p.on(Event::RelayAvailable(r[0]), 0);
         assert_eq!(p.poll(0), vec![Action::Reserve(r[0])]);
@@ -923,14 +928,7 @@ mod tests {
 
     #[test]
     fn public_node_releases_reservations_after_a_while() {
-        let mut p = Policy::new(
-            Features {
-                upnp: false,
-                ..Features::default()
-            },
-            &[],
-            0,
-        );
+        let mut p = without_upnp();
         let r = peers(2);
         p.on(Event::RelayAvailable(r[0]), 0);
         assert_eq!(p.poll(0), vec![Action::Reserve(r[0])]);
@@ -946,14 +944,7 @@ mod tests {
 
     #[test]
     fn a_node_public_only_over_ipv6_keeps_its_relays_for_ipv4_members() {
-        let mut p = Policy::new(
-            Features {
-                upnp: false,
-                ..Features::default()
-            },
-            &[],
-            0,
-        );
+        let mut p = without_upnp();
         let r = peers(2);
         for x in &r {
             p.on(Event::RelayAvailable(*x), 0);

@@ -161,16 +161,21 @@ fn squat_tcp_4002() -> std::net::TcpListener {
     })
 }
 
+/// `RUST_LOG=kith=debug` shows what the nodes decide.
+fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// Runs a case (or skips it, saying why, where the lab cannot run); the timings go to stdout.
 async fn run_case(c: &Case) {
     if !Lab::available() {
         return;
     }
     // `RUST_LOG=kith=debug` shows what the nodes decide.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     let lab = Lab::up(
         c.r1,
         c.r2,
@@ -683,10 +688,7 @@ fn maps_4002_to(lab: &Lab, ip: &str) -> bool {
 
 /// A alone behind router 1 (UPnP, IGDv2), once its first attempt mapped 4002.
 async fn mapped_alone(lab: &Lab, tmp: &tempfile::TempDir) -> NsNode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     let dir = NodeDir::new(tmp.path().join("a"));
     dir.init(lab_config("alice", 4002, false, true)).unwrap();
     let an = NsNode::start(ns::H1, dir).await.expect("start A");
@@ -768,6 +770,38 @@ async fn a_router_that_restarts_on_another_control_port_gets_the_mappings_back_a
     );
 }
 
+/// The relay R on the public segment, A in home 1 (storage) and B in home 2, both joined
+/// through R; all listen on IPv6 too, except B when `b_v6` is false. On a lab built with
+/// [`Lab::up_v6`].
+async fn trio_v6(b_v6: bool) -> (tempfile::TempDir, [NsNode; 3]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    let mut r = with_ipv6(lab_config("relay", 4001, false, false), 4001);
+    r.network.announce = vec![
+        "/ip4/11.0.0.1/tcp/4001".into(),
+        "/ip4/11.0.0.1/udp/4001/quic-v1".into(),
+        "/ip6/2a0f::1/tcp/4001".into(),
+        "/ip6/2a0f::1/udp/4001/quic-v1".into(),
+    ];
+    dir("r").init(r).unwrap();
+    dir("a")
+        .init(with_ipv6(lab_config("alice", 4002, true, false), 4002))
+        .unwrap();
+    let b = lab_config("bob", 4002, false, false);
+    dir("b")
+        .init(if b_v6 { with_ipv6(b, 4002) } else { b })
+        .unwrap();
+    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
+    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let bn = NsNode::start(ns::H2, dir("b")).await.expect("start B");
+    let rh = rn.handle();
+    for h in [an.handle(), bn.handle()] {
+        let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
+        h.join(&code).await.expect("join through R");
+    }
+    (tmp, [rn, an, bn])
+}
+
 /// Adds IPv6 listeners on `port` (TCP and QUIC, every address) to a lab node's config.
 fn with_ipv6(mut raw: RawConfig, port: u16) -> RawConfig {
     raw.network.listen.push(format!("/ip6/::/tcp/{port}"));
@@ -782,38 +816,13 @@ async fn strict_x_strict_with_ipv6_behind_firewalls_goes_direct_over_ipv6() {
     if !Lab::available() {
         return;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     // IPv4 behind strict NATs (only a relay joins them there), IPv6 global behind the routers'
     // stateful firewalls, as many homes have both now.
     let _lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::None);
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
-    let mut r = with_ipv6(lab_config("relay", 4001, false, false), 4001);
-    r.network.announce = vec![
-        "/ip4/11.0.0.1/tcp/4001".into(),
-        "/ip4/11.0.0.1/udp/4001/quic-v1".into(),
-        "/ip6/2a0f::1/tcp/4001".into(),
-        "/ip6/2a0f::1/udp/4001/quic-v1".into(),
-    ];
-    dir("r").init(r).unwrap();
-    dir("a")
-        .init(with_ipv6(lab_config("alice", 4002, true, false), 4002))
-        .unwrap();
-    dir("b")
-        .init(with_ipv6(lab_config("bob", 4002, false, false), 4002))
-        .unwrap();
-    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
     let start = Instant::now();
-    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
-    let bn = NsNode::start(ns::H2, dir("b")).await.expect("start B");
-    let (rh, ah, bh) = (rn.handle(), an.handle(), bn.handle());
-    for h in [&ah, &bh] {
-        let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
-        h.join(&code).await.expect("join through R");
-    }
+    let (_tmp, [_rn, an, bn]) = trio_v6(true).await;
+    let (ah, bh) = (an.handle(), bn.handle());
     bh.wait_for_storage_servers(1, BOUND)
         .await
         .expect("B learns A");
@@ -860,36 +869,13 @@ async fn a_node_public_over_ipv6_only_keeps_a_relay_for_an_ipv4_only_friend() {
     if !Lab::available() {
         return;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    log_to_test_output();
     // Home 1: IPv4 behind a strict NAT, IPv6 open to the world. Home 2: IPv4 only.
     let lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::None);
     lab.open_v6_to_h1();
     lab.no_v6_in_h2();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
-    let mut r = with_ipv6(lab_config("relay", 4001, false, false), 4001);
-    r.network.announce = vec![
-        "/ip4/11.0.0.1/tcp/4001".into(),
-        "/ip6/2a0f::1/tcp/4001".into(),
-    ];
-    dir("r").init(r).unwrap();
-    dir("a")
-        .init(with_ipv6(lab_config("alice", 4002, true, false), 4002))
-        .unwrap();
-    dir("b")
-        .init(lab_config("bob", 4002, false, false))
-        .unwrap();
-    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
-    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
-    let bn = NsNode::start(ns::H2, dir("b")).await.expect("start B");
-    let (rh, ah, bh) = (rn.handle(), an.handle(), bn.handle());
-    for h in [&ah, &bh] {
-        let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
-        h.join(&code).await.expect("join through R");
-    }
+    let (_tmp, [_rn, an, bn]) = trio_v6(false).await;
+    let (ah, bh) = (an.handle(), bn.handle());
     // AutoNAT confirms A's IPv6 address; A keeps its relay for members without IPv6 (before,
     // it counted itself public and let the relay go 30 s later).
     let want = "public at [2a0f:1::10]:4002 (confirmed by AutoNAT), relayed via relay for IPv4";
