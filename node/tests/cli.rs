@@ -1133,6 +1133,7 @@ fn a_hung_server_holds_no_download_up_and_uploads_and_directory_writes_go_on_wit
         )),
         "{stderr}"
     );
+    eprintln!("download with ben hung: {:.2} s", took.as_secs_f64());
     assert!(
         took < Duration::from_secs(15),
         "the download took {took:?}: it waited for the hung server's listing to time out"
@@ -1150,7 +1151,19 @@ fn a_hung_server_holds_no_download_up_and_uploads_and_directory_writes_go_on_wit
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw).unwrap();
     let put = ok_json(&raw);
-    assert_eq!(put["unanswered"], serde_json::json!([ids[1]]), "{put}");
+    // Ben is left out either way: asked and given up on (`unanswered`), or, when the
+    // download's own listing of him timed out (15 s) before this upload began (a loaded
+    // machine), known silent and not asked at all (`put_aside`).
+    let named = |field: &str| put[field] == serde_json::json!([ids[1]]);
+    assert!(named("unanswered") || named("put_aside"), "{put}");
+    assert!(
+        put["placement"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|s| s != ids[1].as_str()),
+        "{put}"
+    );
     assert_eq!(put["happiness"], 4, "{put}");
     // Ann now counts ben as silent (her status says so) until he answers something.
     let silent = |d: &Path| -> Vec<String> {
