@@ -248,18 +248,43 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// A port free for both TCP and UDP on all interfaces right now (0 if none was found).
+/// A port free for both TCP and UDP on all interfaces, IPv4 and IPv6, right now (0 if none
+/// was found).
 pub fn free_port() -> u16 {
     for _ in 0..32 {
         let Ok(l) = TcpListener::bind("0.0.0.0:0") else {
             continue;
         };
         let Ok(addr) = l.local_addr() else { continue };
-        if UdpSocket::bind(("0.0.0.0", addr.port())).is_ok() {
+        if UdpSocket::bind(("0.0.0.0", addr.port())).is_ok() && free_on_ipv6(addr.port()) {
             return addr.port();
         }
     }
     0
+}
+
+/// Whether `port` is free for TCP and UDP on `::` (IPv6 only, as libp2p listens, so the IPv4
+/// sockets held meanwhile do not count). A host without IPv6 counts as free.
+fn free_on_ipv6(port: u16) -> bool {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    for (ty, proto) in [(Type::STREAM, Protocol::TCP), (Type::DGRAM, Protocol::UDP)] {
+        let Ok(s) = Socket::new(Domain::IPV6, ty, Some(proto)) else {
+            return true;
+        };
+        // TCP as libp2p binds it: connections in TIME_WAIT do not hold the port.
+        if s.set_only_v6(true).is_err()
+            || (ty == Type::STREAM && s.set_reuse_address(true).is_err())
+        {
+            return true;
+        }
+        match s.bind(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return false,
+            Err(_) => return true,
+        }
+    }
+    true
 }
 
 /// A free port (as [`free_port`]) other than `taken`: two picks in a row may return the same
@@ -298,6 +323,20 @@ fn fill_port(addr: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_taken_on_ipv6_only_is_not_free() {
+        let Ok(l) = std::net::TcpListener::bind("[::1]:0") else {
+            println!("skipped: no IPv6 loopback on this host");
+            return;
+        };
+        let port = l.local_addr().unwrap().port();
+        assert!(!free_on_ipv6(port), "TCP {port} is held on ::1");
+        drop(l);
+        assert!(free_on_ipv6(port));
+        let u = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        assert!(!free_on_ipv6(u.local_addr().unwrap().port()));
+    }
 
     #[test]
     fn a_second_port_is_picked_again_when_it_equals_the_first() {
