@@ -886,9 +886,9 @@ async fn a_node_public_over_ipv6_only_keeps_a_relay_for_an_ipv4_only_friend() {
     lab.no_v6_in_h2();
     // AutoNAT confirms A's IPv6 address; A keeps its relay for members without IPv6 (before,
     // it counted itself public and let the relay go 30 s later). B joins after that: an
-    // AutoNAT server without IPv6 (B) reports the address unreachable, and libp2p's AutoNAT v2
-    // client never tests a failed address again (see README, IPv6), so the test lets R, the
-    // only server at first, do the probe.
+    // AutoNAT server without IPv6 (B) would report the address unreachable, and libp2p's
+    // AutoNAT v2 client never tests a failed address again (see README, IPv6), so the test lets
+    // R, the only server at first, do the probe.
     let want = "public at [2a0f:1::10]:4002 (confirmed by AutoNAT), relayed via relay for IPv4";
     let (_tmp, [_rn, an, bn]) = trio_v6(false, Some(want)).await;
     let (ah, bh) = (an.handle(), bn.handle());
