@@ -260,12 +260,9 @@ impl Policy {
             .iter()
             .map(|a| (a.clone(), Source::Configured))
             .collect();
-        Self {
+        let mut p = Self {
             features,
-            public_since: confirmed
-                .iter()
-                .any(|(a, s)| reaches_everyone(a, *s))
-                .then_some(now),
+            public_since: None,
             confirmed,
             configured: configured.iter().cloned().collect(),
             upnp: if features.upnp { Upnp::Idle } else { Upnp::Off },
@@ -277,7 +274,9 @@ impl Policy {
             reservations: BTreeMap::new(),
             refused: BTreeMap::new(),
             punched: BTreeMap::new(),
-        }
+        };
+        p.public_since = p.needs_no_relay().then_some(now);
+        p
     }
 
     /// The features in force.

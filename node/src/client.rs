@@ -886,6 +886,10 @@ pub async fn upload_from(
         .saturating_sub(held.keys().filter(|s| !writers.contains_key(s)).count())
         .max(1);
     let mut left: BTreeSet<PeerId> = BTreeSet::new();
+    // Leaves a laggard behind if the upload stays happy without it; the caller stops its writer.
+    let leave = |l: PeerId, to_write: &mut BTreeMap<u8, PeerId>, left: &mut BTreeSet<PeerId>| {
+        leave_behind(node, si, l, params.happy, &held, to_write, left, &pace)
+    };
     let mut last_check = std::time::Instant::now();
     let file = match source {
         Source::File(path) => SegmentSource::File(Arc::new(
@@ -949,17 +953,11 @@ pub async fn upload_from(
                         last_check = now;
                         let laggards = pace_of(&pace).laggards(keep, now);
                         for l in laggards {
-                            leave_behind(
-                                node,
-                                si,
-                                l,
-                                params.happy,
-                                &held,
-                                &mut to_write,
-                                &mut writers,
-                                &mut left,
-                                &pace,
-                            );
+                            if leave(l, &mut to_write, &mut left)
+                                && let Some(w) = writers.remove(&l)
+                            {
+                                w.task.abort();
+                            }
                         }
                         if !writers.contains_key(&s)
                             && let Some(it) = item.take()
@@ -1028,18 +1026,7 @@ pub async fn upload_from(
                 };
                 last = now;
                 for l in laggards {
-                    leave_behind(
-                        node,
-                        si,
-                        l,
-                        params.happy,
-                        &held,
-                        &mut to_write,
-                        &mut BTreeMap::new(),
-                        &mut left,
-                        &pace,
-                    );
-                    if left.contains(&l)
+                    if leave(l, &mut to_write, &mut left)
                         && let Some(a) = aborts.remove(&l)
                     {
                         a.abort();
@@ -1120,10 +1107,10 @@ pub async fn upload_from(
     })
 }
 
-/// Leaves laggard `server` behind (its writer stopped, its shares dropped, the server asked
-/// to abort them in the background) when the shares held and still being written keep the
-/// upload happy without it; a server that has not answered a write for [`hedge::LAG_FLOOR`]
-/// is also marked silent.
+/// Leaves laggard `server` behind (its shares dropped, the server asked to abort them in the
+/// background) when the shares held and still being written keep the upload happy without
+/// it, and says whether it did (the caller then stops its writer); a server that has not
+/// answered a write for [`hedge::LAG_FLOOR`] is also marked silent.
 #[allow(clippy::too_many_arguments)]
 fn leave_behind(
     node: &NodeHandle,
@@ -1132,16 +1119,15 @@ fn leave_behind(
     happy: u8,
     held: &BTreeMap<PeerId, BTreeSet<u8>>,
     to_write: &mut BTreeMap<u8, PeerId>,
-    writers: &mut BTreeMap<PeerId, Writer>,
     left: &mut BTreeSet<PeerId>,
     pace: &SharedPace,
-) {
+) -> bool {
     let mut without = held.clone();
     for (&sh, &s) in to_write.iter().filter(|(_, s)| **s != server) {
         without.entry(s).or_default().insert(sh);
     }
     if placement::happiness(&without) < usize::from(happy) {
-        return;
+        return false;
     }
     let stalled = {
         let mut p = pace_of(pace);
@@ -1153,9 +1139,6 @@ fn leave_behind(
         node.went_silent(server);
     }
     node.went_slow(server);
-    if let Some(w) = writers.remove(&server) {
-        w.task.abort();
-    }
     let dropped: BTreeMap<u8, PeerId> = to_write
         .iter()
         .filter(|(_, s)| **s == server)
@@ -1170,6 +1153,7 @@ fn leave_behind(
     left.insert(server);
     let node = node.clone();
     tokio::spawn(async move { abort_all(&node, si, &dropped).await });
+    true
 }
 
 /// Files up to this size are encoded whole in memory and placed with one [`Request::Put`] per

@@ -1227,6 +1227,37 @@ mod tests {
     const ONION: &str = "/onion3/vww6ybal4bd7szmgncyruucpgfkqahzddi37ktceo3ah7ngmcopnpyyd:4001";
 
     #[test]
+    fn advertised_addresses_put_ipv4_listen_addresses_before_ipv6_and_keep_max_addrs() {
+        let st = crate::net::NetState {
+            external_addrs: vec![ma("/ip6/2001:db8::9/tcp/1")],
+            // Many IPv6 addresses first (as if-watch may report them), then IPv4.
+            listen_addrs: (1..=20)
+                .map(|i| ma(&format!("/ip6/2001:db8::{i:x}/tcp/2")))
+                .chain([
+                    ma("/ip6/fe80::1/tcp/2"),
+                    ma("/ip4/192.168.1.10/tcp/2"),
+                    ma("/ip4/127.0.0.1/tcp/2"),
+                ])
+                .collect(),
+            ..Default::default()
+        };
+        let announce = [ma("/ip4/203.0.113.5/tcp/2")];
+        let got = advertised(&announce, &st);
+        assert_eq!(got.len(), kith_gossip::membership::MAX_ADDRS);
+        // Announced, external, then the IPv4 LAN address (loopback and link-local dropped)
+        // ahead of the IPv6 ones that fill the rest.
+        assert_eq!(
+            got[..4],
+            [
+                ma("/ip4/203.0.113.5/tcp/2"),
+                ma("/ip6/2001:db8::9/tcp/1"),
+                ma("/ip4/192.168.1.10/tcp/2"),
+                ma("/ip6/2001:db8::1/tcp/2"),
+            ]
+        );
+    }
+
+    #[test]
     fn link_local_addresses_are_not_dialable() {
         let keep = [
             "/ip6/2001:db8::7/tcp/1",

@@ -616,7 +616,8 @@ pub struct NatStatus {
     /// UPnP: `off`, `idle`, `trying`, `mapped` or `failed: <why>`.
     pub upnp: String,
     /// What started the last UPnP attempt (`start`, `retry`, `renewal`, `announced`: the
-    /// router announced itself), if one was made.
+    /// router announced itself, `network_changed`: this node's addresses changed), if one was
+    /// made.
     pub upnp_trigger: Option<kith_nat::policy::Trigger>,
     /// UPnP mappings in place (`internal -> external`).
     pub upnp_mappings: Vec<String>,

@@ -266,25 +266,8 @@ pub fn free_port() -> u16 {
 /// Whether `port` is free for TCP and UDP on `::` (IPv6 only, as libp2p listens, so the IPv4
 /// sockets held meanwhile do not count). A host without IPv6 counts as free.
 fn free_on_ipv6(port: u16) -> bool {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let addr = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
-    for (ty, proto) in [(Type::STREAM, Protocol::TCP), (Type::DGRAM, Protocol::UDP)] {
-        let Ok(s) = Socket::new(Domain::IPV6, ty, Some(proto)) else {
-            return true;
-        };
-        // TCP as libp2p binds it: connections in TIME_WAIT do not hold the port.
-        if s.set_only_v6(true).is_err()
-            || (ty == Type::STREAM && s.set_reuse_address(true).is_err())
-        {
-            return true;
-        }
-        match s.bind(&addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return false,
-            Err(_) => return true,
-        }
-    }
-    true
+    let sa = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    !kith_transports::port_in_use(sa, false) && !kith_transports::port_in_use(sa, true)
 }
 
 /// A free port (as [`free_port`]) other than `taken`: two picks in a row may return the same

@@ -194,6 +194,18 @@ impl Grid {
     }
 }
 
+/// The addresses in `peer`'s record as `of` holds it (panics when `of` has no record of it).
+pub async fn record_addrs(of: &NodeHandle, peer: &NodeHandle) -> Vec<String> {
+    let id = peer.peer_id().to_string();
+    of.grid_info()
+        .await
+        .members
+        .into_iter()
+        .find(|m| m.peer_id == id)
+        .unwrap_or_else(|| panic!("{} has no record of {id}", of.config().nickname))
+        .addrs
+}
+
 /// Polls `cond` every 20 ms until it holds; panics naming `what` after `bound` (tests wait on
 /// conditions with a deadline, never on a fixed sleep).
 pub async fn until(what: &str, bound: Duration, mut cond: impl AsyncFnMut() -> bool) {

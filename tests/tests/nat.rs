@@ -20,7 +20,7 @@ use kith_node::{
 };
 use kith_tests::{
     natlab::{self, Igd, Lab, Nat, NsNode, ns},
-    random_bytes, until,
+    random_bytes, record_addrs, until,
 };
 
 const BOUND: Duration = Duration::from_secs(60);
@@ -915,15 +915,7 @@ async fn a_node_public_over_ipv6_only_keeps_a_relay_for_an_ipv4_only_friend() {
     let cap = put(&ah, &data).await;
     assert!(get(&bh, &cap, &ah).await == data, "bytes differ");
     assert_eq!(path_to(&bh, &ah).as_deref(), Some("relayed"));
-    let a_id = ah.peer_id().to_string();
-    let record = bh
-        .grid_info()
-        .await
-        .members
-        .into_iter()
-        .find(|m| m.peer_id == a_id)
-        .expect("A's record")
-        .addrs;
+    let record = record_addrs(&bh, &ah).await;
     assert!(
         record.iter().any(|a| a.contains("/p2p-circuit")),
         "A's record keeps a relayed address: {record:?}"

@@ -232,17 +232,24 @@ pub fn tcp_port_taken(addr: &Multiaddr) -> bool {
     if it.any(|p| !matches!(p, Protocol::P2p(_))) {
         return false;
     }
-    let sa = std::net::SocketAddr::new(ip, port);
-    let Ok(socket) = socket2::Socket::new(
-        socket2::Domain::for_address(sa),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    ) else {
+    port_in_use(std::net::SocketAddr::new(ip, port), false)
+}
+
+/// Whether binding `sa` (TCP, or UDP with `udp`) fails because the port is in use, probed the
+/// way libp2p's listeners bind: TCP with `SO_REUSEADDR` (connections in `TIME_WAIT` do not
+/// count), IPv6 sockets IPv6-only (an IPv4 listener on the same port does not count). Any
+/// other failure (no IPv6 on this host, say) counts as free. The probe is released at once.
+pub fn port_in_use(sa: std::net::SocketAddr, udp: bool) -> bool {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (ty, proto) = if udp {
+        (Type::DGRAM, Protocol::UDP)
+    } else {
+        (Type::STREAM, Protocol::TCP)
+    };
+    let Ok(socket) = Socket::new(Domain::for_address(sa), ty, Some(proto)) else {
         return false;
     };
-    // As libp2p's listener does, so that connections in TIME_WAIT do not count, and an IPv6
-    // socket does not collide with the IPv4 listener on the same port.
-    if socket.set_reuse_address(true).is_err()
+    if (!udp && socket.set_reuse_address(true).is_err())
         || (sa.is_ipv6() && socket.set_only_v6(true).is_err())
     {
         return false;

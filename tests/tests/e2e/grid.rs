@@ -425,14 +425,7 @@ async fn a_node_with_the_default_addresses_listens_on_both_families_and_announce
             .find_map(|l| l.split("/tcp/").nth(1).map(str::to_owned))
     };
     assert_eq!(tcp_port("/ip4/"), tcp_port("/ip6/"), "{listening:?}");
-    let me = a.peer_id().to_string();
-    let info = grid.node(1).grid_info().await;
-    let record = &info
-        .members
-        .iter()
-        .find(|m| m.peer_id == me)
-        .expect("node 1 has node 0's record")
-        .addrs;
+    let record = kith_tests::record_addrs(&grid.node(1), &a).await;
     assert!(
         record.iter().all(|r| !r.starts_with("/ip6/fe80:")),
         "link-local addresses in the record: {record:?}"
