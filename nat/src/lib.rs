@@ -9,7 +9,8 @@
 //! - [`ssdp`]: hears routers announce themselves (SSDP `NOTIFY`), so a router that turns UPnP
 //!   on or restarts is asked at once instead of after the retry backoff.
 //! - [`candidates`]: a small libp2p behaviour that feeds UPnP-mapped addresses to AutoNAT as
-//!   candidates, so only confirmed mappings are announced.
+//!   candidates, so only confirmed mappings are announced; and the wrapper that makes one
+//!   AutoNAT v2 client per address family, asking only members that can dial in it.
 //! - [`relay_server`]: libp2p's relay server behind two corrections (direct addresses only
 //!   count as reachability; relayed connections are kept from it, see the module docs).
 //! - [`relay_config`]: relay server limits sized for storage traffic (the libp2p defaults of

@@ -344,10 +344,27 @@ struct Behaviour {
     relay_client: Toggle<relay::client::Behaviour>,
     relay: Toggle<kith_nat::relay_server::Behaviour>,
     dcutr: Toggle<dcutr::Behaviour>,
-    /// Never hears of onion candidates (identify's "observed" wildcard onion address over Tor).
-    autonat_client: Toggle<kith_nat::candidates::Testable<autonat::v2::client::Behaviour>>,
+    /// AutoNAT v2 for IPv4 addresses, with servers reached directly over IPv4 only; neither
+    /// client hears of onion candidates (identify's "observed" wildcard onion address over
+    /// Tor). See [`kith_nat::candidates::Testable`] for why one client per family.
+    autonat_v4: Toggle<AutonatClient>,
+    /// AutoNAT v2 for IPv6 addresses, with servers reached directly over IPv6 only.
+    autonat_v6: Toggle<AutonatClient>,
     autonat_server: Toggle<autonat::v2::server::Behaviour>,
     candidates: kith_nat::candidates::Behaviour,
+}
+
+type AutonatClient = kith_nat::candidates::Testable<autonat::v2::client::Behaviour>;
+
+/// An AutoNAT v2 client for this node's addresses of `family`, probing every 2 s.
+fn autonat_client(family: kith_nat::candidates::Family) -> AutonatClient {
+    kith_nat::candidates::Testable::new(
+        autonat::v2::client::Behaviour::new(
+            rand_autonat::make_rng::<rand_autonat::rngs::StdRng>(),
+            autonat::v2::client::Config::default().with_probe_interval(Duration::from_secs(2)),
+        ),
+        family,
+    )
 }
 
 /// Connectivity settings for [`spawn`].
@@ -545,15 +562,13 @@ pub fn spawn(
             .hole_punching
             .then(|| dcutr::Behaviour::new(local))
             .into(),
-        autonat_client: features
+        autonat_v4: features
             .detect_addresses
-            .then(|| {
-                kith_nat::candidates::Testable::new(autonat::v2::client::Behaviour::new(
-                    rand_autonat::make_rng::<rand_autonat::rngs::StdRng>(),
-                    autonat::v2::client::Config::default()
-                        .with_probe_interval(Duration::from_secs(2)),
-                ))
-            })
+            .then(|| autonat_client(kith_nat::candidates::Family::V4))
+            .into(),
+        autonat_v6: features
+            .detect_addresses
+            .then(|| autonat_client(kith_nat::candidates::Family::V6))
             .into(),
         autonat_server: (!nat.tor_only)
             .then(autonat::v2::server::Behaviour::default)
@@ -1288,6 +1303,13 @@ impl Actor {
                 connection_id,
             })) => {
                 let storage = info.protocols.contains(&protocol::PROTOCOL);
+                let b = self.swarm.behaviour_mut();
+                for client in [b.autonat_v4.as_mut(), b.autonat_v6.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    client.peer_listens_on(peer_id, &info.listen_addrs);
+                }
                 let direct = self.conns.get(&connection_id).is_some_and(|c| !c.relayed);
                 let offers_relay = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
                 let nat = if direct && offers_relay && self.relay_offers.insert(peer_id) {
@@ -1382,6 +1404,17 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => {
                 self.on_relay_server(ev);
             }
+            SwarmEvent::Behaviour(
+                BehaviourEvent::AutonatV4(ev) | BehaviourEvent::AutonatV6(ev),
+            ) => match ev.result {
+                Ok(()) => tracing::debug!(
+                    addr = %ev.tested_addr, server = %ev.server, "AutoNAT: reachable"
+                ),
+                Err(e) => tracing::debug!(
+                    addr = %ev.tested_addr, server = %ev.server, error = %e,
+                    "AutoNAT: not reachable (libp2p tests this address no more)"
+                ),
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),

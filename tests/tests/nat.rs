@@ -15,6 +15,7 @@ use kith_node::{
     NodeHandle,
     caps::ReadCap,
     client::PutOptions,
+    codec::EncodingParams,
     config::{ByteSize, RawConfig},
     nodedir::NodeDir,
 };
@@ -770,11 +771,24 @@ async fn a_router_that_restarts_on_another_control_port_gets_the_mappings_back_a
     );
 }
 
+/// In which order A and B join R in [`trio_v6`].
+#[derive(Clone, Copy)]
+enum Order<'a> {
+    /// A, then B at once.
+    AThenB,
+    /// A, then B once A says this (prefix of `kith status`'s reachability line).
+    AFirst(&'a str),
+}
+
 /// The relay R on the public segment, A in home 1 (storage) and B in home 2, both joined
-/// through R; all listen on IPv6 too, except B when `b_v6` is false. With `a_first`, B starts
-/// only once A says it is that (prefix of `kith status`'s line). On a lab built with
+/// through R in `order`; all listen on IPv6 too, except B when `b_v6` is false; B offers
+/// storage when `b_storage` (so A keeps a connection to B of its own). On a lab built with
 /// [`Lab::up_v6`].
-async fn trio_v6(b_v6: bool, a_first: Option<&str>) -> (tempfile::TempDir, [NsNode; 3]) {
+async fn trio_v6(
+    b_v6: bool,
+    b_storage: bool,
+    order: Order<'_>,
+) -> (tempfile::TempDir, [NsNode; 3]) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = |n: &str| NodeDir::new(tmp.path().join(n));
     let mut r = with_ipv6(lab_config("relay", 4001, false, false), 4001);
@@ -788,27 +802,33 @@ async fn trio_v6(b_v6: bool, a_first: Option<&str>) -> (tempfile::TempDir, [NsNo
     dir("a")
         .init(with_ipv6(lab_config("alice", 4002, true, false), 4002))
         .unwrap();
-    let b = lab_config("bob", 4002, false, false);
+    let b = lab_config("bob", 4002, b_storage, false);
     dir("b")
         .init(if b_v6 { with_ipv6(b, 4002) } else { b })
         .unwrap();
     let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
-    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
     let rh = rn.handle();
     let join = async |h: NodeHandle| {
         let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
         h.join(&code).await.expect("join through R");
     };
-    join(an.handle()).await;
-    if let Some(want) = a_first {
-        let ah = an.handle();
-        until(&format!("A to say {want:?}"), BOUND, async || {
-            ah.status().await.reachability.starts_with(want)
-        })
-        .await;
-    }
-    let bn = NsNode::start(ns::H2, dir("b")).await.expect("start B");
-    join(bn.handle()).await;
+    let start = async |ns: &str, d: &str| {
+        let n = NsNode::start(ns, dir(d)).await.expect("start a node");
+        join(n.handle()).await;
+        n
+    };
+    let (an, bn) = match order {
+        Order::AThenB => (start(ns::H1, "a").await, start(ns::H2, "b").await),
+        Order::AFirst(want) => {
+            let an = start(ns::H1, "a").await;
+            let ah = an.handle();
+            until(&format!("A to say {want:?}"), BOUND, async || {
+                ah.status().await.reachability.starts_with(want)
+            })
+            .await;
+            (an, start(ns::H2, "b").await)
+        }
+    };
     (tmp, [rn, an, bn])
 }
 
@@ -831,7 +851,7 @@ async fn strict_x_strict_with_ipv6_behind_firewalls_goes_direct_over_ipv6() {
     // stateful firewalls, as many homes have both now.
     let _lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::None);
     let start = Instant::now();
-    let (_tmp, [_rn, an, bn]) = trio_v6(true, None).await;
+    let (_tmp, [_rn, an, bn]) = trio_v6(true, false, Order::AThenB).await;
     let (ah, bh) = (an.handle(), bn.handle());
     bh.wait_for_storage_servers(1, BOUND)
         .await
@@ -885,12 +905,10 @@ async fn a_node_public_over_ipv6_only_keeps_a_relay_for_an_ipv4_only_friend() {
     lab.open_v6_to_h1();
     lab.no_v6_in_h2();
     // AutoNAT confirms A's IPv6 address; A keeps its relay for members without IPv6 (before,
-    // it counted itself public and let the relay go 30 s later). B joins after that: an
-    // AutoNAT server without IPv6 (B) would report the address unreachable, and libp2p's
-    // AutoNAT v2 client never tests a failed address again (see README, IPv6), so the test lets
-    // R, the only server at first, do the probe.
+    // it counted itself public and let the relay go 30 s later). B joins once A says so, so
+    // the window below starts at a known moment.
     let want = "public at [2a0f:1::10]:4002 (confirmed by AutoNAT), relayed via relay for IPv4";
-    let (_tmp, [_rn, an, bn]) = trio_v6(false, Some(want)).await;
+    let (_tmp, [_rn, an, bn]) = trio_v6(false, false, Order::AFirst(want)).await;
     let (ah, bh) = (an.handle(), bn.handle());
     assert_eq!(ah.status().await.reachability, want);
     // A public node lets its relays go RELEASE_AFTER_PUBLIC_MS after it became public; A must
@@ -920,4 +938,71 @@ async fn a_node_public_over_ipv6_only_keeps_a_relay_for_an_ipv4_only_friend() {
         record.iter().any(|a| a.contains("/p2p-circuit")),
         "A's record keeps a relayed address: {record:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_ipv6_does_not_make_a_public_ipv6_address_count_as_unreachable() {
+    if !Lab::available() {
+        return;
+    }
+    log_to_test_output();
+    // A: IPv4 behind a strict NAT, IPv6 open. B: IPv4 only, a storage server A keeps a
+    // connection to. When A (re)starts, B is an AutoNAT server as much as R is; B cannot dial
+    // IPv6 at all, and an address it fails is never tested again by libp2p's client.
+    let lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::None);
+    lab.open_v6_to_h1();
+    lab.no_v6_in_h2();
+    let (tmp, [_rn, an, bn]) = trio_v6(false, true, Order::AThenB).await;
+    an.handle()
+        .wait_for_storage_servers(2, BOUND)
+        .await
+        .expect("A learns B (itself and B)");
+    let bh = bn.handle();
+    {
+        let ah = an.handle();
+        until("A to know B's relayed address", BOUND, async || {
+            record_addrs(&ah, &bh)
+                .await
+                .iter()
+                .any(|a| a.contains("/p2p-circuit"))
+        })
+        .await;
+    }
+    an.stop().await;
+    let an = NsNode::start(ns::H1, NodeDir::new(tmp.path().join("a")))
+        .await
+        .expect("restart A");
+    let ah = an.handle();
+    // An upload at once: A places shares on B, so it dials B (through R) before its first
+    // AutoNAT probe.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    std::fs::write(&path, random_bytes(64 << 10, 17)).unwrap();
+    let params = EncodingParams {
+        happy: 2,
+        total: 2,
+        ..ah.config().encoding
+    };
+    let opts = PutOptions {
+        params,
+        convergent: false,
+        key: None,
+    };
+    let res = ah.put_file(&path, &opts, &|_| {}).await.expect("put");
+    let bid = bh.peer_id().to_string();
+    assert!(
+        res.placement.values().any(|p| *p == bid),
+        "A placed a share on B: {:?}",
+        res.placement
+    );
+    let want = [
+        "/ip6/2a0f:1::10/tcp/4002",
+        "/ip6/2a0f:1::10/udp/4002/quic-v1",
+    ];
+    until("A to confirm both its IPv6 addresses", BOUND, async || {
+        let st = ah.status().await;
+        want.iter()
+            .all(|w| st.nat.external.iter().any(|(a, _)| a == w))
+    })
+    .await;
 }
