@@ -8,6 +8,8 @@
 //!   fallback external port and removal on shutdown.
 //! - [`ssdp`]: hears routers announce themselves (SSDP `NOTIFY`), so a router that turns UPnP
 //!   on or restarts is asked at once instead of after the retry backoff.
+//! - [`autonat`]: kith's AutoNAT v2 client (libp2p's protocol; tests again what failed, backs
+//!   off, bounded, expires confirmed addresses that stop working).
 //! - [`candidates`]: a small libp2p behaviour that feeds UPnP-mapped addresses to AutoNAT as
 //!   candidates, so only confirmed mappings are announced; and the wrapper that makes one
 //!   AutoNAT v2 client per address family, asking only members that can dial in it.
@@ -71,6 +73,7 @@ macro_rules! delegate_connections {
     };
 }
 
+pub mod autonat;
 pub mod candidates;
 pub mod policy;
 pub mod relay_server;

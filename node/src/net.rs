@@ -354,15 +354,13 @@ struct Behaviour {
     candidates: kith_nat::candidates::Behaviour,
 }
 
-type AutonatClient = kith_nat::candidates::Testable<autonat::v2::client::Behaviour>;
+type AutonatClient = kith_nat::candidates::Testable<kith_nat::autonat::Behaviour>;
 
-/// An AutoNAT v2 client for this node's addresses of `family`, probing every 2 s.
+/// kith's AutoNAT v2 client for this node's addresses of `family`, looking for due tests
+/// every 2 s.
 fn autonat_client(family: kith_nat::candidates::Family) -> AutonatClient {
     kith_nat::candidates::Testable::new(
-        autonat::v2::client::Behaviour::new(
-            rand_autonat::make_rng::<rand_autonat::rngs::StdRng>(),
-            autonat::v2::client::Config::default().with_probe_interval(Duration::from_secs(2)),
-        ),
+        kith_nat::autonat::Behaviour::new(Duration::from_secs(2), rand::random()),
         family,
     )
 }
@@ -1406,15 +1404,10 @@ impl Actor {
             }
             SwarmEvent::Behaviour(
                 BehaviourEvent::AutonatV4(ev) | BehaviourEvent::AutonatV6(ev),
-            ) => match ev.result {
-                Ok(()) => tracing::debug!(
-                    addr = %ev.tested_addr, server = %ev.server, "AutoNAT: reachable"
-                ),
-                Err(e) => tracing::debug!(
-                    addr = %ev.tested_addr, server = %ev.server, error = %e,
-                    "AutoNAT: not reachable (libp2p tests this address no more)"
-                ),
-            },
+            ) => tracing::debug!(
+                addr = %ev.tested_addr, server = %ev.server, outcome = ?ev.outcome,
+                detail = %ev.detail, bytes_sent = ev.bytes_sent, "AutoNAT test"
+            ),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),
