@@ -1426,6 +1426,15 @@ fn print_status(s: &serde_json::Value) {
         s["members"].as_u64().unwrap_or(0)
     );
     println!("reach     {}", str_of(&s["reachability"]));
+    // AutoNAT's candidates (behind a strict NAT every connection brings another port): the
+    // first few, most reported first.
+    let tested = s["nat"]["autonat"].as_array().cloned().unwrap_or_default();
+    for a in tested.iter().take(4) {
+        println!("autonat   {}", str_of(&a["summary"]));
+    }
+    if tested.len() > 4 {
+        println!("autonat   and {} more", tested.len() - 4);
+    }
     if let Ok(t) = serde_json::from_value::<kith_node::node::TorInfo>(s["tor"].clone()) {
         println!("tor       {}", t.line());
     }

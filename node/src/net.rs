@@ -126,6 +126,25 @@ pub struct NatState {
     pub relay_circuits: usize,
     /// Reservation or circuit requests refused (non-members, limits), per requester.
     pub relay_refused: BTreeMap<PeerId, u64>,
+    /// AutoNAT's candidate addresses and their tests (both families), as of the last test.
+    pub autonat: Vec<AutonatCandidate>,
+}
+
+/// One address AutoNAT tests (see [`kith_nat::autonat::schedule::Report`]).
+#[derive(Clone, Debug)]
+pub struct AutonatCandidate {
+    /// The address.
+    pub addr: Multiaddr,
+    /// Confirmed reachable.
+    pub confirmed: bool,
+    /// A test is under way.
+    pub testing: bool,
+    /// The last test's outcome.
+    pub last: Option<kith_nat::autonat::Outcome>,
+    /// Tests finished.
+    pub tests: u32,
+    /// When the next test is due.
+    pub next_at: Option<Instant>,
 }
 
 impl NetState {
@@ -1404,10 +1423,29 @@ impl Actor {
             }
             SwarmEvent::Behaviour(
                 BehaviourEvent::AutonatV4(ev) | BehaviourEvent::AutonatV6(ev),
-            ) => tracing::debug!(
-                addr = %ev.tested_addr, server = %ev.server, outcome = ?ev.outcome,
-                detail = %ev.detail, bytes_sent = ev.bytes_sent, "AutoNAT test"
-            ),
+            ) => {
+                tracing::debug!(
+                    addr = %ev.tested_addr, server = %ev.server, outcome = ?ev.outcome,
+                    detail = %ev.detail, bytes_sent = ev.bytes_sent, "AutoNAT test"
+                );
+                let now = Instant::now();
+                let b = self.swarm.behaviour();
+                let candidates: Vec<AutonatCandidate> =
+                    [b.autonat_v4.as_ref(), b.autonat_v6.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|c| c.inner().report())
+                        .map(|r| AutonatCandidate {
+                            addr: r.addr,
+                            confirmed: r.confirmed,
+                            testing: r.testing,
+                            last: r.last,
+                            tests: r.tests,
+                            next_at: r.next_in_ms.map(|ms| now + Duration::from_millis(ms)),
+                        })
+                        .collect();
+                self.state.send_modify(|s| s.nat.autonat = candidates);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),

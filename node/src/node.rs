@@ -635,6 +635,62 @@ pub struct NatStatus {
     pub relay_refused: Vec<(String, u64)>,
     /// The features in force.
     pub features: kith_nat::Features,
+    /// Addresses AutoNAT tests, with their last outcome and next test.
+    pub autonat: Vec<AutonatStatus>,
+}
+
+/// One address AutoNAT tests.
+#[derive(Clone, Debug, Serialize)]
+pub struct AutonatStatus {
+    /// The address.
+    pub addr: String,
+    /// Confirmed reachable.
+    pub confirmed: bool,
+    /// The last test's outcome (`reachable`, `unreachable`, `error`, `unsupported`).
+    pub last: Option<kith_nat::autonat::Outcome>,
+    /// Tests finished.
+    pub tests: u32,
+    /// Seconds until the next test (none while one runs).
+    pub next_test_in_s: Option<u64>,
+    /// One line for `kith status`.
+    pub summary: String,
+}
+
+impl AutonatStatus {
+    fn of(c: &crate::net::AutonatCandidate, now: std::time::Instant) -> Self {
+        let next = c
+            .next_at
+            .map(|t| t.saturating_duration_since(now).as_secs());
+        let state = if c.confirmed {
+            "reachable".to_owned()
+        } else {
+            match c.last {
+                None => "untested".to_owned(),
+                Some(kith_nat::autonat::Outcome::Unreachable) => "unreachable".to_owned(),
+                Some(kith_nat::autonat::Outcome::Reachable) => "reachable".to_owned(),
+                Some(_) => "no answer".to_owned(),
+            }
+        };
+        let tests = match c.tests {
+            0 => String::new(),
+            1 => " (1 test)".to_owned(),
+            n => format!(" ({n} tests)"),
+        };
+        let when = match (c.testing, next) {
+            (true, _) => ", testing now".to_owned(),
+            (false, Some(0)) => ", next test now".to_owned(),
+            (false, Some(s)) => format!(", next test in {s} s"),
+            (false, None) => String::new(),
+        };
+        Self {
+            addr: c.addr.to_string(),
+            confirmed: c.confirmed,
+            last: c.last,
+            tests: c.tests,
+            next_test_in_s: if c.testing { None } else { next },
+            summary: format!("{} {state}{tests}{when}", c.addr),
+        }
+    }
 }
 
 /// One connected peer.
@@ -1213,6 +1269,14 @@ impl NodeHandle {
                 .map(|(p, n)| (name(p), *n))
                 .collect(),
             features: policy.features(),
+            autonat: {
+                let now = std::time::Instant::now();
+                net.nat
+                    .autonat
+                    .iter()
+                    .map(|c| AutonatStatus::of(c, now))
+                    .collect()
+            },
         }
     }
 

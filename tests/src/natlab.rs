@@ -251,9 +251,15 @@ impl Lab {
     /// A manual port forward on router 1 (what a sysadmin sets up by hand): TCP `port` on
     /// its WAN address goes to home 1's `port`.
     pub fn forward_tcp(&self, port: u16) {
+        self.forward_tcp_to(port, port);
+    }
+
+    /// A manual port forward on router 1: TCP `port` on its WAN address goes to home 1's
+    /// `to`. Put before the forwards made earlier, so a later call corrects an earlier one.
+    pub fn forward_tcp_to(&self, port: u16, to: u16) {
         let rules = format!(
-            "add rule inet filter prerouting iifname \"wan\" tcp dport {port} dnat ip to 192.168.1.10:{port}\n\
-             add rule inet filter forward iifname \"wan\" ip daddr 192.168.1.10 tcp dport {port} accept\n"
+            "insert rule inet filter prerouting iifname \"wan\" tcp dport {port} dnat ip to 192.168.1.10:{to}\n\
+             insert rule inet filter forward iifname \"wan\" ip daddr 192.168.1.10 tcp dport {to} accept\n"
         );
         let mut child = Command::new("ip")
             .args(["netns", "exec", "kl-r1", "nft", "-f", "-"])

@@ -1006,3 +1006,79 @@ async fn a_member_without_ipv6_does_not_make_a_public_ipv6_address_count_as_unre
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_forward_fixed_after_autonat_found_it_closed_is_confirmed_at_the_retest() {
+    if !Lab::available() {
+        return;
+    }
+    log_to_test_output();
+    // Router 1 forwards TCP 4002 to the wrong port of A's host, where nothing listens: a
+    // dial-back is refused at once (a reset), so the server says "unreachable" rather than
+    // timing out. libp2p's client never tested such an address again; kith's retests it.
+    let lab = Lab::up(Nat::Moderate, Nat::Moderate, Igd::None);
+    lab.forward_tcp_to(4002, 4003);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    let mut r = lab_config("relay", 4001, false, false);
+    r.network.announce = vec!["/ip4/11.0.0.1/tcp/4001".into()];
+    dir("r").init(r).unwrap();
+    dir("a")
+        .init(lab_config("alice", 4002, true, false))
+        .unwrap();
+    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
+    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let (rh, ah) = (rn.handle(), an.handle());
+    let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
+    ah.join(&code).await.expect("join through R");
+    let tcp = "/ip4/11.0.0.11/tcp/4002";
+    let tested = |st: &kith_node::node::Status| {
+        st.nat
+            .autonat
+            .iter()
+            .find(|c| c.addr == tcp)
+            .map(|c| (c.last, c.confirmed, c.summary.clone()))
+    };
+    until(
+        "AutoNAT to find A's forwarded port closed",
+        BOUND,
+        async || {
+            tested(&ah.status().await)
+                .is_some_and(|(last, ..)| last == Some(kith_nat::autonat::Outcome::Unreachable))
+        },
+    )
+    .await;
+    let st = ah.status().await;
+    let (_, confirmed, line) = tested(&st).expect("the candidate");
+    assert!(!confirmed && !st.nat.external.iter().any(|(a, _)| a == tcp));
+    println!("before the fix: {line}");
+
+    // The owner corrects the forward.
+    lab.forward_tcp_to(4002, 4002);
+    let fixed = Instant::now();
+    until(
+        "A to confirm its forwarded port at the retest",
+        Duration::from_millis(kith_nat::autonat::schedule::RETRY_UNREACHABLE_MS + 30_000),
+        async || {
+            ah.status()
+                .await
+                .nat
+                .external
+                .iter()
+                .any(|(a, s)| a == tcp && *s == kith_nat::Source::Autonat)
+        },
+    )
+    .await;
+    let st = ah.status().await;
+    println!(
+        "forward fixed: confirmed {:.1} s after ({}); {}",
+        fixed.elapsed().as_secs_f64(),
+        st.reachability,
+        tested(&st).map(|t| t.2).unwrap_or_default()
+    );
+    assert!(
+        st.reachability.starts_with("public at 11.0.0.11:4002"),
+        "{}",
+        st.reachability
+    );
+}

@@ -77,6 +77,11 @@ impl Behaviour {
         }
     }
 
+    /// Every candidate and its tests, most reported first.
+    pub fn report(&self) -> Vec<super::schedule::Report<Multiaddr>> {
+        self.schedule.report(self.now_ms())
+    }
+
     /// Where `addr` stands in the schedule, if it is a candidate.
     pub fn status(&self, addr: &Multiaddr) -> Option<&super::schedule::Status<PeerId>> {
         self.schedule.status(addr)

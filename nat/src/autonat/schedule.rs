@@ -43,7 +43,8 @@ pub const REVERIFY_MS: u64 = 1_800_000;
 pub const EXPIRE_AFTER: u32 = 2;
 
 /// What a server answered (or what became of the test).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The server says it dialed the address back (believed only if the dial-back arrived).
     Reachable,
@@ -113,6 +114,27 @@ struct Candidate<S> {
     errors: u32,
     /// The server that last found it unreachable (asked again only when no other is there).
     failed_by: Option<S>,
+    /// Tests finished.
+    tests: u32,
+    /// The last test's outcome.
+    last: Option<Outcome>,
+}
+
+/// One candidate, as `kith status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report<A> {
+    /// The address.
+    pub addr: A,
+    /// Confirmed reachable (and not taken back since).
+    pub confirmed: bool,
+    /// A test is under way.
+    pub testing: bool,
+    /// The last test's outcome.
+    pub last: Option<Outcome>,
+    /// Tests finished.
+    pub tests: u32,
+    /// When the next test is due, from now (none while testing).
+    pub next_in_ms: Option<u64>,
 }
 
 /// The client's candidates and their tests. `A` is an address, `S` a server.
@@ -171,6 +193,8 @@ impl<A: Clone + Ord, S: Clone + Eq> Schedule<A, S> {
                 unreachable: 0,
                 errors: 0,
                 failed_by: None,
+                tests: 0,
+                last: None,
             },
         );
         true
@@ -298,6 +322,8 @@ impl<A: Clone + Ord, S: Clone + Eq> Schedule<A, S> {
             Outcome::Reachable if !dialed_back => Outcome::Error,
             o => o,
         };
+        c.tests = c.tests.saturating_add(1);
+        c.last = Some(outcome);
         match outcome {
             Outcome::Reachable => {
                 c.unreachable = 0;
@@ -343,6 +369,26 @@ impl<A: Clone + Ord, S: Clone + Eq> Schedule<A, S> {
                 Verdict::None
             }
         }
+    }
+
+    /// Every candidate, most reported first.
+    pub fn report(&self, now_ms: u64) -> Vec<Report<A>> {
+        let mut v: Vec<(&A, &Candidate<S>)> = self.candidates.iter().collect();
+        v.sort_by_key(|(_, c)| std::cmp::Reverse(c.score));
+        v.into_iter()
+            .map(|(a, c)| Report {
+                addr: a.clone(),
+                confirmed: c.confirmed,
+                testing: matches!(c.status, Status::Pending { .. }),
+                last: c.last,
+                tests: c.tests,
+                next_in_ms: match c.status {
+                    Status::Untested => Some(0),
+                    Status::Waiting { until_ms } => Some(until_ms.saturating_sub(now_ms)),
+                    Status::Pending { .. } => None,
+                },
+            })
+            .collect()
     }
 
     /// Whether a test with `nonce` is under way.
@@ -504,6 +550,25 @@ mod tests {
             s.outcome(p[0].nonce, Outcome::Reachable, now),
             Verdict::Confirmed(5)
         );
+    }
+
+    /// The report says what `kith status` needs: last outcome, tests, when the next one is.
+    #[test]
+    fn the_report_tells_the_last_outcome_and_the_next_test() {
+        let mut s = Sched::new();
+        s.add(9);
+        s.add(9);
+        s.add(4);
+        let p = run(&mut s, 0, &['r']);
+        let on9 = p.iter().find(|p| p.addr == 9).unwrap().nonce;
+        s.outcome(on9, Outcome::Unreachable, 1_000);
+        let r = s.report(11_000);
+        assert_eq!(r[0].addr, 9, "most reported first");
+        assert_eq!(r[0].last, Some(Outcome::Unreachable));
+        assert_eq!(r[0].tests, 1);
+        assert_eq!(r[0].next_in_ms, Some(RETRY_UNREACHABLE_MS - 10_000));
+        assert!(!r[0].confirmed && !r[0].testing);
+        assert!(r[1].testing && r[1].next_in_ms.is_none() && r[1].last.is_none());
     }
 
     /// An outcome for a forgotten address is ignored; reported again, it is untested.
