@@ -27,7 +27,8 @@ struct Server {
     autonat: lp_autonat::v2::server::Behaviour,
 }
 
-fn client() -> Swarm<Client> {
+/// A swarm on loopback TCP (Noise, Yamux) around the behaviour `make` builds.
+fn swarm<B: NetworkBehaviour>(make: impl FnOnce(&libp2p::identity::Keypair) -> B) -> Swarm<B> {
     SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -36,38 +37,29 @@ fn client() -> Swarm<Client> {
             yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|k| Client {
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/kith-test/1".into(),
-                k.public(),
-            )),
-            autonat: autonat::Behaviour::new(Duration::from_millis(200), 7),
-            candidates: kith_nat::candidates::Behaviour::default(),
-        })
+        .with_behaviour(|k| make(k))
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
 }
 
+fn identify(k: &libp2p::identity::Keypair) -> identify::Behaviour {
+    identify::Behaviour::new(identify::Config::new("/kith-test/1".into(), k.public()))
+}
+
+fn client() -> Swarm<Client> {
+    swarm(|k| Client {
+        identify: identify(k),
+        autonat: autonat::Behaviour::new(Duration::from_millis(200), 7),
+        candidates: kith_nat::candidates::Behaviour::default(),
+    })
+}
+
 fn server() -> Swarm<Server> {
-    SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|k| Server {
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/kith-test/1".into(),
-                k.public(),
-            )),
-            autonat: lp_autonat::v2::server::Behaviour::default(),
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+    swarm(|k| Server {
+        identify: identify(k),
+        autonat: lp_autonat::v2::server::Behaviour::default(),
+    })
 }
 
 async fn listen<B: NetworkBehaviour>(s: &mut Swarm<B>) -> Multiaddr {
