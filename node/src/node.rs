@@ -774,7 +774,7 @@ impl NodeHandle {
         &self.inner.server
     }
 
-    /// The addresses this node tells others (as its record does, see [`grid::advertised`]),
+    /// The addresses this node tells others (as its record does, see `grid::advertised`),
     /// each with `/p2p/<peer id>`.
     pub fn addrs(&self) -> Vec<Multiaddr> {
         grid::advertised(&self.inner.config.announce, &self.inner.net.state())
