@@ -1626,10 +1626,10 @@ impl Actor {
                 let local = *self.swarm.local_peer_id();
                 for m in &mappings {
                     tracing::info!(internal = %m.internal, external = %m.external, "UPnP mapping in place");
-                    // AutoNAT tests each candidate once and never again; the router's external
-                    // address may have been tested (and failed) as an observed address before
-                    // the mapping existed. The `/p2p/<self>` form is the same address under a
-                    // key AutoNAT has not seen, so the mapping gets a test of its own.
+                    // The router's external address may have been tested (and failed) as an
+                    // observed address before the mapping existed, and would wait for its
+                    // retest (a minute or more). The `/p2p/<self>` form is the same address
+                    // under a key AutoNAT has not seen, so the mapping is tested at once.
                     self.swarm
                         .behaviour_mut()
                         .candidates
