@@ -105,10 +105,19 @@ async fn steps(grid: &Grid, api: &Api, c: &Client, downloads: &Path) {
     wait_text(c, "#ov-members", "3 members", |t| t == "3").await;
     // How the node is reachable, and the path to each connected peer (loopback: direct, or
     // relayed until a direct connection exists).
-    wait_text(c, "#ov-reach", "the reachability line", |t| {
+    let reach = wait_text(c, "#ov-reach", "the reachability line", |t| {
         t.starts_with("public at 127.0.0.1:") || t.starts_with("behind NAT")
     })
     .await;
+    // The address tests behind it: the loopback address members observed, with its state.
+    let tests = wait_text(c, "#ov-autonat", "an address AutoNAT tests", |t| {
+        t.contains("/ip4/127.0.0.1/")
+            && ["untested", "reachable", "unreachable", "no answer"]
+                .iter()
+                .any(|s| t.contains(s))
+    })
+    .await;
+    println!("reachability: {reach}; address tests: {tests}");
     wait_text(
         c,
         "#connections-table td[data-field='path']",
