@@ -1569,6 +1569,27 @@ impl NodeHandle {
                 ("{result=\"any\"}".into(), status.nat.hole_punched.1 as f64),
             ],
         );
+        let mut tested = std::collections::BTreeMap::<&str, f64>::new();
+        for state in ["reachable", "unreachable", "no_answer", "untested"] {
+            tested.insert(state, 0.0);
+        }
+        for c in &status.nat.autonat {
+            let state = match (c.confirmed, c.last) {
+                (true, _) | (false, Some(kith_nat::autonat::Outcome::Reachable)) => "reachable",
+                (false, Some(kith_nat::autonat::Outcome::Unreachable)) => "unreachable",
+                (false, Some(_)) => "no_answer",
+                (false, None) => "untested",
+            };
+            *tested.entry(state).or_default() += 1.0;
+        }
+        gauge(
+            "kith_autonat_addresses",
+            "Addresses AutoNAT tests, by the state of their tests.",
+            &tested
+                .iter()
+                .map(|(s, n)| (format!("{{state=\"{s}\"}}"), *n))
+                .collect::<Vec<_>>(),
+        );
         let (up, down) = self.transferred();
         gauge(
             "kith_upload_bytes_total",

@@ -1058,6 +1058,14 @@ async fn a_port_forward_fixed_after_autonat_found_it_closed_is_confirmed_at_the_
     let (_, confirmed, line) = tested(&st).expect("the candidate");
     assert!(!confirmed && !st.nat.external.iter().any(|(a, _)| a == tcp));
     println!("before the fix: {line}");
+    let autonat_gauge = async |state: &str| -> f64 {
+        let m = ah.metrics().await;
+        let key = format!("kith_autonat_addresses{{state=\"{state}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&key)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} missing from the metrics"))
+    };
+    assert!(autonat_gauge("unreachable").await >= 1.0);
 
     // The owner corrects the forward.
     lab.forward_tcp_to(4002, 4002);
@@ -1087,4 +1095,5 @@ async fn a_port_forward_fixed_after_autonat_found_it_closed_is_confirmed_at_the_
         "{}",
         st.reachability
     );
+    assert!(autonat_gauge("reachable").await >= 1.0);
 }
