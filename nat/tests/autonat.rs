@@ -50,7 +50,7 @@ fn identify(k: &libp2p::identity::Keypair) -> identify::Behaviour {
 fn client() -> Swarm<Client> {
     swarm(|k| Client {
         identify: identify(k),
-        autonat: autonat::Behaviour::new(Duration::from_millis(200), 7),
+        autonat: autonat::Behaviour::new(Duration::from_millis(200)),
         candidates: kith_nat::candidates::Behaviour::default(),
     })
 }

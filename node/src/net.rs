@@ -379,7 +379,7 @@ type AutonatClient = kith_nat::candidates::Testable<kith_nat::autonat::Behaviour
 /// every 2 s.
 fn autonat_client(family: kith_nat::candidates::Family) -> AutonatClient {
     kith_nat::candidates::Testable::new(
-        kith_nat::autonat::Behaviour::new(Duration::from_secs(2), rand::random()),
+        kith_nat::autonat::Behaviour::new(Duration::from_secs(2)),
         family,
     )
 }

@@ -20,6 +20,7 @@ use libp2p::{
         ToSwarm,
     },
 };
+use rand::{RngCore, SeedableRng, rngs::StdRng};
 
 use super::{
     handler::{DialBack, DialRequest, IncomingNonce, RequestEvent, Test},
@@ -53,7 +54,8 @@ pub struct Behaviour {
     start: Instant,
     interval: Duration,
     tick: Delay,
-    rng: u64,
+    /// Nonces and server picks: a nonce must not be guessable by a server that saw others.
+    rng: StdRng,
     /// Outbound connections (their handlers run tests), by id.
     servers: HashMap<ConnectionId, Server>,
     /// Tests under way: nonce -> (address, server, connection).
@@ -62,15 +64,14 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// A client that looks for due tests every `interval`; `seed` seeds its nonces and server
-    /// choice (take it from the OS).
-    pub fn new(interval: Duration, seed: u64) -> Self {
+    /// A client that looks for due tests every `interval`.
+    pub fn new(interval: Duration) -> Self {
         Self {
             schedule: Schedule::new(),
             start: Instant::now(),
             interval,
             tick: Delay::new(interval),
-            rng: seed | 1,
+            rng: StdRng::from_entropy(),
             servers: HashMap::new(),
             tests: HashMap::new(),
             events: VecDeque::new(),
@@ -91,16 +92,6 @@ impl Behaviour {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// xorshift64*: nonces need only be unguessable to the servers asked, which see one each.
-    fn next_random(rng: &mut u64) -> u64 {
-        let mut x = *rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        *rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
     fn start_due_tests(&mut self) {
         let mut peers: Vec<PeerId> = self
             .servers
@@ -111,11 +102,8 @@ impl Behaviour {
         peers.sort();
         peers.dedup();
         let now = self.now_ms();
-        let mut rng = self.rng;
-        let probes = self
-            .schedule
-            .due(now, &peers, &mut || Self::next_random(&mut rng));
-        self.rng = rng;
+        let rng = &mut self.rng;
+        let probes = self.schedule.due(now, &peers, &mut || rng.next_u64());
         // Tests the schedule gave up on (no outcome in time).
         let schedule = &self.schedule;
         self.tests.retain(|n, _| schedule.is_pending(*n));
