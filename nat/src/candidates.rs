@@ -159,10 +159,11 @@ struct Conn<E> {
 /// Wraps a behaviour (AutoNAT v2's client) so that it tests only this node's addresses of one
 /// [`Family`], and only with servers that can dial in that family.
 ///
-/// libp2p's v2 client asks a random connected server to dial a candidate back and, when the
-/// server reports a failed dial, never tests that address again. A member without IPv6 cannot
-/// dial any IPv6 address, so one such member, picked once, made a reachable IPv6 address count
-/// as unreachable for the rest of the run. With one wrapped client per family, the client only
+/// An AutoNAT client asks a random connected server to dial a candidate back. A member
+/// without IPv6 cannot dial any IPv6 address, so one such member, picked, answers
+/// "unreachable" for a reachable IPv6 address: with libp2p's v2 client (which never tests an
+/// address again after that) for the rest of the run, with kith's ([`crate::autonat`]) until
+/// the retest a minute or more later. With one wrapped client per family, the client only
 /// learns that a connection leads to a server once the peer is known to reach the family: it
 /// was dialed directly in it, or it listens on an address in it ([`Self::peer_listens_on`],
 /// from identify). Until then the handler's events (the "server supports AutoNAT" news) are

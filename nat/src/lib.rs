@@ -18,8 +18,8 @@
 //! - [`relay_config`]: relay server limits sized for storage traffic (the libp2p defaults of
 //!   2 minutes and 128 KiB per circuit would cut every transfer), member-only.
 //!
-//! The libp2p behaviours themselves (identify, AutoNAT v2 client and server, relay client and
-//! server, DCUtR) are composed in the node's network actor, which drives the policy.
+//! The libp2p behaviours (identify, AutoNAT v2 server, relay client and server, DCUtR) and
+//! kith's AutoNAT clients are composed in the node's network actor, which drives the policy.
 
 /// The four connection-setup methods of a `NetworkBehaviour` that wraps another in its field
 /// `$inner` and lets it decide alone (used by [`candidates::Testable`] and

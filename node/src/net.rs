@@ -10,8 +10,8 @@
 //! - What the rest of the node reads (listen addresses, confirmed external addresses, connected
 //!   peers with the path in use and round-trip times, reachability) is published on a `watch`
 //!   channel ([`NetState`]).
-//! - Connectivity (the connectivity issue): AutoNAT v2 client and server confirm observed and
-//!   UPnP-mapped addresses, the relay client keeps reservations on members' relays when the
+//! - Connectivity (the connectivity issue): AutoNAT v2 (kith's clients, one per address
+//!   family, and libp2p's server) confirms observed and UPnP-mapped addresses, the relay client keeps reservations on members' relays when the
 //!   node is not reachable, the relay server (members only, storage-sized limits) serves when
 //!   it is, and DCUtR upgrades relayed connections to direct ones. What to try next is decided
 //!   by [`kith_nat::Policy`]; this actor only carries out its actions and feeds it events.

@@ -181,10 +181,11 @@ impl NetworkBehaviour for Behaviour {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
-            FromSwarm::NewExternalAddrCandidate(NewExternalAddrCandidate { addr })
-                if !self.schedule.add(addr.clone()) =>
-            {
-                tracing::debug!(%addr, "AutoNAT: candidate dropped (every slot is busy)");
+            FromSwarm::NewExternalAddrCandidate(NewExternalAddrCandidate { addr }) => {
+                let kept = self.schedule.add(addr.clone());
+                if !kept {
+                    tracing::debug!(%addr, "AutoNAT: candidate dropped (every slot is busy)");
+                }
             }
             // Expired by whoever (this client, UPnP removal, Tor-only): tested afresh if it
             // is reported again.
