@@ -228,6 +228,27 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Testable<B> {
     type ConnectionHandler = Either<B::ConnectionHandler, dummy::ConnectionHandler>;
     type ToSwarm = B::ToSwarm;
 
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(id, local, remote)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner
+            .handle_pending_outbound_connection(id, peer, addresses, role)
+    }
+
     fn handle_established_inbound_connection(
         &mut self,
         id: ConnectionId,

@@ -22,8 +22,8 @@
 //! kith's AutoNAT clients are composed in the node's network actor, which drives the policy.
 
 /// The four connection-setup methods of a `NetworkBehaviour` that wraps another in its field
-/// `$inner` and lets it decide alone (used by [`candidates::Testable`] and
-/// [`relay_server::Behaviour`], which only filter swarm events and polls). Expects `Multiaddr`,
+/// `$inner` and lets it decide alone (used by [`relay_server::Behaviour`], which only filters
+/// swarm events and polls). Expects `Multiaddr`,
 /// `PeerId`, `Endpoint`, `PortUse`, `ConnectionDenied`, `ConnectionId` and `THandler` in scope.
 macro_rules! delegate_connections {
     ($inner:ident) => {
