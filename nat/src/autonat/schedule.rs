@@ -584,6 +584,31 @@ mod tests {
     }
 
     proptest! {
+        /// The property libp2p's client lacks: whatever the answers, an address is never given
+        /// up on. After any outcome it is due again within the longest back-off (or the
+        /// re-verification period once confirmed), and a confirmed one keeps being re-tested.
+        #[test]
+        fn no_address_is_ever_given_up(outcomes in proptest::collection::vec(0u8..4, 1..60)) {
+            let mut s = Sched::new();
+            s.add(1);
+            let mut now = 0u64;
+            for o in outcomes {
+                let p = run(&mut s, now, &['a', 'b']);
+                prop_assert_eq!(p.len(), 1, "due at {}", now);
+                let outcome = [Outcome::Reachable, Outcome::Unreachable, Outcome::Error, Outcome::Unsupported][o as usize];
+                if outcome == Outcome::Reachable {
+                    s.dialed_back(p[0].nonce);
+                }
+                s.outcome(p[0].nonce, outcome, now);
+                let longest = MAX_RETRY_UNREACHABLE_MS.max(MAX_RETRY_ERROR_MS).max(REVERIFY_MS);
+                let Some(Status::Waiting { until_ms }) = s.status(&1).cloned() else {
+                    return Err(TestCaseError::fail("not waiting after an outcome"));
+                };
+                prop_assert!(until_ms <= now + longest);
+                now = until_ms;
+            }
+        }
+
         /// Whatever happens: at most MAX_CANDIDATES remembered, at most MAX_PENDING tests in
         /// flight, never two tests of one address at once, every probe's server is one of
         /// those offered, and an address is confirmed only after a dial-back with its nonce.
