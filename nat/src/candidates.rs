@@ -199,6 +199,16 @@ impl<B: NetworkBehaviour> Testable<B> {
         &self.inner
     }
 
+    /// The wrapped behaviour, to change.
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
+    /// The family this wrapper tests.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
     /// Tells the wrapper the addresses `peer` listens on (identify's `listen_addrs`). If one
     /// of them [reaches out](Family::reaches_out_from) in the family, the peer may serve.
     pub fn peer_listens_on(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
@@ -228,26 +238,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for Testable<B> {
     type ConnectionHandler = Either<B::ConnectionHandler, dummy::ConnectionHandler>;
     type ToSwarm = B::ToSwarm;
 
-    fn handle_pending_inbound_connection(
-        &mut self,
-        id: ConnectionId,
-        local: &Multiaddr,
-        remote: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        self.inner
-            .handle_pending_inbound_connection(id, local, remote)
-    }
-
-    fn handle_pending_outbound_connection(
-        &mut self,
-        id: ConnectionId,
-        peer: Option<PeerId>,
-        addresses: &[Multiaddr],
-        role: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.inner
-            .handle_pending_outbound_connection(id, peer, addresses, role)
-    }
+    delegate_pending!(inner);
 
     fn handle_established_inbound_connection(
         &mut self,

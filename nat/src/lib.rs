@@ -21,11 +21,11 @@
 //! The libp2p behaviours (identify, AutoNAT v2 server, relay client and server, DCUtR) and
 //! kith's AutoNAT clients are composed in the node's network actor, which drives the policy.
 
-/// The four connection-setup methods of a `NetworkBehaviour` that wraps another in its field
-/// `$inner` and lets it decide alone (used by [`relay_server::Behaviour`], which only filters
-/// swarm events and polls). Expects `Multiaddr`,
-/// `PeerId`, `Endpoint`, `PortUse`, `ConnectionDenied`, `ConnectionId` and `THandler` in scope.
-macro_rules! delegate_connections {
+/// The two pending-connection checks of a `NetworkBehaviour` that wraps another in its field
+/// `$inner`, handed to it unchanged (used by [`candidates::Testable`], which decides the
+/// established connections itself). Expects `Multiaddr`, `PeerId`, `Endpoint`,
+/// `ConnectionDenied` and `ConnectionId` in scope.
+macro_rules! delegate_pending {
     ($inner:ident) => {
         fn handle_pending_inbound_connection(
             &mut self,
@@ -37,17 +37,6 @@ macro_rules! delegate_connections {
                 .handle_pending_inbound_connection(id, local, remote)
         }
 
-        fn handle_established_inbound_connection(
-            &mut self,
-            id: ConnectionId,
-            peer: PeerId,
-            local: &Multiaddr,
-            remote: &Multiaddr,
-        ) -> Result<THandler<Self>, ConnectionDenied> {
-            self.$inner
-                .handle_established_inbound_connection(id, peer, local, remote)
-        }
-
         fn handle_pending_outbound_connection(
             &mut self,
             id: ConnectionId,
@@ -57,6 +46,27 @@ macro_rules! delegate_connections {
         ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
             self.$inner
                 .handle_pending_outbound_connection(id, peer, addresses, role)
+        }
+    };
+}
+
+/// All four connection-setup methods of a `NetworkBehaviour` that wraps another in its field
+/// `$inner` and lets it decide alone (used by [`relay_server::Behaviour`], which only filters
+/// swarm events and polls). Expects what [`delegate_pending!`] does, and `PortUse` and
+/// `THandler`.
+macro_rules! delegate_connections {
+    ($inner:ident) => {
+        delegate_pending!($inner);
+
+        fn handle_established_inbound_connection(
+            &mut self,
+            id: ConnectionId,
+            peer: PeerId,
+            local: &Multiaddr,
+            remote: &Multiaddr,
+        ) -> Result<THandler<Self>, ConnectionDenied> {
+            self.$inner
+                .handle_established_inbound_connection(id, peer, local, remote)
         }
 
         fn handle_established_outbound_connection(

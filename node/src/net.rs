@@ -11,8 +11,8 @@
 //!   peers with the path in use and round-trip times, reachability) is published on a `watch`
 //!   channel ([`NetState`]).
 //! - Connectivity (the connectivity issue): AutoNAT v2 (kith's clients, one per address
-//!   family, and libp2p's server) confirms observed and UPnP-mapped addresses, the relay client keeps reservations on members' relays when the
-//!   node is not reachable, the relay server (members only, storage-sized limits) serves when
+//!   family, and libp2p's server) confirms observed and UPnP-mapped addresses, the relay
+//!   client keeps reservations on members' relays when the node is not reachable, the relay server (members only, storage-sized limits) serves when
 //!   it is, and DCUtR upgrades relayed connections to direct ones. What to try next is decided
 //!   by [`kith_nat::Policy`]; this actor only carries out its actions and feeds it events.
 //!   Every advertised address of a peer is dialed in parallel; the first to connect wins. A
@@ -126,25 +126,11 @@ pub struct NatState {
     pub relay_circuits: usize,
     /// Reservation or circuit requests refused (non-members, limits), per requester.
     pub relay_refused: BTreeMap<PeerId, u64>,
-    /// AutoNAT's candidate addresses and their tests (both families), as of the last test.
-    pub autonat: Vec<AutonatCandidate>,
-}
-
-/// One address AutoNAT tests (see [`kith_nat::autonat::schedule::Report`]).
-#[derive(Clone, Debug)]
-pub struct AutonatCandidate {
-    /// The address.
-    pub addr: Multiaddr,
-    /// Confirmed reachable.
-    pub confirmed: bool,
-    /// A test is under way.
-    pub testing: bool,
-    /// The last test's outcome.
-    pub last: Option<kith_nat::autonat::Outcome>,
-    /// Tests finished.
-    pub tests: u32,
-    /// When the next test is due.
-    pub next_at: Option<Instant>,
+    /// AutoNAT's candidate addresses and their tests (both families) as of the last test,
+    /// and when that was (their `next_in_ms` count from then).
+    pub autonat: Vec<kith_nat::autonat::schedule::Report<Multiaddr>>,
+    /// When `autonat` was taken.
+    pub autonat_at: Option<Instant>,
 }
 
 impl NetState {
@@ -363,17 +349,33 @@ struct Behaviour {
     relay_client: Toggle<relay::client::Behaviour>,
     relay: Toggle<kith_nat::relay_server::Behaviour>,
     dcutr: Toggle<dcutr::Behaviour>,
-    /// AutoNAT v2 for IPv4 addresses, with servers reached directly over IPv4 only; neither
+    /// AutoNAT v2 for IPv4 addresses, asking only members known to reach IPv4; neither
     /// client hears of onion candidates (identify's "observed" wildcard onion address over
     /// Tor). See [`kith_nat::candidates::Testable`] for why one client per family.
     autonat_v4: Toggle<AutonatClient>,
-    /// AutoNAT v2 for IPv6 addresses, with servers reached directly over IPv6 only.
+    /// AutoNAT v2 for IPv6 addresses, asking only members known to reach IPv6.
     autonat_v6: Toggle<AutonatClient>,
     autonat_server: Toggle<autonat::v2::server::Behaviour>,
     candidates: kith_nat::candidates::Behaviour,
 }
 
 type AutonatClient = kith_nat::candidates::Testable<kith_nat::autonat::Behaviour>;
+
+impl Behaviour {
+    /// The AutoNAT clients that are on (one per family).
+    fn autonat(&self) -> impl Iterator<Item = &AutonatClient> {
+        [self.autonat_v4.as_ref(), self.autonat_v6.as_ref()]
+            .into_iter()
+            .flatten()
+    }
+
+    /// The AutoNAT clients that are on, to change.
+    fn autonat_mut(&mut self) -> impl Iterator<Item = &mut AutonatClient> {
+        [self.autonat_v4.as_mut(), self.autonat_v6.as_mut()]
+            .into_iter()
+            .flatten()
+    }
+}
 
 /// kith's AutoNAT v2 client for this node's addresses of `family`, looking for due tests
 /// every 2 s.
@@ -1320,11 +1322,7 @@ impl Actor {
                 connection_id,
             })) => {
                 let storage = info.protocols.contains(&protocol::PROTOCOL);
-                let b = self.swarm.behaviour_mut();
-                for client in [b.autonat_v4.as_mut(), b.autonat_v6.as_mut()]
-                    .into_iter()
-                    .flatten()
-                {
+                for client in self.swarm.behaviour_mut().autonat_mut() {
                     client.peer_listens_on(peer_id, &info.listen_addrs);
                 }
                 let direct = self.conns.get(&connection_id).is_some_and(|c| !c.relayed);
@@ -1428,23 +1426,16 @@ impl Actor {
                     addr = %ev.tested_addr, server = %ev.server, outcome = ?ev.outcome,
                     detail = %ev.detail, bytes_sent = ev.bytes_sent, "AutoNAT test"
                 );
-                let now = Instant::now();
-                let b = self.swarm.behaviour();
-                let candidates: Vec<AutonatCandidate> =
-                    [b.autonat_v4.as_ref(), b.autonat_v6.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .flat_map(|c| c.inner().report())
-                        .map(|r| AutonatCandidate {
-                            addr: r.addr,
-                            confirmed: r.confirmed,
-                            testing: r.testing,
-                            last: r.last,
-                            tests: r.tests,
-                            next_at: r.next_in_ms.map(|ms| now + Duration::from_millis(ms)),
-                        })
-                        .collect();
-                self.state.send_modify(|s| s.nat.autonat = candidates);
+                let reports: Vec<_> = self
+                    .swarm
+                    .behaviour()
+                    .autonat()
+                    .flat_map(|c| c.inner().report())
+                    .collect();
+                self.state.send_modify(|s| {
+                    s.nat.autonat = reports;
+                    s.nat.autonat_at = Some(Instant::now());
+                });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -1623,17 +1614,19 @@ impl Actor {
         let now = self.now_ms();
         match result {
             Ok((mappings, service)) => {
-                let local = *self.swarm.local_peer_id();
                 for m in &mappings {
                     tracing::info!(internal = %m.internal, external = %m.external, "UPnP mapping in place");
                     // The router's external address may have been tested (and failed) as an
-                    // observed address before the mapping existed, and would wait for its
-                    // retest (a minute or more). The `/p2p/<self>` form is the same address
-                    // under a key AutoNAT has not seen, so the mapping is tested at once.
-                    self.swarm
-                        .behaviour_mut()
-                        .candidates
-                        .add(kith_transports::with_peer_id(&m.multiaddr(), local));
+                    // observed address before the mapping existed: test it at once rather
+                    // than after its back-off.
+                    let addr = m.multiaddr();
+                    let b = self.swarm.behaviour_mut();
+                    for client in b.autonat_mut() {
+                        if client.family().contains(&addr) {
+                            client.inner_mut().test_now(addr.clone());
+                        }
+                    }
+                    b.candidates.add(addr);
                 }
                 let lease_ms = mappings
                     .iter()

@@ -646,6 +646,9 @@ pub struct AutonatStatus {
     pub addr: String,
     /// Confirmed reachable.
     pub confirmed: bool,
+    /// Where its tests stand: `reachable`, `unreachable`, `no_answer` (timeouts, refusals)
+    /// or `untested`.
+    pub state: &'static str,
     /// The last test's outcome (`reachable`, `unreachable`, `error`, `unsupported`).
     pub last: Option<kith_nat::autonat::Outcome>,
     /// Tests finished.
@@ -657,38 +660,36 @@ pub struct AutonatStatus {
 }
 
 impl AutonatStatus {
-    fn of(c: &crate::net::AutonatCandidate, now: std::time::Instant) -> Self {
-        let next = c
-            .next_at
-            .map(|t| t.saturating_duration_since(now).as_secs());
-        let state = if c.confirmed {
-            "reachable".to_owned()
-        } else {
-            match c.last {
-                None => "untested".to_owned(),
-                Some(kith_nat::autonat::Outcome::Unreachable) => "unreachable".to_owned(),
-                Some(kith_nat::autonat::Outcome::Reachable) => "reachable".to_owned(),
-                Some(_) => "no answer".to_owned(),
-            }
+    /// `r` as reported `since` ago.
+    fn of(r: &kith_nat::autonat::schedule::Report<Multiaddr>, since: Duration) -> Self {
+        use kith_nat::autonat::Outcome;
+        let state = match (r.confirmed, r.last) {
+            (true, _) | (false, Some(Outcome::Reachable)) => "reachable",
+            (false, Some(Outcome::Unreachable)) => "unreachable",
+            (false, Some(_)) => "no_answer",
+            (false, None) => "untested",
         };
-        let tests = match c.tests {
+        let next = r
+            .next_in_ms
+            .map(|ms| Duration::from_millis(ms).saturating_sub(since).as_secs());
+        let tests = match r.tests {
             0 => String::new(),
             1 => " (1 test)".to_owned(),
             n => format!(" ({n} tests)"),
         };
-        let when = match (c.testing, next) {
-            (true, _) => ", testing now".to_owned(),
-            (false, Some(0)) => ", next test now".to_owned(),
-            (false, Some(s)) => format!(", next test in {s} s"),
-            (false, None) => String::new(),
+        let when = match next {
+            None => ", testing now".to_owned(),
+            Some(0) => ", next test now".to_owned(),
+            Some(s) => format!(", next test in {s} s"),
         };
         Self {
-            addr: c.addr.to_string(),
-            confirmed: c.confirmed,
-            last: c.last,
-            tests: c.tests,
-            next_test_in_s: if c.testing { None } else { next },
-            summary: format!("{} {state}{tests}{when}", c.addr),
+            addr: r.addr.to_string(),
+            confirmed: r.confirmed,
+            state,
+            last: r.last,
+            tests: r.tests,
+            next_test_in_s: next,
+            summary: format!("{} {}{tests}{when}", r.addr, state.replace('_', " ")),
         }
     }
 }
@@ -1270,11 +1271,11 @@ impl NodeHandle {
                 .collect(),
             features: policy.features(),
             autonat: {
-                let now = std::time::Instant::now();
+                let since = net.nat.autonat_at.map(|t| t.elapsed()).unwrap_or_default();
                 net.nat
                     .autonat
                     .iter()
-                    .map(|c| AutonatStatus::of(c, now))
+                    .map(|r| AutonatStatus::of(r, since))
                     .collect()
             },
         }
@@ -1574,13 +1575,7 @@ impl NodeHandle {
             tested.insert(state, 0.0);
         }
         for c in &status.nat.autonat {
-            let state = match (c.confirmed, c.last) {
-                (true, _) | (false, Some(kith_nat::autonat::Outcome::Reachable)) => "reachable",
-                (false, Some(kith_nat::autonat::Outcome::Unreachable)) => "unreachable",
-                (false, Some(_)) => "no_answer",
-                (false, None) => "untested",
-            };
-            *tested.entry(state).or_default() += 1.0;
+            *tested.entry(c.state).or_default() += 1.0;
         }
         gauge(
             "kith_autonat_addresses",

@@ -78,6 +78,13 @@ impl Behaviour {
         }
     }
 
+    /// Tests `addr` at the next tick, whatever its past (see [`Schedule::test_now`]).
+    pub fn test_now(&mut self, addr: Multiaddr) {
+        if !self.schedule.test_now(addr.clone()) {
+            tracing::debug!(%addr, "AutoNAT: candidate dropped (every slot is busy)");
+        }
+    }
+
     /// Every candidate and its tests, most reported first.
     pub fn report(&self) -> Vec<super::schedule::Report<Multiaddr>> {
         self.schedule.report(self.now_ms())

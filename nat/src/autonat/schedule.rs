@@ -200,6 +200,24 @@ impl<A: Clone + Ord, S: Clone + Eq> Schedule<A, S> {
         true
     }
 
+    /// `addr` should be tested at the next tick whatever its past (a router just mapped it:
+    /// earlier failures as an observed address say nothing about the mapping). Returns
+    /// whether it is remembered. A test under way is left to finish.
+    pub fn test_now(&mut self, addr: A) -> bool {
+        if !self.add(addr.clone()) {
+            return false;
+        }
+        if let Some(c) = self.candidates.get_mut(&addr)
+            && !matches!(c.status, Status::Pending { .. })
+        {
+            c.status = Status::Untested;
+            c.unreachable = 0;
+            c.errors = 0;
+            c.failed_by = None;
+        }
+        true
+    }
+
     /// Forgets `addr` (its external address expired, or it is no longer ours): a later report
     /// tests it afresh. An outcome of a test under way is then ignored.
     pub fn forget(&mut self, addr: &A) {
@@ -569,6 +587,29 @@ mod tests {
         assert_eq!(r[0].next_in_ms, Some(RETRY_UNREACHABLE_MS - 10_000));
         assert!(!r[0].confirmed && !r[0].testing);
         assert!(r[1].testing && r[1].next_in_ms.is_none() && r[1].last.is_none());
+    }
+
+    /// A mapping made after its address failed is tested at the next tick, not after the
+    /// back-off, and a later failure backs off from the start again.
+    #[test]
+    fn test_now_skips_the_back_off() {
+        let mut s = Sched::new();
+        s.add(2);
+        let p = run(&mut s, 0, &['r']);
+        s.outcome(p[0].nonce, Outcome::Unreachable, 0);
+        assert!(run(&mut s, 1_000, &['r']).is_empty(), "backing off");
+        assert!(s.test_now(2));
+        let p = run(&mut s, 1_000, &['r']);
+        assert_eq!(p.len(), 1);
+        assert!(s.test_now(2));
+        assert!(s.is_pending(p[0].nonce), "a test under way is kept");
+        s.outcome(p[0].nonce, Outcome::Unreachable, 2_000);
+        assert_eq!(
+            s.status(&2),
+            Some(&Status::Waiting {
+                until_ms: 2_000 + RETRY_UNREACHABLE_MS
+            })
+        );
     }
 
     /// An outcome for a forgotten address is ignored; reported again, it is untested.
