@@ -5,7 +5,8 @@
 //!   and decides what to try next (map ports, reserve or release relay slots), and explains the
 //!   result in one line for `kith status`. No IO, clocks or RNG: `now` is an argument.
 //! - [`upnp`]: UPnP IGD (v1 and v2) mappings through igd-next, with leases, renewal, a
-//!   fallback external port and removal on shutdown.
+//!   fallback external port and removal on shutdown; IPv6 firewall pinholes (IGDv2) the same
+//!   way.
 //! - [`ssdp`]: hears routers announce themselves (SSDP `NOTIFY`), so a router that turns UPnP
 //!   on or restarts is asked at once instead of after the retry backoff.
 //! - [`autonat`]: kith's AutoNAT v2 client (libp2p's protocol; tests again what failed, backs

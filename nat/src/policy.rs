@@ -581,7 +581,12 @@ impl Policy {
                 let upnp = addrs.iter().find(|(_, s)| *s == Source::Upnp);
                 let public = match upnp {
                     Some((a, _)) => {
-                        format!("public (UPnP mapping {} on the router)", host_port(a))
+                        // IPv6 is not translated: what the router made is a firewall pinhole.
+                        let what = match a.iter().next() {
+                            Some(libp2p::multiaddr::Protocol::Ip6(_)) => "pinhole",
+                            _ => "mapping",
+                        };
+                        format!("public (UPnP {what} {} on the router)", host_port(a))
                     }
                     None => {
                         let mut list: Vec<String> =
@@ -898,6 +903,26 @@ mod tests {
         assert_eq!(
             p.poll(t + 2 * FIRST_RESERVE_BACKOFF_MS),
             vec![Action::Reserve(r[0])]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_pinhole_confirmed_counts_as_upnp() {
+        let mut p = Policy::new(Features::default(), &[], 0);
+        assert_eq!(p.poll(0), vec![Action::MapPorts]);
+        let pinhole = addr("/ip6/2a0f:1::10/tcp/4002");
+        p.on(
+            Event::UpnpMapped {
+                external: vec![pinhole.clone()],
+                lease_ms: 3_600_000,
+            },
+            100,
+        );
+        assert!(!p.is_public(), "a pinhole alone is not reachability");
+        p.on(Event::Confirmed(pinhole), 200);
+        assert_eq!(
+            p.explain(&|x| x.to_string()),
+            "public (UPnP pinhole [2a0f:1::10]:4002 on the router)"
         );
     }
 

@@ -1,4 +1,5 @@
-//! UPnP IGD port mappings through igd-next (IGDv1 and IGDv2 `WANIPConnection` services).
+//! UPnP IGD port mappings and IPv6 firewall pinholes through igd-next (IGDv1 and IGDv2
+//! `WANIPConnection` services, IGDv2 `WANIPv6FirewallControl`).
 //!
 //! [`Mapper::map`] finds the gateway by SSDP, asks for each listen port the same external port
 //! first (so the mapped address is also the address hole punching and port reuse show peers),
@@ -8,15 +9,26 @@
 //! Routers that only take permanent leases get a permanent mapping, which [`Mapper::unmap_all`]
 //! removes on shutdown like the others. A refusal (`ActionNotAuthorized`, e.g. miniupnpd's
 //! secure mode or permission rules) is reported as [`UpnpError::Refused`].
+//!
+//! IPv6 needs no translation, but a home router's stateful firewall lets nothing new in. When
+//! the router describes a `WANIPv6FirewallControl` service (or when no IPv4 gateway answered),
+//! [`Mapper::map`] also opens a *pinhole* for each IPv6 listen port on the global address this
+//! host reaches the router from. The search goes over IPv6 (SSDP to `ff02::c`, sent from that
+//! global address) and so do the requests: a router in secure mode (miniupnpd's default) only
+//! opens pinholes to the address the request comes from. Pinholes carry the same lease as
+//! mappings (at most a day, the service's limit), are renewed by `UpdatePinhole` and removed with
+//! the mappings. A host behind carrier-grade NAT or DS-Lite (no IPv4 to map) thereby becomes
+//! reachable over IPv6.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     time::Duration,
 };
 
 use igd_next::{
-    AddAnyPortError, AddPortError, PortMappingProtocol, SearchOptions,
-    aio::{Gateway, tokio::Tokio},
+    AddAnyPortError, AddPortError, PinholeError, PortMappingProtocol, SearchOptions,
+    aio::{Gateway, Ipv6FirewallGateway, tokio::Tokio},
 };
 use libp2p::{Multiaddr, multiaddr::Protocol};
 
@@ -24,6 +36,8 @@ use libp2p::{Multiaddr, multiaddr::Protocol};
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
 /// How long the SSDP search for a gateway may take.
 pub const SEARCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest pinhole lease `WANIPv6FirewallControl` allows.
+pub const MAX_PINHOLE_LEASE: Duration = Duration::from_secs(86_400);
 
 /// A port to map: the transport and the local port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,39 +66,84 @@ impl Port {
     pub fn from_listen_addrs<'a>(addrs: impl IntoIterator<Item = &'a Multiaddr>) -> Vec<Port> {
         let mut out: Vec<Port> = addrs
             .into_iter()
-            .filter_map(|a| {
-                let mut it = a.iter();
-                let Some(Protocol::Ip4(ip)) = it.next() else {
-                    return None;
-                };
-                if ip.is_loopback() {
-                    return None;
-                }
-                match (it.next(), it.next()) {
-                    (Some(Protocol::Tcp(p)), _) => Some(Port::Tcp(p)),
-                    (Some(Protocol::Udp(p)), Some(Protocol::QuicV1)) => Some(Port::Quic(p)),
-                    _ => None,
-                }
+            .filter_map(listen_port)
+            .filter_map(|(ip, port)| (ip.is_ipv4() && !ip.is_loopback()).then_some(port))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The global IPv6 addresses and ports of these listen addresses: what a pinhole in the
+    /// router's IPv6 firewall may open.
+    pub fn v6_from_listen_addrs<'a>(
+        addrs: impl IntoIterator<Item = &'a Multiaddr>,
+    ) -> Vec<(Ipv6Addr, Port)> {
+        let mut out: Vec<(Ipv6Addr, Port)> = addrs
+            .into_iter()
+            .filter_map(listen_port)
+            .filter_map(|(ip, port)| match ip {
+                IpAddr::V6(a) if is_global(ip) => Some((a, port)),
+                _ => None,
             })
             .collect();
         out.sort();
         out.dedup();
         out
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Port::Tcp(_) => "tcp",
+            Port::Quic(_) => "udp",
+        }
+    }
 }
 
-/// One mapping on the router.
+/// The IP address and port of a direct TCP or QUIC listen address.
+fn listen_port(a: &Multiaddr) -> Option<(IpAddr, Port)> {
+    let mut it = a.iter();
+    let ip: IpAddr = match it.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    match (it.next(), it.next()) {
+        (Some(Protocol::Tcp(p)), _) => Some((ip, Port::Tcp(p))),
+        (Some(Protocol::Udp(p)), Some(Protocol::QuicV1)) => Some((ip, Port::Quic(p))),
+        _ => None,
+    }
+}
+
+/// One mapping on the router: an IPv4 port mapping or an IPv6 firewall pinhole.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Mapping {
     /// What is mapped.
     #[serde(skip)]
     pub port: Port,
     /// The local address traffic is forwarded to.
-    pub internal: SocketAddrV4,
-    /// The address the router accepts traffic on.
+    pub internal: SocketAddr,
+    /// The address the router accepts traffic on (for a pinhole, the internal one).
     pub external: SocketAddr,
     /// The lease granted (0 = permanent).
     pub lease_secs: u32,
+    /// For a pinhole, the router's id of it (`UniqueID`); `None` for a port mapping.
+    pub pinhole: Option<u16>,
+}
+
+impl fmt::Display for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pinhole {
+            Some(_) => write!(f, "pinhole {} ({})", self.internal, self.port.name()),
+            None => write!(
+                f,
+                "{} -> {} ({})",
+                self.internal,
+                self.external,
+                self.port.name()
+            ),
+        }
+    }
 }
 
 impl Mapping {
@@ -116,18 +175,23 @@ pub enum UpnpError {
     /// The router's external address is itself private: a second NAT sits upstream.
     #[error("the router's external address {0} is private (double NAT); a mapping would not help")]
     PrivateExternal(IpAddr),
+    /// The router's IPv6 firewall takes no pinholes (the owner turned them off).
+    #[error("the router's IPv6 firewall does not allow pinholes")]
+    PinholesNotAllowed,
+    /// This host reaches the router's IPv6 firewall from an address kith does not listen on
+    /// (or not a global one), and a router only opens pinholes to the requesting address.
+    #[error("this host reaches the router from {0}, not a global address kith listens on")]
+    NotListening(IpAddr),
     /// Anything else the router said.
     #[error("UPnP request failed: {0}")]
     Request(String),
 }
 
-/// Keeps the mappings of one node.
+/// Keeps the mappings and pinholes of one node.
 #[derive(Debug)]
 pub struct Mapper {
-    gateway: Option<Gateway<Tokio>>,
-    /// The address of the gateway that holds `mappings`.
-    mapped_at: Option<IpAddr>,
-    mappings: Vec<Mapping>,
+    v4: PortMaps,
+    v6: Pinholes,
     lease: Duration,
     description: String,
 }
@@ -136,35 +200,133 @@ impl Mapper {
     /// A mapper asking for `lease`-long mappings labelled `description` in the router's table.
     pub fn new(lease: Duration, description: &str) -> Self {
         Self {
-            gateway: None,
-            mapped_at: None,
-            mappings: Vec::new(),
+            v4: PortMaps::default(),
+            v6: Pinholes::default(),
             lease,
             description: description.chars().take(64).collect(),
         }
     }
 
-    /// The mappings in place.
-    pub fn mappings(&self) -> &[Mapping] {
-        &self.mappings
+    /// The IPv4 port mappings and the IPv6 pinholes in place.
+    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
+        self.v4.mappings.iter().chain(&self.v6.open)
     }
 
-    /// Which IGD service the gateway speaks (`WANIPConnection:1` or `:2`), once found.
-    pub fn service(&self) -> Option<&str> {
-        self.gateway
+    /// Which IGD services the gateway speaks (`WANIPConnection:1` or `:2`, and
+    /// `WANIPv6FirewallControl:1` where pinholes are asked of it), once found.
+    pub fn service(&self) -> Option<String> {
+        let name = |t: &str| t.rsplit(":service:").next().unwrap_or("").to_owned();
+        let v4 = self.v4.gateway.as_ref().map(|g| name(&g.service_type));
+        let v6 = self
+            .v6
+            .gateway
             .as_ref()
-            .map(|g| g.service_type.rsplit(":service:").next().unwrap_or(""))
+            .map(|_| "WANIPv6FirewallControl:1".to_owned());
+        match (v4, v6) {
+            (Some(a), Some(b)) => Some(format!("{a}, {b}")),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Maps (or renews) `ports`. Returns the mappings now in place; ports that failed are
-    /// left out, and the first failure is returned if none succeeded.
+    /// Maps (or renews) the IPv4 `ports`, and opens (or renews) pinholes for the IPv6 listen
+    /// addresses `v6` (see [`Port::v6_from_listen_addrs`]; only the address this host reaches
+    /// the router from gets them). Returns what is now in place; ports that failed are left
+    /// out, and an error is returned only if nothing is in place and something failed (the
+    /// IPv4 side's error first).
     ///
-    /// The gateway found by the first search is kept; a request to it that fails for any other
-    /// reason than a refusal or a conflict forgets it, so the next call searches again (a
-    /// router that restarted may serve its control URL on another port; a laptop may be on
-    /// another network).
-    pub async fn map(&mut self, ports: &[Port]) -> Result<Vec<Mapping>, UpnpError> {
-        let result = self.map_on_gateway(ports).await;
+    /// Each gateway found by a search is kept; a request to it that fails for any other reason
+    /// than a refusal or a conflict forgets it, so the next call searches again (a router that
+    /// restarted may serve its control URL on another port; a laptop may be on another
+    /// network). The IPv6 firewall is searched for only when the IPv4 gateway describes one,
+    /// or when no IPv4 gateway answered (a router reached over IPv6 only).
+    pub async fn map(
+        &mut self,
+        ports: &[Port],
+        v6: &[(Ipv6Addr, Port)],
+    ) -> Result<Vec<Mapping>, UpnpError> {
+        let asked = !ports.is_empty() || !v6.is_empty();
+        let v4 = if ports.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.v4.map(ports, self.lease, &self.description).await
+        };
+        let firewall_described = self
+            .v4
+            .gateway
+            .as_ref()
+            .map(|g| g.ipv6_firewall().is_some());
+        let v6 = match firewall_described {
+            Some(false) if self.v6.gateway.is_none() => {
+                self.v6.close_all().await;
+                Ok(Vec::new())
+            }
+            _ => self.v6.open(v6, self.lease).await,
+        };
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        for r in [v4, v6] {
+            match r {
+                Ok(m) => done.extend(m),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !done.is_empty() || errors.is_empty() {
+            for e in errors {
+                tracing::info!(error = %e, "UPnP: part of the mapping failed");
+            }
+            if done.is_empty() && !asked {
+                return Err(UpnpError::Request(
+                    "no IPv4 TCP or QUIC listen port to map, no global IPv6 one to open".into(),
+                ));
+            }
+            return Ok(done);
+        }
+        Err(errors.swap_remove(0))
+    }
+
+    /// Forgets the gateways: the next [`Mapper::map`] searches for them (after a router
+    /// announced that it restarted).
+    pub fn forget_gateway(&mut self) {
+        self.v4.gateway = None;
+        self.v6.gateway = None;
+    }
+
+    /// Removes every mapping and pinhole (on shutdown).
+    pub async fn unmap_all(&mut self) {
+        if let Some(gateway) = &self.v4.gateway {
+            for m in std::mem::take(&mut self.v4.mappings) {
+                match gateway
+                    .remove_port(m.port.protocol(), m.external.port())
+                    .await
+                {
+                    Ok(()) => tracing::info!(external = %m.external, "UPnP mapping removed"),
+                    Err(e) => {
+                        tracing::info!(external = %m.external, error = %e, "UPnP mapping not removed")
+                    }
+                }
+            }
+        }
+        self.v6.close_all().await;
+    }
+}
+
+/// The IPv4 side: port mappings on the `WANIPConnection` service.
+#[derive(Debug, Default)]
+struct PortMaps {
+    gateway: Option<Gateway<Tokio>>,
+    /// The address of the gateway that holds `mappings`.
+    mapped_at: Option<IpAddr>,
+    mappings: Vec<Mapping>,
+}
+
+impl PortMaps {
+    async fn map(
+        &mut self,
+        ports: &[Port],
+        lease: Duration,
+        description: &str,
+    ) -> Result<Vec<Mapping>, UpnpError> {
+        let result = self.map_on_gateway(ports, lease, description).await;
         if let Err(UpnpError::Request(e)) = &result
             && self.gateway.take().is_some()
         {
@@ -173,13 +335,12 @@ impl Mapper {
         result
     }
 
-    /// Forgets the gateway: the next [`Mapper::map`] searches for one (after a router announced
-    /// that it restarted).
-    pub fn forget_gateway(&mut self) {
-        self.gateway = None;
-    }
-
-    async fn map_on_gateway(&mut self, ports: &[Port]) -> Result<Vec<Mapping>, UpnpError> {
+    async fn map_on_gateway(
+        &mut self,
+        ports: &[Port],
+        lease: Duration,
+        description: &str,
+    ) -> Result<Vec<Mapping>, UpnpError> {
         let gateway = match &self.gateway {
             Some(g) => g.clone(),
             None => {
@@ -205,7 +366,14 @@ impl Mapper {
         if !is_global(external_ip) {
             return Err(UpnpError::PrivateExternal(external_ip));
         }
-        let local_ip = local_ip_towards(gateway.addr).map_err(UpnpError::Request)?;
+        let local_ip = match local_ip_towards(gateway.addr).map_err(UpnpError::Request)? {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip) => {
+                return Err(UpnpError::Request(format!(
+                    "gateway reached over IPv6 ({ip}); IPv4 needed"
+                )));
+            }
+        };
         let mut first_error = None;
         let mut done = Vec::new();
         for &port in ports {
@@ -215,12 +383,13 @@ impl Mapper {
                 .iter()
                 .find(|m| m.port == port)
                 .map_or(port.number(), |m| m.external.port());
-            match self.map_one(&gateway, port, internal, wanted).await {
+            match map_one(&gateway, port, internal, wanted, lease, description).await {
                 Ok((external_port, lease_secs)) => done.push(Mapping {
                     port,
-                    internal,
+                    internal: internal.into(),
                     external: SocketAddr::new(external_ip, external_port),
                     lease_secs,
+                    pinhole: None,
                 }),
                 Err(e) => {
                     tracing::info!(?port, error = %e, "UPnP mapping failed");
@@ -245,73 +414,227 @@ impl Mapper {
             _ => Ok(done),
         }
     }
+}
 
-    async fn map_one(
-        &self,
-        gateway: &Gateway<Tokio>,
-        port: Port,
-        internal: SocketAddrV4,
-        wanted: u16,
-    ) -> Result<(u16, u32), UpnpError> {
-        let proto = port.protocol();
-        let mut lease = u32::try_from(self.lease.as_secs()).unwrap_or(u32::MAX);
-        let desc = &self.description;
-        for _ in 0..2 {
-            match gateway
-                .add_port(proto, wanted, internal.into(), lease, desc)
-                .await
-            {
-                Ok(()) => return Ok((wanted, lease)),
-                Err(AddPortError::OnlyPermanentLeasesSupported) if lease != 0 => lease = 0,
-                Err(AddPortError::ActionNotAuthorized) => return Err(UpnpError::Refused(port)),
-                // 718 ConflictInMappingEntry, 724 SamePortValuesRequired and 729
-                // ConflictWithOtherMechanisms (the router itself uses the port): try another.
-                Err(
-                    AddPortError::PortInUse
-                    | AddPortError::SamePortValuesRequired
-                    | AddPortError::RequestError(igd_next::RequestError::ErrorCode(729, _)),
-                ) => break,
-                Err(e) => return Err(UpnpError::Request(e.to_string())),
-            }
-        }
-        // The same port is taken (or the router insists): let it pick another external port.
+async fn map_one(
+    gateway: &Gateway<Tokio>,
+    port: Port,
+    internal: SocketAddrV4,
+    wanted: u16,
+    lease: Duration,
+    desc: &str,
+) -> Result<(u16, u32), UpnpError> {
+    let proto = port.protocol();
+    let mut lease = u32::try_from(lease.as_secs()).unwrap_or(u32::MAX);
+    for _ in 0..2 {
         match gateway
-            .add_any_port(proto, internal.into(), lease, desc)
+            .add_port(proto, wanted, internal.into(), lease, desc)
             .await
         {
-            Ok(p) => Ok((p, lease)),
-            Err(AddAnyPortError::ActionNotAuthorized) => Err(UpnpError::Refused(port)),
-            Err(e) => Err(UpnpError::Request(e.to_string())),
+            Ok(()) => return Ok((wanted, lease)),
+            Err(AddPortError::OnlyPermanentLeasesSupported) if lease != 0 => lease = 0,
+            Err(AddPortError::ActionNotAuthorized) => return Err(UpnpError::Refused(port)),
+            // 718 ConflictInMappingEntry, 724 SamePortValuesRequired and 729
+            // ConflictWithOtherMechanisms (the router itself uses the port): try another.
+            Err(
+                AddPortError::PortInUse
+                | AddPortError::SamePortValuesRequired
+                | AddPortError::RequestError(igd_next::RequestError::ErrorCode(729, _)),
+            ) => break,
+            Err(e) => return Err(UpnpError::Request(e.to_string())),
+        }
+    }
+    // The same port is taken (or the router insists): let it pick another external port.
+    match gateway
+        .add_any_port(proto, internal.into(), lease, desc)
+        .await
+    {
+        Ok(p) => Ok((p, lease)),
+        Err(AddAnyPortError::ActionNotAuthorized) => Err(UpnpError::Refused(port)),
+        Err(e) => Err(UpnpError::Request(e.to_string())),
+    }
+}
+
+/// The IPv6 side: pinholes on the `WANIPv6FirewallControl` service.
+#[derive(Debug, Default)]
+struct Pinholes {
+    gateway: Option<Ipv6FirewallGateway<Tokio>>,
+    /// The address of the gateway that holds `open`.
+    opened_at: Option<IpAddr>,
+    open: Vec<Mapping>,
+}
+
+impl Pinholes {
+    async fn open(
+        &mut self,
+        wanted: &[(Ipv6Addr, Port)],
+        lease: Duration,
+    ) -> Result<Vec<Mapping>, UpnpError> {
+        if wanted.is_empty() {
+            self.close_all().await;
+            return Ok(Vec::new());
+        }
+        let result = self.open_on_gateway(wanted, lease).await;
+        if let Err(UpnpError::Request(e)) = &result
+            && self.gateway.take().is_some()
+        {
+            tracing::info!(error = %e, "UPnP IPv6 firewall stopped answering; searching again next time");
+        }
+        result
+    }
+
+    async fn open_on_gateway(
+        &mut self,
+        wanted: &[(Ipv6Addr, Port)],
+        lease: Duration,
+    ) -> Result<Vec<Mapping>, UpnpError> {
+        let gateway = match &self.gateway {
+            Some(g) => g.clone(),
+            None => {
+                let g = search_firewall(wanted).await?;
+                if self.opened_at != Some(g.addr.ip()) {
+                    self.open.clear();
+                }
+                self.opened_at = Some(g.addr.ip());
+                self.gateway = Some(g.clone());
+                g
+            }
+        };
+        let status = gateway
+            .get_firewall_status()
+            .await
+            .map_err(|e| pinhole_error(None, e))?;
+        if !status.firewall_enabled {
+            tracing::info!("the router's IPv6 firewall is off: no pinhole needed");
+            self.open.clear();
+            return Ok(Vec::new());
+        }
+        if !status.inbound_pinhole_allowed {
+            return Err(UpnpError::PinholesNotAllowed);
+        }
+        // A router in secure mode opens pinholes only to the address the request comes from:
+        // the one the kernel picks towards it.
+        let local = match local_ip_towards(gateway.addr).map_err(UpnpError::Request)? {
+            IpAddr::V6(ip) if wanted.iter().any(|(a, _)| *a == ip) => ip,
+            other => return Err(UpnpError::NotListening(other)),
+        };
+        let lease_secs = match lease.min(MAX_PINHOLE_LEASE).as_secs() {
+            0 => MAX_PINHOLE_LEASE.as_secs(),
+            s => s,
+        } as u32;
+        let mut first_error = None;
+        let mut done = Vec::new();
+        for &(_, port) in wanted.iter().filter(|(a, _)| *a == local) {
+            let internal = SocketAddrV6::new(local, port.number(), 0, 0);
+            let old = self
+                .open
+                .iter()
+                .find(|m| m.port == port && m.internal == internal.into())
+                .and_then(|m| m.pinhole);
+            let renewed = match old {
+                Some(id) => gateway.update_pinhole(id, lease_secs).await.map(|()| id),
+                None => Err(PinholeError::NoSuchEntry),
+            };
+            // A router that restarted forgot its pinholes: open it again.
+            let id = match renewed {
+                Ok(id) => Ok(id),
+                Err(_) => {
+                    gateway
+                        .add_pinhole(port.protocol(), internal, lease_secs)
+                        .await
+                }
+            };
+            match id {
+                Ok(id) => done.push(Mapping {
+                    port,
+                    internal: internal.into(),
+                    external: internal.into(),
+                    lease_secs,
+                    pinhole: Some(id),
+                }),
+                Err(e) => {
+                    let e = pinhole_error(Some(port), e);
+                    tracing::info!(?port, error = %e, "UPnP pinhole failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        // Pinholes no longer asked for (another address, a port that went) are closed.
+        for old in std::mem::take(&mut self.open) {
+            if let Some(id) = old.pinhole
+                && !done.iter().any(|m| m.pinhole == Some(id))
+            {
+                let _ = gateway.remove_pinhole(id).await;
+            }
+        }
+        self.open = done.clone();
+        match (done.is_empty(), first_error) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(done),
         }
     }
 
-    /// Removes every mapping (on shutdown).
-    pub async fn unmap_all(&mut self) {
+    async fn close_all(&mut self) {
+        let open = std::mem::take(&mut self.open);
         let Some(gateway) = &self.gateway else {
             return;
         };
-        for m in std::mem::take(&mut self.mappings) {
-            match gateway
-                .remove_port(m.port.protocol(), m.external.port())
-                .await
-            {
-                Ok(()) => tracing::info!(external = %m.external, "UPnP mapping removed"),
+        for m in open {
+            let Some(id) = m.pinhole else { continue };
+            match gateway.remove_pinhole(id).await {
+                Ok(()) => tracing::info!(internal = %m.internal, "UPnP pinhole removed"),
                 Err(e) => {
-                    tracing::info!(external = %m.external, error = %e, "UPnP mapping not removed")
+                    tracing::info!(internal = %m.internal, error = %e, "UPnP pinhole not removed")
                 }
             }
         }
     }
 }
 
-/// The local address the kernel would use to reach `gateway` (no packet is sent).
-fn local_ip_towards(gateway: SocketAddr) -> Result<Ipv4Addr, String> {
-    let sock = std::net::UdpSocket::bind(("0.0.0.0", 0)).map_err(|e| e.to_string())?;
-    sock.connect(gateway).map_err(|e| e.to_string())?;
-    match sock.local_addr().map_err(|e| e.to_string())?.ip() {
-        IpAddr::V4(ip) => Ok(ip),
-        IpAddr::V6(ip) => Err(format!("gateway reached over IPv6 ({ip}); IPv4 needed")),
+/// Searches for the router's IPv6 firewall over IPv6, from the first global address in
+/// `wanted` that an interface holds. Sent from a global address, the search is answered
+/// from the router's address on that prefix, the one its description URL names (igd-next
+/// trusts only URLs on the address that answered; from a link-local address the answer
+/// would come from the router's link-local one).
+async fn search_firewall(
+    wanted: &[(Ipv6Addr, Port)],
+) -> Result<Ipv6FirewallGateway<Tokio>, UpnpError> {
+    let interfaces = if_addrs::get_if_addrs().map_err(|e| UpnpError::Request(e.to_string()))?;
+    let (from, scope) = interfaces
+        .iter()
+        .find_map(|i| match i.ip() {
+            IpAddr::V6(a) if wanted.iter().any(|(w, _)| *w == a) => Some((a, i.index?)),
+            _ => None,
+        })
+        .ok_or(UpnpError::NoGateway)?;
+    let mut opts = SearchOptions::ipv6(scope);
+    opts.bind_addr = SocketAddr::V6(SocketAddrV6::new(from, 0, 0, 0));
+    opts.timeout = Some(SEARCH_TIMEOUT);
+    opts.single_search_timeout = Some(SEARCH_TIMEOUT);
+    igd_next::aio::tokio::search_ipv6_firewall_gateway(opts)
+        .await
+        .map_err(|_| UpnpError::NoGateway)
+}
+
+fn pinhole_error(port: Option<Port>, e: PinholeError) -> UpnpError {
+    match (e, port) {
+        (PinholeError::ActionNotAuthorized, Some(port)) => UpnpError::Refused(port),
+        (PinholeError::InboundPinholeNotAllowed | PinholeError::FirewallDisabled, _) => {
+            UpnpError::PinholesNotAllowed
+        }
+        (e, _) => UpnpError::Request(format!("IPv6 firewall: {e}")),
     }
+}
+
+/// The local address the kernel would use to reach `gateway` (no packet is sent).
+fn local_ip_towards(gateway: SocketAddr) -> Result<IpAddr, String> {
+    let any: SocketAddr = match gateway {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = std::net::UdpSocket::bind(any).map_err(|e| e.to_string())?;
+    sock.connect(gateway).map_err(|e| e.to_string())?;
+    Ok(sock.local_addr().map_err(|e| e.to_string())?.ip())
 }
 
 /// Whether an address is routable on the internet (not private, shared, loopback, link-local,
@@ -365,12 +688,57 @@ mod tests {
     }
 
     #[test]
+    fn listen_addresses_worth_a_pinhole() {
+        let addrs: Vec<Multiaddr> = [
+            "/ip6/2a0f:1::10/tcp/4002",
+            "/ip6/2a0f:1::10/udp/4002/quic-v1",
+            "/ip6/fe80::1/tcp/4002",
+            "/ip6/fd00::10/tcp/4002",
+            "/ip6/::1/tcp/4002",
+            "/ip4/192.168.1.10/tcp/4002",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let a: Ipv6Addr = "2a0f:1::10".parse().unwrap();
+        assert_eq!(
+            Port::v6_from_listen_addrs(&addrs),
+            vec![(a, Port::Tcp(4002)), (a, Port::Quic(4002))]
+        );
+    }
+
+    #[test]
+    fn mappings_and_pinholes_as_text() {
+        let m = Mapping {
+            port: Port::Tcp(4002),
+            internal: "192.168.1.10:4002".parse().unwrap(),
+            external: "11.0.0.11:4002".parse().unwrap(),
+            lease_secs: 3600,
+            pinhole: None,
+        };
+        assert_eq!(m.to_string(), "192.168.1.10:4002 -> 11.0.0.11:4002 (tcp)");
+        let p = Mapping {
+            port: Port::Quic(4002),
+            internal: "[2a0f:1::10]:4002".parse().unwrap(),
+            external: "[2a0f:1::10]:4002".parse().unwrap(),
+            lease_secs: 3600,
+            pinhole: Some(7),
+        };
+        assert_eq!(p.to_string(), "pinhole [2a0f:1::10]:4002 (udp)");
+        assert_eq!(
+            p.multiaddr().to_string(),
+            "/ip6/2a0f:1::10/udp/4002/quic-v1"
+        );
+    }
+
+    #[test]
     fn mapping_multiaddrs() {
         let m = Mapping {
             port: Port::Quic(4002),
             internal: "192.168.1.10:4002".parse().unwrap(),
             external: "11.0.0.11:41000".parse().unwrap(),
             lease_secs: 3600,
+            pinhole: None,
         };
         assert_eq!(
             m.multiaddr().to_string(),

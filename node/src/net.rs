@@ -1615,7 +1615,7 @@ impl Actor {
         match result {
             Ok((mappings, service)) => {
                 for m in &mappings {
-                    tracing::info!(internal = %m.internal, external = %m.external, "UPnP mapping in place");
+                    tracing::info!(mapping = %m, "UPnP mapping in place");
                     // The router's external address may have been tested (and failed) as an
                     // observed address before the mapping existed: test it at once rather
                     // than after its back-off.
@@ -1656,12 +1656,14 @@ impl Actor {
     }
 
     /// A listen address of this node's came or went: once the first UPnP attempt is made,
-    /// a change of an address worth mapping means another network (or another address on
-    /// it), and the router is asked again now.
+    /// a change of an address worth mapping (or of a global IPv6 one, which pinholes open)
+    /// means another network (or another address on it, or a new IPv6 prefix), and the router
+    /// is asked again now.
     fn addresses_changed(&mut self, address: &Multiaddr) {
         if self.policy.upnp_trigger().is_some()
             && !is_relayed(address)
-            && !upnp::Port::from_listen_addrs([address]).is_empty()
+            && (!upnp::Port::from_listen_addrs([address]).is_empty()
+                || !upnp::Port::v6_from_listen_addrs([address]).is_empty())
         {
             self.policy
                 .on(kith_nat::Event::NetworkChanged, self.now_ms());
@@ -1692,8 +1694,13 @@ impl Actor {
             for action in self.policy.poll(self.now_ms()) {
                 match action {
                     kith_nat::Action::MapPorts => {
-                        let ports =
-                            upnp::Port::from_listen_addrs(&self.state.borrow().listen_addrs);
+                        let (ports, v6) = {
+                            let listen = &self.state.borrow().listen_addrs;
+                            (
+                                upnp::Port::from_listen_addrs(listen),
+                                upnp::Port::v6_from_listen_addrs(listen),
+                            )
+                        };
                         let (mapper, tx) = (self.mapper.clone(), self.upnp_tx.clone());
                         // A router that announced a restart may serve its control URL
                         // elsewhere; after a network change it may be another router.
@@ -1709,16 +1716,8 @@ impl Actor {
                             if search {
                                 m.forget_gateway();
                             }
-                            let r = if ports.is_empty() {
-                                Err(upnp::UpnpError::Request(
-                                    "no IPv4 TCP or QUIC listen port to map".into(),
-                                ))
-                            } else {
-                                m.map(&ports).await
-                            };
-                            let _ = tx
-                                .send(r.map(|v| (v, m.service().map(str::to_owned))))
-                                .await;
+                            let r = m.map(&ports, &v6).await;
+                            let _ = tx.send(r.map(|v| (v, m.service()))).await;
                         });
                     }
                     kith_nat::Action::Reserve(relay) => self.reserve(relay),

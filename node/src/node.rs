@@ -619,7 +619,8 @@ pub struct NatStatus {
     /// router announced itself, `network_changed`: this node's addresses changed), if one was
     /// made.
     pub upnp_trigger: Option<kith_nat::policy::Trigger>,
-    /// UPnP mappings in place (`internal -> external`).
+    /// UPnP mappings in place (`internal -> external (tcp)`) and IPv6 pinholes (`pinhole
+    /// [address]:port (tcp)`).
     pub upnp_mappings: Vec<String>,
     /// The router's IGD service (`WANIPConnection:1` or `:2`).
     pub upnp_service: Option<String>,
@@ -1252,12 +1253,7 @@ impl NodeHandle {
                 Upnp::Failed { reason, .. } => format!("failed: {reason}"),
             },
             upnp_trigger: policy.upnp_trigger(),
-            upnp_mappings: net
-                .nat
-                .upnp
-                .iter()
-                .map(|m| format!("{} -> {}", m.internal, m.external))
-                .collect(),
+            upnp_mappings: net.nat.upnp.iter().map(ToString::to_string).collect(),
             upnp_service: net.nat.upnp_service.clone(),
             hole_punched: policy.hole_punches(),
             relay_service: net.nat.relay_service,

@@ -11,12 +11,14 @@
 # 11.0.0.0/24 stands in for the internet because miniupnpd and UPnP clients refuse a
 # private WAN address; it never leaves these namespaces.
 #
-# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1|none] [v6] | upnp-start [upnp|upnp1] [HTTP_PORT] |
+# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1|upnp6|none] [v6] | upnp-start [upnp|upnp1|upnp6] [HTTP_PORT] |
 #        upnp-stop | h1-readdress IP | down
 #   MODE: moderate = Linux masquerade (endpoint-independent mapping, port-dependent filtering)
 #         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
 #   upnp: run a real miniupnpd (nftables backend, secure mode) on r1, speaking IGDv2;
 #   upnp1: the same, forced to describe itself as IGDv1 (WANIPConnection:1)
+#   upnp6: IGDv2 that maps no IPv4 port (its permission rules deny all, as a router behind
+#     carrier-grade NAT or DS-Lite has nothing to map) but opens IPv6 pinholes
 #   upnp-start: start that miniupnpd later, on a lab that is up without one (or restart it
 #     after upnp-stop, with an empty lease table, maybe on another HTTP port like a router
 #     that rebooted)
@@ -96,7 +98,7 @@ up() {
   [ "$v6" = v6 ] && ipv6
   router "${P}r1" "$m1"
   router "${P}r2" "$m2"
-  if [ "$upnp" = upnp ] || [ "$upnp" = upnp1 ]; then
+  if [ "$upnp" = upnp ] || [ "$upnp" = upnp1 ] || [ "$upnp" = upnp6 ]; then
     start_upnp "$upnp"
   fi
 }
@@ -121,7 +123,8 @@ ipv6() {
   done
 }
 
-# Starts miniupnpd on r1 (upnp: IGDv2, upnp1: IGDv1; HTTP on port $2, default 5000) with an
+# Starts miniupnpd on r1 (upnp: IGDv2, upnp1: IGDv1, upnp6: IGDv2 with IPv6 pinholes only;
+# HTTP on port $2, default 5000) with an
 # empty lease file and waits until its HTTP port answers.
 start_upnp() {
   local port="${2:-5000}"
@@ -138,7 +141,7 @@ system_uptime=yes
 uuid=$(cat "$LAB/miniupnpd.uuid")
 lease_file=$LAB/upnp.leases
 force_igd_desc_v1=$([ "$1" = upnp1 ] && echo yes || echo no)
-allow 1024-65535 192.168.1.0/24 1024-65535
+$([ "$1" = upnp6 ] || echo "allow 1024-65535 192.168.1.0/24 1024-65535")
 deny 0-65535 0.0.0.0/0 0-65535
 CONF
   : > "$LAB/upnp.leases"
@@ -180,5 +183,5 @@ case "${1:-}" in
   upnp-start) start_upnp "${2:-upnp}" "${3:-5000}" ;;
   upnp-stop) stop_upnp ;;
   h1-readdress) readdress_h1 "$2" ;;
-  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1] | upnp-start [upnp|upnp1] [HTTP_PORT] | upnp-stop | h1-readdress IP | down  (up ... v6: global IPv6 behind stateful firewalls too)"; exit 2 ;;
+  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1|upnp6] | upnp-start [upnp|upnp1|upnp6] [HTTP_PORT] | upnp-stop | h1-readdress IP | down  (up ... v6: global IPv6 behind stateful firewalls too)"; exit 2 ;;
 esac

@@ -47,6 +47,20 @@ pub enum Igd {
     V1,
     /// miniupnpd as Debian ships it (IGDv2, `WANIPConnection:2`).
     V2,
+    /// IGDv2 that maps no IPv4 port (its permission rules deny them all, as a router behind
+    /// carrier-grade NAT or DS-Lite has nothing to map) but opens IPv6 firewall pinholes.
+    V2PinholesOnly,
+}
+
+impl Igd {
+    fn arg(self) -> &'static str {
+        match self {
+            Igd::None => "none",
+            Igd::V1 => "upnp1",
+            Igd::V2 => "upnp",
+            Igd::V2PinholesOnly => "upnp6",
+        }
+    }
 }
 
 /// The namespaces of the lab.
@@ -168,11 +182,7 @@ impl Lab {
         let lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut cmd = Command::new("bash");
         cmd.arg(script()).args(["up", r1.arg(), r2.arg()]);
-        cmd.arg(match igd {
-            Igd::None => "none",
-            Igd::V1 => "upnp1",
-            Igd::V2 => "upnp",
-        });
+        cmd.arg(igd.arg());
         if v6 {
             cmd.arg("v6");
         }
@@ -189,14 +199,12 @@ impl Lab {
     /// Starts router 1's miniupnpd with an empty lease table, its HTTP (control URL) server on
     /// `http_port`.
     pub fn start_upnp_on(&self, igd: Igd, http_port: u16) {
-        let arg = match igd {
-            Igd::None => return,
-            Igd::V1 => "upnp1",
-            Igd::V2 => "upnp",
-        };
+        if igd == Igd::None {
+            return;
+        }
         let mut cmd = Command::new("bash");
         cmd.arg(script())
-            .args(["upnp-start", arg, &http_port.to_string()]);
+            .args(["upnp-start", igd.arg(), &http_port.to_string()]);
         run(cmd, "upnp-start");
     }
 
@@ -205,6 +213,22 @@ impl Lab {
         let mut cmd = Command::new("bash");
         cmd.arg(script()).arg("upnp-stop");
         run(cmd, "upnp-stop");
+    }
+
+    /// Router 1 reboots: its miniupnpd stops, the firewall rules it made are gone (miniupnpd
+    /// leaves its IPv6 pinholes in place when it stops, and finds them again when it starts;
+    /// a reboot starts from an empty firewall), and it starts again with an empty lease table.
+    pub fn reboot_upnp(&self, igd: Igd) {
+        self.stop_upnp();
+        for chain in ["miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd"] {
+            let mut cmd = Command::new("ip");
+            cmd.args([
+                "netns", "exec", "kl-r1", "nft", "flush", "chain", "inet", "filter",
+            ])
+            .arg(chain);
+            run(cmd, "flush miniupnpd's rules");
+        }
+        self.start_upnp(igd);
     }
 
     /// Home 1's host moves from 192.168.1.10 to `ip` (same /24), as with a new DHCP lease.
@@ -277,6 +301,20 @@ impl Lab {
             child.wait().expect("nft").success(),
             "nft refused the forward"
         );
+    }
+
+    /// The rules miniupnpd put in router 1's forward path (`nft list chain inet filter
+    /// miniupnpd`): its IPv6 pinholes (and the forwards of its IPv4 mappings).
+    pub fn upnp_forward_rules(&self) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", "kl-r1", "nft", "list", "chain", "inet", "filter",
+            ])
+            .arg("miniupnpd")
+            .output()
+            .expect("run nft");
+        assert!(out.status.success(), "nft list chain failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// miniupnpd's debug log.

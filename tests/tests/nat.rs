@@ -791,14 +791,7 @@ async fn trio_v6(
 ) -> (tempfile::TempDir, [NsNode; 3]) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = |n: &str| NodeDir::new(tmp.path().join(n));
-    let mut r = with_ipv6(lab_config("relay", 4001, false, false), 4001);
-    r.network.announce = vec![
-        "/ip4/11.0.0.1/tcp/4001".into(),
-        "/ip4/11.0.0.1/udp/4001/quic-v1".into(),
-        "/ip6/2a0f::1/tcp/4001".into(),
-        "/ip6/2a0f::1/udp/4001/quic-v1".into(),
-    ];
-    dir("r").init(r).unwrap();
+    dir("r").init(relay_v6()).unwrap();
     dir("a")
         .init(with_ipv6(lab_config("alice", 4002, true, false), 4002))
         .unwrap();
@@ -830,6 +823,18 @@ async fn trio_v6(
         }
     };
     (tmp, [rn, an, bn])
+}
+
+/// The relay's config on a dual-stack lab: public on both families, port 4001.
+fn relay_v6() -> RawConfig {
+    let mut r = with_ipv6(lab_config("relay", 4001, false, false), 4001);
+    r.network.announce = vec![
+        "/ip4/11.0.0.1/tcp/4001".into(),
+        "/ip4/11.0.0.1/udp/4001/quic-v1".into(),
+        "/ip6/2a0f::1/tcp/4001".into(),
+        "/ip6/2a0f::1/udp/4001/quic-v1".into(),
+    ];
+    r
 }
 
 /// A dual-stack lab with strict IPv4 NATs where home 1's IPv6 is open to the world and home 2
@@ -1096,4 +1101,122 @@ async fn a_port_forward_fixed_after_autonat_found_it_closed_is_confirmed_at_the_
         st.reachability
     );
     assert!(autonat_gauge("reachable").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_upnp_pinhole_opens_the_routers_ipv6_firewall_where_no_ipv4_port_can_be_mapped() {
+    if !Lab::available() {
+        return;
+    }
+    log_to_test_output();
+    // Home 1: IPv4 behind a strict NAT, IPv6 behind the router's stateful firewall. Its owner
+    // turns UPnP on while A runs, on a router that maps no IPv4 port (as behind carrier-grade
+    // NAT or DS-Lite) but opens IPv6 pinholes (IGDv2 `WANIPv6FirewallControl`).
+    let lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::None);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    dir("r").init(relay_v6()).unwrap();
+    dir("a")
+        .init(with_ipv6(lab_config("alice", 4002, true, true), 4002))
+        .unwrap();
+    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
+    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let ah = an.handle();
+    let code = rn
+        .handle()
+        .invite(Duration::from_secs(600), 1)
+        .await
+        .unwrap()
+        .code;
+    ah.join(&code).await.expect("join through R");
+    let (tcp6, quic6) = (
+        "/ip6/2a0f:1::10/tcp/4002",
+        "/ip6/2a0f:1::10/udp/4002/quic-v1",
+    );
+
+    // Before: the firewall keeps AutoNAT's dial-back out.
+    until(
+        "AutoNAT to test A's IPv6 address and fail",
+        BOUND,
+        async || {
+            let st = ah.status().await;
+            st.nat
+                .autonat
+                .iter()
+                .any(|a| a.addr == tcp6 && a.tests > 0 && !a.confirmed)
+        },
+    )
+    .await;
+    assert!(
+        !lab.upnp_forward_rules().contains("dport 4002"),
+        "a pinhole before the router offered UPnP"
+    );
+
+    let t = Instant::now();
+    lab.start_upnp(Igd::V2PinholesOnly);
+    until(
+        "A's IPv6 addresses to be confirmed through pinholes",
+        BOUND,
+        async || {
+            let st = ah.status().await;
+            [tcp6, quic6].iter().all(|want| {
+                st.nat
+                    .external
+                    .iter()
+                    .any(|(a, s)| a == want && *s == kith_nat::Source::Upnp)
+            })
+        },
+    )
+    .await;
+    let opened = t.elapsed();
+    let st = ah.status().await;
+    assert_eq!(st.nat.upnp, "mapped");
+    let mut mappings = st.nat.upnp_mappings.clone();
+    mappings.sort();
+    assert_eq!(
+        mappings,
+        [
+            "pinhole [2a0f:1::10]:4002 (tcp)",
+            "pinhole [2a0f:1::10]:4002 (udp)"
+        ],
+        "the two pinholes and no IPv4 mapping (the router refuses those)"
+    );
+    assert_eq!(
+        st.nat.upnp_service.as_deref(),
+        Some("WANIPConnection:2, WANIPv6FirewallControl:1")
+    );
+    let rules = lab.upnp_forward_rules();
+    assert_eq!(
+        rules.matches("th dport 4002").count(),
+        2,
+        "one pinhole each for TCP and QUIC in the router's forward chain:\n{rules}"
+    );
+
+    // A router that reboots forgets its pinholes; its announcement has A open them again
+    // (the renewal of a pinhole the router no longer knows opens a new one).
+    let t = Instant::now();
+    lab.reboot_upnp(Igd::V2PinholesOnly);
+    until(
+        "A's pinholes to be back after the router restarted",
+        BOUND,
+        async || lab.upnp_forward_rules().matches("th dport 4002").count() == 2,
+    )
+    .await;
+    let reopened = t.elapsed();
+
+    // The pinholes go with the node.
+    an.stop().await;
+    until(
+        "A's pinholes to be closed",
+        Duration::from_secs(10),
+        async || !lab.upnp_forward_rules().contains("dport 4002"),
+    )
+    .await;
+    eprintln!(
+        "pinholes: IPv6 TCP and QUIC confirmed {:.2} s after miniupnpd started, open again \
+         {:.2} s after it restarted; {}",
+        opened.as_secs_f64(),
+        reopened.as_secs_f64(),
+        st.reachability
+    );
 }
