@@ -1134,16 +1134,23 @@ async fn a_upnp_pinhole_opens_the_routers_ipv6_firewall_where_no_ipv4_port_can_b
         "/ip6/2a0f:1::10/udp/4002/quic-v1",
     );
 
-    // Before: the firewall keeps AutoNAT's dial-back out.
+    // Before: the firewall keeps AutoNAT's dial-back out. Wait until A's retries of its IPv6
+    // TCP address are 15 s or more apart (a few failures), so that a confirmation sooner than
+    // the next retry after the pinhole opened is the mapping being tested at once.
+    let mut retry_in = 0;
     until(
-        "AutoNAT to test A's IPv6 address and fail",
-        BOUND,
+        "AutoNAT to fail A's IPv6 address and back off",
+        Duration::from_secs(120),
         async || {
             let st = ah.status().await;
-            st.nat
+            let backoff = st
+                .nat
                 .autonat
                 .iter()
-                .any(|a| a.addr == tcp6 && a.tests > 0 && !a.confirmed)
+                .find(|a| a.addr == tcp6 && a.tests > 0 && !a.confirmed)
+                .and_then(|a| a.next_test_in_s);
+            retry_in = backoff.unwrap_or(0);
+            retry_in >= 15
         },
     )
     .await;
@@ -1169,6 +1176,11 @@ async fn a_upnp_pinhole_opens_the_routers_ipv6_firewall_where_no_ipv4_port_can_b
     )
     .await;
     let opened = t.elapsed();
+    assert!(
+        opened.as_secs() + 1 < retry_in,
+        "confirmed {opened:?} after the pinholes opened: the address's next retry ({retry_in} s), \
+         not a test at once"
+    );
     let st = ah.status().await;
     assert_eq!(st.nat.upnp, "mapped");
     let mut mappings = st.nat.upnp_mappings.clone();
@@ -1213,8 +1225,8 @@ async fn a_upnp_pinhole_opens_the_routers_ipv6_firewall_where_no_ipv4_port_can_b
     )
     .await;
     eprintln!(
-        "pinholes: IPv6 TCP and QUIC confirmed {:.2} s after miniupnpd started, open again \
-         {:.2} s after it restarted; {}",
+        "pinholes: IPv6 TCP and QUIC confirmed {:.2} s after miniupnpd started (the next retry \
+         was {retry_in} s away), open again {:.2} s after it restarted; {}",
         opened.as_secs_f64(),
         reopened.as_secs_f64(),
         st.reachability
