@@ -281,12 +281,22 @@ impl Lab {
     /// A manual port forward on router 1: TCP `port` on its WAN address goes to home 1's
     /// `to`. Put before the forwards made earlier, so a later call corrects an earlier one.
     pub fn forward_tcp_to(&self, port: u16, to: u16) {
+        Self::forward("kl-r1", "192.168.1.10", port, to);
+    }
+
+    /// A manual port forward on router 2: TCP `port` on its WAN address (11.0.0.12) goes to
+    /// home 2's `port`.
+    pub fn forward_tcp_h2(&self, port: u16) {
+        Self::forward("kl-r2", "192.168.2.10", port, port);
+    }
+
+    fn forward(router: &str, host: &str, port: u16, to: u16) {
         let rules = format!(
-            "insert rule inet filter prerouting iifname \"wan\" tcp dport {port} dnat ip to 192.168.1.10:{to}\n\
-             insert rule inet filter forward iifname \"wan\" ip daddr 192.168.1.10 tcp dport {to} accept\n"
+            "insert rule inet filter prerouting iifname \"wan\" tcp dport {port} dnat ip to {host}:{to}\n\
+             insert rule inet filter forward iifname \"wan\" ip daddr {host} tcp dport {to} accept\n"
         );
         let mut child = Command::new("ip")
-            .args(["netns", "exec", "kl-r1", "nft", "-f", "-"])
+            .args(["netns", "exec", router, "nft", "-f", "-"])
             .stdin(std::process::Stdio::piped())
             .spawn()
             .expect("run nft");

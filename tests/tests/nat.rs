@@ -1019,6 +1019,78 @@ async fn a_member_without_ipv6_does_not_make_a_public_ipv6_address_count_as_unre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_ipv6_is_never_asked_to_test_an_ipv6_address() {
+    if !Lab::available() {
+        return;
+    }
+    log_to_test_output();
+    // A: strict IPv4, IPv6 open to the world. B: IPv4 only, public through a port forward on
+    // router 2, founds the grid; A joins through B, and B is all A is connected to. A's IPv6
+    // AutoNAT client has no server: B, the only one around, cannot dial IPv6 and must not be
+    // asked (the case above catches the same fault about half the time, when the random pick
+    // falls on B; here B would be the pick every time).
+    let lab = lab_a_open_v6_b_v4_only();
+    lab.forward_tcp_h2(4002);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    let mut b = lab_config("bob", 4002, true, false);
+    b.network.listen = vec!["/ip4/0.0.0.0/tcp/4002".into()];
+    b.network.announce = vec!["/ip4/11.0.0.12/tcp/4002".into()];
+    dir("b").init(b).unwrap();
+    dir("a")
+        .init(with_ipv6(lab_config("alice", 4002, true, false), 4002))
+        .unwrap();
+    let bn = NsNode::start(ns::H2, dir("b")).await.expect("start B");
+    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let ah = an.handle();
+    let code = bn
+        .handle()
+        .invite(Duration::from_secs(600), 1)
+        .await
+        .unwrap()
+        .code;
+    ah.join(&code).await.expect("join through B");
+    // B tests A's IPv4 addresses (and finds them closed: A is behind a strict NAT); an IPv6
+    // test B was asked for would have failed sooner (B has no IPv6 route at all).
+    until(
+        "B to finish two tests of A's IPv4 addresses",
+        BOUND,
+        async || {
+            let st = ah.status().await;
+            st.nat
+                .autonat
+                .iter()
+                .filter(|a| a.addr.starts_with("/ip4/"))
+                .map(|a| a.tests)
+                .sum::<u32>()
+                >= 2
+        },
+    )
+    .await;
+    let st = ah.status().await;
+    let v6: Vec<_> = st
+        .nat
+        .autonat
+        .iter()
+        .filter(|a| a.addr.starts_with("/ip6/"))
+        .collect();
+    assert!(!v6.is_empty(), "A's IPv6 listen addresses are candidates");
+    assert!(
+        v6.iter().all(|a| a.tests == 0 && a.state == "untested"),
+        "B was asked to test an IPv6 address: {:?}",
+        v6.iter().map(|a| &a.summary).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "A's address tests with only B around: {:?}",
+        st.nat
+            .autonat
+            .iter()
+            .map(|a| &a.summary)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_forward_fixed_after_autonat_found_it_closed_is_confirmed_at_the_retest() {
     if !Lab::available() {
         return;
