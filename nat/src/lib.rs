@@ -7,6 +7,8 @@
 //! - [`upnp`]: UPnP IGD (v1 and v2) mappings through igd-next, with leases, renewal, a
 //!   fallback external port and removal on shutdown; IPv6 firewall pinholes (IGDv2) the same
 //!   way.
+//! - [`natpmp`]: NAT-PMP (RFC 6886) mappings, the fallback when no UPnP gateway answers: a
+//!   bounded codec and a small client.
 //! - [`ssdp`]: hears routers announce themselves (SSDP `NOTIFY`), so a router that turns UPnP
 //!   on or restarts is asked at once instead of after the retry backoff.
 //! - [`autonat`]: kith's AutoNAT v2 client (libp2p's protocol; tests again what failed, backs
@@ -86,6 +88,7 @@ macro_rules! delegate_connections {
 
 pub mod autonat;
 pub mod candidates;
+pub mod natpmp;
 pub mod policy;
 pub mod relay_server;
 pub mod ssdp;

@@ -10,6 +10,9 @@
 //! removes on shutdown like the others. A refusal (`ActionNotAuthorized`, e.g. miniupnpd's
 //! secure mode or permission rules) is reported as [`UpnpError::Refused`].
 //!
+//! When no UPnP gateway answers, IPv4 ports are mapped over NAT-PMP ([`crate::natpmp`]) with
+//! the default gateway instead, with the same lease, renewal and removal.
+//!
 //! IPv6 needs no translation, but a home router's stateful firewall lets nothing new in. When
 //! the router describes a `WANIPv6FirewallControl` service (or when no IPv4 gateway answered),
 //! [`Mapper::map`] also opens a *pinhole* for each IPv6 listen port on the global address this
@@ -31,6 +34,8 @@ use igd_next::{
     aio::{Gateway, Ipv6FirewallGateway, tokio::Tokio},
 };
 use libp2p::{Multiaddr, multiaddr::Protocol};
+
+use crate::natpmp;
 
 /// Lease asked for each mapping.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
@@ -90,6 +95,13 @@ impl Port {
         out.sort();
         out.dedup();
         out
+    }
+
+    fn pmp_proto(self) -> natpmp::Proto {
+        match self {
+            Port::Tcp(_) => natpmp::Proto::Tcp,
+            Port::Quic(_) => natpmp::Proto::Udp,
+        }
     }
 
     fn name(self) -> &'static str {
@@ -166,8 +178,8 @@ impl Mapping {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpnpError {
-    /// No gateway answered the SSDP search.
-    #[error("no UPnP gateway found")]
+    /// No gateway answered the SSDP search (nor, for IPv4, a NAT-PMP request).
+    #[error("no UPnP or NAT-PMP gateway found")]
     NoGateway,
     /// The router refused (secure mode, permission rules).
     #[error("the router refused the mapping of {0:?} (not authorized)")]
@@ -191,6 +203,7 @@ pub enum UpnpError {
 #[derive(Debug)]
 pub struct Mapper {
     v4: PortMaps,
+    pmp: PmpMaps,
     v6: Pinholes,
     lease: Duration,
     description: String,
@@ -201,6 +214,7 @@ impl Mapper {
     pub fn new(lease: Duration, description: &str) -> Self {
         Self {
             v4: PortMaps::default(),
+            pmp: PmpMaps::default(),
             v6: Pinholes::default(),
             lease,
             description: description.chars().take(64).collect(),
@@ -209,14 +223,21 @@ impl Mapper {
 
     /// The IPv4 port mappings and the IPv6 pinholes in place.
     pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
-        self.v4.mappings.iter().chain(&self.v6.open)
+        self.v4
+            .mappings
+            .iter()
+            .chain(&self.pmp.mappings)
+            .chain(&self.v6.open)
     }
 
     /// Which IGD services the gateway speaks (`WANIPConnection:1` or `:2`, and
     /// `WANIPv6FirewallControl:1` where pinholes are asked of it), once found.
     pub fn service(&self) -> Option<String> {
         let name = |t: &str| t.rsplit(":service:").next().unwrap_or("").to_owned();
-        let v4 = self.v4.gateway.as_ref().map(|g| name(&g.service_type));
+        let v4 = match &self.v4.gateway {
+            Some(g) => Some(name(&g.service_type)),
+            None => (!self.pmp.mappings.is_empty()).then(|| "NAT-PMP".to_owned()),
+        };
         let v6 = self
             .v6
             .gateway
@@ -248,7 +269,17 @@ impl Mapper {
         let v4 = if ports.is_empty() {
             Ok(Vec::new())
         } else {
-            self.v4.map(ports, self.lease, &self.description).await
+            match self.v4.map(ports, self.lease, &self.description).await {
+                // No UPnP gateway: the router may speak NAT-PMP.
+                Err(UpnpError::NoGateway) => self.pmp.map(ports, self.lease).await,
+                r => {
+                    // Mappings made over NAT-PMP while UPnP did not answer are left to expire:
+                    // deleting them now could delete what UPnP just mapped (one table holds
+                    // both on a router that speaks both).
+                    self.pmp.mappings.clear();
+                    r
+                }
+            }
         };
         let firewall_described = self
             .v4
@@ -306,7 +337,124 @@ impl Mapper {
                 }
             }
         }
+        self.pmp.unmap_all().await;
         self.v6.close_all().await;
+    }
+}
+
+/// The IPv4 side over NAT-PMP, when no UPnP gateway answers.
+#[derive(Debug, Default)]
+struct PmpMaps {
+    /// The gateway that holds `mappings`.
+    gateway: Option<Ipv4Addr>,
+    mappings: Vec<Mapping>,
+}
+
+impl PmpMaps {
+    async fn map(&mut self, ports: &[Port], lease: Duration) -> Result<Vec<Mapping>, UpnpError> {
+        let gateway = natpmp::default_gateway().ok_or(UpnpError::NoGateway)?;
+        // Mappings on another router (the node moved) are not this one's to remove.
+        if self.gateway != Some(gateway) {
+            self.mappings.clear();
+        }
+        self.gateway = Some(gateway);
+        let client = natpmp::Client { gateway };
+        let external_ip = match client.ask(natpmp::Request::ExternalAddress).await {
+            Ok(natpmp::Response::ExternalAddress { ip, .. }) => ip,
+            Ok(natpmp::Response::Mapped { .. }) => {
+                return Err(UpnpError::Request(
+                    "NAT-PMP: a mapping for an address".into(),
+                ));
+            }
+            Err(natpmp::ClientError::NoAnswer(_)) => return Err(UpnpError::NoGateway),
+            Err(e) => return Err(UpnpError::Request(e.to_string())),
+        };
+        if !is_global(external_ip.into()) {
+            return Err(UpnpError::PrivateExternal(external_ip.into()));
+        }
+        let local_ip = match local_ip_towards((gateway, natpmp::SERVER_PORT).into())
+            .map_err(UpnpError::Request)?
+        {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip) => return Err(UpnpError::NotListening(ip.into())),
+        };
+        // A lifetime of 0 would delete the mapping: a "permanent" lease asks for a day.
+        let lifetime_secs = match u32::try_from(lease.as_secs()).unwrap_or(u32::MAX) {
+            0 => 86_400,
+            s => s,
+        };
+        let mut first_error = None;
+        let mut done = Vec::new();
+        for &port in ports {
+            let wanted = self
+                .mappings
+                .iter()
+                .find(|m| m.port == port)
+                .map_or(port.number(), |m| m.external.port());
+            let req = natpmp::Request::Map {
+                proto: port.pmp_proto(),
+                internal: port.number(),
+                external: wanted,
+                lifetime_secs,
+            };
+            match client.ask(req).await {
+                Ok(natpmp::Response::Mapped {
+                    external,
+                    lifetime_secs,
+                    ..
+                }) => done.push(Mapping {
+                    port,
+                    internal: SocketAddrV4::new(local_ip, port.number()).into(),
+                    external: SocketAddr::new(external_ip.into(), external),
+                    lease_secs: lifetime_secs,
+                    pinhole: None,
+                }),
+                Ok(natpmp::Response::ExternalAddress { .. }) => {}
+                Err(natpmp::ClientError::Refused(e)) if e.is_refusal() => {
+                    tracing::info!(?port, "NAT-PMP mapping refused");
+                    first_error.get_or_insert(UpnpError::Refused(port));
+                }
+                Err(e) => {
+                    tracing::info!(?port, error = %e, "NAT-PMP mapping failed");
+                    first_error.get_or_insert(UpnpError::Request(e.to_string()));
+                }
+            }
+        }
+        for old in std::mem::take(&mut self.mappings) {
+            if !done.iter().any(|m| m.port == old.port) {
+                let _ = client.ask(pmp_delete(old.port)).await;
+            }
+        }
+        self.mappings = done.clone();
+        match (done.is_empty(), first_error) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(done),
+        }
+    }
+
+    async fn unmap_all(&mut self) {
+        let Some(gateway) = self.gateway else {
+            return;
+        };
+        let client = natpmp::Client { gateway };
+        for m in std::mem::take(&mut self.mappings) {
+            match client.ask(pmp_delete(m.port)).await {
+                Ok(_) => tracing::info!(external = %m.external, "NAT-PMP mapping removed"),
+                Err(e) => {
+                    tracing::info!(external = %m.external, error = %e, "NAT-PMP mapping not removed")
+                }
+            }
+        }
+    }
+}
+
+/// The NAT-PMP request that deletes the mapping of `port` (lifetime and external port 0).
+fn pmp_delete(port: Port) -> natpmp::Request {
+    natpmp::Request::Map {
+        proto: port.pmp_proto(),
+        internal: port.number(),
+        external: 0,
+        lifetime_secs: 0,
     }
 }
 

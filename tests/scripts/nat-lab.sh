@@ -11,12 +11,13 @@
 # 11.0.0.0/24 stands in for the internet because miniupnpd and UPnP clients refuse a
 # private WAN address; it never leaves these namespaces.
 #
-# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1|upnp6|none] [v6] | upnp-start [upnp|upnp1|upnp6] [HTTP_PORT] |
+# usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1|upnp6|natpmp|none] [v6] | upnp-start [upnp|upnp1|upnp6|natpmp] [HTTP_PORT] |
 #        upnp-stop | h1-readdress IP | down
 #   MODE: moderate = Linux masquerade (endpoint-independent mapping, port-dependent filtering)
 #         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
 #   upnp: run a real miniupnpd (nftables backend, secure mode) on r1, speaking IGDv2;
 #   upnp1: the same, forced to describe itself as IGDv1 (WANIPConnection:1)
+#   natpmp: the same miniupnpd with UPnP off and NAT-PMP on (a router that speaks NAT-PMP only)
 #   upnp6: IGDv2 that maps no IPv4 port (its permission rules deny all, as a router behind
 #     carrier-grade NAT or DS-Lite has nothing to map) but opens IPv6 pinholes
 #   upnp-start: start that miniupnpd later, on a lab that is up without one (or restart it
@@ -98,7 +99,7 @@ up() {
   [ "$v6" = v6 ] && ipv6
   router "${P}r1" "$m1"
   router "${P}r2" "$m2"
-  if [ "$upnp" = upnp ] || [ "$upnp" = upnp1 ] || [ "$upnp" = upnp6 ]; then
+  if [ "$upnp" = upnp ] || [ "$upnp" = upnp1 ] || [ "$upnp" = upnp6 ] || [ "$upnp" = natpmp ]; then
     start_upnp "$upnp"
   fi
 }
@@ -123,9 +124,10 @@ ipv6() {
   done
 }
 
-# Starts miniupnpd on r1 (upnp: IGDv2, upnp1: IGDv1, upnp6: IGDv2 with IPv6 pinholes only;
+# Starts miniupnpd on r1 (upnp: IGDv2, upnp1: IGDv1, upnp6: IGDv2 with IPv6 pinholes only,
+# natpmp: NAT-PMP only;
 # HTTP on port $2, default 5000) with an
-# empty lease file and waits until its HTTP port answers.
+# empty lease file and waits until its HTTP port answers (its NAT-PMP socket is open, for natpmp).
 start_upnp() {
   local port="${2:-5000}"
   # A router keeps its device uuid across restarts (its boot id changes).
@@ -135,7 +137,7 @@ ext_ifname=wan
 listening_ip=lan
 http_port=$port
 enable_natpmp=yes
-enable_upnp=yes
+enable_upnp=$([ "$1" = natpmp ] && echo no || echo yes)
 secure_mode=yes
 system_uptime=yes
 uuid=$(cat "$LAB/miniupnpd.uuid")
@@ -148,10 +150,15 @@ CONF
   ip netns exec "${P}r1" miniupnpd -d -f "$LAB/miniupnpd.conf" -P "$LAB/miniupnpd.pid" \
     > "$LAB/miniupnpd.log" 2>&1 &
   for _ in $(seq 50); do
-    ip netns exec "${P}r1" bash -c "exec 3<>/dev/tcp/192.168.1.1/$port" 2>/dev/null && return 0
+    if [ "$1" = natpmp ]; then
+      # No HTTP server without UPnP: wait for the NAT-PMP socket.
+      ip netns exec "${P}r1" ss -Huln 'sport = :5351' | grep -q 192.168.1.1 && return 0
+    else
+      ip netns exec "${P}r1" bash -c "exec 3<>/dev/tcp/192.168.1.1/$port" 2>/dev/null && return 0
+    fi
     sleep 0.1
   done
-  echo "miniupnpd did not answer on 192.168.1.1:$port" >&2
+  echo "miniupnpd did not answer on 192.168.1.1 ($1)" >&2
   return 1
 }
 
@@ -183,5 +190,5 @@ case "${1:-}" in
   upnp-start) start_upnp "${2:-upnp}" "${3:-5000}" ;;
   upnp-stop) stop_upnp ;;
   h1-readdress) readdress_h1 "$2" ;;
-  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1|upnp6] | upnp-start [upnp|upnp1|upnp6] [HTTP_PORT] | upnp-stop | h1-readdress IP | down  (up ... v6: global IPv6 behind stateful firewalls too)"; exit 2 ;;
+  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1|upnp6|natpmp] | upnp-start [upnp|upnp1|upnp6|natpmp] [HTTP_PORT] | upnp-stop | h1-readdress IP | down  (up ... v6: global IPv6 behind stateful firewalls too)"; exit 2 ;;
 esac

@@ -50,6 +50,8 @@ pub enum Igd {
     /// IGDv2 that maps no IPv4 port (its permission rules deny them all, as a router behind
     /// carrier-grade NAT or DS-Lite has nothing to map) but opens IPv6 firewall pinholes.
     V2PinholesOnly,
+    /// miniupnpd with UPnP off and NAT-PMP on: a router that speaks NAT-PMP only.
+    NatPmp,
 }
 
 impl Igd {
@@ -59,6 +61,7 @@ impl Igd {
             Igd::V1 => "upnp1",
             Igd::V2 => "upnp",
             Igd::V2PinholesOnly => "upnp6",
+            Igd::NatPmp => "natpmp",
         }
     }
 }

@@ -314,6 +314,7 @@ async fn run_case(c: &Case) {
             assert_eq!(ext == port, c.upnp == Upnp::Mapped, "TCP mapping {tcp}");
             let service = match c.router_upnp {
                 Igd::V1 => "WANIPConnection:1",
+                Igd::NatPmp => "NAT-PMP",
                 _ => "WANIPConnection:2",
             };
             assert_eq!(st.nat.upnp_service.as_deref(), Some(service));
@@ -447,6 +448,22 @@ async fn upnp_x_strict_connects_through_the_mapping() {
         a_reach: "public (UPnP mapping 11.0.0.11:4002 on the router)",
         upnp: Upnp::Mapped,
         ..Case::homes("moderate+UPnP (IGDv1) x strict", Nat::Moderate, Nat::Strict)
+    };
+    run_case(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn natpmp_x_strict_connects_through_the_mapping() {
+    // Router 1 speaks NAT-PMP and no UPnP; router 2 is strict, so only a mapping on router 1
+    // makes the pair direct.
+    let c = Case {
+        router_upnp: Igd::NatPmp,
+        expect_b: &["direct"],
+        expect_a: &["UPnP"],
+        a_reach: "public (UPnP mapping 11.0.0.11:4002 on the router)",
+        upnp: Upnp::Mapped,
+        size: 1 << 20,
+        ..Case::homes("moderate+NAT-PMP x strict", Nat::Moderate, Nat::Strict)
     };
     run_case(&c).await;
 }
