@@ -8,7 +8,9 @@
 //! 64 s, which would hold up the relay fallback for a minute when no router answers). The
 //! default gateway comes from the kernel's route table ([`default_gateway`], Linux).
 //!
-//! [`crate::upnp::Mapper`] falls back to NAT-PMP when no UPnP gateway answers.
+//! [`crate::upnp::Mapper`] falls back to NAT-PMP when no UPnP gateway answers. [`Listener`]
+//! hears the gateway announce (NAT-PMP, or PCP `ANNOUNCE` as miniupnpd sends) that it started
+//! or its external address changed, so mappings come back at once instead of at the renewal.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -240,6 +242,147 @@ pub fn default_gateway() -> Option<Ipv4Addr> {
     default_gateway_in(&table)
 }
 
+/// The port gateways send their announcements to (multicast to [`ANNOUNCE_GROUP`]).
+pub const ANNOUNCE_PORT: u16 = 5350;
+/// The all-hosts group announcements go to.
+pub const ANNOUNCE_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
+/// Announcements closer together than this are one burst (RFC 6886 3.2.1: up to ten, 250 ms
+/// apart doubling, so about two minutes; RFC 6887 PCP ANNOUNCE alike).
+pub const BURST_MS: u64 = 180_000;
+/// Longest PCP message (RFC 6887 7).
+const MAX_PCP: usize = 1100;
+
+/// Decodes a gateway's announcement: a NAT-PMP external-address response (sent when it starts
+/// or its external address changes, RFC 6886 3.2.1) or a PCP `ANNOUNCE` response (RFC 6887
+/// 14.1, sent when it starts or may have lost its mappings: what miniupnpd sends). Returns
+/// the gateway's epoch.
+pub fn parse_announcement(b: &[u8]) -> Result<u32, DecodeError> {
+    match b.first() {
+        Some(0) => match decode(b)? {
+            Response::ExternalAddress { epoch, .. } => Ok(epoch),
+            Response::Mapped { .. } => Err(DecodeError::Opcode(b[1])),
+        },
+        Some(2) => {
+            if b.len() < 24 || b.len() > MAX_PCP || !b.len().is_multiple_of(4) {
+                return Err(DecodeError::Length(b.len()));
+            }
+            // R bit set, opcode 0 (ANNOUNCE).
+            if b[1] != 0x80 {
+                return Err(DecodeError::Opcode(b[1]));
+            }
+            if b[3] != 0 {
+                return Err(DecodeError::Result { code: b[3].into() });
+            }
+            Ok(u32::from_be_bytes([b[8], b[9], b[10], b[11]]))
+        }
+        Some(v) => Err(DecodeError::Version(*v)),
+        None => Err(DecodeError::Length(0)),
+    }
+}
+
+/// Collapses each gateway's burst of announcements into one.
+#[derive(Debug, Default)]
+pub struct Bursts {
+    last: Vec<(Ipv4Addr, u64)>,
+}
+
+impl Bursts {
+    /// Gateways remembered at most.
+    pub const MAX: usize = 8;
+
+    /// Whether an announcement from `from` at `now_ms` starts a burst (none from it in the
+    /// last [`BURST_MS`]).
+    pub fn first_of_burst(&mut self, from: Ipv4Addr, now_ms: u64) -> bool {
+        match self.last.iter_mut().find(|(a, _)| *a == from) {
+            Some((_, at)) => {
+                let first = now_ms.saturating_sub(*at) >= BURST_MS;
+                *at = now_ms;
+                first
+            }
+            None => {
+                if self.last.len() >= Self::MAX {
+                    self.last.remove(0);
+                }
+                self.last.push((from, now_ms));
+                true
+            }
+        }
+    }
+}
+
+/// A socket on [`ANNOUNCE_PORT`] that hears the default gateway say its mappings may be lost.
+pub struct Listener {
+    socket: tokio::net::UdpSocket,
+    bursts: std::sync::Mutex<Bursts>,
+    started: std::time::Instant,
+}
+
+impl Listener {
+    /// Binds `0.0.0.0:port` shared with other programs and joins [`ANNOUNCE_GROUP`] (a failed
+    /// join is logged: the socket then hears only datagrams sent to it directly). Must run
+    /// inside a tokio runtime.
+    pub fn bind(port: u16) -> std::io::Result<Listener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+        if let Err(e) = socket.join_multicast_v4(&ANNOUNCE_GROUP, &Ipv4Addr::UNSPECIFIED) {
+            tracing::info!(error = %e, "not listening for NAT-PMP announcements (no multicast route)");
+        }
+        Ok(Listener {
+            socket: tokio::net::UdpSocket::from_std(socket.into())?,
+            bursts: std::sync::Mutex::default(),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The next burst of announcements from this host's default gateway: its address.
+    /// Datagrams from anyone else, that do not decode, or later in a burst are skipped.
+    /// Cancel-safe.
+    pub async fn next(&self) -> Ipv4Addr {
+        let mut buf = [0u8; MAX_PCP + 1];
+        loop {
+            match self.socket.recv_from(&mut buf).await {
+                Ok((n, std::net::SocketAddr::V4(from))) => {
+                    let epoch = match parse_announcement(&buf[..n]) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::trace!(%from, error = %e, "NAT-PMP datagram skipped");
+                            continue;
+                        }
+                    };
+                    if default_gateway() != Some(*from.ip()) {
+                        tracing::debug!(%from, "a NAT-PMP announcement not from the default gateway");
+                        continue;
+                    }
+                    let now_ms = self.started.elapsed().as_millis() as u64;
+                    let first = self
+                        .bursts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .first_of_burst(*from.ip(), now_ms);
+                    tracing::debug!(%from, epoch, first, "the gateway announced itself (NAT-PMP/PCP)");
+                    if first {
+                        return *from.ip();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "NAT-PMP receive failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
 /// Why a request got no usable answer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -380,6 +523,48 @@ mod tests {
         );
     }
 
+    /// What miniupnpd 2.3 multicasts when it starts (a PCP ANNOUNCE response).
+    const MINIUPNPD_ANNOUNCE: &str = "02800000000000000000d00b000000000000000000000000";
+
+    #[test]
+    fn announcements_of_both_kinds_decode() {
+        let pcp: Vec<u8> = (0..MINIUPNPD_ANNOUNCE.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&MINIUPNPD_ANNOUNCE[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(parse_announcement(&pcp), Ok(0xd00b));
+        let natpmp = [0, 128, 0, 0, 0, 0, 0, 7, 11, 0, 0, 11];
+        assert_eq!(parse_announcement(&natpmp), Ok(7));
+        let mut refused = pcp.clone();
+        refused[3] = 1;
+        assert!(parse_announcement(&refused).is_err());
+        let mut map = pcp.clone();
+        map[1] = 0x81;
+        assert_eq!(parse_announcement(&map), Err(DecodeError::Opcode(0x81)));
+        assert_eq!(parse_announcement(&pcp[..20]), Err(DecodeError::Length(20)));
+        assert_eq!(parse_announcement(&[]), Err(DecodeError::Length(0)));
+        assert_eq!(parse_announcement(&[1, 0]), Err(DecodeError::Version(1)));
+    }
+
+    #[test]
+    fn a_burst_of_announcements_counts_once() {
+        let (gw, other) = (Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::new(10, 0, 0, 1));
+        let mut b = Bursts::default();
+        assert!(b.first_of_burst(gw, 0));
+        // RFC 6886's ten, 250 ms doubling.
+        let mut at = 0;
+        for i in 0..9 {
+            at += 250 << i;
+            assert!(!b.first_of_burst(gw, at), "datagram {} of the burst", i + 2);
+        }
+        assert!(b.first_of_burst(other, at));
+        assert!(b.first_of_burst(gw, at + BURST_MS), "the next restart");
+        for i in 0..20 {
+            b.first_of_burst(Ipv4Addr::from(i as u32), at);
+        }
+        assert!(b.last.len() <= Bursts::MAX);
+    }
+
     #[test]
     fn the_default_gateway_from_the_route_table() {
         let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
@@ -405,6 +590,13 @@ mod tests {
                     (Response::ExternalAddress { .. }, 12) | (Response::Mapped { .. }, 16)
                 );
                 prop_assert!(size_fits);
+            }
+        }
+
+        #[test]
+        fn arbitrary_announcements_decode_or_fail(b in proptest::collection::vec(any::<u8>(), 0..1200)) {
+            if parse_announcement(&b).is_ok() {
+                prop_assert!(b.len() == 12 || (24..=MAX_PCP).contains(&b.len()));
             }
         }
 

@@ -122,6 +122,10 @@ pub enum Event {
     },
     /// A gateway said it is leaving (`ssdp:byebye`): its next `alive` counts as a restart.
     GatewayLeft(String),
+    /// The default gateway said its mappings may be lost (a NAT-PMP or PCP announcement,
+    /// sent when it starts or its external address changes): the next attempt comes now (or
+    /// [`MIN_ANNOUNCED_GAP_MS`] after the last one), mapped or not.
+    GatewayRestarted,
     /// The node's own addresses changed after the first UPnP attempt (an interface came or
     /// went, DHCP gave another address, a laptop joined another network): the next attempt
     /// comes now (or [`MIN_ANNOUNCED_GAP_MS`] after the last one), mapped or not.
@@ -364,6 +368,9 @@ impl Policy {
             }
             Event::NetworkChanged => {
                 self.bring_upnp_forward(now, Trigger::NetworkChanged, true, true);
+            }
+            Event::GatewayRestarted => {
+                self.bring_upnp_forward(now, Trigger::Announced, true, true);
             }
             Event::GatewayLeft(id) => {
                 self.remember_gateway(
@@ -740,6 +747,38 @@ mod tests {
         let text = p.explain(&|x| format!("n{}", r.iter().position(|y| y == x).unwrap()));
         assert!(text.starts_with("behind NAT, relayed via n"), "{text}");
         assert!(text.contains("UPnP: no gateway found"), "{text}");
+    }
+
+    #[test]
+    fn a_natpmp_gateway_restarting_brings_the_renewal_forward() {
+        let mut p = Policy::new(Features::default(), &[], 0);
+        assert_eq!(p.poll(0), vec![Action::MapPorts]);
+        let ext = vec![addr("/ip4/11.0.0.11/tcp/4002")];
+        p.on(
+            Event::UpnpMapped {
+                external: ext,
+                lease_ms: 3_600_000,
+            },
+            3_100,
+        );
+        assert!(p.poll(4_000).is_empty());
+        // Mapped a moment ago, but the router lost its table: at once, not in 30 minutes...
+        p.on(Event::GatewayRestarted, 4_000);
+        assert!(
+            p.poll(4_000).is_empty(),
+            "no sooner than the gap after the last"
+        );
+        assert_eq!(p.poll(MIN_ANNOUNCED_GAP_MS), vec![Action::MapPorts]);
+        assert_eq!(p.upnp_trigger(), Some(Trigger::Announced));
+        // ... and while failing, the retry comes now instead of after the backoff.
+        p.on(Event::UpnpFailed("no gateway found".into()), 6_000);
+        assert!(p.poll(20_000).is_empty());
+        p.on(Event::GatewayRestarted, 20_000);
+        assert_eq!(p.poll(20_000), vec![Action::MapPorts]);
+        // With UPnP off it changes nothing.
+        let mut off = without_upnp();
+        off.on(Event::GatewayRestarted, 0);
+        assert!(!off.poll(0).contains(&Action::MapPorts));
     }
 
     #[test]

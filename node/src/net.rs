@@ -696,7 +696,17 @@ pub fn spawn(
                 .ok()
         })
         .flatten();
-    let task = tokio::spawn(actor.run(cmd_rx, answer_rx, upnp_rx, ssdp));
+    // So do NAT-PMP/PCP routers' announcements that they started (or changed address).
+    let natpmp = (features.upnp && !nat.tor_only)
+        .then(|| {
+            kith_nat::natpmp::Listener::bind(kith_nat::natpmp::ANNOUNCE_PORT)
+                .inspect_err(|e| {
+                    tracing::info!(error = %e, "not listening for routers' announcements (NAT-PMP port)")
+                })
+                .ok()
+        })
+        .flatten();
+    let task = tokio::spawn(actor.run(cmd_rx, answer_rx, upnp_rx, ssdp, natpmp));
     Ok((
         NetHandle {
             local,
@@ -812,9 +822,14 @@ impl Actor {
         mut answers: mpsc::Receiver<Answer>,
         mut upnp_results: mpsc::Receiver<UpnpResult>,
         ssdp: Option<kith_nat::ssdp::Listener>,
+        natpmp: Option<kith_nat::natpmp::Listener>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let announcement = async || match &ssdp {
+            Some(l) => l.next().await,
+            None => std::future::pending().await,
+        };
+        let natpmp_announcement = async || match &natpmp {
             Some(l) => l.next().await,
             None => std::future::pending().await,
         };
@@ -835,6 +850,11 @@ impl Actor {
                 },
                 Some(result) = upnp_results.recv() => self.on_upnp(result),
                 a = announcement() => self.on_announcement(a),
+                gateway = natpmp_announcement() => {
+                    tracing::info!(%gateway, "the router announced a restart (NAT-PMP/PCP)");
+                    self.policy.on(kith_nat::Event::GatewayRestarted, self.now_ms());
+                    self.run_policy();
+                }
                 _ = tick.tick() => {
                     protocol::trim_idle_bulk();
                     self.redial_due();

@@ -704,7 +704,7 @@ fn maps_4002_to(lab: &Lab, ip: &str) -> bool {
     })
 }
 
-/// A alone behind router 1 (UPnP, IGDv2), once its first attempt mapped 4002.
+/// A alone behind router 1, once its first attempt mapped 4002.
 async fn mapped_alone(lab: &Lab, tmp: &tempfile::TempDir) -> NsNode {
     log_to_test_output();
     let dir = NodeDir::new(tmp.path().join("a"));
@@ -748,6 +748,46 @@ async fn a_node_whose_address_changes_maps_its_new_address_at_once() {
         "home 1 readdressed: A mapped its new address {:.2} s after; leases:\n{}",
         moved.elapsed().as_secs_f64(),
         lab.upnp_leases()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_natpmp_router_that_reboots_gets_the_mappings_back_at_once() {
+    if !Lab::available() {
+        return;
+    }
+    let lab = Lab::up(Nat::Moderate, Nat::Strict, Igd::NatPmp);
+    let tmp = tempfile::tempdir().unwrap();
+    let an = mapped_alone(&lab, &tmp).await;
+    let ah = an.handle();
+    assert_eq!(
+        ah.status().await.nat.upnp_service.as_deref(),
+        Some("NAT-PMP")
+    );
+    let mapped = || maps_4002_to(&lab, "192.168.1.10");
+    // The router reboots with an empty table. NAT-PMP routers do not announce themselves
+    // every few minutes as UPnP ones do, only when they start (miniupnpd: a PCP ANNOUNCE to
+    // 224.0.0.1:5350); without hearing it A would map again at its renewal in 30 minutes.
+    let rebooted = Instant::now();
+    lab.reboot_upnp(Igd::NatPmp);
+    assert!(!mapped(), "the rebooted router starts with an empty table");
+    until(
+        "A maps again after the router's reboot",
+        BOUND,
+        async || mapped(),
+    )
+    .await;
+    let again = rebooted.elapsed();
+    let st = ah.status().await;
+    assert_eq!(st.nat.upnp, "mapped");
+    assert_eq!(
+        st.nat.upnp_trigger,
+        Some(kith_nat::policy::Trigger::Announced),
+        "what made A map again"
+    );
+    eprintln!(
+        "NAT-PMP router rebooted: A mapped again {:.2} s after",
+        again.as_secs_f64()
     );
 }
 
