@@ -437,7 +437,12 @@ impl Policy {
             Upnp::Trying if unmapped => {}
             _ => return,
         }
-        self.upnp_early = Some(why);
+        // A network change during an attempt makes that attempt's result stale (it may have
+        // mapped the old addresses): a router heard announcing itself meanwhile must not
+        // make that forgotten.
+        if self.upnp_early != Some(Trigger::NetworkChanged) {
+            self.upnp_early = Some(why);
+        }
     }
 
     /// Records how a gateway was last heard of; returns how it was heard of before. A
@@ -895,6 +900,23 @@ mod tests {
             p.poll(70_000).is_empty(),
             "nothing more until half the lease"
         );
+        // A change during the very first attempt (an address that came a moment after it
+        // started): once it is done, again.
+        // A router announcing itself meanwhile (as one that just started does) changes
+        // nothing about that.
+        let mut first = Policy::new(Features::default(), &[], 0);
+        assert_eq!(first.poll(0), vec![Action::MapPorts]);
+        first.on(Event::NetworkChanged, 1);
+        first.on(
+            Event::GatewayAnnounced {
+                id: "uuid:r".into(),
+                boot_id: Some(1),
+            },
+            2,
+        );
+        mapped(&mut first, 300);
+        assert_eq!(first.poll(MIN_ANNOUNCED_GAP_MS), vec![Action::MapPorts]);
+        assert_eq!(first.upnp_trigger(), Some(Trigger::NetworkChanged));
         // Failed, then the laptop joins a network with a router: now, not after the backoff.
         p.on(Event::UpnpFailed("no gateway found".into()), 80_000);
         p.on(Event::NetworkChanged, 90_000);

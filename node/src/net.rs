@@ -1685,6 +1685,7 @@ impl Actor {
             && (!upnp::Port::from_listen_addrs([address]).is_empty()
                 || !upnp::Port::v6_from_listen_addrs([address]).is_empty())
         {
+            tracing::debug!(%address, "an address worth mapping came or went");
             self.policy
                 .on(kith_nat::Event::NetworkChanged, self.now_ms());
         }
@@ -1721,6 +1722,7 @@ impl Actor {
                                 upnp::Port::v6_from_listen_addrs(listen),
                             )
                         };
+                        tracing::debug!(?ports, ?v6, trigger = ?self.policy.upnp_trigger(), "UPnP attempt");
                         let (mapper, tx) = (self.mapper.clone(), self.upnp_tx.clone());
                         // A router that announced a restart may serve its control URL
                         // elsewhere; after a network change it may be another router.
