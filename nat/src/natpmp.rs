@@ -322,17 +322,8 @@ impl Listener {
     /// join is logged: the socket then hears only datagrams sent to it directly). Must run
     /// inside a tokio runtime.
     pub fn bind(port: u16) -> std::io::Result<Listener> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
-        if let Err(e) = socket.join_multicast_v4(&ANNOUNCE_GROUP, &Ipv4Addr::UNSPECIFIED) {
-            tracing::info!(error = %e, "not listening for NAT-PMP announcements (no multicast route)");
-        }
         Ok(Listener {
-            socket: tokio::net::UdpSocket::from_std(socket.into())?,
+            socket: crate::ssdp::shared_multicast_socket(port, ANNOUNCE_GROUP)?,
             bursts: std::sync::Mutex::default(),
             started: std::time::Instant::now(),
         })

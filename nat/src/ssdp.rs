@@ -136,17 +136,8 @@ impl Listener {
     /// runtime. A failed join is logged, not fatal: the socket then only hears datagrams sent
     /// to it directly.
     pub fn bind(port: u16) -> std::io::Result<Listener> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
-        if let Err(e) = socket.join_multicast_v4(&GROUP, &Ipv4Addr::UNSPECIFIED) {
-            tracing::info!(error = %e, "not listening for routers' announcements (no multicast route)");
-        }
         Ok(Listener {
-            socket: tokio::net::UdpSocket::from_std(socket.into())?,
+            socket: shared_multicast_socket(port, GROUP)?,
         })
     }
 
@@ -172,6 +163,26 @@ impl Listener {
             }
         }
     }
+}
+
+/// A UDP socket on `0.0.0.0:port` shared with other programs (`SO_REUSEADDR`,
+/// `SO_REUSEPORT`: every socket in the group gets each multicast datagram) that joined `group`
+/// on the interface of the route to it. A failed join is logged, not fatal: the socket then
+/// hears only datagrams sent to it directly. Must run inside a tokio runtime.
+pub(crate) fn shared_multicast_socket(
+    port: u16,
+    group: Ipv4Addr,
+) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+    if let Err(e) = socket.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED) {
+        tracing::info!(error = %e, %group, port, "not listening for routers' announcements there (no multicast route)");
+    }
+    tokio::net::UdpSocket::from_std(socket.into())
 }
 
 #[cfg(test)]

@@ -17,7 +17,10 @@
 #         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
 #   upnp: run a real miniupnpd (nftables backend, secure mode) on r1, speaking IGDv2;
 #   upnp1: the same, forced to describe itself as IGDv1 (WANIPConnection:1)
-#   natpmp: the same miniupnpd with UPnP off and NAT-PMP on (a router that speaks NAT-PMP only)
+#   natpmp: the same miniupnpd with UPnP off and NAT-PMP on (a router that speaks NAT-PMP only;
+#     the UPnP modes have NAT-PMP off, so each case tests one protocol: with both on, a node
+#     that hears the PCP ANNOUNCE miniupnpd sends as it starts may ask before its SSDP answers,
+#     and map over NAT-PMP instead, which is fine but makes the UPnP cases a coin toss)
 #   upnp6: IGDv2 that maps no IPv4 port (its permission rules deny all, as a router behind
 #     carrier-grade NAT or DS-Lite has nothing to map) but opens IPv6 pinholes
 #   upnp-start: start that miniupnpd later, on a lab that is up without one (or restart it
@@ -136,7 +139,7 @@ start_upnp() {
 ext_ifname=wan
 listening_ip=lan
 http_port=$port
-enable_natpmp=yes
+enable_natpmp=$([ "$1" = natpmp ] && echo yes || echo no)
 enable_upnp=$([ "$1" = natpmp ] && echo no || echo yes)
 secure_mode=yes
 system_uptime=yes
