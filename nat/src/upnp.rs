@@ -648,17 +648,20 @@ impl Pinholes {
                 g
             }
         };
-        let status = gateway
-            .get_firewall_status()
-            .await
-            .map_err(|e| pinhole_error(None, e))?;
-        if !status.firewall_enabled {
-            tracing::info!("the router's IPv6 firewall is off: no pinhole needed");
-            self.open.clear();
-            return Ok(Vec::new());
-        }
-        if !status.inbound_pinhole_allowed {
-            return Err(UpnpError::PinholesNotAllowed);
+        // A router that cannot say how its firewall stands is asked for the pinholes anyway.
+        match gateway.get_firewall_status().await {
+            Ok(status) if !status.firewall_enabled => {
+                tracing::info!("the router's IPv6 firewall is off: no pinhole needed");
+                self.open.clear();
+                return Ok(Vec::new());
+            }
+            Ok(status) if !status.inbound_pinhole_allowed => {
+                return Err(UpnpError::PinholesNotAllowed);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "the router did not say how its IPv6 firewall stands")
+            }
         }
         // A router in secure mode opens pinholes only to the address the request comes from:
         // the one the kernel picks towards it.
@@ -701,7 +704,7 @@ impl Pinholes {
                     pinhole: Some(id),
                 }),
                 Err(e) => {
-                    let e = pinhole_error(Some(port), e);
+                    let e = pinhole_error(port, e);
                     tracing::info!(?port, error = %e, "UPnP pinhole failed");
                     first_error.get_or_insert(e);
                 }
@@ -764,13 +767,13 @@ async fn search_firewall(
         .map_err(|_| UpnpError::NoGateway)
 }
 
-fn pinhole_error(port: Option<Port>, e: PinholeError) -> UpnpError {
-    match (e, port) {
-        (PinholeError::ActionNotAuthorized, Some(port)) => UpnpError::Refused(port),
-        (PinholeError::InboundPinholeNotAllowed | PinholeError::FirewallDisabled, _) => {
+fn pinhole_error(port: Port, e: PinholeError) -> UpnpError {
+    match e {
+        PinholeError::ActionNotAuthorized => UpnpError::Refused(port),
+        PinholeError::InboundPinholeNotAllowed | PinholeError::FirewallDisabled => {
             UpnpError::PinholesNotAllowed
         }
-        (e, _) => UpnpError::Request(format!("IPv6 firewall: {e}")),
+        e => UpnpError::Request(format!("IPv6 firewall: {e}")),
     }
 }
 
