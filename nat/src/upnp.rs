@@ -194,6 +194,9 @@ pub enum UpnpError {
     /// (or not a global one), and a router only opens pinholes to the requesting address.
     #[error("this host reaches the router from {0}, not a global address kith listens on")]
     NotListening(IpAddr),
+    /// No listen address worth a mapping (only loopback ones, say).
+    #[error("no IPv4 TCP or QUIC listen port to map, no global IPv6 one to open")]
+    NothingToMap,
     /// Anything else the router said.
     #[error("UPnP request failed: {0}")]
     Request(String),
@@ -306,9 +309,7 @@ impl Mapper {
                 tracing::info!(error = %e, "UPnP: part of the mapping failed");
             }
             if done.is_empty() && !asked {
-                return Err(UpnpError::Request(
-                    "no IPv4 TCP or QUIC listen port to map, no global IPv6 one to open".into(),
-                ));
+                return Err(UpnpError::NothingToMap);
             }
             return Ok(done);
         }

@@ -1435,6 +1435,7 @@ fn print_status(s: &serde_json::Value) {
     if tested.len() > 4 {
         println!("autonat   and {} more", tested.len() - 4);
     }
+    println!("router    {}", str_of(&s["nat"]["upnp_summary"]));
     if let Ok(t) = serde_json::from_value::<kith_node::node::TorInfo>(s["tor"].clone()) {
         println!("tor       {}", t.line());
     }

@@ -615,6 +615,9 @@ pub struct NatStatus {
     pub reservations: Vec<(String, &'static str)>,
     /// UPnP: `off`, `idle`, `trying`, `mapped` or `failed: <why>`.
     pub upnp: String,
+    /// One line for `kith status` and the panel: the state, and once mapped the service and
+    /// what is mapped (`mapped by NAT-PMP: 192.168.1.10:4002 -> 11.0.0.11:4002 (tcp), ...`).
+    pub upnp_summary: String,
     /// What started the last UPnP attempt (`start`, `retry`, `renewal`, `announced`: the
     /// router announced itself, `network_changed`: this node's addresses changed), if one was
     /// made.
@@ -1225,6 +1228,20 @@ impl NodeHandle {
             Reachability::Private { .. } => ("private", Vec::new()),
             Reachability::Unknown => ("unknown", Vec::new()),
         };
+        let upnp = match policy.upnp() {
+            Upnp::Off => "off".into(),
+            Upnp::Idle => "idle".into(),
+            Upnp::Trying => "trying".into(),
+            Upnp::Mapped { .. } => "mapped".into(),
+            Upnp::Failed { reason, .. } => format!("failed: {reason}"),
+        };
+        let upnp_mappings: Vec<String> = net.nat.upnp.iter().map(ToString::to_string).collect();
+        let upnp_summary = match (&net.nat.upnp_service, upnp_mappings.is_empty()) {
+            (Some(service), false) if upnp == "mapped" => {
+                format!("mapped by {service}: {}", upnp_mappings.join(", "))
+            }
+            _ => upnp.clone(),
+        };
         NatStatus {
             kind,
             external,
@@ -1245,15 +1262,10 @@ impl NodeHandle {
                     (name(p), state)
                 })
                 .collect(),
-            upnp: match policy.upnp() {
-                Upnp::Off => "off".into(),
-                Upnp::Idle => "idle".into(),
-                Upnp::Trying => "trying".into(),
-                Upnp::Mapped { .. } => "mapped".into(),
-                Upnp::Failed { reason, .. } => format!("failed: {reason}"),
-            },
+            upnp,
+            upnp_summary,
             upnp_trigger: policy.upnp_trigger(),
-            upnp_mappings: net.nat.upnp.iter().map(ToString::to_string).collect(),
+            upnp_mappings,
             upnp_service: net.nat.upnp_service.clone(),
             hole_punched: policy.hole_punches(),
             relay_service: net.nat.relay_service,

@@ -356,6 +356,22 @@ fn two_nodes_put_and_get_through_the_cli() {
     assert_eq!(status["members"], 2);
     assert_eq!(status["connected_peers"].as_array().unwrap().len(), 1);
     assert_eq!(status["storage"]["share_count"], 2);
+    // The human form says what the router was asked for (loopback only: nothing, and why).
+    let text = ok(&a, &["status"]);
+    let router = text
+        .lines()
+        .find(|l| l.starts_with("router    "))
+        .unwrap_or_else(|| panic!("no router line in:\n{text}"));
+    assert!(
+        [
+            "idle",
+            "trying",
+            "failed: no IPv4 TCP or QUIC listen port to map"
+        ]
+        .iter()
+        .any(|s| router["router    ".len()..].starts_with(s)),
+        "{router}"
+    );
 
     // Tiny files live in the cap; stdin works.
     let mut child = Command::new(env!("CARGO_BIN_EXE_kith"))

@@ -117,7 +117,13 @@ async fn steps(grid: &Grid, api: &Api, c: &Client, downloads: &Path) {
                 .any(|s| t.contains(s))
     })
     .await;
-    println!("reachability: {reach}; address tests: {tests}");
+    // What the router was asked for: a node listening on loopback only has nothing to map
+    // and says so.
+    let router = wait_text(c, "#ov-upnp", "the router line", |t| {
+        t.starts_with("failed: no IPv4 TCP or QUIC listen port to map")
+    })
+    .await;
+    println!("reachability: {reach}; address tests: {tests}; router: {router}");
     wait_text(
         c,
         "#connections-table td[data-field='path']",
