@@ -392,17 +392,24 @@ pub enum ClientError {
 /// Talks NAT-PMP to one gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Client {
-    /// The gateway.
-    pub gateway: Ipv4Addr,
+    /// The gateway's NAT-PMP server.
+    pub server: std::net::SocketAddrV4,
 }
 
 impl Client {
+    /// The client of `gateway`'s server (port [`SERVER_PORT`]).
+    pub fn of(gateway: Ipv4Addr) -> Client {
+        Client {
+            server: std::net::SocketAddrV4::new(gateway, SERVER_PORT),
+        }
+    }
+
     /// Sends `req` and waits for its answer (see the module docs for the retransmissions).
     /// Answers to other requests and bytes that do not decode are ignored; an answer with an
     /// error code is returned as [`ClientError::Refused`].
     pub async fn ask(&self, req: Request) -> Result<Response, ClientError> {
         let sock = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
-        sock.connect((self.gateway, SERVER_PORT)).await?;
+        sock.connect(self.server).await?;
         let bytes = req.encode();
         let mut wait = FIRST_WAIT;
         let mut buf = [0u8; 64];
@@ -414,7 +421,7 @@ impl Client {
                     Err(_) => break,
                     // ICMP port unreachable: nothing listens there.
                     Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        return Err(ClientError::NoAnswer(self.gateway));
+                        return Err(ClientError::NoAnswer(*self.server.ip()));
                     }
                     Ok(Err(e)) => return Err(e.into()),
                     Ok(Ok(n)) => match decode(&buf[..n]) {
@@ -433,7 +440,7 @@ impl Client {
             }
             wait *= 2;
         }
-        Err(ClientError::NoAnswer(self.gateway))
+        Err(ClientError::NoAnswer(*self.server.ip()))
     }
 }
 
@@ -569,6 +576,61 @@ mod tests {
             Some(Ipv4Addr::new(192, 168, 1, 1))
         );
         assert_eq!(default_gateway_in("Iface\tDestination\n"), None);
+    }
+
+    /// A server on loopback that lets the first request go unanswered (the client must send
+    /// it again), then answers with an unrelated mapping and garbage (both ignored) before the
+    /// answer.
+    #[tokio::test]
+    async fn the_client_retransmits_and_takes_only_its_answer() {
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let std::net::SocketAddr::V4(addr) = server.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let serve = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let (n, from) = server.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], [0, 0], "an external-address request");
+            let t = std::time::Instant::now();
+            let (n, from2) = server.recv_from(&mut buf).await.unwrap();
+            assert_eq!((n, from2), (2, from), "the same request again");
+            let waited = t.elapsed();
+            let stray = [
+                0, 130, 0, 0, 0, 0, 0, 9, 0x0f, 0xa2, 0x0f, 0xa2, 0, 0, 0x0e, 0x10,
+            ];
+            server.send_to(&stray, from).await.unwrap();
+            server.send_to(&[0xff; 40], from).await.unwrap();
+            let answer = [0, 128, 0, 0, 0, 0, 0, 9, 11, 0, 0, 11];
+            server.send_to(&answer, from).await.unwrap();
+            waited
+        });
+        let r = Client { server: addr }
+            .ask(Request::ExternalAddress)
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            Response::ExternalAddress {
+                epoch: 9,
+                ip: Ipv4Addr::new(11, 0, 0, 11)
+            }
+        );
+        let waited = serve.await.unwrap();
+        assert!(waited >= FIRST_WAIT / 2, "resent after {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_no_answer_at_once() {
+        // A port nothing listens on: the kernel's ICMP port unreachable ends the wait.
+        let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(addr) = free.local_addr().unwrap() else {
+            unreachable!()
+        };
+        drop(free);
+        let t = std::time::Instant::now();
+        let r = Client { server: addr }.ask(Request::ExternalAddress).await;
+        assert!(matches!(r, Err(ClientError::NoAnswer(_))), "{r:?}");
+        assert!(t.elapsed() < FIRST_WAIT * 2, "took {:?}", t.elapsed());
     }
 
     proptest! {

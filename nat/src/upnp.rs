@@ -233,8 +233,9 @@ impl Mapper {
             .chain(&self.v6.open)
     }
 
-    /// Which IGD services the gateway speaks (`WANIPConnection:1` or `:2`, and
-    /// `WANIPv6FirewallControl:1` where pinholes are asked of it), once found.
+    /// Which services the router was asked through: `WANIPConnection:1` or `:2` (or
+    /// `NAT-PMP` for mappings made that way), and `WANIPv6FirewallControl:1` where pinholes
+    /// are asked of it; comma-separated.
     pub fn service(&self) -> Option<String> {
         let name = |t: &str| t.rsplit(":service:").next().unwrap_or("").to_owned();
         let v4 = match &self.v4.gateway {
@@ -359,7 +360,7 @@ impl PmpMaps {
             self.mappings.clear();
         }
         self.gateway = Some(gateway);
-        let client = natpmp::Client { gateway };
+        let client = natpmp::Client::of(gateway);
         let external_ip = match client.ask(natpmp::Request::ExternalAddress).await {
             Ok(natpmp::Response::ExternalAddress { ip, .. }) => ip,
             Ok(natpmp::Response::Mapped { .. }) => {
@@ -437,7 +438,7 @@ impl PmpMaps {
         let Some(gateway) = self.gateway else {
             return;
         };
-        let client = natpmp::Client { gateway };
+        let client = natpmp::Client::of(gateway);
         for m in std::mem::take(&mut self.mappings) {
             match client.ask(pmp_delete(m.port)).await {
                 Ok(_) => tracing::info!(external = %m.external, "NAT-PMP mapping removed"),
