@@ -12,7 +12,7 @@
 # private WAN address; it never leaves these namespaces.
 #
 # usage: nat-lab.sh up R1MODE R2MODE [upnp|upnp1|upnp6|natpmp|none] [v6] | upnp-start [upnp|upnp1|upnp6|natpmp] [HTTP_PORT] |
-#        upnp-stop | h1-readdress IP | down
+#        upnp-stop | h1-readdress IP | add-h3 | down
 #   MODE: moderate = Linux masquerade (endpoint-independent mapping, port-dependent filtering)
 #         strict   = masquerade random (endpoint-dependent mapping: a new port per destination)
 #   upnp: run a real miniupnpd (nftables backend, secure mode) on r1, speaking IGDv2;
@@ -33,7 +33,7 @@
 set -euo pipefail
 P=${NATLAB_PREFIX:-kl-}
 LAB=${NATLAB_DIR:-/tmp/kith-natlab}
-NS="${P}inet ${P}r1 ${P}r2 ${P}h1 ${P}h2"
+NS="${P}inet ${P}r1 ${P}r2 ${P}h1 ${P}h2 ${P}h3"
 
 down() {
   for n in $NS; do ip netns pids "$n" 2>/dev/null | xargs -r kill 2>/dev/null || true; done
@@ -79,7 +79,7 @@ NFT
 up() {
   local m1=$1 m2=$2 upnp=${3:-} v6=${4:-}
   mkdir -p "$LAB"
-  for n in $NS; do ip netns add "$n"; ip -n "$n" link set lo up; done
+  for n in ${P}inet ${P}r1 ${P}r2 ${P}h1 ${P}h2; do ip netns add "$n"; ip -n "$n" link set lo up; done
   ip -n "${P}inet" link add br0 type bridge
   ip -n "${P}inet" link set br0 up
   ip -n "${P}inet" addr add 11.0.0.1/24 dev br0
@@ -179,6 +179,45 @@ stop_upnp() {
   return 1
 }
 
+# A second host in home 1 (h3, 192.168.1.30, and 2a0f:1::30 on a lab with IPv6): router 1's
+# LAN side becomes a bridge ("lan", so its rules and miniupnpd's still match) holding h1's
+# link and h3's.
+add_h3() {
+  local r="${P}r1"
+  ip netns add "${P}h3"
+  ip -n "${P}h3" link set lo up
+  local addrs
+  addrs=$(ip -n "$r" -o addr show dev lan | awk '$3 == "inet" || ($3 == "inet6" && $4 !~ /^fe80/) {print $4}')
+  ip -n "$r" link set lan down
+  ip -n "$r" link set lan name lan-h1
+  ip -n "$r" link add lan type bridge
+  ip -n "$r" link set lan-h1 master lan
+  # (Taking the link down dropped its IPv6 addresses already.)
+  ip -n "$r" addr flush dev lan-h1
+  for a in $addrs; do
+    case "$a" in
+      *:*) ip -n "$r" addr add "$a" dev lan nodad ;;
+      *) ip -n "$r" addr add "$a" dev lan ;;
+    esac
+  done
+  ip -n "$r" link set lan-h1 up
+  ip -n "$r" link set lan up
+  # A home router switches its LAN ports without its firewall; with br_netfilter loaded on
+  # the host, bridged packets would go through r1's forward chain (policy drop).
+  ip netns exec "$r" sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+    net.bridge.bridge-nf-call-ip6tables=0 2>/dev/null || true
+  ip link add lan-h3 netns "$r" type veth peer name eth0 netns "${P}h3"
+  ip -n "$r" link set lan-h3 master lan
+  ip -n "$r" link set lan-h3 up
+  ip -n "${P}h3" addr add 192.168.1.30/24 dev eth0
+  ip -n "${P}h3" link set eth0 up
+  ip -n "${P}h3" route add default via 192.168.1.1
+  if ip -n "$r" -6 addr show dev lan | grep -q 2a0f:1::1; then
+    ip -n "${P}h3" addr add 2a0f:1::30/64 dev eth0 nodad
+    ip -n "${P}h3" -6 route add default via 2a0f:1::1
+  fi
+}
+
 # Home 1's host gets another address (what a new DHCP lease or another network does): the
 # old one goes, the new one and the default route come.
 readdress_h1() {
@@ -193,5 +232,6 @@ case "${1:-}" in
   upnp-start) start_upnp "${2:-upnp}" "${3:-5000}" ;;
   upnp-stop) stop_upnp ;;
   h1-readdress) readdress_h1 "$2" ;;
-  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1|upnp6|natpmp] | upnp-start [upnp|upnp1|upnp6|natpmp] [HTTP_PORT] | upnp-stop | h1-readdress IP | down  (up ... v6: global IPv6 behind stateful firewalls too)"; exit 2 ;;
+  add-h3) add_h3 ;;
+  *) echo "usage: $0 up R1MODE R2MODE [upnp|upnp1|upnp6|natpmp] | upnp-start [upnp|upnp1|upnp6|natpmp] [HTTP_PORT] | upnp-stop | h1-readdress IP | add-h3 | down  (up ... v6: global IPv6 behind stateful firewalls too)"; exit 2 ;;
 esac

@@ -74,6 +74,8 @@ pub mod ns {
     pub const H1: &str = "kl-h1";
     /// Router 1 (may run miniupnpd).
     pub const R1: &str = "kl-r1";
+    /// A second host in home 1 (192.168.1.30, 2a0f:1::30), after [`super::Lab::add_h3`].
+    pub const H3: &str = "kl-h3";
     /// Home 2 (192.168.2.10 behind router 2, 11.0.0.12).
     pub const H2: &str = "kl-h2";
 }
@@ -232,6 +234,14 @@ impl Lab {
             run(cmd, "flush miniupnpd's rules");
         }
         self.start_upnp(igd);
+    }
+
+    /// A second host in home 1 ([`ns::H3`], 192.168.1.30, and 2a0f:1::30 on a lab with IPv6),
+    /// on the same LAN as home 1's host: router 1's LAN side becomes a switch.
+    pub fn add_h3(&self) {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).arg("add-h3");
+        run(cmd, "add-h3");
     }
 
     /// Home 1's host moves from 192.168.1.10 to `ip` (same /24), as with a new DHCP lease.

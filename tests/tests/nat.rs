@@ -1436,3 +1436,62 @@ async fn an_igdv2_router_maps_ipv4_and_opens_ipv6_pinholes_together() {
     );
     eprintln!("IGDv2 dual-stack: {}", st.reachability);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_in_one_home_connect_over_the_lan_not_the_relay() {
+    if !Lab::available() {
+        return;
+    }
+    log_to_test_output();
+    // A and C on the same LAN behind router 1, a strict NAT without UPnP that does not
+    // hairpin (a connection to its own WAN address from inside goes nowhere): the only ways
+    // between them are the LAN and the relay. Their records carry their LAN addresses, so they
+    // meet directly.
+    let lab = Lab::up(Nat::Strict, Nat::Strict, Igd::None);
+    lab.add_h3();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    let mut r = lab_config("relay", 4001, false, false);
+    r.network.announce = vec![
+        "/ip4/11.0.0.1/tcp/4001".into(),
+        "/ip4/11.0.0.1/udp/4001/quic-v1".into(),
+    ];
+    dir("r").init(r).unwrap();
+    dir("a")
+        .init(lab_config("alice", 4002, true, true))
+        .unwrap();
+    dir("c")
+        .init(lab_config("carol", 4002, false, true))
+        .unwrap();
+    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
+    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let cn = NsNode::start(ns::H3, dir("c")).await.expect("start C");
+    let (rh, ah, ch) = (rn.handle(), an.handle(), cn.handle());
+    for h in [&ah, &ch] {
+        let code = rh.invite(Duration::from_secs(600), 1).await.unwrap().code;
+        h.join(&code).await.expect("join through R");
+    }
+    ch.wait_for_storage_servers(1, BOUND)
+        .await
+        .expect("C learns A");
+    let data = random_bytes(4 << 20, 31);
+    let cap = put(&ah, &data).await;
+    let t = Instant::now();
+    assert!(get(&ch, &cap, &ah).await == data, "bytes differ");
+    let speed = 4.0 / t.elapsed().as_secs_f64();
+    path_becomes("C's path to A", &ch, &ah, &["direct"]).await;
+    until("C connected to A over the LAN only", BOUND, async || {
+        ch.net().peers.get(&ah.peer_id()).is_some_and(|p| {
+            !p.addrs.is_empty()
+                && p.addrs
+                    .iter()
+                    .all(|a| a.to_string().starts_with("/ip4/192.168.1.10/"))
+        })
+    })
+    .await;
+    eprintln!(
+        "one home, two nodes: path {} over {:?}, 4 MiB at {speed:.1} MiB/s",
+        path_to(&ch, &ah).unwrap_or_default(),
+        ch.net().peers.get(&ah.peer_id()).map(|p| p.addrs.clone())
+    );
+}
