@@ -888,6 +888,26 @@ fn relay_v6() -> RawConfig {
     r
 }
 
+/// The relay R (public, both families) and A in home 1 (dual-stack, UPnP on, storage when
+/// `storage`), A joined through R. On a lab built with [`Lab::up_v6`].
+async fn relay_and_dual_stack_a(tmp: &tempfile::TempDir, storage: bool) -> (NsNode, NsNode) {
+    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
+    dir("r").init(relay_v6()).unwrap();
+    dir("a")
+        .init(with_ipv6(lab_config("alice", 4002, storage, true), 4002))
+        .unwrap();
+    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
+    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let code = rn
+        .handle()
+        .invite(Duration::from_secs(600), 1)
+        .await
+        .unwrap()
+        .code;
+    an.handle().join(&code).await.expect("join through R");
+    (rn, an)
+}
+
 /// A dual-stack lab with strict IPv4 NATs where home 1's IPv6 is open to the world and home 2
 /// has no IPv6 at all.
 fn lab_a_open_v6_b_v4_only() -> Lab {
@@ -1237,21 +1257,8 @@ async fn a_upnp_pinhole_opens_the_routers_ipv6_firewall_where_no_ipv4_port_can_b
     // NAT or DS-Lite) but opens IPv6 pinholes (IGDv2 `WANIPv6FirewallControl`).
     let lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::None);
     let tmp = tempfile::tempdir().unwrap();
-    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
-    dir("r").init(relay_v6()).unwrap();
-    dir("a")
-        .init(with_ipv6(lab_config("alice", 4002, true, true), 4002))
-        .unwrap();
-    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
-    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let (_rn, an) = relay_and_dual_stack_a(&tmp, true).await;
     let ah = an.handle();
-    let code = rn
-        .handle()
-        .invite(Duration::from_secs(600), 1)
-        .await
-        .unwrap()
-        .code;
-    ah.join(&code).await.expect("join through R");
     let (tcp6, quic6) = (
         "/ip6/2a0f:1::10/tcp/4002",
         "/ip6/2a0f:1::10/udp/4002/quic-v1",
@@ -1370,21 +1377,8 @@ async fn an_igdv2_router_maps_ipv4_and_opens_ipv6_pinholes_together() {
     // came mid-attempt over a later announcement.)
     let lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::V2);
     let tmp = tempfile::tempdir().unwrap();
-    let dir = |n: &str| NodeDir::new(tmp.path().join(n));
-    dir("r").init(relay_v6()).unwrap();
-    dir("a")
-        .init(with_ipv6(lab_config("alice", 4002, false, true), 4002))
-        .unwrap();
-    let rn = NsNode::start(ns::INET, dir("r")).await.expect("start R");
-    let an = NsNode::start(ns::H1, dir("a")).await.expect("start A");
+    let (_rn, an) = relay_and_dual_stack_a(&tmp, false).await;
     let ah = an.handle();
-    let code = rn
-        .handle()
-        .invite(Duration::from_secs(600), 1)
-        .await
-        .unwrap()
-        .code;
-    ah.join(&code).await.expect("join through R");
     let want = [
         "/ip4/11.0.0.11/tcp/4002",
         "/ip4/11.0.0.11/udp/4002/quic-v1",
