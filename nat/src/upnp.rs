@@ -112,6 +112,14 @@ impl Port {
     }
 }
 
+/// Whether an interface of this host holds a global IPv6 address (one a pinhole could open).
+pub fn host_has_global_ipv6() -> bool {
+    if_addrs::get_if_addrs().is_ok_and(|ifs| {
+        ifs.iter()
+            .any(|i| matches!(i.ip(), IpAddr::V6(_)) && is_global(i.ip()))
+    })
+}
+
 /// The IP address and port of a direct TCP or QUIC listen address.
 fn listen_port(a: &Multiaddr) -> Option<(IpAddr, Port)> {
     let mut it = a.iter();

@@ -651,10 +651,24 @@ pub fn spawn(
         .filter(|a| !upnp::Port::from_listen_addrs([*a]).is_empty())
         .count()
         .max(1);
+    // IPv6 listeners worth a pinhole: those on `::` (or a global address) when this host has
+    // a global IPv6 address at all.
+    let pinhole_listeners = if !nat.tor_only && upnp::host_has_global_ipv6() {
+        listen
+            .iter()
+            .filter(|a| match a.iter().next() {
+                Some(Protocol::Ip6(ip)) => ip.is_unspecified() || upnp::is_global(ip.into()),
+                _ => false,
+            })
+            .count()
+    } else {
+        0
+    };
     let actor = Actor {
         tor_only: nat.tor_only,
         onions_on_demand: nat.onions_on_demand,
         mappable_listeners,
+        pinhole_listeners,
         members: members.clone(),
         policy: Policy::new(features, &nat.announce, 0),
         started: Instant::now(),
@@ -773,6 +787,9 @@ struct Actor {
     onions_on_demand: bool,
     /// Configured listeners whose ports UPnP maps (IPv4 TCP or QUIC, not loopback).
     mappable_listeners: usize,
+    /// Configured IPv6 listeners whose ports UPnP opens pinholes for (0 on a host without a
+    /// global IPv6 address).
+    pinhole_listeners: usize,
     members: kith_nat::MemberCheck,
     policy: Policy,
     started: Instant,
@@ -1708,9 +1725,18 @@ impl Actor {
 
     /// Carries out what the reachability policy wants and publishes the result.
     fn run_policy(&mut self) {
-        // Wait for every listen port worth mapping (they arrive one event at a time), or 2 s.
-        let listening = upnp::Port::from_listen_addrs(&self.state.borrow().listen_addrs).len()
-            >= self.mappable_listeners;
+        // Wait for every listen port worth mapping or a pinhole (they arrive one event at a
+        // time), or 2 s.
+        let listening = {
+            let listen = &self.state.borrow().listen_addrs;
+            let v6: std::collections::BTreeSet<upnp::Port> =
+                upnp::Port::v6_from_listen_addrs(listen)
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect();
+            upnp::Port::from_listen_addrs(listen).len() >= self.mappable_listeners
+                && v6.len() >= self.pinhole_listeners
+        };
         if listening || self.started.elapsed() > Duration::from_secs(2) {
             for action in self.policy.poll(self.now_ms()) {
                 match action {

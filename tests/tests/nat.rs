@@ -1370,11 +1370,11 @@ async fn an_igdv2_router_maps_ipv4_and_opens_ipv6_pinholes_together() {
     }
     log_to_test_output();
     // Home 1 dual-stack behind router 1, whose miniupnpd (IGDv2) maps IPv4 ports and opens
-    // IPv6 pinholes: A gets both, both confirmed, both gone when A stops. (A's IPv6 TCP
-    // listen address comes a moment after its first attempt started, and the router announces
-    // itself during that attempt: the network change must still make A ask again. It did
-    // not, and A never opened its TCP pinhole, until the policy kept a network change that
-    // came mid-attempt over a later announcement.)
+    // IPv6 pinholes: A gets both in one attempt, both confirmed, both gone when A stops.
+    // (Before the first attempt waited for the IPv6 listen addresses, A's IPv6 TCP one came a
+    // moment after it started, and the router announced itself during that attempt; A never
+    // opened its TCP pinhole until the policy kept a network change that came mid-attempt
+    // over a later announcement, and then 5 s later.)
     let lab = Lab::up_v6(Nat::Strict, Nat::Strict, Igd::V2);
     let tmp = tempfile::tempdir().unwrap();
     let (_rn, an) = relay_and_dual_stack_a(&tmp, false).await;
@@ -1414,6 +1414,12 @@ async fn an_igdv2_router_maps_ipv4_and_opens_ipv6_pinholes_together() {
     assert_eq!(
         st.nat.upnp_service.as_deref(),
         Some("WANIPConnection:2, WANIPv6FirewallControl:1")
+    );
+    // One attempt did it all: the first waited for the IPv6 listen addresses too.
+    assert_eq!(
+        st.nat.upnp_trigger,
+        Some(kith_nat::policy::Trigger::Start),
+        "what made A's last UPnP attempt"
     );
     assert!(maps_4002_to(&lab, "192.168.1.10"));
     an.stop().await;
