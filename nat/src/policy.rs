@@ -248,6 +248,10 @@ pub struct Policy {
     upnp_last: Option<(u64, Trigger)>,
     /// Why the next attempt was brought forward, if it was.
     upnp_early: Option<Trigger>,
+    /// Something that undoes a mapping (a network change, a router that lost its table) came
+    /// since the last attempt started: an attempt under way may map what no longer holds, so
+    /// once it succeeds another comes (gap-limited).
+    upnp_redo: bool,
     /// Gateways heard announcing themselves.
     gateways: BTreeMap<String, Seen>,
     relays: BTreeSet<PeerId>,
@@ -273,6 +277,7 @@ impl Policy {
             upnp_backoff: FIRST_BACKOFF_MS,
             upnp_last: None,
             upnp_early: None,
+            upnp_redo: false,
             gateways: BTreeMap::new(),
             relays: BTreeSet::new(),
             reservations: BTreeMap::new(),
@@ -329,9 +334,9 @@ impl Policy {
                     } else {
                         now + lease_ms / 2
                     };
-                    // The network changed while this attempt was under way: it may have
-                    // mapped the old address.
-                    if self.upnp_early == Some(Trigger::NetworkChanged) {
+                    // The network changed (or the router lost its table) while this attempt
+                    // was under way: it may have mapped the old address.
+                    if self.upnp_redo {
                         renew_at = renew_at.min(self.early_at(now));
                     } else {
                         self.upnp_early = None;
@@ -423,7 +428,8 @@ impl Policy {
     }
 
     /// Brings the next UPnP attempt forward for `why`: a failed or running attempt's retry
-    /// when `unmapped`, a mapping's renewal when `mapped`.
+    /// when `unmapped`, a mapping's renewal when `mapped` (the event undoes mappings: a
+    /// running attempt's success is then followed by another).
     fn bring_upnp_forward(&mut self, now: u64, why: Trigger, unmapped: bool, mapped: bool) {
         let at = self.early_at(now);
         match &mut self.upnp {
@@ -437,12 +443,11 @@ impl Policy {
             Upnp::Trying if unmapped => {}
             _ => return,
         }
-        // A network change during an attempt makes that attempt's result stale (it may have
-        // mapped the old addresses): a router heard announcing itself meanwhile must not
-        // make that forgotten.
-        if self.upnp_early != Some(Trigger::NetworkChanged) {
+        // The reason given for the next attempt is what forces it, if anything does.
+        if mapped || !self.upnp_redo {
             self.upnp_early = Some(why);
         }
+        self.upnp_redo |= mapped;
     }
 
     /// Records how a gateway was last heard of; returns how it was heard of before. A
@@ -496,6 +501,7 @@ impl Policy {
                 (None, _) => Trigger::Start,
             };
             self.upnp_last = Some((now, trigger));
+            self.upnp_redo = false;
             if let Upnp::Mapped { renew_at, .. } = &mut self.upnp {
                 // Stay "mapped" while renewing; a failed renewal reports UpnpFailed.
                 *renew_at = u64::MAX;
@@ -917,6 +923,26 @@ mod tests {
         mapped(&mut first, 300);
         assert_eq!(first.poll(MIN_ANNOUNCED_GAP_MS), vec![Action::MapPorts]);
         assert_eq!(first.upnp_trigger(), Some(Trigger::NetworkChanged));
+        // So does a router that announces it lost its table while an attempt runs; one
+        // merely heard for the first time does not.
+        mapped(&mut first, 5_100);
+        assert!(first.poll(6_000).is_empty());
+        let mut again = Policy::new(Features::default(), &[], 0);
+        assert_eq!(again.poll(0), vec![Action::MapPorts]);
+        again.on(Event::GatewayRestarted, 1);
+        mapped(&mut again, 300);
+        assert_eq!(again.poll(MIN_ANNOUNCED_GAP_MS), vec![Action::MapPorts]);
+        let mut heard = Policy::new(Features::default(), &[], 0);
+        assert_eq!(heard.poll(0), vec![Action::MapPorts]);
+        heard.on(
+            Event::GatewayAnnounced {
+                id: "uuid:r".into(),
+                boot_id: Some(1),
+            },
+            1,
+        );
+        mapped(&mut heard, 300);
+        assert!(heard.poll(MIN_ANNOUNCED_GAP_MS).is_empty());
         // Failed, then the laptop joins a network with a router: now, not after the backoff.
         p.on(Event::UpnpFailed("no gateway found".into()), 80_000);
         p.on(Event::NetworkChanged, 90_000);
