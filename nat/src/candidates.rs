@@ -183,6 +183,16 @@ pub struct Testable<B: NetworkBehaviour> {
     reach: HashSet<PeerId>,
 }
 
+impl Testable<crate::autonat::Behaviour> {
+    /// Tests `addr` at the next tick whatever its past (a router just mapped it, see
+    /// [`crate::autonat::Behaviour::test_now`]), if it is of this wrapper's family.
+    pub fn test_now(&mut self, addr: &Multiaddr) {
+        if self.family.contains(addr) {
+            self.inner.test_now(addr.clone());
+        }
+    }
+}
+
 impl<B: NetworkBehaviour> Testable<B> {
     /// Wraps `inner` for addresses of `family`.
     pub fn new(inner: B, family: Family) -> Self {
@@ -197,16 +207,6 @@ impl<B: NetworkBehaviour> Testable<B> {
     /// The wrapped behaviour.
     pub fn inner(&self) -> &B {
         &self.inner
-    }
-
-    /// The wrapped behaviour, to change.
-    pub fn inner_mut(&mut self) -> &mut B {
-        &mut self.inner
-    }
-
-    /// The family this wrapper tests.
-    pub fn family(&self) -> Family {
-        self.family
     }
 
     /// Tells the wrapper the addresses `peer` listens on (identify's `listen_addrs`). If one

@@ -329,46 +329,36 @@ impl Listener {
         })
     }
 
-    /// The local address.
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.socket.local_addr()
-    }
-
     /// The next burst of announcements from this host's default gateway: its address.
     /// Datagrams from anyone else, that do not decode, or later in a burst are skipped.
     /// Cancel-safe.
     pub async fn next(&self) -> Ipv4Addr {
         let mut buf = [0u8; MAX_PCP + 1];
         loop {
-            match self.socket.recv_from(&mut buf).await {
-                Ok((n, std::net::SocketAddr::V4(from))) => {
-                    let epoch = match parse_announcement(&buf[..n]) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            tracing::trace!(%from, error = %e, "NAT-PMP datagram skipped");
-                            continue;
-                        }
-                    };
-                    if default_gateway() != Some(*from.ip()) {
-                        tracing::debug!(%from, "a NAT-PMP announcement not from the default gateway");
-                        continue;
-                    }
-                    let now_ms = self.started.elapsed().as_millis() as u64;
-                    let first = self
-                        .bursts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .first_of_burst(*from.ip(), now_ms);
-                    tracing::debug!(%from, epoch, first, "the gateway announced itself (NAT-PMP/PCP)");
-                    if first {
-                        return *from.ip();
-                    }
-                }
-                Ok(_) => {}
+            let (n, from) = crate::ssdp::next_datagram(&self.socket, &mut buf).await;
+            let std::net::SocketAddr::V4(from) = from else {
+                continue;
+            };
+            let epoch = match parse_announcement(&buf[..n]) {
+                Ok(e) => e,
                 Err(e) => {
-                    tracing::debug!(error = %e, "NAT-PMP receive failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tracing::trace!(%from, error = %e, "NAT-PMP datagram skipped");
+                    continue;
                 }
+            };
+            if default_gateway() != Some(*from.ip()) {
+                tracing::debug!(%from, "a NAT-PMP announcement not from the default gateway");
+                continue;
+            }
+            let now_ms = self.started.elapsed().as_millis() as u64;
+            let first = self
+                .bursts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .first_of_burst(*from.ip(), now_ms);
+            tracing::debug!(%from, epoch, first, "the gateway announced itself (NAT-PMP/PCP)");
+            if first {
+                return *from.ip();
             }
         }
     }

@@ -151,15 +151,27 @@ impl Listener {
     pub async fn next(&self) -> Announcement {
         let mut buf = [0u8; MAX_DATAGRAM + 1];
         loop {
-            match self.socket.recv_from(&mut buf).await {
-                Ok((n, from)) => match parse_notify(&buf[..n]) {
-                    Ok(a) => return a,
-                    Err(e) => tracing::trace!(%from, error = %e, "SSDP datagram skipped"),
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "SSDP receive failed");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
+            let (n, from) = next_datagram(&self.socket, &mut buf).await;
+            match parse_notify(&buf[..n]) {
+                Ok(a) => return a,
+                Err(e) => tracing::trace!(%from, error = %e, "SSDP datagram skipped"),
+            }
+        }
+    }
+}
+
+/// The next datagram on `socket` into `buf` (its length and sender); a receive error waits a
+/// second and tries again. Cancel-safe.
+pub(crate) async fn next_datagram(
+    socket: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+) -> (usize, std::net::SocketAddr) {
+    loop {
+        match socket.recv_from(buf).await {
+            Ok(got) => return got,
+            Err(e) => {
+                tracing::debug!(error = %e, "receiving a router's announcement failed");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
     }

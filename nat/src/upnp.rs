@@ -396,11 +396,7 @@ impl PmpMaps {
         let mut first_error = None;
         let mut done = Vec::new();
         for &port in ports {
-            let wanted = self
-                .mappings
-                .iter()
-                .find(|m| m.port == port)
-                .map_or(port.number(), |m| m.external.port());
+            let wanted = kept_external_port(&self.mappings, port);
             let req = natpmp::Request::Map {
                 proto: port.pmp_proto(),
                 internal: port.number(),
@@ -436,10 +432,7 @@ impl PmpMaps {
             }
         }
         self.mappings = done.clone();
-        match (done.is_empty(), first_error) {
-            (true, Some(e)) => Err(e),
-            _ => Ok(done),
-        }
+        settle(done, first_error)
     }
 
     async fn unmap_all(&mut self) {
@@ -455,6 +448,37 @@ impl PmpMaps {
                 }
             }
         }
+    }
+}
+
+/// What one side's attempt comes to: the mappings in place, or the first failure if none is.
+fn settle(done: Vec<Mapping>, first_error: Option<UpnpError>) -> Result<Vec<Mapping>, UpnpError> {
+    match (done.is_empty(), first_error) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(done),
+    }
+}
+
+/// The external port to ask for `port`: the one it has now, else the same as the local one.
+fn kept_external_port(mappings: &[Mapping], port: Port) -> u16 {
+    mappings
+        .iter()
+        .find(|m| m.port == port)
+        .map_or(port.number(), |m| m.external.port())
+}
+
+/// Forgets `gateway` when a request to it failed for any other reason than a refusal or a
+/// conflict, so the next attempt searches again (a router that restarted may serve its
+/// control URL elsewhere; a laptop may be on another network).
+fn forget_if_failing<G>(
+    gateway: &mut Option<G>,
+    result: &Result<Vec<Mapping>, UpnpError>,
+    what: &str,
+) {
+    if let Err(UpnpError::Request(e)) = result
+        && gateway.take().is_some()
+    {
+        tracing::info!(error = %e, "{what} stopped answering; searching again next time");
     }
 }
 
@@ -485,11 +509,7 @@ impl PortMaps {
         description: &str,
     ) -> Result<Vec<Mapping>, UpnpError> {
         let result = self.map_on_gateway(ports, lease, description).await;
-        if let Err(UpnpError::Request(e)) = &result
-            && self.gateway.take().is_some()
-        {
-            tracing::info!(error = %e, "UPnP gateway stopped answering; searching again next time");
-        }
+        forget_if_failing(&mut self.gateway, &result, "UPnP gateway");
         result
     }
 
@@ -536,11 +556,7 @@ impl PortMaps {
         let mut done = Vec::new();
         for &port in ports {
             let internal = SocketAddrV4::new(local_ip, port.number());
-            let wanted = self
-                .mappings
-                .iter()
-                .find(|m| m.port == port)
-                .map_or(port.number(), |m| m.external.port());
+            let wanted = kept_external_port(&self.mappings, port);
             match map_one(&gateway, port, internal, wanted, lease, description).await {
                 Ok((external_port, lease_secs)) => done.push(Mapping {
                     port,
@@ -567,10 +583,7 @@ impl PortMaps {
             }
         }
         self.mappings = done.clone();
-        match (done.is_empty(), first_error) {
-            (true, Some(e)) => Err(e),
-            _ => Ok(done),
-        }
+        settle(done, first_error)
     }
 }
 
@@ -633,11 +646,7 @@ impl Pinholes {
             return Ok(Vec::new());
         }
         let result = self.open_on_gateway(wanted, lease).await;
-        if let Err(UpnpError::Request(e)) = &result
-            && self.gateway.take().is_some()
-        {
-            tracing::info!(error = %e, "UPnP IPv6 firewall stopped answering; searching again next time");
-        }
+        forget_if_failing(&mut self.gateway, &result, "UPnP IPv6 firewall");
         result
     }
 
@@ -729,10 +738,7 @@ impl Pinholes {
             }
         }
         self.open = done.clone();
-        match (done.is_empty(), first_error) {
-            (true, Some(e)) => Err(e),
-            _ => Ok(done),
-        }
+        settle(done, first_error)
     }
 
     async fn close_all(&mut self) {

@@ -699,25 +699,25 @@ pub fn spawn(
         redial: BTreeMap::new(),
         answers_tx: answer_tx,
     };
-    // Routers' announcements bring a UPnP attempt forward (a Tor-only node opens no clearnet
-    // socket at all).
-    let ssdp = (features.upnp && !nat.tor_only)
-        .then(|| {
-            kith_nat::ssdp::Listener::bind(kith_nat::ssdp::PORT)
-                .inspect_err(|e| {
-                    tracing::info!(error = %e, "not listening for routers' announcements (SSDP port)")
-                })
-                .ok()
-        })
+    // Routers' announcements (UPnP's SSDP, NAT-PMP/PCP's) bring a UPnP attempt forward (a
+    // Tor-only node opens no clearnet socket at all).
+    fn listener<L>(bound: std::io::Result<L>, port: &str) -> Option<L> {
+        bound
+            .inspect_err(
+                |e| tracing::info!(error = %e, port, "not listening for routers' announcements"),
+            )
+            .ok()
+    }
+    let hear = features.upnp && !nat.tor_only;
+    let ssdp = hear
+        .then(|| listener(kith_nat::ssdp::Listener::bind(kith_nat::ssdp::PORT), "SSDP"))
         .flatten();
-    // So do NAT-PMP/PCP routers' announcements that they started (or changed address).
-    let natpmp = (features.upnp && !nat.tor_only)
+    let natpmp = hear
         .then(|| {
-            kith_nat::natpmp::Listener::bind(kith_nat::natpmp::ANNOUNCE_PORT)
-                .inspect_err(|e| {
-                    tracing::info!(error = %e, "not listening for routers' announcements (NAT-PMP port)")
-                })
-                .ok()
+            listener(
+                kith_nat::natpmp::Listener::bind(kith_nat::natpmp::ANNOUNCE_PORT),
+                "NAT-PMP",
+            )
         })
         .flatten();
     let task = tokio::spawn(actor.run(cmd_rx, answer_rx, upnp_rx, ssdp, natpmp));
@@ -1659,9 +1659,7 @@ impl Actor {
                     let addr = m.multiaddr();
                     let b = self.swarm.behaviour_mut();
                     for client in b.autonat_mut() {
-                        if client.family().contains(&addr) {
-                            client.inner_mut().test_now(addr.clone());
-                        }
+                        client.test_now(&addr);
                     }
                     b.candidates.add(addr);
                 }
@@ -1723,21 +1721,22 @@ impl Actor {
         self.run_policy();
     }
 
+    /// Whether every configured listener worth a mapping or a pinhole reports its addresses.
+    fn listening_on_all(&self) -> bool {
+        let listen = &self.state.borrow().listen_addrs;
+        let v6: std::collections::BTreeSet<upnp::Port> = upnp::Port::v6_from_listen_addrs(listen)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        upnp::Port::from_listen_addrs(listen).len() >= self.mappable_listeners
+            && v6.len() >= self.pinhole_listeners
+    }
+
     /// Carries out what the reachability policy wants and publishes the result.
     fn run_policy(&mut self) {
         // Wait for every listen port worth mapping or a pinhole (they arrive one event at a
         // time), or 2 s.
-        let listening = {
-            let listen = &self.state.borrow().listen_addrs;
-            let v6: std::collections::BTreeSet<upnp::Port> =
-                upnp::Port::v6_from_listen_addrs(listen)
-                    .into_iter()
-                    .map(|(_, p)| p)
-                    .collect();
-            upnp::Port::from_listen_addrs(listen).len() >= self.mappable_listeners
-                && v6.len() >= self.pinhole_listeners
-        };
-        if listening || self.started.elapsed() > Duration::from_secs(2) {
+        if self.started.elapsed() > Duration::from_secs(2) || self.listening_on_all() {
             for action in self.policy.poll(self.now_ms()) {
                 match action {
                     kith_nat::Action::MapPorts => {

@@ -1236,8 +1236,8 @@ impl NodeHandle {
             Upnp::Failed { reason, .. } => format!("failed: {reason}"),
         };
         let upnp_mappings: Vec<String> = net.nat.upnp.iter().map(ToString::to_string).collect();
-        let upnp_summary = match (&net.nat.upnp_service, upnp_mappings.is_empty()) {
-            (Some(service), false) if upnp == "mapped" => {
+        let upnp_summary = match (policy.upnp(), &net.nat.upnp_service) {
+            (Upnp::Mapped { .. }, Some(service)) if !upnp_mappings.is_empty() => {
                 format!("mapped by {service}: {}", upnp_mappings.join(", "))
             }
             _ => upnp.clone(),

@@ -33,7 +33,9 @@
 set -euo pipefail
 P=${NATLAB_PREFIX:-kl-}
 LAB=${NATLAB_DIR:-/tmp/kith-natlab}
-NS="${P}inet ${P}r1 ${P}r2 ${P}h1 ${P}h2 ${P}h3"
+# The namespaces `up` makes; `add-h3` adds one more, and `down` removes them all.
+NS_UP="${P}inet ${P}r1 ${P}r2 ${P}h1 ${P}h2"
+NS="$NS_UP ${P}h3"
 
 down() {
   for n in $NS; do ip netns pids "$n" 2>/dev/null | xargs -r kill 2>/dev/null || true; done
@@ -79,7 +81,7 @@ NFT
 up() {
   local m1=$1 m2=$2 upnp=${3:-} v6=${4:-}
   mkdir -p "$LAB"
-  for n in ${P}inet ${P}r1 ${P}r2 ${P}h1 ${P}h2; do ip netns add "$n"; ip -n "$n" link set lo up; done
+  for n in $NS_UP; do ip netns add "$n"; ip -n "$n" link set lo up; done
   ip -n "${P}inet" link add br0 type bridge
   ip -n "${P}inet" link set br0 up
   ip -n "${P}inet" addr add 11.0.0.1/24 dev br0
@@ -102,9 +104,9 @@ up() {
   [ "$v6" = v6 ] && ipv6
   router "${P}r1" "$m1"
   router "${P}r2" "$m2"
-  if [ "$upnp" = upnp ] || [ "$upnp" = upnp1 ] || [ "$upnp" = upnp6 ] || [ "$upnp" = natpmp ]; then
-    start_upnp "$upnp"
-  fi
+  case "$upnp" in
+    upnp | upnp1 | upnp6 | natpmp) start_upnp "$upnp" ;;
+  esac
 }
 
 # Global IPv6 as homes get it: no NAT, each home a /64 routed to its router, whose stateful
@@ -128,9 +130,8 @@ ipv6() {
 }
 
 # Starts miniupnpd on r1 (upnp: IGDv2, upnp1: IGDv1, upnp6: IGDv2 with IPv6 pinholes only,
-# natpmp: NAT-PMP only;
-# HTTP on port $2, default 5000) with an
-# empty lease file and waits until its HTTP port answers (its NAT-PMP socket is open, for natpmp).
+# natpmp: NAT-PMP only; HTTP on port $2, default 5000) with an empty lease file and waits until
+# its HTTP port answers (its NAT-PMP socket is open, for natpmp).
 start_upnp() {
   local port="${2:-5000}"
   # A router keeps its device uuid across restarts (its boot id changes).
