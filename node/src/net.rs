@@ -1463,17 +1463,11 @@ impl Actor {
                     addr = %ev.tested_addr, server = %ev.server, outcome = ?ev.outcome,
                     detail = %ev.detail, bytes_sent = ev.bytes_sent, "AutoNAT test"
                 );
-                let reports: Vec<_> = self
-                    .swarm
-                    .behaviour()
-                    .autonat()
-                    .flat_map(|c| c.inner().report())
-                    .collect();
-                self.state.send_modify(|s| {
-                    s.nat.autonat = reports;
-                    s.nat.autonat_at = Some(Instant::now());
-                });
+                self.publish_autonat();
             }
+            // A new candidate shows (untested) at once, not only after the first test ends
+            // (which needs a member this node dialed: on loopback, maybe none for a while).
+            SwarmEvent::NewExternalAddrCandidate { .. } => self.publish_autonat(),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),
@@ -1719,6 +1713,20 @@ impl Actor {
         };
         self.policy.on(event, self.now_ms());
         self.run_policy();
+    }
+
+    /// Publishes AutoNAT's candidates and their tests (`nat.autonat`).
+    fn publish_autonat(&mut self) {
+        let reports: Vec<_> = self
+            .swarm
+            .behaviour()
+            .autonat()
+            .flat_map(|c| c.inner().report())
+            .collect();
+        self.state.send_modify(|s| {
+            s.nat.autonat = reports;
+            s.nat.autonat_at = Some(Instant::now());
+        });
     }
 
     /// Whether every configured listener worth a mapping or a pinhole reports its addresses.
